@@ -1,0 +1,135 @@
+//! Destinations: one file per vendor, each a pure translator from normalized events to
+//! the vendor's HTTP requests, plus how to read the vendor's answer. No I/O here: the
+//! delivery layer (`crate::deliver`) sends what these functions build.
+
+pub mod file;
+pub mod names;
+pub mod webhook;
+
+pub use names::{EventNames, NameOverride};
+
+use crate::event::Event;
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use time::OffsetDateTime;
+
+/// One request a destination wants sent.
+#[derive(Debug, Clone)]
+pub struct VendorRequest {
+    pub method: Method,
+    /// The full URL, secrets included (GA4 puts its api_secret in the query).
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Indices, into the slice given to [`Translate::translate`], of the events it carries.
+    pub events: Vec<usize>,
+}
+
+/// What happens to an event a translator will not put in any request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Left out on purpose (unmapped type, disabled in config): counted as dropped.
+    Dropped,
+    /// Cannot be sent as it is (too big, too old, no identity): dead-lettered.
+    Refused,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub index: usize,
+    pub disposition: Disposition,
+    /// A short metric label: `unmapped`, `disabled`, `oversize`, `too_old`, `missing_client_id`, …
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl Refusal {
+    pub fn dropped(index: usize, reason: &'static str, detail: impl Into<String>) -> Self {
+        Refusal {
+            index,
+            disposition: Disposition::Dropped,
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn refused(index: usize, reason: &'static str, detail: impl Into<String>) -> Self {
+        Refusal {
+            index,
+            disposition: Disposition::Refused,
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The result of translating a batch: every input index ends up in exactly one request
+/// or in exactly one refusal.
+#[derive(Debug, Clone, Default)]
+pub struct Translation {
+    pub requests: Vec<VendorRequest>,
+    pub refused: Vec<Refusal>,
+}
+
+/// What the vendor's answer means for the events of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    /// A passing failure: send again later.
+    Retry,
+    /// The vendor called the request bad: sending it again cannot help.
+    Reject,
+}
+
+/// The answer as the delivery layer read it.
+#[derive(Debug, Clone)]
+pub struct VendorResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub trait Translate: Send + Sync + 'static {
+    /// Builds the requests for a batch. Pure: the send time is passed in, nothing is read
+    /// from the clock, the network or the disk.
+    fn translate(&self, events: &[&Event], sent_at: OffsetDateTime) -> Translation;
+
+    /// How to read the vendor's answer. The default is the common HTTP rule.
+    fn classify(&self, response: &VendorResponse) -> Verdict {
+        default_classify(response.status)
+    }
+
+    /// Findings a vendor reports in a successful answer (GA4's validation server).
+    fn findings(&self, _response: &VendorResponse) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Values that must never be shown: they are replaced by `***` in `translate`
+    /// output, dry-run files, logs and dead letters.
+    fn secrets(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// 2xx delivered; 408, 429 and 5xx retried; any other status is a rejection.
+pub fn default_classify(status: StatusCode) -> Verdict {
+    if status.is_success() {
+        Verdict::Delivered
+    } else if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+    {
+        Verdict::Retry
+    } else {
+        Verdict::Reject
+    }
+}
+
+/// Replaces every secret in `text` by `***`.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(secret.as_str(), "***");
+    }
+    out
+}

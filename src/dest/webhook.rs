@@ -1,0 +1,242 @@
+//! `type = "webhook"`: the events as they came (plus `received_at`), batched as a JSON
+//! array or NDJSON, to any URL.
+
+use super::{EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse, Verdict};
+use crate::event::Event;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{HeaderMap, Method};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyEncoding {
+    #[default]
+    JsonArray,
+    Ndjson,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WebhookMethod {
+    #[default]
+    Post,
+    Put,
+    Patch,
+}
+
+/// Keys of `[destinations.NAME]` for `type = "webhook"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub endpoint: String,
+    #[serde(default)]
+    pub method: WebhookMethod,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub encoding: BodyEncoding,
+    /// Statuses that are retried, on top of none: when set, replaces the default rule
+    /// (408, 429, 5xx) for non-2xx answers.
+    #[serde(default)]
+    pub retry_statuses: Option<Vec<u16>>,
+}
+
+pub struct WebhookTranslator {
+    method: Method,
+    url: String,
+    headers: HeaderMap,
+    encoding: BodyEncoding,
+    names: EventNames,
+    pass_properties: bool,
+    max_bytes: usize,
+    retry_statuses: Option<Vec<u16>>,
+    secrets: Vec<String>,
+}
+
+/// Errors building a webhook from a config already checked by `config::validate`.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("headers.{0}: not a valid header name")]
+    HeaderName(String),
+    #[error("headers.{0}: not a valid header value")]
+    HeaderValue(String),
+}
+
+impl WebhookTranslator {
+    pub fn new(
+        config: &WebhookConfig,
+        names: EventNames,
+        pass_properties: bool,
+        max_bytes: usize,
+    ) -> Result<Self, WebhookError> {
+        let mut headers = HeaderMap::new();
+        let content_type = match config.encoding {
+            BodyEncoding::JsonArray => "application/json",
+            BodyEncoding::Ndjson => "application/x-ndjson",
+        };
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        let mut secrets = Vec::new();
+        for (name, value) in &config.headers {
+            let header_name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| WebhookError::HeaderName(name.clone()))?;
+            let mut header_value = HeaderValue::from_str(value)
+                .map_err(|_| WebhookError::HeaderValue(name.clone()))?;
+            header_value.set_sensitive(true);
+            headers.insert(header_name, header_value);
+            // Header values often carry tokens; never show them.
+            if is_secret_header(name) {
+                secrets.push(value.clone());
+                if let Some((_, token)) = value.split_once(' ') {
+                    secrets.push(token.to_string());
+                }
+            }
+        }
+        let method = match config.method {
+            WebhookMethod::Post => Method::POST,
+            WebhookMethod::Put => Method::PUT,
+            WebhookMethod::Patch => Method::PATCH,
+        };
+        Ok(WebhookTranslator {
+            method,
+            url: config.endpoint.clone(),
+            headers,
+            encoding: config.encoding,
+            names,
+            pass_properties,
+            max_bytes,
+            retry_statuses: config.retry_statuses.clone(),
+            secrets,
+        })
+    }
+
+    fn request(&self, body: Vec<u8>, events: Vec<usize>) -> VendorRequest {
+        VendorRequest {
+            method: self.method.clone(),
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            body: Bytes::from(body),
+            events,
+        }
+    }
+}
+
+fn is_secret_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "authorization"
+        || name.contains("token")
+        || name.contains("key")
+        || name.contains("secret")
+        || name.contains("signature")
+}
+
+impl Translate for WebhookTranslator {
+    fn translate(&self, events: &[&Event], _sent_at: OffsetDateTime) -> Translation {
+        let mut translation = Translation::default();
+        let (open, sep, close): (&[u8], &[u8], &[u8]) = match self.encoding {
+            BodyEncoding::JsonArray => (b"[", b",", b"]"),
+            BodyEncoding::Ndjson => (b"", b"", b""),
+        };
+        let mut body = Vec::with_capacity(self.max_bytes.min(1 << 20));
+        let mut in_body = Vec::new();
+        let mut item = Vec::with_capacity(1024);
+        for (index, event) in events.iter().enumerate() {
+            item.clear();
+            if let Err(unnamed) =
+                encode_passthrough(event, &self.names, self.pass_properties, &mut item)
+            {
+                translation.refused.push(Refusal::dropped(
+                    index,
+                    unnamed.reason(),
+                    format!("{} is {}", event.event_type(), unnamed.reason()),
+                ));
+                continue;
+            }
+            if self.encoding == BodyEncoding::Ndjson {
+                item.push(b'\n');
+            }
+            let framing = open.len() + close.len();
+            if item.len() + framing > self.max_bytes {
+                translation.refused.push(Refusal::refused(
+                    index,
+                    "oversize",
+                    format!(
+                        "event is {} bytes, over the batch limit of {} bytes",
+                        item.len(),
+                        self.max_bytes
+                    ),
+                ));
+                continue;
+            }
+            let extra = if in_body.is_empty() { 0 } else { sep.len() };
+            if !in_body.is_empty() && body.len() + extra + item.len() + close.len() > self.max_bytes
+            {
+                body.extend_from_slice(close);
+                let full = std::mem::take(&mut body);
+                translation
+                    .requests
+                    .push(self.request(full, std::mem::take(&mut in_body)));
+            }
+            if in_body.is_empty() {
+                body.extend_from_slice(open);
+            } else {
+                body.extend_from_slice(sep);
+            }
+            body.extend_from_slice(&item);
+            in_body.push(index);
+        }
+        if !in_body.is_empty() {
+            body.extend_from_slice(close);
+            translation.requests.push(self.request(body, in_body));
+        }
+        translation
+    }
+
+    fn classify(&self, response: &VendorResponse) -> Verdict {
+        match &self.retry_statuses {
+            Some(retry) if !response.status.is_success() => {
+                if retry.contains(&response.status.as_u16()) {
+                    Verdict::Retry
+                } else {
+                    Verdict::Reject
+                }
+            }
+            _ => super::default_classify(response.status),
+        }
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        self.secrets.clone()
+    }
+}
+
+/// The event as the client sent it, with `received_at`, the destination's name for its
+/// type, and without `properties` unless they pass through.
+pub fn encode_passthrough(
+    event: &Event,
+    names: &EventNames,
+    pass_properties: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), super::names::Unnamed> {
+    let name = names.resolve_passthrough(event.event_type())?;
+    let renamed = name != event.event_type();
+    let strip_properties = !pass_properties && event.body.properties.is_some();
+    if !renamed && !strip_properties {
+        event.write_json(out);
+        return Ok(());
+    }
+    let mut value = event.to_json_value();
+    if let Some(map) = value.as_object_mut() {
+        if renamed {
+            map.insert("type".into(), serde_json::Value::String(name.to_string()));
+        }
+        if strip_properties {
+            map.remove("properties");
+        }
+    }
+    // Serializing a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &value);
+    Ok(())
+}

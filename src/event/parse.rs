@@ -1,0 +1,210 @@
+//! Request bodies → events. A body that is not well-formed as a whole is refused whole
+//! (nothing half-parsed is forwarded); a well-formed body is judged event by event.
+
+use super::{Event, EventError};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One JSON object, or an array of them.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_events: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct ParsedBody {
+    pub events: Vec<Event>,
+    pub rejected: Vec<Rejection>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Rejection {
+    /// Position of the event in the request: array index, or NDJSON record number (0-based).
+    pub index: usize,
+    pub error: String,
+    #[serde(skip)]
+    pub reason: &'static str,
+}
+
+/// Why a whole body was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum BodyError {
+    #[error("body is not valid JSON: {message} at line {line} column {column}")]
+    Syntax {
+        message: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("body must be a JSON object or an array of objects, found {found}")]
+    NotEvents { found: &'static str },
+    #[error("body holds more than {max} events")]
+    TooManyEvents { max: usize },
+    #[error("body is empty")]
+    Empty,
+}
+
+pub fn parse_body(
+    body: &[u8],
+    format: BodyFormat,
+    limits: BodyLimits,
+    received_at: OffsetDateTime,
+) -> Result<ParsedBody, BodyError> {
+    let records = match format {
+        BodyFormat::Json => split_json(body)?,
+        BodyFormat::Ndjson => split_ndjson(body)?,
+    };
+    if records.is_empty() {
+        return Err(BodyError::Empty);
+    }
+    if records.len() > limits.max_events {
+        return Err(BodyError::TooManyEvents {
+            max: limits.max_events,
+        });
+    }
+    let mut parsed = ParsedBody {
+        events: Vec::with_capacity(records.len()),
+        rejected: Vec::new(),
+    };
+    for (index, raw) in records.into_iter().enumerate() {
+        match Event::from_json(raw, received_at) {
+            Ok(event) => parsed.events.push(event),
+            Err(err) => parsed.rejected.push(rejection(index, &err)),
+        }
+    }
+    Ok(parsed)
+}
+
+fn rejection(index: usize, err: &EventError) -> Rejection {
+    Rejection {
+        index,
+        error: err.to_string(),
+        reason: err.reason(),
+    }
+}
+
+fn split_json(body: &[u8]) -> Result<Vec<&RawValue>, BodyError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => Err(BodyError::Empty),
+        Some(b'[') => serde_json::from_slice::<Vec<&RawValue>>(body).map_err(syntax_error),
+        Some(b'{') => serde_json::from_slice::<&RawValue>(body)
+            .map(|raw| vec![raw])
+            .map_err(syntax_error),
+        Some(_) => match serde_json::from_slice::<&RawValue>(body) {
+            Ok(raw) => Err(BodyError::NotEvents {
+                found: json_kind(raw.get()),
+            }),
+            Err(e) => Err(syntax_error(e)),
+        },
+    }
+}
+
+fn split_ndjson(body: &[u8]) -> Result<Vec<&RawValue>, BodyError> {
+    let mut records = Vec::new();
+    for (line_index, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        let raw: &RawValue = serde_json::from_slice(line).map_err(|e| BodyError::Syntax {
+            message: strip_position(&e.to_string()),
+            line: line_index + 1,
+            column: e.column(),
+        })?;
+        records.push(raw);
+    }
+    Ok(records)
+}
+
+fn syntax_error(e: serde_json::Error) -> BodyError {
+    BodyError::Syntax {
+        message: strip_position(&e.to_string()),
+        line: e.line(),
+        column: e.column(),
+    }
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn json_kind(text: &str) -> &'static str {
+    match text.as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVENT: &str = r#"{"event_id":"0190f6d2-7c3a-7b1e-9a1e-3f2c8d1e4b55","type":"playback.paused","timestamp":"2026-01-15T10:20:30.123Z","session":{"id":"s1"},"user":{"anonymous_id":"a-1"}}"#;
+    const LIMITS: BodyLimits = BodyLimits { max_events: 3 };
+
+    fn parse(body: &str, format: BodyFormat) -> Result<ParsedBody, BodyError> {
+        parse_body(body.as_bytes(), format, LIMITS, OffsetDateTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn single_object_array_and_ndjson_all_parse() {
+        assert_eq!(
+            parse(EVENT, BodyFormat::Json).map(|p| p.events.len()),
+            Ok(1)
+        );
+        let array = format!("[{EVENT},{EVENT}]");
+        assert_eq!(
+            parse(&array, BodyFormat::Json).map(|p| p.events.len()),
+            Ok(2)
+        );
+        let ndjson = format!("{EVENT}\n\r\n{EVENT}\r\n");
+        let parsed = parse(&ndjson, BodyFormat::Ndjson).expect("ndjson");
+        assert_eq!(parsed.events.len(), 2);
+    }
+
+    #[test]
+    fn invalid_events_are_rejected_by_index() {
+        let array = format!(r#"[{EVENT},{{"type":"x"}},7]"#);
+        let parsed = parse(&array, BodyFormat::Json).expect("well-formed");
+        assert_eq!(parsed.events.len(), 1);
+        let indices: Vec<usize> = parsed.rejected.iter().map(|r| r.index).collect();
+        assert_eq!(indices, vec![1, 2]);
+        assert_eq!(parsed.rejected[1].error, "event is not a JSON object");
+    }
+
+    #[test]
+    fn truncated_ndjson_names_the_line() {
+        let body = format!("{EVENT}\n{}", &EVENT[..40]);
+        let err = parse(&body, BodyFormat::Ndjson).unwrap_err();
+        assert!(matches!(err, BodyError::Syntax { line: 2, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn malformed_json_and_scalars_are_refused_whole() {
+        let err = parse("[{\"a\":1},", BodyFormat::Json).unwrap_err();
+        assert!(matches!(err, BodyError::Syntax { line: 1, .. }), "{err:?}");
+        let err = parse("\"hello\"", BodyFormat::Json).unwrap_err();
+        assert_eq!(err, BodyError::NotEvents { found: "a string" });
+        assert_eq!(parse("  ", BodyFormat::Json).unwrap_err(), BodyError::Empty);
+    }
+
+    #[test]
+    fn too_many_events_is_refused() {
+        let body = format!("[{EVENT},{EVENT},{EVENT},{EVENT}]");
+        let err = parse(&body, BodyFormat::Json).unwrap_err();
+        assert_eq!(err, BodyError::TooManyEvents { max: 3 });
+    }
+}
