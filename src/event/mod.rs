@@ -180,7 +180,7 @@ fn validate(body: &PlayerEvent) -> Result<OffsetDateTime, EventError> {
     }
     let ty = body.event_type.as_str();
     let custom = ty.strip_prefix("custom.");
-    if !KNOWN_TYPES.contains(&ty) && !custom.is_some_and(|name| !name.is_empty()) {
+    if !KNOWN_TYPES.contains(&ty) && custom.is_none_or(str::is_empty) {
         return Err(EventError::UnknownType(truncate(ty, 64).to_string()));
     }
     let timestamp = OffsetDateTime::parse(&body.timestamp, &Rfc3339).map_err(|e| {
