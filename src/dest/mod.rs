@@ -13,6 +13,14 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use time::OffsetDateTime;
 
+/// The destination's `batch` settings, which translators must also respect when they
+/// split a batch into vendor requests (on top of the vendor's own caps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+}
+
 /// One request a destination wants sent.
 #[derive(Debug, Clone)]
 pub struct VendorRequest {

@@ -1,7 +1,10 @@
 //! `type = "webhook"`: the events as they came (plus `received_at`), batched as a JSON
 //! array or NDJSON, to any URL.
 
-use super::{EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse, Verdict};
+use super::{
+    BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
+    Verdict,
+};
 use crate::event::Event;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
@@ -51,7 +54,7 @@ pub struct WebhookTranslator {
     encoding: BodyEncoding,
     names: EventNames,
     pass_properties: bool,
-    max_bytes: usize,
+    limits: BatchLimits,
     retry_statuses: Option<Vec<u16>>,
     secrets: Vec<String>,
 }
@@ -70,7 +73,7 @@ impl WebhookTranslator {
         config: &WebhookConfig,
         names: EventNames,
         pass_properties: bool,
-        max_bytes: usize,
+        limits: BatchLimits,
     ) -> Result<Self, WebhookError> {
         let mut headers = HeaderMap::new();
         let content_type = match config.encoding {
@@ -106,7 +109,7 @@ impl WebhookTranslator {
             encoding: config.encoding,
             names,
             pass_properties,
-            max_bytes,
+            limits,
             retry_statuses: config.retry_statuses.clone(),
             secrets,
         })
@@ -139,7 +142,7 @@ impl Translate for WebhookTranslator {
             BodyEncoding::JsonArray => (b"[", b",", b"]"),
             BodyEncoding::Ndjson => (b"", b"", b""),
         };
-        let mut body = Vec::with_capacity(self.max_bytes.min(1 << 20));
+        let mut body = Vec::with_capacity(self.limits.max_bytes.min(1 << 20));
         let mut in_body = Vec::new();
         let mut item = Vec::with_capacity(1024);
         for (index, event) in events.iter().enumerate() {
@@ -158,21 +161,22 @@ impl Translate for WebhookTranslator {
                 item.push(b'\n');
             }
             let framing = open.len() + close.len();
-            if item.len() + framing > self.max_bytes {
+            if item.len() + framing > self.limits.max_bytes {
                 translation.refused.push(Refusal::refused(
                     index,
                     "oversize",
                     format!(
                         "event is {} bytes, over the batch limit of {} bytes",
                         item.len(),
-                        self.max_bytes
+                        self.limits.max_bytes
                     ),
                 ));
                 continue;
             }
             let extra = if in_body.is_empty() { 0 } else { sep.len() };
-            if !in_body.is_empty() && body.len() + extra + item.len() + close.len() > self.max_bytes
-            {
+            let full_by_bytes =
+                body.len() + extra + item.len() + close.len() > self.limits.max_bytes;
+            if !in_body.is_empty() && (full_by_bytes || in_body.len() >= self.limits.max_events) {
                 body.extend_from_slice(close);
                 let full = std::mem::take(&mut body);
                 translation
