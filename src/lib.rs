@@ -1,5 +1,248 @@
 //! playrelay: one normalized player event stream in, many analytics vendors out.
+//!
+//! The path of an event: `ingest` (HTTP) → `event` (parse, validate) → `route` →
+//! `deliver` (per-destination queue, batch, send) with `dest` translating for each
+//! vendor → `telemetry` (metrics, logs).
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod deliver;
 pub mod dest;
 pub mod event;
+pub mod ingest;
+pub mod route;
+pub mod telemetry;
+
+use arc_swap::ArcSwap;
+use config::{Config, ServerConfig};
+use deliver::{Destination, HttpClient, TlsRoots};
+use prometheus_client::metrics::counter::Counter;
+use route::RouteTable;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use telemetry::Metrics;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Wall-clock source, injectable so tests can fix `received_at` and send times.
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(OffsetDateTime::now_utc)
+}
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+/// State shared by every ingest request.
+pub struct Relay {
+    pub server: ServerConfig,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    /// Read as one snapshot per request, so a request is routed by one table.
+    pub routing: ArcSwap<Routing>,
+    state: AtomicU8,
+}
+
+impl Relay {
+    pub fn readiness(&self) -> &'static str {
+        match self.state.load(Ordering::Acquire) {
+            READY => "ready",
+            DRAINING => "draining",
+            _ => "starting",
+        }
+    }
+}
+
+/// The routing table and the destinations it points at, by index.
+pub struct Routing {
+    pub table: RouteTable,
+    pub destinations: Vec<Destination>,
+    pub route_sampled_out: Vec<Counter>,
+}
+
+impl Routing {
+    fn empty() -> Routing {
+        Routing {
+            table: RouteTable::empty(),
+            destinations: Vec::new(),
+            route_sampled_out: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] deliver::http::TlsSetupError),
+    #[error(transparent)]
+    Destination(#[from] deliver::BuildError),
+    #[error(transparent)]
+    Route(#[from] route::RouteError),
+    #[error("cannot read the listener's address: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Knobs that are not config: what tests and embedders inject.
+#[derive(Clone)]
+pub struct RelayOptions {
+    pub clock: Clock,
+    pub tls_roots: TlsRoots,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            clock: system_clock(),
+            tls_roots: TlsRoots::Webpki,
+        }
+    }
+}
+
+/// A started relay; [`RunningRelay::shutdown`] stops it in order.
+pub struct RunningRelay {
+    pub local_addr: SocketAddr,
+    pub relay: Arc<Relay>,
+    server: JoinHandle<std::io::Result<()>>,
+    stop_accepting: oneshot::Sender<()>,
+    workers: Vec<JoinHandle<()>>,
+    abandon: watch::Sender<bool>,
+}
+
+/// What shutdown found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// False when the drain timeout ran out and queued events were given up.
+    pub drained: bool,
+}
+
+/// Starts the relay on `listener`: destinations first, then the HTTP server.
+pub async fn start(
+    config: Config,
+    listener: TcpListener,
+    options: RelayOptions,
+) -> Result<RunningRelay, StartError> {
+    let local_addr = listener.local_addr().map_err(StartError::Listener)?;
+    let metrics = Arc::new(Metrics::new());
+    let client = HttpClient::new(options.tls_roots)?;
+    let (abandon, abandon_rx) = watch::channel(false);
+    let mut destinations = Vec::with_capacity(config.destinations.len());
+    let mut workers = Vec::with_capacity(config.destinations.len());
+    let mut index = HashMap::new();
+    for (i, (name, destination)) in config.destinations.iter().enumerate() {
+        let (handle, worker) = deliver::start(
+            destination,
+            &client,
+            &metrics,
+            options.clock.clone(),
+            abandon_rx.clone(),
+        )?;
+        destinations.push(handle);
+        workers.push(worker);
+        index.insert(name.clone(), i);
+    }
+    let table = RouteTable::new(&config.routes, &index)?;
+    let route_sampled_out = table
+        .route_names()
+        .map(|route| {
+            metrics
+                .route_sampled_out
+                .get_or_create(&telemetry::RouteLabel {
+                    route: route.to_string(),
+                })
+                .clone()
+        })
+        .collect();
+    let relay = Arc::new(Relay {
+        server: config.server.clone(),
+        metrics,
+        clock: options.clock,
+        routing: ArcSwap::from_pointee(Routing {
+            table,
+            destinations,
+            route_sampled_out,
+        }),
+        state: AtomicU8::new(STARTING),
+    });
+    let (stop_accepting, stopped) = oneshot::channel::<()>();
+    let app = ingest::app(relay.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    relay.state.store(READY, Ordering::Release);
+    tracing::info!(listen = %local_addr, destinations = config.destinations.len(), routes = config.routes.len(), "relay ready");
+    Ok(RunningRelay {
+        local_addr,
+        relay,
+        server,
+        stop_accepting,
+        workers,
+        abandon,
+    })
+}
+
+impl RunningRelay {
+    /// Stops taking requests, lets in-flight ones finish, then gives the destinations
+    /// up to `drain_timeout_ms` to send what they hold.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let drain = Duration::from_millis(self.relay.server.drain_timeout_ms);
+        self.relay.state.store(DRAINING, Ordering::Release);
+        tracing::info!("shutting down: no new requests, draining queues");
+        let _ = self.stop_accepting.send(());
+        match tokio::time::timeout(drain, self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+            Err(_) => tracing::warn!("in-flight requests did not finish in time"),
+        }
+        // Dropping the routing drops the queues' senders: workers finish what is queued.
+        self.relay.routing.store(Arc::new(Routing::empty()));
+        let workers = futures_join_all(self.workers);
+        tokio::pin!(workers);
+        let drained = match tokio::time::timeout(drain, &mut workers).await {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = drain.as_millis() as u64,
+                    "drain timed out: giving up what is still queued"
+                );
+                let _ = self.abandon.send(true);
+                workers.await;
+                false
+            }
+        };
+        tracing::info!(drained, "relay stopped");
+        ShutdownReport { drained }
+    }
+}
+
+async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
+    for handle in handles {
+        if let Err(e) = handle.await {
+            tracing::error!(error = %e, "destination worker failed");
+        }
+    }
+}
+
+/// Runs the relay until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    options: RelayOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ShutdownReport, StartError> {
+    let running = start(config, listener, options).await?;
+    shutdown.await;
+    Ok(running.shutdown().await)
+}

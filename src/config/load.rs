@@ -1,0 +1,609 @@
+//! Reading routes.toml: parse with spans, substitute `${VAR}`s, read each section on its
+//! own so one mistake does not hide the next, then check what types alone cannot.
+
+use super::env::interpolate;
+use super::{
+    Config, DestinationCommon, DestinationConfig, DestinationKind, RouteConfig, ServerConfig,
+    COMMON_KEYS,
+};
+use crate::dest::file::FileConfig;
+use crate::dest::webhook::WebhookConfig;
+use crate::route::compile_glob;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+/// One problem in a config file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted path of the key at fault, e.g. `destinations.warehouse.endpoint`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a config file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    load_str(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// Loads a config from text; `env` looks up `${VAR}`s (injectable for tests).
+pub fn load_str(
+    text: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut cx = Loader {
+        text,
+        file,
+        errors: Vec::new(),
+    };
+    let (mut root, syntax_errors) = DeTable::parse_recoverable(text);
+    for error in syntax_errors {
+        cx.toml_error("", &error, None);
+    }
+    if !cx.errors.is_empty() {
+        return Err(cx.finish());
+    }
+    for (key, value) in root.get_mut().iter_mut() {
+        cx.interpolate(key.get_ref(), value, env);
+    }
+    let config = cx.read_root(root.into_inner());
+    match config {
+        Some(config) if cx.errors.is_empty() => Ok(config),
+        _ => Err(cx.finish()),
+    }
+}
+
+struct Loader<'a> {
+    text: &'a str,
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Loader<'_> {
+    fn finish(mut self) -> ConfigErrors {
+        self.errors.sort_by_key(|e| (e.line, e.column));
+        self.errors.dedup();
+        ConfigErrors(self.errors)
+    }
+
+    fn error_at(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
+        let (line, column) = line_column(self.text, span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// Reports a toml error, naming the deepest key of `table` whose span holds it.
+    fn toml_error(&mut self, prefix: &str, error: &toml::de::Error, table: Option<&DeValue>) {
+        let span = error.span().unwrap_or(0..0);
+        let message = error.message().trim().to_string();
+        let mut field = prefix.to_string();
+        if let Some(value) = table {
+            field = deepest_key(prefix, value, &span);
+        }
+        if let Some(name) = quoted_after(&message, "missing field `")
+            .or_else(|| quoted_after(&message, "unknown field `"))
+        {
+            if !field.ends_with(&format!(".{name}")) {
+                field = join(&field, &name);
+            }
+        }
+        self.error_at(span, &field, message);
+    }
+
+    fn interpolate(
+        &mut self,
+        path: &str,
+        value: &mut Spanned<DeValue<'_>>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) {
+        let span = value.span();
+        match value.get_mut() {
+            DeValue::String(text) if text.contains('$') => match interpolate(text, env) {
+                Ok(replaced) => *text = replaced.into(),
+                Err(missing) => {
+                    for name in missing {
+                        self.error_at(
+                                    span.clone(),
+                                    path,
+                                    format!("environment variable {name} is not set (write ${{{name}:-default}} for a default)"),
+                                );
+                    }
+                }
+            },
+            DeValue::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.interpolate(&format!("{path}[{i}]"), item, env);
+                }
+            }
+            DeValue::Table(table) => {
+                for (key, item) in table.iter_mut() {
+                    self.interpolate(&join(path, key.get_ref()), item, env);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn read<T: DeserializeOwned>(&mut self, field: &str, value: Spanned<DeValue<'_>>) -> Option<T> {
+        let probe = value.get_ref().clone();
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                self.toml_error(field, &error, Some(&probe));
+                None
+            }
+        }
+    }
+
+    fn read_root(&mut self, root: DeTable<'_>) -> Option<Config> {
+        let mut server = None;
+        let mut destinations = None;
+        let mut routes = None;
+        let mut server_span = 0..0;
+        for (key, value) in root {
+            match key.get_ref().as_ref() {
+                "server" => {
+                    server_span = value.span();
+                    server = Some(value);
+                }
+                "destinations" => destinations = Some(value),
+                "routes" => routes = Some(value),
+                other => self.error_at(
+                    key.span(),
+                    other,
+                    "unknown section (expected server, destinations or routes)",
+                ),
+            }
+        }
+        let server: Option<ServerConfig> = match server {
+            Some(value) => self.read("server", value),
+            None => {
+                self.error_at(
+                    server_span,
+                    "server",
+                    "missing [server] section with `listen`",
+                );
+                None
+            }
+        };
+        // Names count as declared even when their table has errors, so a route that
+        // names them does not add a second, misleading error.
+        let declared: Vec<String> = match &destinations {
+            Some(value) => match value.get_ref() {
+                DeValue::Table(table) => {
+                    table.iter().map(|(k, _)| k.get_ref().to_string()).collect()
+                }
+                _ => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        let destinations = match destinations {
+            Some(value) => self.read_destinations(value),
+            None => BTreeMap::new(),
+        };
+        let routes = match routes {
+            Some(value) => self.read_routes(value, &declared),
+            None => Vec::new(),
+        };
+        if let Some(server) = &server {
+            self.check_server(server);
+        }
+        Some(Config {
+            source: self.file.to_path_buf(),
+            server: server?,
+            destinations,
+            routes,
+        })
+    }
+
+    fn check_server(&mut self, server: &ServerConfig) {
+        // Spans are gone once typed; these are rare mistakes, reported at the section.
+        let line = self.text.find("[server]").unwrap_or(0);
+        if server.max_body_bytes == 0 {
+            self.error_at(
+                line..line,
+                "server.max_body_bytes",
+                "must be greater than 0",
+            );
+        }
+        if server.max_events_per_request == 0 {
+            self.error_at(
+                line..line,
+                "server.max_events_per_request",
+                "must be greater than 0",
+            );
+        }
+        if server.max_decompressed_bytes < server.max_body_bytes {
+            self.error_at(
+                line..line,
+                "server.max_decompressed_bytes",
+                "must be at least server.max_body_bytes",
+            );
+        }
+    }
+
+    fn read_destinations(
+        &mut self,
+        value: Spanned<DeValue<'_>>,
+    ) -> BTreeMap<String, DestinationConfig> {
+        let span = value.span();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.error_at(
+                span,
+                "destinations",
+                "must be a table of named destinations",
+            );
+            return BTreeMap::new();
+        };
+        let mut out = BTreeMap::new();
+        for (key, value) in table {
+            let name = key.get_ref().to_string();
+            let field = format!("destinations.{name}");
+            if !valid_name(&name) {
+                self.error_at(
+                    key.span(),
+                    &field,
+                    "destination names use letters, digits, `_` and `-`",
+                );
+            }
+            if let Some(destination) = self.read_destination(&name, &field, value) {
+                out.insert(name, destination);
+            }
+        }
+        out
+    }
+
+    fn read_destination(
+        &mut self,
+        name: &str,
+        field: &str,
+        value: Spanned<DeValue<'_>>,
+    ) -> Option<DestinationConfig> {
+        let span = value.span();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.error_at(span, field, "must be a table");
+            return None;
+        };
+        let mut common = DeTable::new();
+        let mut own = DeTable::new();
+        let mut type_name = None;
+        for (key, value) in table {
+            let k = key.get_ref().as_ref();
+            if k == "type" {
+                type_name = Some(value);
+            } else if COMMON_KEYS.contains(&k) {
+                common.insert(key, value);
+            } else {
+                own.insert(key, value);
+            }
+        }
+        let common: Option<DestinationCommon> =
+            self.read(field, Spanned::new(span.clone(), DeValue::Table(common)));
+        let Some(type_value) = type_name else {
+            self.error_at(
+                span,
+                &format!("{field}.type"),
+                "missing `type` (webhook or file)",
+            );
+            return None;
+        };
+        let type_span = type_value.span();
+        let own = Spanned::new(span, DeValue::Table(own));
+        let kind = match type_value.get_ref() {
+            DeValue::String(t) if t == "webhook" => {
+                let config: Option<WebhookConfig> = self.read(field, own);
+                config.map(DestinationKind::Webhook)
+            }
+            DeValue::String(t) if t == "file" => {
+                let config: Option<FileConfig> = self.read(field, own);
+                config.map(DestinationKind::File)
+            }
+            other => {
+                self.error_at(
+                    type_span.clone(),
+                    &format!("{field}.type"),
+                    format!(
+                        "unknown destination type {}, expected webhook or file",
+                        show(other)
+                    ),
+                );
+                None
+            }
+        };
+        let (kind, common) = (kind?, common?);
+        self.check_destination(field, &kind, &common, type_span);
+        Some(DestinationConfig {
+            name: name.to_string(),
+            kind,
+            common,
+        })
+    }
+
+    fn check_destination(
+        &mut self,
+        field: &str,
+        kind: &DestinationKind,
+        common: &DestinationCommon,
+        at: Range<usize>,
+    ) {
+        let mut problems = Vec::new();
+        if common.batch.max_events == 0 {
+            problems.push(("batch.max_events", "must be greater than 0".to_string()));
+        }
+        if common.batch.max_bytes < 1024 {
+            problems.push(("batch.max_bytes", "must be at least 1024".to_string()));
+        }
+        if common.queue.max_events == 0 {
+            problems.push(("queue.max_events", "must be greater than 0".to_string()));
+        }
+        if common.timeout_ms == 0 {
+            problems.push(("timeout_ms", "must be greater than 0".to_string()));
+        }
+        for (event_type, _) in common.events.iter() {
+            if !crate::event::KNOWN_TYPES.contains(&event_type.as_str())
+                && !event_type.starts_with("custom.")
+            {
+                problems.push((
+                    "events",
+                    format!("{event_type:?} is not a player-event/1 type"),
+                ));
+            }
+        }
+        if let DestinationKind::Webhook(webhook) = kind {
+            if let Err(message) = check_http_url(&webhook.endpoint) {
+                problems.push(("endpoint", message));
+            }
+            for (header, value) in &webhook.headers {
+                if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    problems.push(("headers", format!("{header:?} is not a valid header name")));
+                } else if http::HeaderValue::from_str(value).is_err() {
+                    problems.push((
+                        "headers",
+                        format!("the value of {header} is not a valid header value"),
+                    ));
+                }
+            }
+        }
+        if let DestinationKind::File(file) = kind {
+            if file.path.as_os_str().is_empty() {
+                problems.push(("path", "must not be empty".to_string()));
+            }
+        }
+        for (key, message) in problems {
+            let span = self.find_key_span(field, key).unwrap_or_else(|| at.clone());
+            self.error_at(span, &format!("{field}.{key}"), message);
+        }
+    }
+
+    /// Finds `key` textually after the destination's table header, for errors found
+    /// after the typed read.
+    fn find_key_span(&self, field: &str, key: &str) -> Option<Range<usize>> {
+        let name = field.strip_prefix("destinations.")?;
+        let header = format!("[destinations.{name}]");
+        let start = self.text.find(&header)?;
+        let leaf = key.split('.').next_back()?;
+        let rel = self.text[start..]
+            .find(&format!("\n{leaf}"))
+            .or_else(|| self.text[start..].find(leaf))?;
+        let at = start + rel + 1;
+        Some(at..at)
+    }
+
+    fn read_routes(
+        &mut self,
+        value: Spanned<DeValue<'_>>,
+        declared: &[String],
+    ) -> Vec<RouteConfig> {
+        let span = value.span();
+        let DeValue::Array(items) = value.into_inner() else {
+            self.error_at(span, "routes", "must be an array of tables: [[routes]]");
+            return Vec::new();
+        };
+        let mut out: Vec<RouteConfig> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let field = format!("routes[{i}]");
+            let Some(raw) = self.read::<RawRoute>(&field, item) else {
+                continue;
+            };
+            let name = raw.name.get_ref().clone();
+            if out.iter().any(|r| r.name == name) {
+                self.error_at(
+                    raw.name.span(),
+                    &format!("{field}.name"),
+                    format!("route name {name:?} is used twice"),
+                );
+            }
+            let mut types = Vec::new();
+            for (j, pattern) in raw.r#match.get_ref().types.iter().enumerate() {
+                match compile_glob(pattern.get_ref()) {
+                    Ok(_) => types.push(pattern.get_ref().clone()),
+                    Err(e) => self.error_at(
+                        pattern.span(),
+                        &format!("{field}.match.types[{j}]"),
+                        format!("bad glob {:?}: {e}", pattern.get_ref()),
+                    ),
+                }
+            }
+            if raw.r#match.get_ref().types.is_empty() {
+                self.error_at(
+                    raw.r#match.span(),
+                    &format!("{field}.match.types"),
+                    "must name at least one type glob (\"*\" for all)",
+                );
+            }
+            let mut to = Vec::new();
+            for (j, target) in raw.to.iter().enumerate() {
+                if !declared.contains(target.get_ref()) {
+                    let known: Vec<&str> = declared.iter().map(String::as_str).collect();
+                    self.error_at(
+                        target.span(),
+                        &format!("{field}.to[{j}]"),
+                        format!(
+                            "no destination named {:?} (defined: {})",
+                            target.get_ref(),
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                } else if !to.contains(target.get_ref()) {
+                    to.push(target.get_ref().clone());
+                }
+            }
+            if let Some(sample) = &raw.sample {
+                let v = *sample.get_ref();
+                if !(0.0..=1.0).contains(&v) || v.is_nan() {
+                    self.error_at(
+                        sample.span(),
+                        &format!("{field}.sample"),
+                        format!("{v} is outside 0.0-1.0"),
+                    );
+                }
+            }
+            out.push(RouteConfig {
+                name,
+                types,
+                to,
+                sample: raw.sample.map(|s| s.into_inner()),
+            });
+        }
+        out
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    r#match: Spanned<RawMatch>,
+    to: Vec<Spanned<String>>,
+    #[serde(default)]
+    sample: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    types: Vec<Spanned<String>>,
+}
+
+fn check_http_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(()),
+        _ => Err(format!(
+            "{url:?} must be an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The dotted path of the deepest key whose key or value span holds `span`.
+fn deepest_key(prefix: &str, value: &DeValue, span: &Range<usize>) -> String {
+    if let DeValue::Table(table) = value {
+        for (key, item) in table.iter() {
+            let key_span = key.span();
+            let item_span = item.span();
+            let holds =
+                |s: &Range<usize>| s.start <= span.start && span.end <= s.end && s != &(0..0);
+            if holds(&key_span) {
+                return join(prefix, key.get_ref());
+            }
+            if holds(&item_span) {
+                return deepest_key(&join(prefix, key.get_ref()), item.get_ref(), span);
+            }
+        }
+    }
+    prefix.to_string()
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn quoted_after(message: &str, marker: &str) -> Option<String> {
+    let rest = &message[message.find(marker)? + marker.len()..];
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn show(value: &DeValue) -> String {
+    match value {
+        DeValue::String(s) => format!("{s:?}"),
+        DeValue::Integer(_) | DeValue::Float(_) => "a number".into(),
+        DeValue::Boolean(b) => b.to_string(),
+        DeValue::Datetime(_) => "a datetime".into(),
+        DeValue::Array(_) => "an array".into(),
+        DeValue::Table(_) => "a table".into(),
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}

@@ -1,0 +1,241 @@
+//! Logs (tracing) and metrics (Prometheus text format). Metric names follow one
+//! vocabulary: `playrelay_<what>_total` for counts, a `destination` label per destination.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the process's log subscriber. `RUST_LOG` overrides the default `info` level.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless: the first subscriber stays.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabel {
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationReasonLabel {
+    pub destination: String,
+    pub reason: String,
+}
+
+/// Every metric of the relay, registered once; handed out by reference, never global.
+pub struct Metrics {
+    registry: Registry,
+    pub events_received: Counter,
+    pub events_accepted: Counter,
+    pub events_rejected: Family<ReasonLabel, Counter>,
+    pub ingest_requests: Family<StatusLabel, Counter>,
+    pub events_unrouted: Counter,
+    pub route_sampled_out: Family<RouteLabel, Counter>,
+    pub dest_received: Family<DestinationLabel, Counter>,
+    pub dest_sent: Family<DestinationLabel, Counter>,
+    pub dest_failed: Family<DestinationLabel, Counter>,
+    pub dest_dropped: Family<DestinationReasonLabel, Counter>,
+    pub dest_queue_depth: Family<DestinationLabel, Gauge>,
+    pub dest_in_flight: Family<DestinationLabel, Gauge>,
+    pub dest_requests: Family<DestinationLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("playrelay");
+        let m = Metrics {
+            events_received: Counter::default(),
+            events_accepted: Counter::default(),
+            events_rejected: Family::default(),
+            ingest_requests: Family::default(),
+            events_unrouted: Counter::default(),
+            route_sampled_out: Family::default(),
+            dest_received: Family::default(),
+            dest_sent: Family::default(),
+            dest_failed: Family::default(),
+            dest_dropped: Family::default(),
+            dest_queue_depth: Family::default(),
+            dest_in_flight: Family::default(),
+            dest_requests: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events_received",
+            "Events found in ingest request bodies",
+            m.events_received.clone(),
+        );
+        registry.register(
+            "events_accepted",
+            "Events that passed validation",
+            m.events_accepted.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Events refused by validation, by reason",
+            m.events_rejected.clone(),
+        );
+        registry.register(
+            "ingest_requests",
+            "Ingest requests answered, by HTTP status",
+            m.ingest_requests.clone(),
+        );
+        registry.register(
+            "events_unrouted",
+            "Accepted events that no route sent anywhere",
+            m.events_unrouted.clone(),
+        );
+        registry.register(
+            "route_sampled_out",
+            "Events a route matched but left out by session sampling",
+            m.route_sampled_out.clone(),
+        );
+        registry.register(
+            "destination_events_received",
+            "Events routed to a destination",
+            m.dest_received.clone(),
+        );
+        registry.register(
+            "destination_events_sent",
+            "Events the destination's vendor accepted",
+            m.dest_sent.clone(),
+        );
+        registry.register(
+            "destination_events_failed",
+            "Events whose delivery failed",
+            m.dest_failed.clone(),
+        );
+        registry.register(
+            "destination_events_dropped",
+            "Events a destination left out, by reason",
+            m.dest_dropped.clone(),
+        );
+        registry.register(
+            "destination_queue_depth",
+            "Events waiting in a destination's queue",
+            m.dest_queue_depth.clone(),
+        );
+        registry.register(
+            "destination_events_in_flight",
+            "Events taken from the queue and not yet settled",
+            m.dest_in_flight.clone(),
+        );
+        registry.register(
+            "destination_requests",
+            "Requests sent to a destination",
+            m.dest_requests.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn destination(&self, name: &str) -> DestinationMetrics {
+        let label = DestinationLabel {
+            destination: name.to_string(),
+        };
+        DestinationMetrics {
+            name: name.to_string(),
+            received: self.dest_received.get_or_create(&label).clone(),
+            sent: self.dest_sent.get_or_create(&label).clone(),
+            failed: self.dest_failed.get_or_create(&label).clone(),
+            queue_depth: self.dest_queue_depth.get_or_create(&label).clone(),
+            in_flight: self.dest_in_flight.get_or_create(&label).clone(),
+            requests: self.dest_requests.get_or_create(&label).clone(),
+            dropped: self.dest_dropped.clone(),
+            dropped_cache: Mutex::default(),
+        }
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.events_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// One destination's counters, resolved once so the hot path only touches atomics.
+pub struct DestinationMetrics {
+    pub name: String,
+    pub received: Counter,
+    pub sent: Counter,
+    pub failed: Counter,
+    pub queue_depth: Gauge,
+    pub in_flight: Gauge,
+    pub requests: Counter,
+    dropped: Family<DestinationReasonLabel, Counter>,
+    dropped_cache: Mutex<Vec<(&'static str, Counter)>>,
+}
+
+impl DestinationMetrics {
+    pub fn dropped(&self, reason: &'static str, count: u64) {
+        let counter = {
+            let mut cache = match self.dropped_cache.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match cache.iter().find(|(r, _)| *r == reason) {
+                Some((_, counter)) => counter.clone(),
+                None => {
+                    let counter = self
+                        .dropped
+                        .get_or_create(&DestinationReasonLabel {
+                            destination: self.name.clone(),
+                            reason: reason.to_string(),
+                        })
+                        .clone();
+                    cache.push((reason, counter.clone()));
+                    counter
+                }
+            }
+        };
+        counter.inc_by(count);
+    }
+}
