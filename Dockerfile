@@ -1,0 +1,21 @@
+# Build: a full Rust toolchain; run: a slim Debian with only the binary and routes.toml.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked && strip target/release/playrelay
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/playrelay --create-home playrelay
+COPY --from=build /src/target/release/playrelay /usr/local/bin/playrelay
+COPY routes.toml /etc/playrelay/routes.toml
+USER playrelay
+WORKDIR /var/lib/playrelay
+ENV PLAYRELAY_LISTEN=0.0.0.0:8080
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["playrelay"]
+CMD ["run", "--config", "/etc/playrelay/routes.toml"]

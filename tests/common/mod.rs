@@ -1,0 +1,265 @@
+//! Shared test parts: vendor stand-ins on 127.0.0.1:0, a relay started from TOML text,
+//! and a small HTTP client. Every wait here is bounded.
+#![allow(dead_code)]
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use playrelay::{config, RelayOptions, RunningRelay};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub const FIXTURE: &str = include_str!("../fixtures/sessions.ndjson");
+
+/// One request a stand-in received, with the status it answered.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub status: u16,
+}
+
+/// What a stand-in answers to its n-th request (0-based).
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Status(u16),
+    WithHeaders(u16, Vec<(&'static str, String)>),
+    After(Duration, u16),
+    /// Accept the request and never answer.
+    Hang,
+}
+
+type Plan = Arc<dyn Fn(usize) -> Reply + Send + Sync>;
+
+pub struct StandIn {
+    pub addr: SocketAddr,
+    pub recorded: Arc<Mutex<Vec<Recorded>>>,
+    count: Arc<AtomicUsize>,
+}
+
+impl StandIn {
+    pub async fn ok() -> StandIn {
+        StandIn::start(|_| Reply::Status(200)).await
+    }
+
+    pub async fn start(plan: impl Fn(usize) -> Reply + Send + Sync + 'static) -> StandIn {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind stand-in");
+        let addr = listener.local_addr().expect("stand-in address");
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let plan: Plan = Arc::new(plan);
+        let state = (recorded.clone(), count.clone(), plan);
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let (recorded, count, plan) = state.clone();
+                async move {
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let reply = plan(n);
+                    let (status, extra) = match reply {
+                        Reply::Status(s) => (s, Vec::new()),
+                        Reply::WithHeaders(s, h) => (s, h),
+                        Reply::After(delay, s) => {
+                            tokio::time::sleep(delay).await;
+                            (s, Vec::new())
+                        }
+                        Reply::Hang => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            (200, Vec::new())
+                        }
+                    };
+                    recorded.lock().expect("lock").push(Recorded {
+                        method,
+                        uri,
+                        headers,
+                        body,
+                        status,
+                    });
+                    let mut response: Response =
+                        (StatusCode::from_u16(status).expect("status"), "{}").into_response();
+                    for (name, value) in extra {
+                        response
+                            .headers_mut()
+                            .insert(name, value.parse().expect("header value"));
+                    }
+                    response
+                }
+            },
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        StandIn {
+            addr,
+            recorded,
+            count,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.recorded.lock().expect("lock").clone()
+    }
+
+    /// Every event in every 2xx-answered request, in arrival order (JSON array or NDJSON bodies).
+    pub fn delivered_events(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        for request in self
+            .requests()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+        {
+            events.extend(body_events(&request.body));
+        }
+        events
+    }
+
+    /// Waits until `n` events were delivered, at most `within`.
+    pub async fn wait_for_events(&self, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let events = self.delivered_events();
+            if events.len() >= n || tokio::time::Instant::now() >= deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+pub fn body_events(body: &[u8]) -> Vec<Value> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => items,
+        Ok(other) => vec![other],
+        Err(_) => body
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).expect("NDJSON line"))
+            .collect(),
+    }
+}
+
+/// Starts a relay from TOML text on 127.0.0.1:0 (the file's `listen` is ignored).
+pub async fn start_relay(toml: &str) -> RunningRelay {
+    start_relay_with(toml, RelayOptions::default()).await
+}
+
+pub async fn start_relay_with(toml: &str, options: RelayOptions) -> RunningRelay {
+    let config = config::load_str(toml, Path::new("test.toml"), &|_| None)
+        .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+    playrelay::start(config, listener, options)
+        .await
+        .expect("relay starts")
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+/// Sends one request to the relay and reads its JSON answer.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body.into())).expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .expect("relay answers within 10 s")
+        .expect("relay answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn post_ndjson(addr: SocketAddr, body: impl Into<Bytes>) -> Answer {
+    send(
+        addr,
+        "POST",
+        "/v1/events",
+        &[("content-type", "application/x-ndjson")],
+        body,
+    )
+    .await
+}
+
+pub async fn post_json(addr: SocketAddr, body: impl Into<Bytes>) -> Answer {
+    send(
+        addr,
+        "POST",
+        "/v1/events",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+pub fn fixture_events() -> Vec<Value> {
+    FIXTURE
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("fixture line"))
+        .collect()
+}
+
+/// Removes `received_at` after checking it is an RFC 3339 time.
+pub fn without_received_at(mut event: Value) -> Value {
+    let stamp = event
+        .as_object_mut()
+        .and_then(|m| m.remove("received_at"))
+        .expect("received_at is stamped");
+    assert!(
+        stamp
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z') && s.len() == 24),
+        "received_at {stamp}"
+    );
+    event
+}
+
+/// Reads one metric sample (full name with labels) from the relay's exposition.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,413 @@
+//! The relay end to end: real sockets on 127.0.0.1, webhook stand-ins, the real entry points.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+fn two_webhooks(playback: &StandIn, ads: &StandIn) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[destinations.playback_hook]
+type = "webhook"
+endpoint = "{}"
+batch = {{ max_events = 50, max_wait_ms = 20 }}
+
+[destinations.ads_hook]
+type = "webhook"
+endpoint = "{}"
+encoding = "ndjson"
+batch = {{ max_events = 7, max_wait_ms = 20 }}
+
+[[routes]]
+name = "playback"
+match = {{ types = ["playback.*", "quality.changed"] }}
+to = ["playback_hook"]
+
+[[routes]]
+name = "ads-and-errors"
+match = {{ types = ["ad.*", "*.error"] }}
+to = ["ads_hook"]
+"#,
+        playback.url("/playback"),
+        ads.url("/ads")
+    )
+}
+
+#[tokio::test]
+async fn sample_sessions_reach_exactly_the_matching_stand_ins() {
+    let playback = StandIn::ok().await;
+    let ads = StandIn::ok().await;
+    let relay = start_relay(&two_webhooks(&playback, &ads)).await;
+
+    let answer = post_ndjson(relay.local_addr, FIXTURE).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.body, json!({"accepted": 708, "rejected": []}));
+    relay.shutdown().await;
+
+    let sent = fixture_events();
+    let matches = |event: &Value, f: &dyn Fn(&str) -> bool| f(event["type"].as_str().unwrap_or(""));
+    let is_playback = |t: &str| t.starts_with("playback.") || t == "quality.changed";
+    let is_ad_or_error = |t: &str| t.starts_with("ad.") || t.ends_with(".error");
+    for (stand_in, wanted) in [
+        (&playback, &is_playback as &dyn Fn(&str) -> bool),
+        (&ads, &is_ad_or_error),
+    ] {
+        let expected: Vec<Value> = sent
+            .iter()
+            .filter(|e| matches(e, wanted))
+            .cloned()
+            .collect();
+        let got: Vec<Value> = stand_in
+            .delivered_events()
+            .into_iter()
+            .map(without_received_at)
+            .collect();
+        let ids: HashSet<&str> = got.iter().filter_map(|e| e["event_id"].as_str()).collect();
+        assert_eq!(ids.len(), got.len(), "an event arrived twice");
+        // One queue per destination keeps order.
+        assert_eq!(got, expected);
+    }
+    // playback.error matched both routes but the two hooks are different destinations.
+    assert!(ads.delivered_events().len() > 3);
+    let content_types: HashSet<String> = ads
+        .requests()
+        .iter()
+        .map(|r| r.headers["content-type"].to_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        content_types,
+        HashSet::from(["application/x-ndjson".to_string()])
+    );
+    assert!(ads
+        .requests()
+        .iter()
+        .all(|r| body_events(&r.body).len() <= 7));
+}
+
+#[tokio::test]
+async fn an_event_matching_several_routes_reaches_a_destination_once() {
+    let hook = StandIn::ok().await;
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[destinations.hook]
+type = "webhook"
+endpoint = "{}"
+batch = {{ max_wait_ms = 5 }}
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["hook"]
+[[routes]]
+name = "errors-again"
+match = {{ types = ["playback.error"] }}
+to = ["hook", "hook"]
+"#,
+        hook.url("/")
+    );
+    let relay = start_relay(&toml).await;
+    let answer = post_ndjson(relay.local_addr, FIXTURE).await;
+    assert_eq!(answer.body["accepted"], 708);
+    relay.shutdown().await;
+    assert_eq!(hook.delivered_events().len(), 708);
+}
+
+#[tokio::test]
+async fn mixed_request_accepts_the_valid_events_and_names_the_rest() {
+    let hook = StandIn::ok().await;
+    let relay = start_relay(&two_webhooks(&hook, &hook)).await;
+    let good = fixture_events();
+    let mut no_id = good[1].clone();
+    no_id.as_object_mut().map(|m| m.remove("event_id"));
+    let mut unknown_type = good[2].clone();
+    unknown_type["type"] = json!("playback.teleported");
+    let mut wrong_type = good[3].clone();
+    wrong_type["playback"]["position_ms"] = json!("twelve");
+    let body = json!([good[4], no_id, unknown_type, good[5], wrong_type]);
+
+    let answer = post_json(relay.local_addr, body.to_string()).await;
+    assert_eq!(answer.status, 202);
+    assert_eq!(answer.body["accepted"], 2);
+    let rejected = answer.body["rejected"]
+        .as_array()
+        .expect("rejected list")
+        .clone();
+    let indices: Vec<u64> = rejected
+        .iter()
+        .filter_map(|r| r["index"].as_u64())
+        .collect();
+    assert_eq!(indices, vec![1, 2, 4]);
+    assert_eq!(rejected[0]["error"], "event_id: missing required field");
+    assert!(rejected[1]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("playback.teleported"));
+    assert!(rejected[2]["error"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("playback.position_ms: invalid type"));
+
+    relay.shutdown().await;
+    let ids: Vec<Value> = hook
+        .delivered_events()
+        .into_iter()
+        .map(|e| e["event_id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![good[4]["event_id"].clone(), good[5]["event_id"].clone()]
+    );
+}
+
+#[tokio::test]
+async fn broken_bodies_get_their_status_a_json_error_and_forward_nothing() {
+    let hook = StandIn::ok().await;
+    let toml = two_webhooks(&hook, &hook).replace(
+        "[server]\nlisten = \"127.0.0.1:0\"",
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 4096\nmax_decompressed_bytes = 8192",
+    );
+    let relay = start_relay(&toml).await;
+    let addr = relay.local_addr;
+    let one = FIXTURE.lines().next().expect("fixture");
+
+    let malformed = post_json(addr, format!("[{one}, {{\"type\": ")).await;
+    assert_eq!(malformed.status, 400);
+    assert!(
+        malformed.body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("line 1 column"),
+        "{}",
+        malformed.body
+    );
+
+    let truncated = post_ndjson(addr, format!("{one}\n{}", &one[..one.len() / 2])).await;
+    assert_eq!(truncated.status, 400);
+    assert!(truncated.body["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("line 2"));
+
+    let not_gzip = send(
+        addr,
+        "POST",
+        "/v1/events",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        one.to_string(),
+    )
+    .await;
+    assert_eq!(not_gzip.status, 400);
+    assert!(not_gzip.body["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("gzip"));
+
+    let oversized = post_ndjson(addr, format!("{one}\n").repeat(10)).await;
+    assert_eq!(oversized.status, 413);
+    assert!(oversized.body["error"].is_string());
+
+    // A gzip bomb: small on the wire, over the decompressed cap.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(&vec![b' '; 64 * 1024]).expect("gzip");
+    let bomb = encoder.finish().expect("gzip");
+    assert!(bomb.len() < 4096);
+    let inflated = send(
+        addr,
+        "POST",
+        "/v1/events",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        bomb,
+    )
+    .await;
+    assert_eq!(inflated.status, 413);
+
+    let wrong_type = send(
+        addr,
+        "POST",
+        "/v1/events",
+        &[("content-type", "text/csv")],
+        one.to_string(),
+    )
+    .await;
+    assert_eq!(wrong_type.status, 415);
+    assert!(wrong_type.body["error"].is_string());
+
+    let unknown_path = send(addr, "GET", "/v2/nothing", &[], "").await;
+    assert_eq!(unknown_path.status, 404);
+    let wrong_method = send(addr, "GET", "/v1/events", &[], "").await;
+    assert_eq!(wrong_method.status, 405);
+
+    // A real gzip body works.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(one.as_bytes()).expect("gzip");
+    let gzipped = send(
+        addr,
+        "POST",
+        "/v1/events",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        encoder.finish().expect("gzip"),
+    )
+    .await;
+    assert_eq!(gzipped.status, 202, "{}", gzipped.body);
+    assert_eq!(gzipped.body["accepted"], 1);
+
+    relay.shutdown().await;
+    // Only the gzip body's one event went anywhere (the first fixture is session.started,
+    // routed nowhere by these routes).
+    assert!(hook.requests().is_empty(), "{:?}", hook.requests());
+}
+
+#[tokio::test]
+async fn shutdown_delivers_everything_still_queued() {
+    // A slow vendor and small batches: most events are still queued when shutdown starts.
+    let hook = StandIn::start(|_| Reply::After(Duration::from_millis(20), 200)).await;
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+drain_timeout_ms = 30000
+[destinations.slow]
+type = "webhook"
+endpoint = "{}"
+batch = {{ max_events = 10, max_wait_ms = 1 }}
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["slow"]
+"#,
+        hook.url("/slow")
+    );
+    let relay = start_relay(&toml).await;
+    let answer = post_ndjson(relay.local_addr, FIXTURE).await;
+    assert_eq!(answer.body["accepted"], 708);
+    let metrics = relay.relay.metrics.encode();
+    assert!(
+        metric(
+            &metrics,
+            "playrelay_destination_queue_depth{destination=\"slow\"}"
+        ) > 0.0,
+        "events should still be queued"
+    );
+    let report = relay.shutdown().await;
+    assert!(report.drained);
+    let got: HashSet<String> = hook
+        .delivered_events()
+        .iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(got.len(), 708);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let hook = StandIn::ok().await;
+    let relay = start_relay(&two_webhooks(&hook, &hook)).await;
+    let addr = relay.local_addr;
+    assert_eq!(send(addr, "GET", "/healthz", &[], "").await.status, 200);
+    let ready = send(addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(
+        (ready.status, ready.body["status"].clone()),
+        (200, json!("ready"))
+    );
+
+    let mut body = fixture_events()[..3].to_vec();
+    body.push(json!({"type": "nonsense"}));
+    post_json(addr, Value::Array(body).to_string()).await;
+    let text = send(addr, "GET", "/metrics", &[], "").await.body;
+    let text = text.as_str().expect("metrics are text");
+    assert_eq!(metric(text, "playrelay_events_received_total"), 4.0);
+    assert_eq!(metric(text, "playrelay_events_accepted_total"), 3.0);
+    assert_eq!(
+        metric(
+            text,
+            "playrelay_events_rejected_total{reason=\"missing_field\"}"
+        ),
+        1.0
+    );
+    // session.started and playback.requested go to playback_hook? Only playback.* does.
+    assert_eq!(metric(text, "playrelay_events_unrouted_total"), 1.0);
+    assert!(text.contains("playrelay_destination_queue_depth{destination=\"playback_hook\"}"));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn file_destination_appends_ndjson() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nested/out.ndjson");
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[destinations.local]
+type = "file"
+path = "{}"
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["local"]
+"#,
+        path.display()
+    );
+    let relay = start_relay(&toml).await;
+    post_ndjson(relay.local_addr, FIXTURE).await;
+    relay.shutdown().await;
+    let written = std::fs::read_to_string(&path).expect("file written");
+    let got: Vec<Value> = written
+        .lines()
+        .map(|l| without_received_at(serde_json::from_str(l).expect("json line")))
+        .collect();
+    assert_eq!(got, fixture_events());
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_the_newest_and_counts_it() {
+    let hook = StandIn::start(|_| Reply::Hang).await;
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+drain_timeout_ms = 200
+[destinations.stuck]
+type = "webhook"
+endpoint = "{}"
+timeout_ms = 60000
+queue = {{ max_events = 100 }}
+batch = {{ max_events = 10, max_wait_ms = 1 }}
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["stuck"]
+"#,
+        hook.url("/")
+    );
+    let relay = start_relay(&toml).await;
+    let answer = post_ndjson(relay.local_addr, FIXTURE).await;
+    // Ingest does not wait on the hung vendor.
+    assert_eq!(answer.body["accepted"], 708);
+    let text = relay.relay.metrics.encode();
+    let dropped = metric(
+        &text,
+        "playrelay_destination_events_dropped_total{destination=\"stuck\",reason=\"queue_full\"}",
+    );
+    // 100 queued, up to 10 taken into a batch; the rest dropped.
+    assert!((598.0..=608.0).contains(&dropped), "dropped {dropped}");
+    let report = relay.shutdown().await;
+    assert!(!report.drained);
+}
