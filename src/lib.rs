@@ -10,12 +10,13 @@ pub mod deliver;
 pub mod dest;
 pub mod event;
 pub mod ingest;
+pub mod replay;
 pub mod route;
 pub mod telemetry;
 
 use arc_swap::ArcSwap;
 use config::{Config, ServerConfig};
-use deliver::{Destination, HttpClient, TlsRoots};
+use deliver::{Destination, HttpClient};
 use prometheus_client::metrics::counter::Counter;
 use route::RouteTable;
 use std::collections::HashMap;
@@ -94,14 +95,12 @@ pub enum StartError {
 #[derive(Clone)]
 pub struct RelayOptions {
     pub clock: Clock,
-    pub tls_roots: TlsRoots,
 }
 
 impl Default for RelayOptions {
     fn default() -> Self {
         RelayOptions {
             clock: system_clock(),
-            tls_roots: TlsRoots::Webpki,
         }
     }
 }
@@ -131,19 +130,20 @@ pub async fn start(
 ) -> Result<RunningRelay, StartError> {
     let local_addr = listener.local_addr().map_err(StartError::Listener)?;
     let metrics = Arc::new(Metrics::new());
-    let client = HttpClient::new(options.tls_roots)?;
+    let client = HttpClient::new(config.server.tls_roots)?;
     let (abandon, abandon_rx) = watch::channel(false);
     let mut destinations = Vec::with_capacity(config.destinations.len());
     let mut workers = Vec::with_capacity(config.destinations.len());
     let mut index = HashMap::new();
     for (i, (name, destination)) in config.destinations.iter().enumerate() {
-        let (handle, worker) = deliver::start(
-            destination,
-            &client,
-            &metrics,
-            options.clock.clone(),
-            abandon_rx.clone(),
-        )?;
+        let env = deliver::Environment {
+            client: client.clone(),
+            metrics: metrics.clone(),
+            clock: options.clock.clone(),
+            abandon: abandon_rx.clone(),
+            dead_letter_path: config.server.dead_letter_dir.join(format!("{name}.ndjson")),
+        };
+        let (handle, worker) = deliver::start(destination, env)?;
         destinations.push(handle);
         workers.push(worker);
         index.insert(name.clone(), i);

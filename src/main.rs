@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use playrelay::telemetry::{init_logging, LogFormat};
 use playrelay::{config, RelayOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -39,6 +39,17 @@ enum Command {
         /// The routing file to check.
         file: PathBuf,
     },
+    /// Send a destination's dead letters again through its normal delivery stack.
+    Replay {
+        /// The routing file that defines the destination.
+        #[arg(long, short, default_value = "routes.toml")]
+        config: PathBuf,
+        /// The destination to send to.
+        #[arg(long, short)]
+        destination: String,
+        /// A dead-letter file (`dead_letter_dir/<destination>.ndjson`).
+        dead_letter_file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +59,11 @@ fn main() -> ExitCode {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
         Some(Command::Validate { file }) => return validate(&file),
+        Some(Command::Replay {
+            config,
+            destination,
+            dead_letter_file,
+        }) => replay(&config, &destination, &dead_letter_file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,13 +95,46 @@ fn validate(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = config::load_file(&args.config).map_err(|errors| anyhow::anyhow!("{errors}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn replay(config: &Path, destination: &str, file: &Path) -> anyhow::Result<()> {
+    let config = config::load_file(config).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let runtime = runtime()?;
+    let report = runtime.block_on(playrelay::replay::replay(
+        &config,
+        destination,
+        file,
+        playrelay::system_clock(),
+    ))?;
+    println!(
+        "replayed {} records to {destination}: {} delivered, {} failed again, {} dropped by the destination's rules",
+        report.records, report.delivered, report.dead_lettered, report.dropped
+    );
+    if report.dead_lettered > 0 {
+        println!("failed again: {}", report.failed_again_file.display());
+    }
+    for invalid in &report.invalid {
+        println!("not replayed: {invalid}");
+    }
+    if report.delivered as usize == report.records {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} of {} records were not delivered",
+            report.records - report.delivered as usize,
+            report.records
+        )
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+        .context("cannot start the async runtime")
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = config::load_file(&args.config).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;

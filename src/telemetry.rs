@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::Mutex;
 
@@ -51,6 +52,13 @@ pub struct DestinationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationStatusLabel {
+    pub destination: String,
+    /// An HTTP status, or `timeout` / `connect_error` / `error` when there was none.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestinationReasonLabel {
     pub destination: String,
     pub reason: String,
@@ -72,6 +80,16 @@ pub struct Metrics {
     pub dest_queue_depth: Family<DestinationLabel, Gauge>,
     pub dest_in_flight: Family<DestinationLabel, Gauge>,
     pub dest_requests: Family<DestinationLabel, Counter>,
+    pub dest_dead_lettered: Family<DestinationLabel, Counter>,
+    pub dest_retries: Family<DestinationLabel, Counter>,
+    pub dest_responses: Family<DestinationStatusLabel, Counter>,
+    pub dest_request_duration: Family<DestinationLabel, Histogram, fn() -> Histogram>,
+    pub dest_breaker_state: Family<DestinationLabel, Gauge>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
 impl Default for Metrics {
@@ -97,6 +115,13 @@ impl Metrics {
             dest_queue_depth: Family::default(),
             dest_in_flight: Family::default(),
             dest_requests: Family::default(),
+            dest_dead_lettered: Family::default(),
+            dest_retries: Family::default(),
+            dest_responses: Family::default(),
+            dest_request_duration: Family::new_with_constructor(
+                duration_histogram as fn() -> Histogram,
+            ),
+            dest_breaker_state: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -164,6 +189,31 @@ impl Metrics {
             "Requests sent to a destination",
             m.dest_requests.clone(),
         );
+        registry.register(
+            "destination_events_dead_lettered",
+            "Events written to the destination's dead-letter file",
+            m.dest_dead_lettered.clone(),
+        );
+        registry.register(
+            "destination_retries",
+            "Requests sent again after a retryable failure",
+            m.dest_retries.clone(),
+        );
+        registry.register(
+            "destination_responses",
+            "Vendor answers by status (or transport failure)",
+            m.dest_responses.clone(),
+        );
+        registry.register(
+            "destination_request_duration_seconds",
+            "Time from sending a request to the end of the vendor's answer",
+            m.dest_request_duration.clone(),
+        );
+        registry.register(
+            "destination_breaker_state",
+            "0 closed (sending), 1 open (failing fast), 2 probing",
+            m.dest_breaker_state.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -187,6 +237,11 @@ impl Metrics {
             queue_depth: self.dest_queue_depth.get_or_create(&label).clone(),
             in_flight: self.dest_in_flight.get_or_create(&label).clone(),
             requests: self.dest_requests.get_or_create(&label).clone(),
+            dead_lettered: self.dest_dead_lettered.get_or_create(&label).clone(),
+            retries: self.dest_retries.get_or_create(&label).clone(),
+            request_duration: self.dest_request_duration.get_or_create(&label).clone(),
+            breaker_state: self.dest_breaker_state.get_or_create(&label).clone(),
+            responses: self.dest_responses.clone(),
             dropped: self.dest_dropped.clone(),
             dropped_cache: Mutex::default(),
         }
@@ -210,11 +265,25 @@ pub struct DestinationMetrics {
     pub queue_depth: Gauge,
     pub in_flight: Gauge,
     pub requests: Counter,
+    pub dead_lettered: Counter,
+    pub retries: Counter,
+    pub request_duration: Histogram,
+    pub breaker_state: Gauge,
+    responses: Family<DestinationStatusLabel, Counter>,
     dropped: Family<DestinationReasonLabel, Counter>,
     dropped_cache: Mutex<Vec<(&'static str, Counter)>>,
 }
 
 impl DestinationMetrics {
+    pub fn response(&self, status: &str) {
+        self.responses
+            .get_or_create(&DestinationStatusLabel {
+                destination: self.name.clone(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
     pub fn dropped(&self, reason: &'static str, count: u64) {
         let counter = {
             let mut cache = match self.dropped_cache.lock() {

@@ -388,7 +388,7 @@ drain_timeout_ms = 200
 type = "webhook"
 endpoint = "{}"
 timeout_ms = 60000
-queue = {{ max_events = 100 }}
+queue = {{ max_events = 100, when_full = "drop_newest" }}
 batch = {{ max_events = 10, max_wait_ms = 1 }}
 [[routes]]
 name = "all"

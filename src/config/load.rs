@@ -387,6 +387,39 @@ impl Loader<'_> {
         if common.timeout_ms == 0 {
             problems.push(("timeout_ms", "must be greater than 0".to_string()));
         }
+        if common.concurrency == 0 {
+            problems.push(("concurrency", "must be greater than 0".to_string()));
+        }
+        if let Some(limit) = &common.rate_limit {
+            if limit.requests_per_second == Some(0)
+                || limit.events_per_second == Some(0)
+                || limit.burst == Some(0)
+            {
+                problems.push((
+                    "rate_limit",
+                    "rates and burst must be greater than 0 (leave a key out for no limit)"
+                        .to_string(),
+                ));
+            }
+        }
+        if common.retry.max_attempts == 0 {
+            problems.push((
+                "retry.max_attempts",
+                "must be at least 1 (1 means no retry)".to_string(),
+            ));
+        }
+        if common.retry.initial_backoff_ms > common.retry.max_backoff_ms {
+            problems.push((
+                "retry.initial_backoff_ms",
+                "must not exceed retry.max_backoff_ms".to_string(),
+            ));
+        }
+        if common.breaker.failure_threshold == 0 || common.breaker.probe_interval_ms == 0 {
+            problems.push((
+                "breaker",
+                "failure_threshold and probe_interval_ms must be greater than 0".to_string(),
+            ));
+        }
         for (event_type, _) in common.events.iter() {
             if !crate::event::KNOWN_TYPES.contains(&event_type.as_str())
                 && !event_type.starts_with("custom.")

@@ -38,6 +38,12 @@ pub struct ServerConfig {
     /// How long shutdown waits for queues to drain before giving up on what is left.
     #[serde(default = "defaults::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Where events that will not be delivered are written, one file per destination.
+    #[serde(default = "defaults::dead_letter_dir")]
+    pub dead_letter_dir: PathBuf,
+    /// Trusted roots for outbound TLS.
+    #[serde(default)]
+    pub tls_roots: crate::deliver::TlsRoots,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,10 +85,110 @@ pub struct DestinationCommon {
     /// Time allowed for one request, from connect to the end of the answer.
     #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
+    /// Requests in flight at once.
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: usize,
+    /// Unset: the vendor's documented default (see [`RateLimitConfig::vendor_default`]).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
 }
 
 /// The keys of [`DestinationCommon`], which are split off before the type's own keys are read.
-pub(crate) const COMMON_KEYS: &[&str] = &["events", "properties", "batch", "queue", "timeout_ms"];
+pub(crate) const COMMON_KEYS: &[&str] = &[
+    "events",
+    "properties",
+    "batch",
+    "queue",
+    "timeout_ms",
+    "concurrency",
+    "rate_limit",
+    "retry",
+    "breaker",
+];
+
+/// Limits on what the relay sends a destination, per second, with a burst allowance.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default)]
+    pub requests_per_second: Option<u32>,
+    #[serde(default)]
+    pub events_per_second: Option<u32>,
+    /// How far above the steady rate a burst may go; defaults to one second's worth.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl RateLimitConfig {
+    /// The documented vendor limits: Tealium 100 events/s per account, Segment about
+    /// 1,000 requests/s per workspace.
+    pub fn vendor_default(type_name: &str) -> Option<RateLimitConfig> {
+        match type_name {
+            "tealium" => Some(RateLimitConfig {
+                requests_per_second: None,
+                events_per_second: Some(100),
+                burst: None,
+            }),
+            "segment" => Some(RateLimitConfig {
+                requests_per_second: Some(1000),
+                events_per_second: None,
+                burst: None,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, bounded in attempts and in total time.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first one included.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "defaults::initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "defaults::max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// From the first attempt; no retry starts after this.
+    #[serde(default = "defaults::max_elapsed_ms")]
+    pub max_elapsed_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: defaults::max_attempts(),
+            initial_backoff_ms: defaults::initial_backoff_ms(),
+            max_backoff_ms: defaults::max_backoff_ms(),
+            max_elapsed_ms: defaults::max_elapsed_ms(),
+        }
+    }
+}
+
+/// Fail fast: after `failure_threshold` failed attempts in a row the destination stops
+/// sending and probes the vendor every `probe_interval_ms` until one succeeds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    #[serde(default = "defaults::failure_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default = "defaults::probe_interval_ms")]
+    pub probe_interval_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: defaults::failure_threshold(),
+            probe_interval_ms: defaults::probe_interval_ms(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -118,15 +224,29 @@ impl BatchConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Events held for the destination before new ones are dropped.
+    /// Events held for the destination.
     #[serde(default = "defaults::queue_max_events")]
     pub max_events: usize,
+    /// What happens to a new event when the queue is full.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Written to the dead-letter file, so it can be replayed.
+    #[default]
+    DeadLetter,
+    /// Counted as `dropped{reason="queue_full"}` and gone.
+    DropNewest,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             max_events: defaults::queue_max_events(),
+            when_full: WhenFull::default(),
         }
     }
 }
@@ -171,5 +291,29 @@ mod defaults {
     }
     pub fn queue_max_events() -> usize {
         100_000
+    }
+    pub fn dead_letter_dir() -> std::path::PathBuf {
+        "playrelay-out/dead-letter".into()
+    }
+    pub fn concurrency() -> usize {
+        4
+    }
+    pub fn max_attempts() -> u32 {
+        5
+    }
+    pub fn initial_backoff_ms() -> u64 {
+        200
+    }
+    pub fn max_backoff_ms() -> u64 {
+        30_000
+    }
+    pub fn max_elapsed_ms() -> u64 {
+        120_000
+    }
+    pub fn failure_threshold() -> u32 {
+        5
+    }
+    pub fn probe_interval_ms() -> u64 {
+        5_000
     }
 }

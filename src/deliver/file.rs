@@ -23,22 +23,27 @@ impl FileSink {
         }
     }
 
-    /// Appends the batch. Returns how many events were written, or how many failed and why.
+    /// Appends the batch. Returns the indices written, or the indices that failed and why.
     pub async fn write(
         &mut self,
         events: &[&Event],
-    ) -> (Result<u64, (u64, std::io::Error)>, Vec<Refusal>) {
+    ) -> (
+        Result<Vec<usize>, (Vec<usize>, std::io::Error)>,
+        Vec<Refusal>,
+    ) {
         let (body, written, refused) = encode_lines(events, &self.names, self.pass_properties);
-        let n = written.len() as u64;
-        if n == 0 {
-            return (Ok(0), refused);
+        if written.is_empty() {
+            return (Ok(written), refused);
         }
         let result = self.append(&body).await;
         if result.is_err() {
             // Reopen next time: the file may have been moved or its disk freed.
             self.file = None;
         }
-        (result.map(|()| n).map_err(|e| (n, e)), refused)
+        (
+            result.map(|()| written.clone()).map_err(|e| (written, e)),
+            refused,
+        )
     }
 
     async fn append(&mut self, body: &[u8]) -> std::io::Result<()> {

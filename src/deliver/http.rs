@@ -39,6 +39,17 @@ pub enum SendError {
     Build(String),
 }
 
+impl SendError {
+    /// The `status` label of `destination_responses` when there was no answer.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SendError::Timeout(_) => "timeout",
+            SendError::Connect(_) => "connect_error",
+            _ => "error",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct HttpClient {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,

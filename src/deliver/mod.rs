@@ -2,33 +2,54 @@
 //! failing vendor never holds up another destination or the ingest response.
 //!
 //! queue (`Destination::offer`) → batch (`batch.rs`) → translate (`crate::dest`) →
-//! send (`http.rs`, or the file sink in `file.rs`) → metrics.
+//! per request: breaker (`breaker.rs`) → rate limit (`rate_limit.rs`) → concurrency
+//! → send with timeout (`http.rs`) → retry (`retry.rs`) → delivered or dead letter
+//! (`dead_letter.rs`). Files go through `file.rs` instead of HTTP.
+//!
+//! Accounting, per destination, at every moment:
+//! `received = sent + dead_lettered + dropped + queue_depth + in_flight`.
 
 mod batch;
+mod breaker;
+pub mod dead_letter;
 mod file;
 pub mod http;
+mod rate_limit;
+mod retry;
 
 pub use self::http::{HttpClient, TlsRoots};
 
-use crate::config::{DestinationConfig, DestinationKind};
+use crate::config::{DestinationConfig, DestinationKind, RateLimitConfig, WhenFull};
 use crate::dest::webhook::{WebhookError, WebhookTranslator};
-use crate::dest::{redact, Disposition, EventNames, Refusal, Translate, Verdict};
-use crate::event::Event;
+use crate::dest::{redact, Disposition, EventNames, Refusal, Translate, VendorRequest, Verdict};
+use crate::event::{format_rfc3339, Event};
 use crate::telemetry::{DestinationMetrics, Metrics};
 use crate::Clock;
+use breaker::Breaker;
+use dead_letter::{Cause, DeadLetter};
+use rate_limit::RateLimits;
+use retry::Backoff;
+use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+/// How many overflowing events may wait for the dead-letter writer before even they are
+/// dropped (counted): ingest never waits on a disk.
+const OVERFLOW_CAPACITY: usize = 10_000;
 
 /// The sending side of a destination: what routing hands events to.
 pub struct Destination {
     pub name: String,
     queue: mpsc::Sender<Arc<Event>>,
+    overflow: Option<mpsc::Sender<Arc<Event>>>,
     pub metrics: Arc<DestinationMetrics>,
 }
 
 impl Destination {
-    /// Queues an event without waiting. A full queue drops the newest event, counted.
+    /// Queues an event without waiting. When the queue is full the event is
+    /// dead-lettered (`when_full = "dead_letter"`) or dropped, and counted either way.
     pub fn offer(&self, event: Arc<Event>) -> bool {
         self.metrics.received.inc();
         match self.queue.try_send(event) {
@@ -36,8 +57,16 @@ impl Destination {
                 self.metrics.queue_depth.inc();
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.dropped("queue_full", 1);
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                match &self.overflow {
+                    Some(overflow) => match overflow.try_send(event) {
+                        Ok(()) => {
+                            self.metrics.in_flight.inc();
+                        }
+                        Err(_) => self.metrics.dropped("queue_full", 1),
+                    },
+                    None => self.metrics.dropped("queue_full", 1),
+                }
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -54,54 +83,84 @@ pub enum BuildError {
     Webhook { name: String, source: WebhookError },
 }
 
-/// Starts a destination's worker. Dropping every clone of the returned [`Destination`]
-/// closes its queue: the worker sends what is left and ends. Setting `abandon` to true
-/// makes it give up at once, counting what it still holds as dropped.
+/// What a destination needs from the relay around it.
+#[derive(Clone)]
+pub struct Environment {
+    pub client: HttpClient,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    /// Set to true to make workers give up at once, dead-lettering what they hold.
+    pub abandon: watch::Receiver<bool>,
+    /// The dead-letter file of this destination.
+    pub dead_letter_path: PathBuf,
+}
+
+/// Starts a destination's worker. Dropping the returned [`Destination`] closes its
+/// queue: the worker sends what is left and ends.
 pub fn start(
     config: &DestinationConfig,
-    client: &HttpClient,
-    metrics: &Metrics,
-    clock: Clock,
-    abandon: watch::Receiver<bool>,
+    env: Environment,
 ) -> Result<(Destination, JoinHandle<()>), BuildError> {
     let names = EventNames::new(config.common.events.clone());
     let sink = match &config.kind {
-        DestinationKind::Webhook(webhook) => Sink::Http {
-            translator: Box::new(
-                WebhookTranslator::new(
-                    webhook,
-                    names,
-                    config.common.properties,
-                    config.common.batch.limits(),
-                )
-                .map_err(|source| BuildError::Webhook {
-                    name: config.name.clone(),
-                    source,
-                })?,
-            ),
-            client: client.clone(),
-        },
-        DestinationKind::File(file) => Sink::File(file::FileSink::new(
-            &file.path,
-            names,
-            config.common.properties,
+        DestinationKind::Webhook(webhook) => Sink::Http(Box::new(
+            WebhookTranslator::new(
+                webhook,
+                names,
+                config.common.properties,
+                config.common.batch.limits(),
+            )
+            .map_err(|source| BuildError::Webhook {
+                name: config.name.clone(),
+                source,
+            })?,
         )),
+        DestinationKind::File(file) => Sink::File(Box::new(tokio::sync::Mutex::new(
+            file::FileSink::new(&file.path, names, config.common.properties),
+        ))),
     };
-    let (sender, receiver) = mpsc::channel(config.common.queue.max_events);
-    let metrics = Arc::new(metrics.destination(&config.name));
-    let worker = Worker {
+    let secrets = match &sink {
+        Sink::Http(translator) => translator.secrets(),
+        Sink::File(_) => Vec::new(),
+    };
+    let metrics = Arc::new(env.metrics.destination(&config.name));
+    let rate_limit = config
+        .common
+        .rate_limit
+        .or_else(|| RateLimitConfig::vendor_default(config.kind.type_name()));
+    let stack = Arc::new(Stack {
+        name: config.name.clone(),
         config: config.clone(),
         sink,
+        client: env.client.clone(),
         metrics: metrics.clone(),
-        queue: receiver,
-        clock,
-        abandon,
+        rate_limits: RateLimits::new(rate_limit),
+        breaker: Breaker::new(config.common.breaker, metrics.breaker_state.clone()),
+        dead_letter: DeadLetter::new(
+            &config.name,
+            env.dead_letter_path.clone(),
+            metrics.clone(),
+            secrets.clone(),
+        ),
+        concurrency: Arc::new(Semaphore::new(config.common.concurrency)),
+        clock: env.clock.clone(),
+        secrets,
+        abandon: env.abandon.clone(),
+    });
+    let (sender, receiver) = mpsc::channel(config.common.queue.max_events);
+    let (overflow, overflow_rx) = match config.common.queue.when_full {
+        WhenFull::DeadLetter => {
+            let (tx, rx) = mpsc::channel(OVERFLOW_CAPACITY);
+            (Some(tx), Some(rx))
+        }
+        WhenFull::DropNewest => (None, None),
     };
-    let handle = tokio::spawn(worker.run());
+    let handle = tokio::spawn(run_worker(stack, receiver, overflow_rx));
     Ok((
         Destination {
             name: config.name.clone(),
             queue: sender,
+            overflow,
             metrics,
         },
         handle,
@@ -109,134 +168,268 @@ pub fn start(
 }
 
 enum Sink {
-    Http {
-        translator: Box<dyn Translate>,
-        client: HttpClient,
-    },
-    File(file::FileSink),
+    Http(Box<dyn Translate>),
+    File(Box<tokio::sync::Mutex<file::FileSink>>),
 }
 
-struct Worker {
+/// Everything a destination's tasks share.
+struct Stack {
+    name: String,
     config: DestinationConfig,
     sink: Sink,
+    client: HttpClient,
     metrics: Arc<DestinationMetrics>,
-    queue: mpsc::Receiver<Arc<Event>>,
+    rate_limits: RateLimits,
+    breaker: Breaker,
+    dead_letter: DeadLetter,
+    concurrency: Arc<Semaphore>,
     clock: Clock,
+    secrets: Vec<String>,
     abandon: watch::Receiver<bool>,
 }
 
-impl Worker {
-    async fn run(mut self) {
+impl Stack {
+    async fn abandoned(&self) {
         let mut abandon = self.abandon.clone();
-        loop {
-            let batch = tokio::select! {
-                batch = batch::next_batch(&mut self.queue, &self.config.common.batch) => batch,
-                _ = abandon.wait_for(|abandon| *abandon) => break,
-            };
-            if batch.is_empty() {
-                return; // queue closed and drained
-            }
-            let n = batch.len() as i64;
-            self.metrics.queue_depth.dec_by(n);
-            self.metrics.in_flight.inc_by(n);
-            tokio::select! {
-                _ = self.process(&batch) => {}
-                _ = abandon.wait_for(|abandon| *abandon) => {
-                    // Settled parts of the batch already left in_flight.
-                    let unsettled = self.metrics.in_flight.get().max(0) as u64;
-                    self.metrics.in_flight.set(0);
-                    self.metrics.dropped("shutdown_timeout", unsettled);
-                    break;
-                }
-            }
-        }
-        self.abandon_queue();
+        let _ = abandon.wait_for(|abandon| *abandon).await;
     }
 
-    /// Counts what is still queued as dropped once shutdown stops waiting for it.
-    fn abandon_queue(&mut self) {
-        self.queue.close();
-        let mut left = 0;
-        while self.queue.try_recv().is_ok() {
-            left += 1;
-        }
-        self.metrics.queue_depth.dec_by(left as i64);
-        if left > 0 {
-            self.metrics.dropped("shutdown_timeout", left);
-            tracing::warn!(destination = %self.config.name, events = left, "shutdown timed out: queued events dropped");
-        }
+    async fn dead_letter(&self, events: &[&Event], cause: &Cause) {
+        self.dead_letter.write(events, cause, (self.clock)()).await;
     }
+}
 
-    async fn process(&mut self, batch: &[Arc<Event>]) {
-        let events: Vec<&Event> = batch.iter().map(|e| e.as_ref()).collect();
-        match &mut self.sink {
-            Sink::Http { translator, client } => {
-                let translation = translator.translate(&events, (self.clock)());
-                settle_refusals(&self.metrics, &self.config.name, &translation.refused);
-                for request in &translation.requests {
-                    let n = request.events.len() as u64;
-                    self.metrics.requests.inc();
-                    let secrets = translator.secrets();
-                    let url = redact(&request.url, &secrets);
-                    let outcome = client.send(request, self.config.common.timeout_ms).await;
-                    match outcome {
-                        Ok(response) => match translator.classify(&response) {
-                            Verdict::Delivered => {
-                                for finding in translator.findings(&response) {
-                                    tracing::warn!(destination = %self.config.name, %finding, "vendor reported a problem");
-                                }
-                                self.metrics.sent.inc_by(n);
-                            }
-                            verdict => {
-                                let excerpt = redact(&excerpt(&response.body), &secrets);
-                                tracing::warn!(destination = %self.config.name, %url, status = response.status.as_u16(), ?verdict, %excerpt, events = n, "vendor did not accept the request");
-                                self.metrics.failed.inc_by(n);
-                            }
-                        },
-                        Err(error) => {
-                            let error = redact(&error.to_string(), &secrets);
-                            tracing::warn!(destination = %self.config.name, %url, %error, events = n, "request failed");
-                            self.metrics.failed.inc_by(n);
-                        }
-                    }
-                    self.metrics.in_flight.dec_by(n as i64);
-                }
-            }
-            Sink::File(sink) => {
-                let (written, refused) = sink.write(&events).await;
-                settle_refusals(&self.metrics, &self.config.name, &refused);
-                match written {
-                    Ok(n) => {
-                        self.metrics.sent.inc_by(n);
-                    }
-                    Err((n, error)) => {
-                        tracing::warn!(destination = %self.config.name, %error, events = n, "file write failed");
-                        self.metrics.failed.inc_by(n);
-                    }
-                }
-                self.metrics
-                    .in_flight
-                    .dec_by((events.len() - refused.len()) as i64);
-            }
+async fn run_worker(
+    stack: Arc<Stack>,
+    mut queue: mpsc::Receiver<Arc<Event>>,
+    overflow: Option<mpsc::Receiver<Arc<Event>>>,
+) {
+    let mut tasks = JoinSet::new();
+    if let Some(overflow) = overflow {
+        tasks.spawn(write_overflow(stack.clone(), overflow));
+    }
+    loop {
+        let batch = tokio::select! {
+            batch = batch::next_batch(&mut queue, &stack.config.common.batch) => batch,
+            _ = stack.abandoned() => break,
+        };
+        if batch.is_empty() {
+            break; // closed and drained
+        }
+        let n = batch.len() as i64;
+        stack.metrics.queue_depth.dec_by(n);
+        stack.metrics.in_flight.inc_by(n);
+        dispatch(&stack, batch, &mut tasks).await;
+    }
+    // Shutdown gave up waiting: what is still queued goes to the dead-letter file.
+    queue.close();
+    let mut left = Vec::new();
+    while let Ok(event) = queue.try_recv() {
+        left.push(event);
+    }
+    if !left.is_empty() {
+        stack.metrics.queue_depth.dec_by(left.len() as i64);
+        stack.metrics.in_flight.inc_by(left.len() as i64);
+        let refs: Vec<&Event> = left.iter().map(|e| e.as_ref()).collect();
+        stack.dead_letter(&refs, &Cause::new("shutdown")).await;
+    }
+    while let Some(result) = tasks.join_next().await {
+        if let Err(error) = result {
+            tracing::error!(destination = %stack.name, %error, "delivery task failed");
         }
     }
 }
 
-fn settle_refusals(metrics: &DestinationMetrics, destination: &str, refused: &[Refusal]) {
+/// Events that found the queue full, written to the dead-letter file off the ingest path.
+async fn write_overflow(stack: Arc<Stack>, mut overflow: mpsc::Receiver<Arc<Event>>) {
+    let mut buffer = Vec::new();
+    while overflow.recv_many(&mut buffer, 1000).await > 0 {
+        let refs: Vec<&Event> = buffer.iter().map(|e| e.as_ref()).collect();
+        stack.dead_letter(&refs, &Cause::new("queue_full")).await;
+        buffer.clear();
+    }
+}
+
+/// Translates a batch and starts its requests, each under the concurrency limit.
+async fn dispatch(stack: &Arc<Stack>, batch: Vec<Arc<Event>>, tasks: &mut JoinSet<()>) {
+    let events: Vec<&Event> = batch.iter().map(|e| e.as_ref()).collect();
+    let translator = match &stack.sink {
+        Sink::Http(translator) => translator,
+        Sink::File(sink) => {
+            let (written, refused) = sink.lock().await.write(&events).await;
+            settle_refusals(stack, &events, &refused).await;
+            match written {
+                Ok(n) => {
+                    stack.metrics.sent.inc_by(n.len() as u64);
+                    stack.metrics.in_flight.dec_by(n.len() as i64);
+                }
+                Err((indices, error)) => {
+                    let failed: Vec<&Event> = indices.iter().map(|i| events[*i]).collect();
+                    let mut cause = Cause::new("write_failed");
+                    cause.error = Some(error.to_string());
+                    cause.attempts = 1;
+                    stack.dead_letter(&failed, &cause).await;
+                }
+            }
+            return;
+        }
+    };
+    let translation = translator.translate(&events, (stack.clock)());
+    settle_refusals(stack, &events, &translation.refused).await;
+    let mut requests = translation.requests.into_iter();
+    while let Some(request) = requests.next() {
+        let permit = tokio::select! {
+            permit = stack.concurrency.clone().acquire_owned() => permit,
+            _ = stack.abandoned() => {
+                // Not sent at all: this request and every later one.
+                for request in std::iter::once(request).chain(requests) {
+                    let held: Vec<&Event> = request.events.iter().map(|i| events[*i]).collect();
+                    stack.dead_letter(&held, &Cause::new("shutdown")).await;
+                }
+                return;
+            }
+        };
+        let Ok(permit) = permit else { return };
+        let held: Vec<Arc<Event>> = request.events.iter().map(|i| batch[*i].clone()).collect();
+        let stack = stack.clone();
+        tasks.spawn(async move {
+            deliver(&stack, request, held).await;
+            drop(permit);
+        });
+        // Reap finished tasks so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+}
+
+async fn settle_refusals(stack: &Stack, events: &[&Event], refused: &[Refusal]) {
     for refusal in refused {
         match refusal.disposition {
-            Disposition::Dropped => metrics.dropped(refusal.reason, 1),
+            Disposition::Dropped => {
+                stack.metrics.dropped(refusal.reason, 1);
+                stack.metrics.in_flight.dec();
+            }
             Disposition::Refused => {
-                tracing::warn!(destination, reason = refusal.reason, detail = %refusal.detail, "event cannot be sent to this vendor");
-                metrics.failed.inc();
+                let mut cause = Cause::new(refusal.reason);
+                cause.error = Some(refusal.detail.clone());
+                stack.dead_letter(&[events[refusal.index]], &cause).await;
             }
         }
-        metrics.in_flight.dec();
     }
 }
 
-/// The start of a vendor's answer, for logs.
+/// One request through breaker, rate limit, timeout and retries, to a settled end:
+/// delivered, or dead-lettered with why.
+async fn deliver(stack: &Stack, request: VendorRequest, events: Vec<Arc<Event>>) {
+    let Sink::Http(translator) = &stack.sink else {
+        return;
+    };
+    let refs: Vec<&Event> = events.iter().map(|e| e.as_ref()).collect();
+    let n = refs.len() as u64;
+    let url = redact(&request.url, &stack.secrets);
+    let seed = xxhash_rust::xxh3::xxh3_64(refs[0].event_id().as_bytes());
+    let mut backoff = Backoff::new(stack.config.common.retry, seed);
+    let started = Instant::now();
+    let first_attempt_at = format_rfc3339((stack.clock)());
+    let mut attempt = 0u32;
+    loop {
+        let admitted = async {
+            stack.breaker.admit().await;
+            stack.rate_limits.admit(refs.len()).await;
+        };
+        tokio::select! {
+            _ = admitted => {}
+            _ = stack.abandoned() => {
+                let mut cause = Cause::new("shutdown");
+                cause.attempts = attempt;
+                stack.dead_letter(&refs, &cause).await;
+                return;
+            }
+        }
+        attempt += 1;
+        stack.metrics.requests.inc();
+        let sent_at = Instant::now();
+        let outcome = tokio::select! {
+            outcome = stack.client.send(&request, stack.config.common.timeout_ms) => outcome,
+            _ = stack.abandoned() => {
+                let mut cause = Cause::new("shutdown");
+                cause.attempts = attempt;
+                cause.error = Some("shutdown timed out while the request was in flight".into());
+                stack.dead_letter(&refs, &cause).await;
+                return;
+            }
+        };
+        stack
+            .metrics
+            .request_duration
+            .observe(sent_at.elapsed().as_secs_f64());
+        let mut cause = Cause {
+            attempts: attempt,
+            first_attempt_at: Some(first_attempt_at.clone()),
+            last_attempt_at: Some(format_rfc3339((stack.clock)())),
+            ..Cause::default()
+        };
+        let (verdict, vendor_wait) = match outcome {
+            Ok(response) => {
+                stack.metrics.response(response.status.as_str());
+                let verdict = translator.classify(&response);
+                if verdict == Verdict::Delivered {
+                    stack.breaker.success();
+                    for finding in translator.findings(&response) {
+                        tracing::warn!(destination = %stack.name, %finding, "vendor reported a problem");
+                    }
+                    stack.metrics.sent.inc_by(n);
+                    stack.metrics.in_flight.dec_by(n as i64);
+                    return;
+                }
+                cause.status = Some(response.status.as_u16());
+                cause.error = response
+                    .headers
+                    .get("x-error")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                cause.response_excerpt = Some(excerpt(&response.body));
+                let wait = retry::vendor_wait(&response.headers, std::time::SystemTime::now());
+                (verdict, wait)
+            }
+            Err(error) => {
+                stack.metrics.response(error.label());
+                cause.error = Some(error.to_string());
+                (Verdict::Retry, None)
+            }
+        };
+        if verdict == Verdict::Reject {
+            // The vendor answered: it is up, the request is what is wrong.
+            stack.breaker.success();
+            tracing::warn!(destination = %stack.name, %url, status = cause.status, error = ?cause.error, "vendor rejected the request: not retried");
+            cause.reason = "rejected".into();
+            stack.dead_letter(&refs, &cause).await;
+            return;
+        }
+        stack.breaker.failure();
+        match backoff.next_wait(attempt, started.elapsed(), vendor_wait) {
+            Some(wait) => {
+                tracing::debug!(destination = %stack.name, %url, attempt, wait_ms = wait.as_millis() as u64, status = cause.status, error = ?cause.error, "retrying");
+                stack.metrics.retries.inc();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stack.abandoned() => {
+                        cause.reason = "shutdown".into();
+                        stack.dead_letter(&refs, &cause).await;
+                        return;
+                    }
+                }
+            }
+            None => {
+                cause.reason = "retries_exhausted".into();
+                stack.dead_letter(&refs, &cause).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The start of a vendor's answer, for dead letters and logs.
 fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
-    text.replace(['\n', '\r'], " ")
+    let cut = body.len().min(512);
+    String::from_utf8_lossy(&body[..cut]).replace(['\n', '\r'], " ")
 }

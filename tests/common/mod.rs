@@ -159,7 +159,25 @@ pub async fn start_relay(toml: &str) -> RunningRelay {
 }
 
 pub async fn start_relay_with(toml: &str, options: RelayOptions) -> RunningRelay {
-    let config = config::load_str(toml, Path::new("test.toml"), &|_| None)
+    // Dead letters go to a fresh directory unless the test names one.
+    let toml = if toml.contains("dead_letter_dir") {
+        toml.to_string()
+    } else {
+        let dir = tempfile::Builder::new()
+            .prefix("playrelay-test-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        toml.replacen(
+            "[server]",
+            &format!(
+                "[server]\ndead_letter_dir = {:?}",
+                dir.display().to_string()
+            ),
+            1,
+        )
+    };
+    let config = config::load_str(&toml, Path::new("test.toml"), &|_| None)
         .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
     playrelay::start(config, listener, options)
@@ -262,4 +280,86 @@ pub fn metric(text: &str, sample: &str) -> f64 {
             (name == sample).then(|| value.parse().ok()).flatten()
         })
         .unwrap_or(0.0)
+}
+
+/// One destination's accounting terms from the exposition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Accounts {
+    pub received: f64,
+    pub sent: f64,
+    pub dead_lettered: f64,
+    pub dropped: f64,
+    pub queued: f64,
+    pub in_flight: f64,
+}
+
+impl Accounts {
+    pub fn read(text: &str, destination: &str) -> Accounts {
+        let label = format!("{{destination=\"{destination}\"}}");
+        let get = |name: &str| metric(text, &format!("playrelay_destination_{name}{label}"));
+        let dropped_prefix =
+            format!("playrelay_destination_events_dropped_total{{destination=\"{destination}\",");
+        let dropped = text
+            .lines()
+            .filter(|l| l.starts_with(&dropped_prefix))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum();
+        Accounts {
+            received: get("events_received_total"),
+            sent: get("events_sent_total"),
+            dead_lettered: get("events_dead_lettered_total"),
+            dropped,
+            queued: get("queue_depth"),
+            in_flight: get("events_in_flight"),
+        }
+    }
+
+    /// received = delivered + dead_lettered + dropped + queued + in_flight
+    pub fn assert_balanced(&self) {
+        let settled = self.sent + self.dead_lettered + self.dropped + self.queued + self.in_flight;
+        assert_eq!(
+            self.received, settled,
+            "accounting does not balance: {self:?}"
+        );
+    }
+}
+
+/// Dead-letter records of a destination, parsed.
+pub fn dead_letters(dir: &Path, destination: &str) -> Vec<Value> {
+    let path = dir.join(format!("{destination}.ndjson"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("dead-letter line is JSON"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    port
+}
+
+/// A vendor that reads each request and closes the connection halfway through its answer.
+pub async fn half_answering_vendor() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 1 << 20];
+                let _ = socket.read(&mut buffer).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"ok\":")
+                    .await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    addr
 }
