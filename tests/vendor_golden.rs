@@ -5,6 +5,7 @@
 #[path = "golden/support.rs"]
 mod support;
 
+use playrelay::dest::ga4::{Ga4Config, Ga4Translator};
 use playrelay::dest::segment::{SegmentConfig, SegmentTranslator};
 use playrelay::dest::{
     redact, BatchLimits, Disposition, EventNames, NameOverride, Translate, Translation,
@@ -213,11 +214,11 @@ fn fixture_highlights() -> Vec<Event> {
         .collect()
 }
 
-fn overrides() -> EventNames {
+fn overrides(paused: &str) -> EventNames {
     EventNames::new(HashMap::from([
         (
             "playback.paused".to_string(),
-            NameOverride::Rename("Player Paused".into()),
+            NameOverride::Rename(paused.into()),
         ),
         (
             "playback.heartbeat".to_string(),
@@ -339,9 +340,156 @@ fn segment_big_events_split_by_bytes_and_oversize_is_refused() {
 
 #[test]
 fn segment_events_override_renames_and_disables() {
-    let t = segment(overrides(), false, WIDE);
+    let t = segment(overrides("Player Paused"), false, WIDE);
     check(
         "segment",
+        "events_override",
+        &golden(&t, &override_events(), SENT_AT),
+    );
+}
+
+// ---------------------------------------------------------------- GA4
+
+fn ga4(names: EventNames, pass_properties: bool) -> Ga4Translator {
+    let config: Ga4Config = serde_json::from_value(
+        json!({"measurement_id": "G-TEST123", "api_secret": "sec/RET value"}),
+    )
+    .expect("config");
+    Ga4Translator::new(&config, names, pass_properties, WIDE).expect("valid config")
+}
+
+#[test]
+fn ga4_fixture_sessions() {
+    let t = ga4(EventNames::default(), false);
+    check(
+        "ga4",
+        "fixture_sessions",
+        &golden(&t, &fixture_highlights(), SENT_AT),
+    );
+}
+
+#[test]
+fn ga4_handmade_events_with_properties() {
+    let t = ga4(EventNames::default(), true);
+    check("ga4", "handmade", &golden(&t, &handmade_events(), SENT_AT));
+}
+
+#[test]
+fn ga4_whole_fixture_summary() {
+    let t = ga4(EventNames::default(), false);
+    check(
+        "ga4",
+        "fixture_all_summary",
+        &summary(&t, &fixture_events(), SENT_AT),
+    );
+}
+
+fn one_client_events(n: u32, anonymous_id: &str, first: u32) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            event_from_value(&base_event(
+                first + i,
+                "playback.paused",
+                &format!("2026-11-01T19:30:{:02}.000Z", i % 60),
+                json!({"user": {"anonymous_id": anonymous_id}}),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn ga4_26_events_of_one_client_make_2_requests() {
+    let t = ga4(EventNames::default(), false);
+    let events = one_client_events(26, "anon-26", 100);
+    let text = summary(&t, &events, SENT_AT);
+    check("ga4", "split_26_events_summary", &text);
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    let sizes: Vec<usize> = translation
+        .requests
+        .iter()
+        .map(|r| r.events.len())
+        .collect();
+    assert_eq!(sizes, vec![25, 1]);
+}
+
+#[test]
+fn ga4_events_of_3_clients_make_3_requests() {
+    let t = ga4(EventNames::default(), false);
+    let mut events = Vec::new();
+    for i in 0..2 {
+        for client in ["anon-a", "anon-b", "anon-c"] {
+            events.extend(one_client_events(
+                1,
+                client,
+                200 + i * 10 + events.len() as u32,
+            ));
+        }
+    }
+    let text = golden(&t, &events, SENT_AT);
+    check("ga4", "three_clients", &text);
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    let groups: Vec<Vec<usize>> = translation
+        .requests
+        .iter()
+        .map(|r| r.events.clone())
+        .collect();
+    assert_eq!(groups, vec![vec![0, 3], vec![1, 4], vec![2, 5]]);
+}
+
+#[test]
+fn ga4_refuses_too_old_clamps_small_skew_and_refuses_far_future() {
+    let t = ga4(EventNames::default(), false);
+    let times = [
+        "2026-10-29T19:59:59.000Z", // 72 h and 1 s before SENT_AT: too old
+        "2026-10-29T20:00:00.000Z", // exactly 72 h: still accepted
+        "2026-11-01T20:05:00.000Z", // 5 min ahead: clamped to SENT_AT
+        "2026-11-01T20:30:00.000Z", // 30 min ahead: refused
+    ];
+    let events: Vec<Event> = times
+        .iter()
+        .enumerate()
+        .map(|(i, ts)| {
+            event_from_value(&base_event(
+                300 + i as u32,
+                "playback.paused",
+                ts,
+                json!({}),
+            ))
+        })
+        .collect();
+    check("ga4", "event_times", &golden(&t, &events, SENT_AT));
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    let reasons: Vec<(usize, &str)> = translation
+        .refused
+        .iter()
+        .map(|r| (r.index, r.reason))
+        .collect();
+    assert_eq!(reasons, vec![(0, "too_old"), (3, "in_future")]);
+}
+
+#[test]
+fn ga4_validate_mode_uses_the_debug_endpoint() {
+    let config: Ga4Config = serde_json::from_value(json!({"measurement_id": "G-TEST123",
+        "api_secret": "abc", "validate": true, "endpoint": "http://127.0.0.1:8081/"}))
+    .expect("config");
+    let t = Ga4Translator::new(&config, EventNames::default(), false, WIDE).expect("valid");
+    let events = one_client_events(1, "anon-v", 400);
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    assert_eq!(
+        translation.requests[0].url,
+        "http://127.0.0.1:8081/debug/mp/collect?measurement_id=G-TEST123&api_secret=abc"
+    );
+}
+
+#[test]
+fn ga4_events_override_renames_and_disables() {
+    let t = ga4(overrides("player_paused"), false);
+    check(
+        "ga4",
         "events_override",
         &golden(&t, &override_events(), SENT_AT),
     );
