@@ -7,6 +7,7 @@ mod support;
 
 use playrelay::dest::ga4::{Ga4Config, Ga4Translator};
 use playrelay::dest::segment::{SegmentConfig, SegmentTranslator};
+use playrelay::dest::tealium::{TealiumConfig, TealiumTranslator};
 use playrelay::dest::{
     redact, BatchLimits, Disposition, EventNames, NameOverride, Translate, Translation,
 };
@@ -490,6 +491,115 @@ fn ga4_events_override_renames_and_disables() {
     let t = ga4(overrides("player_paused"), false);
     check(
         "ga4",
+        "events_override",
+        &golden(&t, &override_events(), SENT_AT),
+    );
+}
+
+// ---------------------------------------------------------------- Tealium
+
+fn tealium(
+    extra: serde_json::Value,
+    names: EventNames,
+    pass_properties: bool,
+) -> TealiumTranslator {
+    let mut config = json!({"account": "acme", "profile": "video", "environment": "prod",
+        "datasource": "ab12cd"});
+    if let (Some(c), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    let config: TealiumConfig = serde_json::from_value(config).expect("config");
+    TealiumTranslator::new(&config, names, pass_properties, WIDE).expect("valid config")
+}
+
+#[test]
+fn tealium_fixture_sessions() {
+    let t = tealium(json!({}), EventNames::default(), false);
+    check(
+        "tealium",
+        "fixture_sessions",
+        &golden(&t, &fixture_highlights(), SENT_AT),
+    );
+}
+
+#[test]
+fn tealium_handmade_events_with_properties() {
+    let t = tealium(json!({}), EventNames::default(), true);
+    check(
+        "tealium",
+        "handmade",
+        &golden(&t, &handmade_events(), SENT_AT),
+    );
+}
+
+#[test]
+fn tealium_media_vocabulary() {
+    let t = tealium(
+        json!({"vocabulary": "media", "region": "eu-central-1"}),
+        EventNames::default(),
+        false,
+    );
+    check(
+        "tealium",
+        "media_vocabulary",
+        &golden(&t, &handmade_events()[..12], SENT_AT),
+    );
+}
+
+#[test]
+fn tealium_whole_fixture_summary() {
+    let t = tealium(json!({}), EventNames::default(), false);
+    check(
+        "tealium",
+        "fixture_all_summary",
+        &summary(&t, &fixture_events(), SENT_AT),
+    );
+}
+
+#[test]
+fn tealium_11_events_of_one_visitor_make_2_bulk_requests() {
+    let t = tealium(json!({}), EventNames::default(), false);
+    let events = one_client_events(11, "anon-11", 700);
+    check(
+        "tealium",
+        "split_11_events_summary",
+        &summary(&t, &events, SENT_AT),
+    );
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    assert_eq!(translation.requests.len(), 2);
+    for r in &translation.requests {
+        assert!(r.url.ends_with("/bulk-event"), "{}", r.url);
+        assert!(r.events.len() <= 10);
+    }
+}
+
+#[test]
+fn tealium_gzip_carries_the_same_body() {
+    let plain = tealium(json!({}), EventNames::default(), true);
+    let gzip = tealium(json!({"gzip": true}), EventNames::default(), true);
+    let events = handmade_events();
+    let refs: Vec<&Event> = events.iter().collect();
+    let a = plain.translate(&refs, SENT_AT);
+    let b = gzip.translate(&refs, SENT_AT);
+    assert_eq!(a.requests.len(), b.requests.len());
+    for (a, b) in a.requests.iter().zip(&b.requests) {
+        assert_eq!(
+            b.headers.get("content-encoding").map(|v| v.as_bytes()),
+            Some(&b"gzip"[..])
+        );
+        assert_eq!(plain_body(&b.headers, &b.body), a.body.to_vec());
+        assert_eq!(a.events, b.events);
+    }
+}
+
+#[test]
+fn tealium_events_override_renames_and_disables() {
+    let t = tealium(json!({}), overrides("player_paused"), false);
+    check(
+        "tealium",
         "events_override",
         &golden(&t, &override_events(), SENT_AT),
     );
