@@ -373,7 +373,8 @@ impl Translate for TealiumTranslator {
             };
             // Serializing into a Vec cannot fail: every map key is a string.
             let _ = serde_json::to_writer(&mut item, &flat);
-            let single = 160 + visitor.len() + item.len();
+            // The body this event makes when it travels alone to `/event`.
+            let single = self.shared(visitor).len() + item.len() + 1;
             if single > self.max_bytes {
                 translation.refused.push(Refusal::refused(
                     index,
