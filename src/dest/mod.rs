@@ -3,7 +3,10 @@
 //! delivery layer (`crate::deliver`) sends what these functions build.
 
 pub mod file;
+pub mod ga4;
 pub mod names;
+pub mod segment;
+pub mod tealium;
 pub mod webhook;
 
 pub use names::{EventNames, NameOverride};

@@ -1,0 +1,852 @@
+//! `type = "ga4"`: Google Analytics 4 Measurement Protocol (`POST /mp/collect`).
+//!
+//! GA4 answers 2xx even for data it throws away, so every documented limit is enforced
+//! here before sending: 25 events per request, one `client_id` and `user_id` per request,
+//! 25 params per event, legal names, values ≤ 100 characters and only strings or
+//! numbers, bodies under 130 kB, and timestamps at most 72 h old.
+//!
+//! Units: seconds (floored) for times, percent for progress; live durations are left out.
+
+use super::segment::{is_http_url, kbps, seconds, sound};
+use super::{
+    BatchLimits, EventNames, NameOverride, Refusal, Translate, Translation, VendorRequest,
+    VendorResponse, Verdict,
+};
+use crate::event::{Event, PresentationMode};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{HeaderMap, Method};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use time::{Duration, OffsetDateTime};
+
+pub const MAX_REQUEST_EVENTS: usize = 25;
+pub const MAX_PARAMS: usize = 25;
+pub const MAX_NAME_CHARS: usize = 40;
+pub const MAX_VALUE_CHARS: usize = 100;
+/// Bodies must be smaller than 130 kB.
+pub const MAX_BODY_BYTES: usize = 130_000;
+/// GA4 drops events older than 72 h.
+pub const MAX_AGE: Duration = Duration::hours(72);
+/// Clocks a little ahead are normal: such timestamps are clamped to `sent_at`. Further
+/// ahead the time cannot be trusted and the event is refused (`in_future`).
+pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(10);
+/// What every event reports as engagement, so it shows in real-time reports; the relay
+/// does not measure engagement itself (100 ms is the value Google's examples use).
+pub const ENGAGEMENT_TIME_MSEC: u64 = 100;
+
+/// Event names GA4 reserves (Measurement Protocol reference).
+pub const RESERVED_EVENT_NAMES: &[&str] = &[
+    "ad_activeview",
+    "ad_click",
+    "ad_exposure",
+    "ad_impression",
+    "ad_query",
+    "ad_reward",
+    "adunit_exposure",
+    "app_background",
+    "app_clear_data",
+    "app_exception",
+    "app_remove",
+    "app_store_refund",
+    "app_store_subscription_cancel",
+    "app_store_subscription_convert",
+    "app_store_subscription_renew",
+    "app_update",
+    "app_upgrade",
+    "dynamic_link_app_open",
+    "dynamic_link_app_update",
+    "dynamic_link_first_open",
+    "error",
+    "firebase_campaign",
+    "first_open",
+    "first_visit",
+    "in_app_purchase",
+    "notification_dismiss",
+    "notification_foreground",
+    "notification_open",
+    "notification_receive",
+    "os_update",
+    "screen_view",
+    "session_start",
+    "session_start_with_rollout",
+    "user_engagement",
+];
+pub const RESERVED_PREFIXES: &[&str] = &["ga_", "google_", "firebase_"];
+
+/// Query values keep RFC 3986's unreserved characters; everything else is encoded.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+const GLOBAL_BASE: &str = "https://www.google-analytics.com";
+const EU_BASE: &str = "https://region1.google-analytics.com";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ga4Region {
+    #[default]
+    Global,
+    Eu,
+}
+
+/// Keys of `[destinations.NAME]` for `type = "ga4"` (the common keys are elsewhere).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ga4Config {
+    pub measurement_id: String,
+    pub api_secret: String,
+    /// `global` (default, www.google-analytics.com) or `eu` (region1.google-analytics.com).
+    #[serde(default)]
+    pub region: Ga4Region,
+    /// Base URL override (tests, proxies); replaces the region's host.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Send to the validation server (`/debug/mp/collect`), which records nothing and
+    /// answers what is wrong; see [`Translate::findings`].
+    #[serde(default)]
+    pub validate: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Ga4Error {
+    #[error("measurement_id: must not be empty")]
+    EmptyMeasurementId,
+    #[error("api_secret: must not be empty")]
+    EmptyApiSecret,
+    #[error("endpoint: {0:?} is not an http:// or https:// URL")]
+    Endpoint(String),
+    #[error("events.{event_type:?}: {name:?} is not a valid GA4 event name: {problem}")]
+    EventName {
+        event_type: String,
+        name: String,
+        problem: &'static str,
+    },
+}
+
+pub struct Ga4Translator {
+    url: String,
+    headers: HeaderMap,
+    names: EventNames,
+    pass_properties: bool,
+    max_events: usize,
+    max_bytes: usize,
+    secrets: Vec<String>,
+}
+
+/// The GA4 name of each `player-event/1` type; `None` is unmapped on purpose.
+pub fn default_name(event_type: &str) -> Option<&'static str> {
+    Some(match event_type {
+        "playback.started" => "video_start",
+        "playback.milestone" => "video_progress",
+        "playback.completed" => "video_complete",
+        "playback.paused" => "video_pause",
+        "playback.resumed" => "video_resume",
+        "playback.rebuffer_started" => "video_buffer_start",
+        "playback.rebuffer_ended" => "video_buffer_end",
+        "playback.seek_started" => "video_seek",
+        "playback.seek_ended" => "video_seek_complete",
+        "playback.exited" => "video_exit",
+        "playback.interrupted" => "video_interrupt",
+        // Never `error`: GA4 reserves it.
+        "playback.error" => "video_error",
+        "quality.changed" => "video_quality_change",
+        "ad.break_started" => "video_ad_break_start",
+        "ad.break_ended" => "video_ad_break_end",
+        "ad.started" => "video_ad_start",
+        "ad.quartile" => "video_ad_progress",
+        "ad.completed" => "video_ad_complete",
+        "ad.skipped" => "video_ad_skip",
+        "ad.clicked" => "video_ad_click",
+        "ad.impression" => "video_ad_impression",
+        "ad.error" => "video_ad_error",
+        // Unmapped on purpose: session.started and playback.requested (no GA4 meaning
+        // before the first frame), playback.heartbeat (every 10 s would spend the
+        // property's event quota), playback.rate_changed, volume.changed,
+        // presentation.changed. Rename them in the `events` table to send them.
+        _ => return None,
+    })
+}
+
+/// Why `name` cannot be a GA4 event or param name, if it cannot.
+pub fn name_problem(name: &str, event: bool) -> Option<&'static str> {
+    let mut chars = name.chars();
+    if !chars.next().is_some_and(|c| c.is_ascii_alphabetic()) {
+        return Some("must start with a letter");
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Some("only letters, digits and _ are allowed");
+    }
+    if name.len() > MAX_NAME_CHARS {
+        return Some("longer than 40 characters");
+    }
+    if RESERVED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return Some("starts with a reserved prefix (ga_, google_, firebase_)");
+    }
+    if event && RESERVED_EVENT_NAMES.contains(&name) {
+        return Some("reserved by GA4");
+    }
+    None
+}
+
+/// Makes any text a legal GA4 name: other characters become `_`, a name that does not
+/// start with a letter or is reserved gets `custom_` in front, and it is cut to 40.
+pub fn legal_name(raw: &str, event: bool) -> Cow<'_, str> {
+    if name_problem(raw, event).is_none() {
+        return Cow::Borrowed(raw);
+    }
+    let mut name: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let reserved = RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+        || (event && RESERVED_EVENT_NAMES.contains(&name.as_str()));
+    if reserved || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        name.insert_str(0, "custom_");
+    }
+    name.truncate(MAX_NAME_CHARS);
+    Cow::Owned(name)
+}
+
+/// `s` cut to at most 100 characters (not bytes).
+pub fn cut(s: &str) -> &str {
+    match s.char_indices().nth(MAX_VALUE_CHARS) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A stable GA4 `session_id` when the event has no `session.app_session_id`: FNV-1a
+/// (64 bit) of `session.player_session_id`, else of `session.id`, reduced to at most
+/// 10 digits like the ids gtag.js makes. The same session always gets the same number.
+pub fn derived_session_id(key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash % 10_000_000_000
+}
+
+impl Ga4Translator {
+    pub fn new(
+        config: &Ga4Config,
+        names: EventNames,
+        pass_properties: bool,
+        limits: BatchLimits,
+    ) -> Result<Self, Ga4Error> {
+        if config.measurement_id.trim().is_empty() {
+            return Err(Ga4Error::EmptyMeasurementId);
+        }
+        if config.api_secret.trim().is_empty() {
+            return Err(Ga4Error::EmptyApiSecret);
+        }
+        for (event_type, over) in names.overrides() {
+            if let NameOverride::Rename(name) = over {
+                if let Some(problem) = name_problem(name, true) {
+                    return Err(Ga4Error::EventName {
+                        event_type: event_type.clone(),
+                        name: name.clone(),
+                        problem,
+                    });
+                }
+            }
+        }
+        let base = match &config.endpoint {
+            Some(endpoint) => {
+                if !is_http_url(endpoint) {
+                    return Err(Ga4Error::Endpoint(endpoint.clone()));
+                }
+                endpoint.trim_end_matches('/')
+            }
+            None => match config.region {
+                Ga4Region::Global => GLOBAL_BASE,
+                Ga4Region::Eu => EU_BASE,
+            },
+        };
+        let path = if config.validate {
+            "/debug/mp/collect"
+        } else {
+            "/mp/collect"
+        };
+        let secret = utf8_percent_encode(&config.api_secret, QUERY_VALUE).to_string();
+        let url = format!(
+            "{base}{path}?measurement_id={}&api_secret={secret}",
+            utf8_percent_encode(&config.measurement_id, QUERY_VALUE)
+        );
+        let mut secrets = vec![config.api_secret.clone()];
+        if secret != config.api_secret {
+            secrets.push(secret);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(Ga4Translator {
+            url,
+            headers,
+            names,
+            pass_properties,
+            max_events: limits.max_events.clamp(1, MAX_REQUEST_EVENTS),
+            max_bytes: limits.max_bytes.min(MAX_BODY_BYTES - 1),
+            secrets,
+        })
+    }
+
+    fn resolve<'a>(&'a self, event: &'a Event) -> Result<Cow<'a, str>, super::names::Unnamed> {
+        let ty = event.event_type();
+        match self.names.resolve(ty, default_name(ty)) {
+            Err(super::names::Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
+                Some(custom) => Ok(legal_name(custom, true)),
+                None => Err(super::names::Unnamed::Unmapped),
+            },
+            other => other,
+        }
+    }
+}
+
+/// A param value: GA4 takes only strings and numbers.
+enum P<'a> {
+    Str(&'a str),
+    U(u64),
+    F(f64),
+    Json(&'a serde_json::Number),
+}
+
+impl Serialize for P<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            P::Str(v) => s.serialize_str(cut(v)),
+            P::U(v) => s.serialize_u64(*v),
+            P::F(v) => s.serialize_f64(*v),
+            P::Json(v) => v.serialize(s),
+        }
+    }
+}
+
+fn flag(b: bool) -> P<'static> {
+    P::Str(if b { "true" } else { "false" })
+}
+
+/// The params of one event in priority order; [`MAX_PARAMS`] are kept, the rest dropped.
+struct Params<'a>(Vec<(Cow<'a, str>, P<'a>)>);
+
+impl<'a> Params<'a> {
+    fn push(&mut self, name: &'static str, value: P<'a>) {
+        self.0.push((Cow::Borrowed(name), value));
+    }
+    fn str(&mut self, name: &'static str, value: &'a Option<String>) {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            self.push(name, P::Str(v));
+        }
+    }
+}
+
+impl Serialize for Params<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len().min(MAX_PARAMS)))?;
+        for (k, v) in self.0.iter().take(MAX_PARAMS) {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+fn params<'a>(event: &'a Event, pass_properties: bool) -> Params<'a> {
+    let body = &event.body;
+    let mut p = Params(Vec::with_capacity(40));
+    match body.session.app_session_id.as_deref() {
+        Some(id) if !id.is_empty() => match id.parse::<u64>() {
+            Ok(n) => p.push("session_id", P::U(n)),
+            Err(_) => p.push("session_id", P::Str(id)),
+        },
+        _ => {
+            let key = body
+                .session
+                .player_session_id
+                .as_deref()
+                .unwrap_or(&body.session.id);
+            p.push("session_id", P::U(derived_session_id(key)));
+        }
+    }
+    p.push("engagement_time_msec", P::U(ENGAGEMENT_TIME_MSEC));
+    let content = body.content.as_ref();
+    let playback = body.playback.as_ref();
+    let live = content.is_none_or(|c| c.is_live());
+    let duration = content.and_then(|c| c.duration_ms).filter(|_| !live);
+    let position = playback.and_then(|pb| pb.position_ms);
+    if let Some(v) = position {
+        p.push("video_current_time", P::U(seconds(v)));
+    }
+    if let Some(d) = duration {
+        p.push("video_duration", P::U(seconds(d)));
+    }
+    let percent = body.data.as_ref().and_then(|d| d.percent).map(u64::from);
+    let percent = percent.or_else(|| match (position, duration) {
+        (Some(pos), Some(d)) if d > 0 => Some((pos.saturating_mul(100) / d).min(100)),
+        _ => None,
+    });
+    if let Some(v) = percent {
+        p.push("video_percent", P::U(v));
+    }
+    if let Some(c) = content {
+        p.str("video_title", &c.title);
+    }
+    let provider = content
+        .and_then(|c| c.provider.as_deref())
+        .or_else(|| {
+            body.context
+                .as_ref()
+                .and_then(|c| c.player.as_ref())
+                .and_then(|pl| pl.name.as_deref())
+        })
+        .filter(|v| !v.is_empty());
+    if let Some(v) = provider {
+        p.push("video_provider", P::Str(v));
+    }
+    if let Some(c) = content {
+        p.str("video_url", &c.url);
+        p.str("video_id", &c.asset_id);
+    }
+    if let Some(d) = &body.data {
+        if let Some(v) = d.startup_ms {
+            p.push("startup_time_msec", P::U(v));
+        }
+        if let Some(v) = d.duration_ms {
+            p.push("duration_msec", P::U(v));
+        }
+        if let Some(v) = d.from_ms {
+            p.push("seek_from_time", P::U(seconds(v)));
+        }
+        if let Some(v) = d.to_ms {
+            p.push("seek_to_time", P::U(seconds(v)));
+        }
+        p.str("exit_reason", &d.reason);
+        p.str("interrupt_method", &d.method);
+        if let Some(v) = d.from_bitrate_bps {
+            p.push("previous_bitrate", P::U(kbps(v)));
+        }
+        if let Some(v) = d.quartile {
+            p.push("ad_quartile", P::U(v.into()));
+        }
+    }
+    if let Some(e) = &body.error {
+        p.str("error_code", &e.code);
+        p.str("error_category", &e.category);
+        p.str("error_message", &e.message);
+        if let Some(v) = e.fatal {
+            p.push("error_fatal", flag(v));
+        }
+        p.str("error_source", &e.source);
+        if let Some(v) = e.http_status {
+            p.push("error_http_status", P::U(v.into()));
+        }
+        p.str("error_phase", &e.phase);
+    }
+    if let Some(ad) = &body.ad {
+        p.str("ad_id", &ad.ad_id);
+        p.str("ad_title", &ad.title);
+        p.str("ad_advertiser", &ad.advertiser);
+        p.str("ad_system", &ad.system);
+        if let Some(pod) = &ad.pod {
+            if let Some(pos) = pod.position {
+                p.push("ad_type", P::Str(super::segment::ad_type(pos)));
+            }
+            if let Some(v) = pod.ad_position {
+                p.push("ad_position", P::U(v.into()));
+            }
+        }
+        if let Some(v) = ad.duration_ms {
+            p.push("ad_duration", P::U(seconds(v)));
+        }
+        if let Some(v) = ad.position_ms {
+            p.push("ad_current_time", P::U(seconds(v)));
+        }
+    }
+    let stream_type = match content.and_then(|c| c.stream_type) {
+        Some(crate::event::StreamType::Vod) => Some("vod"),
+        Some(crate::event::StreamType::Live) => Some("live"),
+        Some(crate::event::StreamType::LiveDvr) => Some("live_dvr"),
+        Some(crate::event::StreamType::Linear) => Some("linear"),
+        None => None,
+    };
+    if let Some(v) = stream_type {
+        p.push("video_stream_type", P::Str(v));
+    }
+    if let Some(pb) = playback {
+        if let Some(r) = &pb.rendition {
+            if let Some(v) = r.bitrate_bps {
+                p.push("video_bitrate", P::U(kbps(v)));
+            }
+            p.str("video_quality", &r.label);
+        }
+        if let Some(v) = sound(pb.volume, pb.muted) {
+            p.push("video_volume", P::U(v));
+        }
+        if let Some(m) = pb.presentation_mode {
+            p.push("video_fullscreen", flag(m == PresentationMode::Fullscreen));
+        }
+        if let Some(v) = pb.playback_rate {
+            p.push("video_playback_rate", P::F(v));
+        }
+    }
+    if let Some(c) = content {
+        p.str("video_genre", &c.genre);
+    }
+    if let Some(pl) = body.context.as_ref().and_then(|c| c.player.as_ref()) {
+        p.str("player_name", &pl.name);
+        p.str("player_version", &pl.version);
+        p.str("player_platform", &pl.platform);
+    }
+    if pass_properties {
+        if let Some(custom) = &body.properties {
+            push_custom(&mut p, custom);
+        }
+    }
+    p
+}
+
+/// Custom properties as params: names made legal, strings and numbers only (booleans as
+/// "true"/"false"; null, arrays and objects left out), never replacing a standard param.
+fn push_custom<'a>(p: &mut Params<'a>, custom: &'a Map<String, Value>) {
+    for (key, value) in custom {
+        if p.0.len() >= MAX_PARAMS {
+            break;
+        }
+        let value = match value {
+            Value::String(s) => P::Str(s),
+            Value::Number(n) => P::Json(n),
+            Value::Bool(b) => flag(*b),
+            Value::Null | Value::Array(_) | Value::Object(_) => continue,
+        };
+        let name = legal_name(key, false);
+        if p.0.iter().any(|(k, _)| *k == name) {
+            continue;
+        }
+        p.0.push((name, value));
+    }
+}
+
+#[derive(Serialize)]
+struct Ga4Event<'a> {
+    name: &'a str,
+    params: Params<'a>,
+    timestamp_micros: i128,
+}
+
+fn micros(t: OffsetDateTime) -> i128 {
+    t.unix_timestamp_nanos() / 1000
+}
+
+impl Translate for Ga4Translator {
+    fn translate(&self, events: &[&Event], sent_at: OffsetDateTime) -> Translation {
+        let mut translation = Translation::default();
+        // Events grouped by (client_id, user_id) in order of first appearance; each
+        // entry is (input index, event time, encoded event).
+        type Group<'e> = (&'e str, Option<&'e str>, Vec<(usize, i128, Vec<u8>)>);
+        let mut groups: Vec<Group> = Vec::new();
+        let mut group_of: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+        for (index, event) in events.iter().enumerate() {
+            let name = match self.resolve(event) {
+                Ok(name) => name,
+                Err(unnamed) => {
+                    translation.refused.push(Refusal::dropped(
+                        index,
+                        unnamed.reason(),
+                        format!("{} is {} for ga4", event.event_type(), unnamed.reason()),
+                    ));
+                    continue;
+                }
+            };
+            let user = &event.body.user;
+            let Some(client_id) = user.anonymous_id.as_deref().filter(|s| !s.is_empty()) else {
+                translation.refused.push(Refusal::refused(
+                    index,
+                    "missing_client_id",
+                    "ga4 needs user.anonymous_id as its client_id",
+                ));
+                continue;
+            };
+            let user_id = user.user_id.as_deref().filter(|s| !s.is_empty());
+            let mut time = event.timestamp;
+            if time < sent_at - MAX_AGE {
+                translation.refused.push(Refusal::refused(
+                    index,
+                    "too_old",
+                    format!(
+                        "event time {} is more than 72 h before the send time {}",
+                        crate::event::format_rfc3339(time),
+                        crate::event::format_rfc3339(sent_at)
+                    ),
+                ));
+                continue;
+            }
+            if time > sent_at + MAX_FUTURE_SKEW {
+                translation.refused.push(Refusal::refused(
+                    index,
+                    "in_future",
+                    format!(
+                        "event time {} is more than 10 minutes after the send time {}",
+                        crate::event::format_rfc3339(time),
+                        crate::event::format_rfc3339(sent_at)
+                    ),
+                ));
+                continue;
+            }
+            if time > sent_at {
+                time = sent_at;
+            }
+            let mut item = Vec::with_capacity(1024);
+            let encoded = Ga4Event {
+                name: &name,
+                params: params(event, self.pass_properties),
+                timestamp_micros: micros(time),
+            };
+            // Serializing into a Vec cannot fail: every map key is a string.
+            let _ = serde_json::to_writer(&mut item, &encoded);
+            let header = header(client_id, user_id, micros(time));
+            if header.len() + item.len() + 2 > self.max_bytes {
+                translation.refused.push(Refusal::refused(
+                    index,
+                    "oversize",
+                    format!(
+                        "event makes a {} byte body; ga4 takes less than {} bytes",
+                        header.len() + item.len() + 2,
+                        MAX_BODY_BYTES
+                    ),
+                ));
+                continue;
+            }
+            let slot = *group_of.entry((client_id, user_id)).or_insert_with(|| {
+                groups.push((client_id, user_id, Vec::new()));
+                groups.len() - 1
+            });
+            groups[slot].2.push((index, micros(time), item));
+        }
+        for (client_id, user_id, items) in groups {
+            let mut body: Vec<u8> = Vec::new();
+            let mut in_body: Vec<usize> = Vec::new();
+            for (index, time, item) in items {
+                let fits = !in_body.is_empty()
+                    && in_body.len() < self.max_events
+                    && body.len() + 1 + item.len() + 2 <= self.max_bytes;
+                if !in_body.is_empty() && !fits {
+                    body.extend_from_slice(b"]}");
+                    translation.requests.push(
+                        self.request(std::mem::take(&mut body), std::mem::take(&mut in_body)),
+                    );
+                }
+                if in_body.is_empty() {
+                    body = header(client_id, user_id, time);
+                } else {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&item);
+                in_body.push(index);
+            }
+            if !in_body.is_empty() {
+                body.extend_from_slice(b"]}");
+                translation.requests.push(self.request(body, in_body));
+            }
+        }
+        translation
+    }
+
+    /// GA4 answers 2xx even for bad data; anything else means a broken request that
+    /// sending again cannot fix, so nothing is ever retried.
+    fn classify(&self, response: &VendorResponse) -> Verdict {
+        if response.status.is_success() {
+            Verdict::Delivered
+        } else {
+            Verdict::Reject
+        }
+    }
+
+    /// The validation server's `validationMessages`, one readable line each.
+    fn findings(&self, response: &VendorResponse) -> Vec<String> {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default, rename = "validationMessages")]
+            validation_messages: Vec<Message>,
+        }
+        #[derive(Deserialize)]
+        struct Message {
+            #[serde(default, rename = "fieldPath")]
+            field_path: Option<String>,
+            #[serde(default)]
+            description: Option<String>,
+            #[serde(default, rename = "validationCode")]
+            validation_code: Option<String>,
+        }
+        let Ok(answer) = serde_json::from_slice::<Answer>(&response.body) else {
+            return Vec::new();
+        };
+        answer
+            .validation_messages
+            .into_iter()
+            .map(|m| {
+                format!(
+                    "{} at {}: {}",
+                    m.validation_code.as_deref().unwrap_or("VALIDATION"),
+                    m.field_path
+                        .as_deref()
+                        .filter(|p| !p.is_empty())
+                        .unwrap_or("(body)"),
+                    m.description.as_deref().unwrap_or("no description"),
+                )
+            })
+            .collect()
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        self.secrets.clone()
+    }
+}
+
+impl Ga4Translator {
+    fn request(&self, body: Vec<u8>, events: Vec<usize>) -> VendorRequest {
+        VendorRequest {
+            method: Method::POST,
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            body: Bytes::from(body),
+            events,
+        }
+    }
+}
+
+/// `{"client_id":…,"user_id":…,"timestamp_micros":…,"events":[` — the request's time is
+/// its first event's; each event also carries its own `timestamp_micros`.
+fn header(client_id: &str, user_id: Option<&str>, time: i128) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"client_id\":");
+    let _ = serde_json::to_writer(&mut out, client_id);
+    if let Some(user_id) = user_id {
+        out.extend_from_slice(b",\"user_id\":");
+        let _ = serde_json::to_writer(&mut out, user_id);
+    }
+    out.extend_from_slice(format!(",\"timestamp_micros\":{time},\"events\":[").as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn names_are_checked_and_made_legal() {
+        assert_eq!(name_problem("video_start", true), None);
+        assert_eq!(name_problem("error", true), Some("reserved by GA4"));
+        assert_eq!(name_problem("error", false), None);
+        assert!(name_problem("ga_thing", false).is_some());
+        assert!(name_problem("9lives", true).is_some());
+        assert!(name_problem(&"a".repeat(41), true).is_some());
+        assert_eq!(legal_name("chapter_viewed", true), "chapter_viewed");
+        assert_eq!(
+            legal_name("Kapitel-Übersicht.ß", true),
+            "Kapitel__bersicht__"
+        );
+        assert_eq!(legal_name("error", true), "custom_error");
+        assert_eq!(legal_name("google_x", false), "custom_google_x");
+        assert_eq!(legal_name("1st", false), "custom_1st");
+        assert_eq!(legal_name("", false), "custom_");
+        let raw = "é".repeat(60);
+        let long = legal_name(&raw, true);
+        assert_eq!(long.len(), 40);
+        assert_eq!(name_problem(&long, true), None);
+        for ty in crate::event::KNOWN_TYPES {
+            if let Some(name) = default_name(ty) {
+                assert_eq!(name_problem(name, true), None, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_are_cut_to_100_characters() {
+        let s = "é".repeat(150);
+        assert_eq!(cut(&s).chars().count(), 100);
+        assert_eq!(cut("short"), "short");
+    }
+
+    #[test]
+    fn derived_session_id_is_stable_and_numeric() {
+        let a = derived_session_id("p-1");
+        assert_eq!(a, derived_session_id("p-1"));
+        assert_ne!(a, derived_session_id("p-2"));
+        assert!(a < 10_000_000_000);
+    }
+
+    fn translator(validate: bool, names: EventNames) -> Result<Ga4Translator, Ga4Error> {
+        Ga4Translator::new(
+            &Ga4Config {
+                measurement_id: "G-TEST".into(),
+                api_secret: "s e/cret".into(),
+                region: Ga4Region::Eu,
+                endpoint: None,
+                validate,
+            },
+            names,
+            false,
+            BatchLimits {
+                max_events: 100,
+                max_bytes: 1 << 20,
+            },
+        )
+    }
+
+    #[test]
+    fn url_is_percent_encoded_and_both_secret_forms_are_secret() {
+        let t = translator(true, EventNames::default()).expect("valid");
+        assert_eq!(
+            t.url,
+            "https://region1.google-analytics.com/debug/mp/collect?measurement_id=G-TEST&api_secret=s%20e%2Fcret"
+        );
+        assert_eq!(
+            t.secrets(),
+            vec!["s e/cret".to_string(), "s%20e%2Fcret".into()]
+        );
+    }
+
+    #[test]
+    fn renaming_to_a_reserved_name_is_a_config_error() {
+        let names = EventNames::new(HashMap::from([(
+            "playback.error".to_string(),
+            NameOverride::Rename("error".into()),
+        )]));
+        let err = translator(false, names).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("events.\"playback.error\": \"error\" is not a valid GA4 event name: reserved by GA4")
+        );
+    }
+
+    #[test]
+    fn any_failure_is_rejected_and_findings_are_readable() {
+        let t = translator(true, EventNames::default()).expect("valid");
+        let response = |code: u16, body: &'static str| VendorResponse {
+            status: StatusCode::from_u16(code).expect("status"),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+        };
+        assert_eq!(t.classify(&response(204, "")), Verdict::Delivered);
+        for code in [400, 408, 429, 500, 503] {
+            assert_eq!(t.classify(&response(code, "")), Verdict::Reject, "{code}");
+        }
+        let findings = t.findings(&response(
+            200,
+            r#"{"validationMessages":[{"fieldPath":"events[0].name","description":"Event name is reserved.","validationCode":"NAME_RESERVED"}]}"#,
+        ));
+        assert_eq!(
+            findings,
+            vec!["NAME_RESERVED at events[0].name: Event name is reserved.".to_string()]
+        );
+        assert!(t
+            .findings(&response(200, r#"{"validationMessages":[]}"#))
+            .is_empty());
+    }
+}

@@ -1,0 +1,757 @@
+//! `type = "segment"`: Segment's HTTP Tracking API (`POST /v1/batch`) with the events
+//! named and shaped after Segment's Video Spec.
+//!
+//! Units: positions and lengths in whole seconds (floored), bitrate in kbps (floored),
+//! `sound` 0–100 (0 when muted), `total_length` null for live streams.
+
+use super::names::Unnamed;
+use super::{
+    BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
+    Verdict,
+};
+use crate::event::{format_rfc3339, Event, PodPosition, PresentationMode};
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, Method, StatusCode};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use time::OffsetDateTime;
+
+/// Segment rejects a single event above 32 KB.
+pub const MAX_EVENT_BYTES: usize = 32 * 1024;
+/// Segment accepts 500 KB per batch; its own libraries stop at 480 KB.
+pub const MAX_REQUEST_BYTES: usize = 480 * 1024;
+/// Above 2500 events Segment answers 200 and silently drops the rest.
+pub const MAX_REQUEST_EVENTS: usize = 2500;
+
+const US_BASE: &str = "https://api.segment.io";
+const EU_BASE: &str = "https://events.eu1.segmentapis.com";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentRegion {
+    #[default]
+    Us,
+    Eu,
+}
+
+/// Keys of `[destinations.NAME]` for `type = "segment"` (the common keys are elsewhere).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    pub write_key: String,
+    /// `us` (default) or `eu`: EU workspaces must use the EU host, or data disappears.
+    #[serde(default)]
+    pub region: SegmentRegion,
+    /// Base URL override (tests, proxies); replaces the region's host.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SegmentError {
+    #[error("write_key: must not be empty")]
+    EmptyWriteKey,
+    #[error("write_key: must not contain control characters")]
+    WriteKeyCharacters,
+    #[error("endpoint: {0:?} is not an http:// or https:// URL")]
+    Endpoint(String),
+}
+
+pub struct SegmentTranslator {
+    url: String,
+    headers: HeaderMap,
+    names: EventNames,
+    pass_properties: bool,
+    max_events: usize,
+    max_bytes: usize,
+    secrets: Vec<String>,
+}
+
+/// The Video Spec name of each `player-event/1` type; `None` is unmapped on purpose.
+pub fn default_name(event_type: &str) -> Option<&'static str> {
+    Some(match event_type {
+        // "When a user presses play": the play intent, before the first frame.
+        "playback.requested" => "Video Playback Started",
+        // The first frame: the content begins playing.
+        "playback.started" => "Video Content Started",
+        "playback.paused" => "Video Playback Paused",
+        "playback.resumed" => "Video Playback Resumed",
+        "playback.rebuffer_started" => "Video Playback Buffer Started",
+        "playback.rebuffer_ended" => "Video Playback Buffer Completed",
+        "playback.seek_started" => "Video Playback Seek Started",
+        "playback.seek_ended" => "Video Playback Seek Completed",
+        "playback.heartbeat" => "Video Content Playing",
+        "playback.completed" => "Video Playback Completed",
+        "playback.exited" => "Video Playback Exited",
+        "playback.interrupted" => "Video Playback Interrupted",
+        // The spec has no error event; `method` carries the error.
+        "playback.error" => "Video Playback Interrupted",
+        "quality.changed" => "Video Quality Updated",
+        "ad.break_started" => "Video Ad Break Started",
+        "ad.break_ended" => "Video Ad Break Completed",
+        "ad.started" => "Video Ad Started",
+        "ad.quartile" => "Video Ad Playing",
+        "ad.completed" => "Video Ad Completed",
+        "ad.skipped" => "Video Ad Skipped",
+        "ad.clicked" => "Video Ad Clicked",
+        // No Video Spec counterpart: session.started, playback.milestone,
+        // playback.rate_changed, volume.changed, presentation.changed, ad.impression,
+        // ad.error. Rename them in the `events` table to send them anyway.
+        _ => return None,
+    })
+}
+
+impl SegmentTranslator {
+    pub fn new(
+        config: &SegmentConfig,
+        names: EventNames,
+        pass_properties: bool,
+        limits: BatchLimits,
+    ) -> Result<Self, SegmentError> {
+        if config.write_key.trim().is_empty() {
+            return Err(SegmentError::EmptyWriteKey);
+        }
+        if config.write_key.chars().any(char::is_control) {
+            return Err(SegmentError::WriteKeyCharacters);
+        }
+        let base = match &config.endpoint {
+            Some(endpoint) => {
+                if !is_http_url(endpoint) {
+                    return Err(SegmentError::Endpoint(endpoint.clone()));
+                }
+                endpoint.trim_end_matches('/')
+            }
+            None => match config.region {
+                SegmentRegion::Us => US_BASE,
+                SegmentRegion::Eu => EU_BASE,
+            },
+        };
+        let auth = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:", config.write_key).as_bytes());
+        let mut headers = HeaderMap::new();
+        let mut auth_value = HeaderValue::from_str(&format!("Basic {auth}"))
+            .map_err(|_| SegmentError::WriteKeyCharacters)?;
+        auth_value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, auth_value);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(SegmentTranslator {
+            url: format!("{base}/v1/batch"),
+            headers,
+            names,
+            pass_properties,
+            max_events: limits.max_events.clamp(1, MAX_REQUEST_EVENTS),
+            max_bytes: limits.max_bytes.min(MAX_REQUEST_BYTES),
+            secrets: vec![config.write_key.clone(), auth],
+        })
+    }
+
+    fn request(&self, body: Vec<u8>, events: Vec<usize>) -> VendorRequest {
+        VendorRequest {
+            method: Method::POST,
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            body: Bytes::from(body),
+            events,
+        }
+    }
+}
+
+pub(crate) fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
+}
+
+impl Translate for SegmentTranslator {
+    fn translate(&self, events: &[&Event], sent_at: OffsetDateTime) -> Translation {
+        let mut translation = Translation::default();
+        const OPEN: &[u8] = b"{\"batch\":[";
+        let close = format!("],\"sentAt\":\"{}\"}}", format_rfc3339(sent_at));
+        let framing = OPEN.len() + close.len();
+        let mut body = Vec::new();
+        let mut in_body: Vec<usize> = Vec::new();
+        let mut item = Vec::with_capacity(2048);
+        for (index, event) in events.iter().enumerate() {
+            let name = match resolve_name(&self.names, event) {
+                Ok(name) => name,
+                Err(unnamed) => {
+                    translation.refused.push(Refusal::dropped(
+                        index,
+                        unnamed.reason(),
+                        format!("{} is {} for segment", event.event_type(), unnamed.reason()),
+                    ));
+                    continue;
+                }
+            };
+            let user = &event.body.user;
+            if non_empty(&user.user_id).is_none() && non_empty(&user.anonymous_id).is_none() {
+                translation.refused.push(Refusal::refused(
+                    index,
+                    "missing_user_id",
+                    "segment needs user.user_id or user.anonymous_id",
+                ));
+                continue;
+            }
+            item.clear();
+            write_item(event, &name, self.pass_properties, &mut item);
+            if item.len() > MAX_EVENT_BYTES || item.len() + framing > self.max_bytes {
+                translation.refused.push(Refusal::refused(
+                    index,
+                    "oversize",
+                    format!(
+                        "event is {} bytes; segment takes at most {} per event and {} per request",
+                        item.len(),
+                        MAX_EVENT_BYTES,
+                        self.max_bytes
+                    ),
+                ));
+                continue;
+            }
+            if !in_body.is_empty()
+                && (in_body.len() >= self.max_events
+                    || body.len() + 1 + item.len() + close.len() > self.max_bytes)
+            {
+                body.extend_from_slice(close.as_bytes());
+                let full = std::mem::take(&mut body);
+                translation
+                    .requests
+                    .push(self.request(full, std::mem::take(&mut in_body)));
+            }
+            if in_body.is_empty() {
+                body.reserve(self.max_bytes.min(64 * 1024));
+                body.extend_from_slice(OPEN);
+            } else {
+                body.push(b',');
+            }
+            body.extend_from_slice(&item);
+            in_body.push(index);
+        }
+        if !in_body.is_empty() {
+            body.extend_from_slice(close.as_bytes());
+            translation.requests.push(self.request(body, in_body));
+        }
+        translation
+    }
+
+    /// 2xx delivered; 400 (bad JSON, oversize) never retried; 408, 429, 5xx retried;
+    /// any other 4xx rejected.
+    fn classify(&self, response: &VendorResponse) -> Verdict {
+        if response.status == StatusCode::BAD_REQUEST {
+            return Verdict::Reject;
+        }
+        super::default_classify(response.status)
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        self.secrets.clone()
+    }
+}
+
+/// The config's name, else the default table, else `custom.<name>` sent as `<name>`.
+fn resolve_name<'a>(names: &'a EventNames, event: &'a Event) -> Result<Cow<'a, str>, Unnamed> {
+    let ty = event.event_type();
+    match names.resolve(ty, default_name(ty)) {
+        Err(Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
+            Some(custom) => Ok(Cow::Borrowed(custom)),
+            None => Err(Unnamed::Unmapped),
+        },
+        other => other,
+    }
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
+
+/// Whole seconds from milliseconds, floored.
+pub fn seconds(ms: u64) -> u64 {
+    ms / 1000
+}
+
+/// kbps from bits per second, floored.
+pub fn kbps(bps: u64) -> u64 {
+    bps / 1000
+}
+
+/// Volume 0.0–1.0 as 0–100, rounded; 0 when muted; `None` when neither is known.
+pub fn sound(volume: Option<f64>, muted: Option<bool>) -> Option<u64> {
+    if muted == Some(true) {
+        return Some(0);
+    }
+    volume.map(|v| (v.clamp(0.0, 1.0) * 100.0).round() as u64)
+}
+
+pub fn ad_type(position: PodPosition) -> &'static str {
+    match position {
+        PodPosition::Preroll => "pre-roll",
+        PodPosition::Midroll => "mid-roll",
+        PodPosition::Postroll => "post-roll",
+    }
+}
+
+/// A property value borrowed from the event where possible.
+enum V<'a> {
+    Str(&'a str),
+    Text(String),
+    U(u64),
+    F(f64),
+    B(bool),
+    Null,
+    Strs(&'a [String]),
+}
+
+impl Serialize for V<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            V::Str(v) => s.serialize_str(v),
+            V::Text(v) => s.serialize_str(v),
+            V::U(v) => s.serialize_u64(*v),
+            V::F(v) => s.serialize_f64(*v),
+            V::B(v) => s.serialize_bool(*v),
+            V::Null => s.serialize_unit(),
+            V::Strs(v) => v.serialize(s),
+        }
+    }
+}
+
+/// The Video Spec properties of one event, in a fixed order, then the custom
+/// properties (when they pass) whose keys the spec properties do not already use.
+struct Properties<'a> {
+    fields: Vec<(&'static str, V<'a>)>,
+    custom: Option<&'a Map<String, Value>>,
+}
+
+impl Serialize for Properties<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in &self.fields {
+            map.serialize_entry(k, v)?;
+        }
+        if let Some(custom) = self.custom {
+            for (k, v) in custom {
+                if !self.fields.iter().any(|(known, _)| known == k) {
+                    map.serialize_entry(k, v)?;
+                }
+            }
+        }
+        map.end()
+    }
+}
+
+fn properties<'a>(event: &'a Event, pass_properties: bool) -> Properties<'a> {
+    let body = &event.body;
+    let mut f: Vec<(&'static str, V<'a>)> = Vec::with_capacity(32);
+    let session_id = body
+        .session
+        .player_session_id
+        .as_deref()
+        .unwrap_or(&body.session.id);
+    f.push(("session_id", V::Str(session_id)));
+    let content = body.content.as_ref();
+    let playback = body.playback.as_ref();
+    let is_ad_event = event.event_type().starts_with("ad.");
+    if let Some(c) = content {
+        if let Some(v) = &c.asset_id {
+            f.push(("content_asset_id", V::Str(v)));
+        }
+    }
+    if let Some(ad) = &body.ad {
+        if let Some(v) = &ad.ad_id {
+            f.push(("ad_asset_id", V::Str(v)));
+        }
+        if let Some(pod) = &ad.pod {
+            if let Some(v) = &pod.id {
+                f.push(("ad_pod_id", V::Str(v)));
+            }
+            if let Some(p) = pod.position {
+                f.push(("ad_type", V::Str(ad_type(p))));
+            }
+        }
+    }
+    let live = content.is_none_or(|c| c.is_live());
+    if is_ad_event {
+        // Ad events carry the Video Spec's ad properties: position and length in the ad.
+        if let Some(ad) = &body.ad {
+            if let Some(v) = &ad.ad_id {
+                f.push(("asset_id", V::Str(v)));
+            }
+            if let Some(pod) = &ad.pod {
+                if let Some(v) = &pod.id {
+                    f.push(("pod_id", V::Str(v)));
+                }
+                if let Some(v) = pod.ad_position {
+                    f.push(("pod_position", V::U(v.into())));
+                }
+                if let Some(v) = pod.ad_count {
+                    f.push(("pod_length", V::U(v.into())));
+                }
+                if let Some(p) = pod.position {
+                    f.push(("type", V::Str(ad_type(p))));
+                }
+            }
+            if let Some(v) = &ad.title {
+                f.push(("title", V::Str(v)));
+            }
+            if let Some(v) = &ad.advertiser {
+                f.push(("publisher", V::Str(v)));
+            }
+            if let Some(v) = ad.position_ms {
+                f.push(("position", V::U(seconds(v))));
+            }
+            if let Some(v) = ad.duration_ms {
+                f.push(("total_length", V::U(seconds(v))));
+            }
+            if let Some(i) = ad.insertion {
+                // SSAI ads are stitched into the stream ("linear"); CSAI ads load apart.
+                let load = match i {
+                    crate::event::AdInsertion::Ssai => "linear",
+                    crate::event::AdInsertion::Csai => "dynamic",
+                };
+                f.push(("load_type", V::Str(load)));
+            }
+        }
+    } else {
+        if let Some(v) = playback.and_then(|p| p.position_ms) {
+            f.push(("position", V::U(seconds(v))));
+        }
+        match content.and_then(|c| c.duration_ms) {
+            Some(d) if !live => f.push(("total_length", V::U(seconds(d)))),
+            _ => f.push(("total_length", V::Null)),
+        }
+        if let Some(c) = content {
+            if let Some(v) = &c.asset_id {
+                f.push(("asset_id", V::Str(v)));
+            }
+            if let Some(v) = &c.title {
+                f.push(("title", V::Str(v)));
+            }
+            let text = [
+                ("description", &c.description),
+                ("program", &c.program),
+                ("season", &c.season),
+                ("episode", &c.episode),
+                ("genre", &c.genre),
+                ("publisher", &c.publisher),
+                ("channel", &c.channel),
+                ("airdate", &c.airdate),
+            ];
+            for (k, v) in text {
+                if let Some(v) = v {
+                    f.push((k, V::Str(v)));
+                }
+            }
+            if let Some(v) = &c.keywords {
+                f.push(("keywords", V::Strs(v)));
+            }
+        }
+    }
+    f.push(("livestream", V::B(live)));
+    if let Some(p) = playback {
+        if let Some(r) = &p.rendition {
+            if let Some(v) = r.bitrate_bps {
+                f.push(("bitrate", V::U(kbps(v))));
+            }
+            if let Some(v) = r.framerate {
+                f.push(("framerate", V::F(v)));
+            }
+            if let Some(v) = &r.label {
+                f.push(("quality", V::Str(v)));
+            }
+        }
+        if let Some(v) = sound(p.volume, p.muted) {
+            f.push(("sound", V::U(v)));
+        }
+        if let Some(m) = p.presentation_mode {
+            f.push(("full_screen", V::B(m == PresentationMode::Fullscreen)));
+        }
+        if let Some(v) = p.dropped_frames {
+            f.push(("droppedFrames", V::U(v)));
+        }
+    }
+    if let Some(v) = body
+        .context
+        .as_ref()
+        .and_then(|c| c.player.as_ref())
+        .and_then(|p| p.name.as_deref())
+    {
+        f.push(("video_player", V::Str(v)));
+    }
+    if let Some(d) = &body.data {
+        // Sub-second durations keep their milliseconds; the key names the unit.
+        if let Some(v) = d.startup_ms {
+            f.push(("startup_time_ms", V::U(v)));
+        }
+        if let Some(v) = d.duration_ms {
+            f.push(("duration_ms", V::U(v)));
+        }
+        if let Some(v) = d.to_ms {
+            f.push(("seek_position", V::U(seconds(v))));
+        }
+        if let Some(v) = d.from_ms {
+            // Seek Started: `position` is where the seek came from.
+            if let Some(slot) = f.iter_mut().find(|(k, _)| *k == "position") {
+                slot.1 = V::U(seconds(v));
+            } else {
+                f.push(("position", V::U(seconds(v))));
+            }
+        }
+        if let Some(v) = d.quartile {
+            f.push(("quartile", V::U(v.into())));
+        }
+        if let Some(v) = d.percent {
+            f.push(("percent", V::U(v.into())));
+        }
+        if let Some(v) = &d.reason {
+            f.push(("reason", V::Str(v)));
+        }
+        if let Some(v) = &d.method {
+            f.push(("method", V::Str(v)));
+        }
+        if let Some(v) = d.from_bitrate_bps {
+            f.push(("previous_bitrate", V::U(kbps(v))));
+        }
+    }
+    if let Some(e) = &body.error {
+        // Errors travel as Video Playback Interrupted with `method` = the error.
+        if !f.iter().any(|(k, _)| *k == "method") {
+            f.push(("method", V::Text(error_method(e))));
+        }
+        let text = [
+            ("error_code", &e.code),
+            ("error_category", &e.category),
+            ("error_message", &e.message),
+            ("error_source", &e.source),
+            ("error_phase", &e.phase),
+        ];
+        for (k, v) in text {
+            if let Some(v) = v {
+                f.push((k, V::Str(v)));
+            }
+        }
+        if let Some(v) = e.fatal {
+            f.push(("error_fatal", V::B(v)));
+        }
+        if let Some(v) = e.http_status {
+            f.push(("error_http_status", V::U(v.into())));
+        }
+    }
+    Properties {
+        fields: f,
+        custom: if pass_properties {
+            body.properties.as_ref()
+        } else {
+            None
+        },
+    }
+}
+
+/// `error: <code> <message>`, with whatever parts the player gave.
+fn error_method(e: &crate::event::PlayerError) -> String {
+    let mut out = String::from("error");
+    let mut sep = ": ";
+    for part in [&e.code, &e.message].into_iter().flatten() {
+        out.push_str(sep);
+        out.push_str(part);
+        sep = " ";
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct Item<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    event: &'a str,
+    #[serde(rename = "messageId")]
+    message_id: &'a str,
+    timestamp: String,
+    #[serde(rename = "userId", skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    #[serde(rename = "anonymousId", skip_serializing_if = "Option::is_none")]
+    anonymous_id: Option<&'a str>,
+    properties: Properties<'a>,
+    context: SegmentContext<'a>,
+}
+
+#[derive(Serialize)]
+struct SegmentContext<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locale: Option<&'a str>,
+    #[serde(rename = "userAgent", skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app: Option<&'a crate::event::AppInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<SegmentDevice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    os: Option<SegmentOs<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page: Option<&'a crate::event::PageInfo>,
+    library: Library,
+}
+
+#[derive(Serialize)]
+struct SegmentDevice<'a> {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    device_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manufacturer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct SegmentOs<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Library {
+    name: &'static str,
+    version: &'static str,
+}
+
+fn write_item(event: &Event, name: &str, pass_properties: bool, out: &mut Vec<u8>) {
+    let body = &event.body;
+    let ctx = body.context.as_ref();
+    let device = ctx.and_then(|c| c.device.as_ref());
+    let item = Item {
+        kind: "track",
+        event: name,
+        message_id: &body.event_id,
+        timestamp: format_rfc3339(event.timestamp),
+        user_id: non_empty(&body.user.user_id),
+        anonymous_id: non_empty(&body.user.anonymous_id),
+        properties: properties(event, pass_properties),
+        context: SegmentContext {
+            locale: ctx.and_then(|c| c.locale.as_deref()),
+            user_agent: ctx.and_then(|c| c.user_agent.as_deref()),
+            ip: ctx.and_then(|c| c.ip.as_deref()),
+            app: ctx.and_then(|c| c.app.as_ref()),
+            device: device.map(|d| SegmentDevice {
+                device_type: d.device_type.as_deref(),
+                manufacturer: d.manufacturer.as_deref(),
+                model: d.model.as_deref(),
+            }),
+            os: device
+                .filter(|d| d.os_name.is_some() || d.os_version.is_some())
+                .map(|d| SegmentOs {
+                    name: d.os_name.as_deref(),
+                    version: d.os_version.as_deref(),
+                }),
+            page: ctx.and_then(|c| c.page.as_ref()),
+            library: Library {
+                name: "playrelay",
+                version: env!("CARGO_PKG_VERSION"),
+            },
+        },
+    };
+    // Serializing into a Vec only fails on a map with non-string keys, which this has not.
+    let mut ser = serde_json::Serializer::new(&mut *out);
+    let _ = item.serialize(&mut ser);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_floored_seconds_kbps_and_percent() {
+        assert_eq!(seconds(1999), 1);
+        assert_eq!(seconds(0), 0);
+        assert_eq!(kbps(2_445_999), 2445);
+        assert_eq!(sound(Some(0.555), Some(false)), Some(56));
+        assert_eq!(sound(Some(1.0), Some(true)), Some(0));
+        assert_eq!(sound(None, Some(true)), Some(0));
+        assert_eq!(sound(None, None), None);
+        assert_eq!(ad_type(PodPosition::Midroll), "mid-roll");
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let limits = BatchLimits {
+            max_events: 100,
+            max_bytes: 1 << 20,
+        };
+        let mut config = SegmentConfig {
+            write_key: " ".into(),
+            region: SegmentRegion::Us,
+            endpoint: None,
+        };
+        let err = SegmentTranslator::new(&config, EventNames::default(), false, limits)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("write_key: must not be empty"));
+        config.write_key = "k".into();
+        config.endpoint = Some("ftp://x".into());
+        let err = SegmentTranslator::new(&config, EventNames::default(), false, limits)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("endpoint: \"ftp://x\" is not an http:// or https:// URL")
+        );
+    }
+
+    #[test]
+    fn region_picks_the_host_and_auth_has_the_colon() {
+        let config: SegmentConfig =
+            serde_json::from_str(r#"{"write_key":"abc","region":"eu"}"#).expect("config");
+        let limits = BatchLimits {
+            max_events: 10_000,
+            max_bytes: 10 << 20,
+        };
+        let t =
+            SegmentTranslator::new(&config, EventNames::default(), false, limits).expect("valid");
+        assert_eq!(t.url, "https://events.eu1.segmentapis.com/v1/batch");
+        assert_eq!(t.max_events, MAX_REQUEST_EVENTS);
+        assert_eq!(t.max_bytes, MAX_REQUEST_BYTES);
+        // base64("abc:")
+        assert_eq!(t.secrets(), vec!["abc".to_string(), "YWJjOg==".to_string()]);
+        let bad: Result<SegmentConfig, _> =
+            serde_json::from_str(r#"{"write_key":"abc","writekey":"x"}"#);
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn classify_never_retries_400() {
+        let t = SegmentTranslator::new(
+            &SegmentConfig {
+                write_key: "k".into(),
+                region: SegmentRegion::Us,
+                endpoint: Some("http://127.0.0.1:9/".into()),
+            },
+            EventNames::default(),
+            false,
+            BatchLimits {
+                max_events: 10,
+                max_bytes: 1000,
+            },
+        )
+        .expect("valid");
+        assert_eq!(t.url, "http://127.0.0.1:9/v1/batch");
+        let verdict = |code: u16| {
+            t.classify(&VendorResponse {
+                status: StatusCode::from_u16(code).expect("status"),
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+            })
+        };
+        assert_eq!(verdict(200), Verdict::Delivered);
+        assert_eq!(verdict(400), Verdict::Reject);
+        assert_eq!(verdict(401), Verdict::Reject);
+        assert_eq!(verdict(408), Verdict::Retry);
+        assert_eq!(verdict(429), Verdict::Retry);
+        assert_eq!(verdict(503), Verdict::Retry);
+    }
+}

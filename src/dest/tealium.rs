@@ -1,0 +1,864 @@
+//! `type = "tealium"`: Tealium Collect HTTP API — one event to `/event`, several events
+//! of one visitor to `/bulk-event` (at most 10, with the account, profile, environment,
+//! datasource and visitor id hoisted into `shared`, as Tealium's SDKs do).
+//!
+//! Every key is flat and period-free: nested data is joined with `_`, and periods in
+//! custom property keys become `_`. Units: seconds (floored) for lengths and playheads,
+//! kbps, volume 0–100 (0 when muted); sub-second durations keep ms with an `_ms` key.
+
+use super::names::Unnamed;
+use super::segment::{ad_type, is_http_url, kbps, seconds, sound};
+use super::{
+    BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
+    Verdict,
+};
+use crate::event::{format_rfc3339, AdInsertion, Event, PlaybackState, PresentationMode};
+use bytes::Bytes;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use http::{HeaderMap, Method, StatusCode};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Write as _;
+use time::OffsetDateTime;
+
+/// `/bulk-event` takes at most 10 events.
+pub const MAX_REQUEST_EVENTS: usize = 10;
+/// Tealium rejects bodies over 1 MB; counted on the uncompressed JSON.
+pub const MAX_BODY_BYTES: usize = 1_000_000;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vocabulary {
+    /// Tealium's "Basic video tracking" names (`video_start`, `video_milestone`, …).
+    #[default]
+    Basic,
+    /// The mobile media module's names (`media_session_start`, `media_play`, …).
+    Media,
+}
+
+/// Keys of `[destinations.NAME]` for `type = "tealium"` (the common keys are elsewhere).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TealiumConfig {
+    pub account: String,
+    pub profile: String,
+    #[serde(default)]
+    pub datasource: Option<String>,
+    /// e.g. `prod`, `qa`, `dev`.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Host `collect-<region>.tealiumiq.com`; default `collect.tealiumiq.com`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Base URL override (tests, proxies); replaces the host.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub vocabulary: Vocabulary,
+    /// Gzip request bodies (`Content-Encoding: gzip`), as Tealium's SDKs do.
+    #[serde(default)]
+    pub gzip: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TealiumError {
+    #[error("account: must not be empty or contain whitespace")]
+    Account,
+    #[error("profile: must not be empty or contain whitespace")]
+    Profile,
+    #[error("region: {0:?} must be lowercase letters, digits and - (e.g. \"eu-central-1\")")]
+    Region(String),
+    #[error("endpoint: {0:?} is not an http:// or https:// URL")]
+    Endpoint(String),
+    #[error("datasource: must not be empty when set")]
+    Datasource,
+    #[error("environment: must not be empty when set")]
+    Environment,
+}
+
+pub struct TealiumTranslator {
+    event_url: String,
+    bulk_url: String,
+    headers: HeaderMap,
+    names: EventNames,
+    vocabulary: Vocabulary,
+    pass_properties: bool,
+    max_events: usize,
+    max_bytes: usize,
+    gzip: bool,
+    account: String,
+    profile: String,
+    environment: Option<String>,
+    datasource: Option<String>,
+}
+
+/// The basic-vocabulary name of each `player-event/1` type; `None` is unmapped on purpose.
+pub fn default_name(event_type: &str) -> Option<&'static str> {
+    default_name_for(Vocabulary::Basic, event_type)
+}
+
+/// The name of each type in either vocabulary.
+pub fn default_name_for(vocabulary: Vocabulary, event_type: &str) -> Option<&'static str> {
+    let (basic, media) = match event_type {
+        "session.started" => ("video_load", "media_session_start"),
+        "playback.started" => ("video_start", "media_play"),
+        "playback.paused" => ("video_pause", "media_pause"),
+        "playback.resumed" => ("video_play", "media_play"),
+        "playback.rebuffer_started" => ("video_buffer_start", "media_buffer_start"),
+        "playback.rebuffer_ended" => ("video_buffer_complete", "media_buffer_complete"),
+        "playback.seek_started" => ("video_seek", "media_seek_start"),
+        "playback.seek_ended" => ("video_seek_complete", "media_seek_complete"),
+        // Basic has no heartbeat (and 100 events/s per account goes fast); the media
+        // module sends one.
+        "playback.heartbeat" => ("", "media_heartbeat"),
+        "playback.milestone" => ("video_milestone", "media_milestone"),
+        "playback.completed" => ("video_complete", "media_session_end"),
+        "playback.exited" => ("video_exit", "media_session_end"),
+        "playback.interrupted" => ("video_interrupt", "media_stop"),
+        "playback.error" => ("video_error", "media_error"),
+        "quality.changed" => ("video_bitrate_change", "media_bitrate_change"),
+        "ad.break_started" => ("video_ad_break_start", "media_adbreak_start"),
+        "ad.break_ended" => ("video_ad_break_complete", "media_adbreak_complete"),
+        "ad.started" => ("video_ad_start", "media_ad_start"),
+        "ad.quartile" => ("video_ad_quartile", "media_ad_quartile"),
+        "ad.completed" => ("video_ad_complete", "media_ad_complete"),
+        "ad.skipped" => ("video_ad_skip", "media_ad_skip"),
+        "ad.clicked" => ("video_ad_click", "media_ad_click"),
+        "ad.impression" => ("video_ad_impression", "media_ad_impression"),
+        "ad.error" => ("video_ad_error", "media_ad_error"),
+        // Unmapped in both: playback.requested, playback.rate_changed, volume.changed,
+        // presentation.changed. Rename them in the `events` table to send them.
+        _ => return None,
+    };
+    let name = match vocabulary {
+        Vocabulary::Basic => basic,
+        Vocabulary::Media => media,
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+/// A key with every period replaced by `_` (Tealium keys must not contain periods).
+pub fn clean_key(key: &str) -> Cow<'_, str> {
+    if key.contains('.') {
+        Cow::Owned(key.replace('.', "_"))
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
+fn valid_region(region: &str) -> bool {
+    !region.is_empty()
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn valid_word(s: &str) -> bool {
+    !s.is_empty() && !s.contains(char::is_whitespace)
+}
+
+impl TealiumTranslator {
+    pub fn new(
+        config: &TealiumConfig,
+        names: EventNames,
+        pass_properties: bool,
+        limits: BatchLimits,
+    ) -> Result<Self, TealiumError> {
+        if !valid_word(&config.account) {
+            return Err(TealiumError::Account);
+        }
+        if !valid_word(&config.profile) {
+            return Err(TealiumError::Profile);
+        }
+        if config.datasource.as_deref().is_some_and(str::is_empty) {
+            return Err(TealiumError::Datasource);
+        }
+        if config.environment.as_deref().is_some_and(str::is_empty) {
+            return Err(TealiumError::Environment);
+        }
+        let base = match (&config.endpoint, &config.region) {
+            (Some(endpoint), _) => {
+                if !is_http_url(endpoint) {
+                    return Err(TealiumError::Endpoint(endpoint.clone()));
+                }
+                endpoint.trim_end_matches('/').to_string()
+            }
+            (None, Some(region)) => {
+                if !valid_region(region) {
+                    return Err(TealiumError::Region(region.clone()));
+                }
+                format!("https://collect-{region}.tealiumiq.com")
+            }
+            (None, None) => "https://collect.tealiumiq.com".to_string(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if config.gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        Ok(TealiumTranslator {
+            event_url: format!("{base}/event"),
+            bulk_url: format!("{base}/bulk-event"),
+            headers,
+            names,
+            vocabulary: config.vocabulary,
+            pass_properties,
+            max_events: limits.max_events.clamp(1, MAX_REQUEST_EVENTS),
+            max_bytes: limits.max_bytes.min(MAX_BODY_BYTES),
+            gzip: config.gzip,
+            account: config.account.clone(),
+            profile: config.profile.clone(),
+            environment: config.environment.clone(),
+            datasource: config.datasource.clone(),
+        })
+    }
+
+    fn resolve<'a>(&'a self, event: &'a Event) -> Result<Cow<'a, str>, Unnamed> {
+        let ty = event.event_type();
+        match self
+            .names
+            .resolve(ty, default_name_for(self.vocabulary, ty))
+        {
+            Err(Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
+                Some(custom) => Ok(Cow::Borrowed(custom)),
+                None => Err(Unnamed::Unmapped),
+            },
+            other => other,
+        }
+    }
+
+    /// The keys every event of a visitor shares, without braces:
+    /// `"tealium_account":…,"tealium_profile":…,…,"tealium_visitor_id":…`.
+    fn shared(&self, visitor_id: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        let mut entry = |k: &str, v: &str| {
+            if !out.is_empty() {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut out, k);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut out, v);
+        };
+        entry("tealium_account", &self.account);
+        entry("tealium_profile", &self.profile);
+        if let Some(env) = &self.environment {
+            entry("tealium_environment", env);
+        }
+        if let Some(ds) = &self.datasource {
+            entry("tealium_datasource", ds);
+        }
+        entry("tealium_visitor_id", visitor_id);
+        out
+    }
+
+    /// One event alone: the shared keys and the event's keys in one flat object.
+    fn single_body(shared: &[u8], item: &[u8]) -> Vec<u8> {
+        let mut body = Vec::with_capacity(shared.len() + item.len() + 2);
+        body.push(b'{');
+        body.extend_from_slice(shared);
+        body.push(b',');
+        // `item` is an object that starts with `"tealium_event"`: drop its `{`.
+        body.extend_from_slice(&item[1..]);
+        body
+    }
+
+    fn request(&self, url: &str, body: Vec<u8>, events: Vec<usize>) -> VendorRequest {
+        let body = if self.gzip {
+            let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
+            // Writing into a Vec cannot fail.
+            let _ = gz.write_all(&body);
+            gz.finish().unwrap_or(body)
+        } else {
+            body
+        };
+        VendorRequest {
+            method: Method::POST,
+            url: url.to_string(),
+            headers: self.headers.clone(),
+            body: Bytes::from(body),
+            events,
+        }
+    }
+
+    fn flush(
+        &self,
+        shared: &[u8],
+        items: &mut Vec<(usize, Vec<u8>)>,
+        translation: &mut Translation,
+    ) {
+        match items.len() {
+            0 => {}
+            1 => {
+                let (index, item) = items.remove(0);
+                let body = Self::single_body(shared, &item);
+                translation
+                    .requests
+                    .push(self.request(&self.event_url, body, vec![index]));
+            }
+            _ => {
+                let mut body = bulk_open(shared);
+                let mut indices = Vec::with_capacity(items.len());
+                for (i, (index, item)) in items.drain(..).enumerate() {
+                    if i > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(&item);
+                    indices.push(index);
+                }
+                body.extend_from_slice(b"]}");
+                translation
+                    .requests
+                    .push(self.request(&self.bulk_url, body, indices));
+            }
+        }
+    }
+}
+
+/// An input index and its encoded event object.
+type Encoded = (usize, Vec<u8>);
+
+fn bulk_open(shared: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(16 * 1024);
+    body.extend_from_slice(b"{\"shared\":{");
+    body.extend_from_slice(shared);
+    body.extend_from_slice(b"},\"events\":[");
+    body
+}
+
+impl Translate for TealiumTranslator {
+    fn translate(&self, events: &[&Event], _sent_at: OffsetDateTime) -> Translation {
+        let mut translation = Translation::default();
+        // Events grouped by visitor in order of first appearance.
+        let mut groups: Vec<(&str, Vec<Encoded>)> = Vec::new();
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        for (index, event) in events.iter().enumerate() {
+            let name = match self.resolve(event) {
+                Ok(name) => name,
+                Err(unnamed) => {
+                    translation.refused.push(Refusal::dropped(
+                        index,
+                        unnamed.reason(),
+                        format!("{} is {} for tealium", event.event_type(), unnamed.reason()),
+                    ));
+                    continue;
+                }
+            };
+            let user = &event.body.user;
+            let visitor = user
+                .user_id
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .or(user.anonymous_id.as_deref().filter(|s| !s.is_empty()));
+            let Some(visitor) = visitor else {
+                translation.refused.push(Refusal::refused(
+                    index,
+                    "missing_visitor_id",
+                    "tealium needs user.user_id or user.anonymous_id as tealium_visitor_id",
+                ));
+                continue;
+            };
+            let mut item = Vec::with_capacity(2048);
+            let flat = Flat {
+                fields: fields(event, &name),
+                custom: if self.pass_properties {
+                    event.body.properties.as_ref()
+                } else {
+                    None
+                },
+            };
+            // Serializing into a Vec cannot fail: every map key is a string.
+            let _ = serde_json::to_writer(&mut item, &flat);
+            // The body this event makes when it travels alone to `/event`.
+            let single = self.shared(visitor).len() + item.len() + 1;
+            if single > self.max_bytes {
+                translation.refused.push(Refusal::refused(
+                    index,
+                    "oversize",
+                    format!(
+                        "event is about {single} bytes; tealium takes at most {} per request",
+                        self.max_bytes
+                    ),
+                ));
+                continue;
+            }
+            let slot = *group_of.entry(visitor).or_insert_with(|| {
+                groups.push((visitor, Vec::new()));
+                groups.len() - 1
+            });
+            groups[slot].1.push((index, item));
+        }
+        for (visitor, items) in groups {
+            let shared = self.shared(visitor);
+            let open = bulk_open(&shared).len() + 2;
+            // Even chunks: 11 events make 6 + 5, two bulk requests, rather than 10 + 1.
+            let chunks = items.len().div_ceil(self.max_events);
+            let per_chunk = items.len().div_ceil(chunks.max(1));
+            let mut chunk: Vec<(usize, Vec<u8>)> = Vec::new();
+            let mut chunk_bytes = open;
+            for (index, item) in items {
+                let full =
+                    chunk.len() >= per_chunk || chunk_bytes + 1 + item.len() > self.max_bytes;
+                if !chunk.is_empty() && full {
+                    self.flush(&shared, &mut chunk, &mut translation);
+                    chunk_bytes = open;
+                }
+                chunk_bytes += item.len() + 1;
+                chunk.push((index, item));
+            }
+            self.flush(&shared, &mut chunk, &mut translation);
+        }
+        translation
+    }
+
+    /// 2xx delivered; 400 is a bad body (the reason is in `X-Error`), never retried;
+    /// 408, 429 and 5xx retried; other 4xx rejected.
+    fn classify(&self, response: &VendorResponse) -> Verdict {
+        if response.status == StatusCode::BAD_REQUEST {
+            return Verdict::Reject;
+        }
+        super::default_classify(response.status)
+    }
+}
+
+/// The reason Tealium gives for a 400, from its `X-Error` header.
+pub fn rejection_reason(response: &VendorResponse) -> Option<String> {
+    response
+        .headers
+        .get("x-error")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// A flat value borrowed from the event where possible.
+enum T<'a> {
+    Str(&'a str),
+    Text(String),
+    U(u64),
+    F(f64),
+    B(bool),
+    Strs(&'a [String]),
+}
+
+impl Serialize for T<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            T::Str(v) => s.serialize_str(v),
+            T::Text(v) => s.serialize_str(v),
+            T::U(v) => s.serialize_u64(*v),
+            T::F(v) => s.serialize_f64(*v),
+            T::B(v) => s.serialize_bool(*v),
+            T::Strs(v) => v.serialize(s),
+        }
+    }
+}
+
+struct Flat<'a> {
+    fields: Vec<(&'static str, T<'a>)>,
+    custom: Option<&'a Map<String, Value>>,
+}
+
+impl Serialize for Flat<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in &self.fields {
+            map.serialize_entry(k, v)?;
+        }
+        if let Some(custom) = self.custom {
+            let mut flat: Vec<(String, &Value)> = Vec::new();
+            flatten_into(None, custom, &mut flat);
+            let mut seen: Vec<&str> = Vec::with_capacity(flat.len());
+            for (k, v) in &flat {
+                // The relay's keys win, `tealium_*` keys are the relay's to set, and two
+                // custom keys that flatten to the same key keep the first.
+                if k.is_empty()
+                    || k.starts_with("tealium_")
+                    || self.fields.iter().any(|(known, _)| known == k)
+                    || seen.contains(&k.as_str())
+                {
+                    continue;
+                }
+                seen.push(k);
+                map.serialize_entry(k, v)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// Flattens custom properties: objects join keys with `_`, arrays of scalars stay
+/// arrays, arrays holding objects or arrays are flattened by position (`key_0_x`).
+fn flatten_into<'a>(
+    prefix: Option<&str>,
+    map: &'a Map<String, Value>,
+    out: &mut Vec<(String, &'a Value)>,
+) {
+    for (k, v) in map {
+        let key = match prefix {
+            Some(p) => format!("{p}_{}", clean_key(k)),
+            None => clean_key(k).into_owned(),
+        };
+        flatten_value(key, v, out);
+    }
+}
+
+fn flatten_value<'a>(key: String, value: &'a Value, out: &mut Vec<(String, &'a Value)>) {
+    match value {
+        Value::Object(inner) => flatten_into(Some(&key), inner, out),
+        Value::Array(items) if items.iter().any(|i| i.is_object() || i.is_array()) => {
+            for (i, item) in items.iter().enumerate() {
+                flatten_value(format!("{key}_{i}"), item, out);
+            }
+        }
+        _ => out.push((key, value)),
+    }
+}
+
+fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
+    let body = &event.body;
+    let mut f: Vec<(&'static str, T<'a>)> = Vec::with_capacity(64);
+    let s = |f: &mut Vec<(&'static str, T<'a>)>, k: &'static str, v: &'a Option<String>| {
+        if let Some(v) = v.as_deref() {
+            f.push((k, T::Str(v)));
+        }
+    };
+    f.push(("tealium_event", T::Str(name)));
+    f.push(("event_id", T::Str(&body.event_id)));
+    f.push(("event_type", T::Str(&body.event_type)));
+    f.push(("event_timestamp", T::Text(format_rfc3339(event.timestamp))));
+    if let Some(v) = body.sequence {
+        f.push(("event_sequence", T::U(v)));
+    }
+    f.push(("session_id", T::Str(&body.session.id)));
+    s(&mut f, "player_session_id", &body.session.player_session_id);
+    s(&mut f, "app_session_id", &body.session.app_session_id);
+    s(&mut f, "user_id", &body.user.user_id);
+    s(&mut f, "anonymous_id", &body.user.anonymous_id);
+    let content = body.content.as_ref();
+    let playback = body.playback.as_ref();
+    let live = content.is_none_or(|c| c.is_live());
+    if let Some(c) = content {
+        s(&mut f, "video_id", &c.asset_id);
+        s(&mut f, "video_name", &c.title);
+        if let Some(d) = c.duration_ms.filter(|_| !live) {
+            f.push(("video_length", T::U(seconds(d))));
+        }
+    }
+    if let Some(v) = playback.and_then(|p| p.position_ms) {
+        f.push(("video_playhead", T::U(seconds(v))));
+    }
+    if let Some(v) = body.data.as_ref().and_then(|d| d.percent) {
+        f.push(("video_milestone", T::U(v.into())));
+    }
+    let ctx = body.context.as_ref();
+    let player = ctx.and_then(|c| c.player.as_ref());
+    if let Some(p) = player {
+        s(&mut f, "video_platform", &p.name);
+    }
+    f.push(("video_live", T::B(live)));
+    if let Some(c) = content {
+        if let Some(t) = c.stream_type {
+            let v = match t {
+                crate::event::StreamType::Vod => "vod",
+                crate::event::StreamType::Live => "live",
+                crate::event::StreamType::LiveDvr => "live_dvr",
+                crate::event::StreamType::Linear => "linear",
+            };
+            f.push(("video_stream_type", T::Str(v)));
+        }
+        s(&mut f, "video_url", &c.url);
+        s(&mut f, "video_streaming_format", &c.streaming_format);
+        s(&mut f, "video_description", &c.description);
+        s(&mut f, "video_program", &c.program);
+        s(&mut f, "video_season", &c.season);
+        s(&mut f, "video_episode", &c.episode);
+        s(&mut f, "video_genre", &c.genre);
+        s(&mut f, "video_publisher", &c.publisher);
+        s(&mut f, "video_channel", &c.channel);
+        s(&mut f, "video_provider", &c.provider);
+        if let Some(v) = &c.keywords {
+            f.push(("video_keywords", T::Strs(v)));
+        }
+        s(&mut f, "video_airdate", &c.airdate);
+        s(&mut f, "video_language", &c.language);
+    }
+    if let Some(p) = playback {
+        if let Some(state) = p.state {
+            let v = match state {
+                PlaybackState::Starting => "starting",
+                PlaybackState::Playing => "playing",
+                PlaybackState::Paused => "paused",
+                PlaybackState::Seeking => "seeking",
+                PlaybackState::Rebuffering => "rebuffering",
+                PlaybackState::Ended => "ended",
+                PlaybackState::Error => "error",
+            };
+            f.push(("video_state", T::Str(v)));
+        }
+        if let Some(v) = p.buffer_ms {
+            f.push(("video_buffer", T::U(seconds(v))));
+        }
+        if let Some(r) = &p.rendition {
+            s(&mut f, "video_rendition_id", &r.id);
+            if let Some(v) = r.bitrate_bps {
+                f.push(("video_bitrate", T::U(kbps(v))));
+            }
+            if let Some(v) = r.framerate {
+                f.push(("video_framerate", T::F(v)));
+            }
+            if let Some(v) = r.width {
+                f.push(("video_width", T::U(v.into())));
+            }
+            if let Some(v) = r.height {
+                f.push(("video_height", T::U(v.into())));
+            }
+            s(&mut f, "video_codecs", &r.codecs);
+            s(&mut f, "video_quality", &r.label);
+        }
+        if let Some(v) = p.playback_rate {
+            f.push(("video_playback_rate", T::F(v)));
+        }
+        if let Some(v) = sound(p.volume, p.muted) {
+            f.push(("video_volume", T::U(v)));
+        }
+        if let Some(v) = p.muted {
+            f.push(("video_muted", T::B(v)));
+        }
+        if let Some(m) = p.presentation_mode {
+            let v = match m {
+                PresentationMode::Inline => "inline",
+                PresentationMode::Fullscreen => "fullscreen",
+                PresentationMode::Pip => "pip",
+            };
+            f.push(("video_presentation_mode", T::Str(v)));
+        }
+        if let Some(v) = p.dropped_frames {
+            f.push(("video_dropped_frames", T::U(v)));
+        }
+        s(&mut f, "video_cdn", &p.cdn);
+        if let Some(v) = p.autoplay {
+            f.push(("video_autoplay", T::B(v)));
+        }
+    }
+    if let Some(d) = &body.data {
+        if let Some(v) = d.startup_ms {
+            f.push(("video_startup_time_ms", T::U(v)));
+        }
+        if let Some(v) = d.duration_ms {
+            f.push(("video_event_duration_ms", T::U(v)));
+        }
+        if let Some(v) = d.from_ms {
+            f.push(("video_seek_from", T::U(seconds(v))));
+        }
+        if let Some(v) = d.to_ms {
+            f.push(("video_seek_to", T::U(seconds(v))));
+        }
+        s(&mut f, "video_exit_reason", &d.reason);
+        s(&mut f, "video_interrupt_method", &d.method);
+        if let Some(v) = d.from_bitrate_bps {
+            f.push(("video_previous_bitrate", T::U(kbps(v))));
+        }
+        if let Some(v) = d.quartile {
+            f.push(("video_ad_quartile", T::U(v.into())));
+        }
+    }
+    if let Some(ad) = &body.ad {
+        s(&mut f, "video_ad_id", &ad.ad_id);
+        s(&mut f, "video_ad_creative_id", &ad.creative_id);
+        s(&mut f, "video_ad_name", &ad.title);
+        s(&mut f, "video_ad_advertiser", &ad.advertiser);
+        s(&mut f, "video_ad_system", &ad.system);
+        if let Some(i) = ad.insertion {
+            let v = match i {
+                AdInsertion::Csai => "csai",
+                AdInsertion::Ssai => "ssai",
+            };
+            f.push(("video_ad_insertion", T::Str(v)));
+        }
+        if let Some(v) = ad.duration_ms {
+            f.push(("video_ad_length", T::U(seconds(v))));
+        }
+        if let Some(v) = ad.position_ms {
+            f.push(("video_ad_playhead", T::U(seconds(v))));
+        }
+        if let Some(v) = ad.skip_offset_ms {
+            f.push(("video_ad_skip_offset", T::U(seconds(v))));
+        }
+        if let Some(pod) = &ad.pod {
+            s(&mut f, "video_ad_pod_id", &pod.id);
+            if let Some(v) = pod.index {
+                f.push(("video_ad_pod_index", T::U(v.into())));
+            }
+            if let Some(v) = pod.position {
+                f.push(("video_ad_type", T::Str(ad_type(v))));
+            }
+            if let Some(v) = pod.ad_count {
+                f.push(("video_ad_pod_size", T::U(v.into())));
+            }
+            if let Some(v) = pod.ad_position {
+                f.push(("video_ad_position", T::U(v.into())));
+            }
+        }
+    }
+    if let Some(e) = &body.error {
+        s(&mut f, "video_error_code", &e.code);
+        s(&mut f, "video_error_category", &e.category);
+        s(&mut f, "video_error_message", &e.message);
+        if let Some(v) = e.fatal {
+            f.push(("video_error_fatal", T::B(v)));
+        }
+        s(&mut f, "video_error_source", &e.source);
+        if let Some(v) = e.http_status {
+            f.push(("video_error_http_status", T::U(v.into())));
+        }
+        s(&mut f, "video_error_phase", &e.phase);
+    }
+    if let Some(c) = ctx {
+        if let Some(p) = player {
+            s(&mut f, "player_name", &p.name);
+            s(&mut f, "player_version", &p.version);
+            s(&mut f, "player_platform", &p.platform);
+        }
+        if let Some(a) = &c.app {
+            s(&mut f, "app_name", &a.name);
+            s(&mut f, "app_version", &a.version);
+            s(&mut f, "app_build", &a.build);
+        }
+        if let Some(d) = &c.device {
+            s(&mut f, "device_type", &d.device_type);
+            s(&mut f, "device_manufacturer", &d.manufacturer);
+            s(&mut f, "device_model", &d.model);
+            s(&mut f, "device_os_name", &d.os_name);
+            s(&mut f, "device_os_version", &d.os_version);
+        }
+        s(&mut f, "user_agent", &c.user_agent);
+        s(&mut f, "ip", &c.ip);
+        s(&mut f, "locale", &c.locale);
+        if let Some(p) = &c.page {
+            s(&mut f, "page_url", &p.url);
+            s(&mut f, "page_referrer", &p.referrer);
+            s(&mut f, "page_title", &p.title);
+        }
+        if let Some(consent) = &c.consent {
+            if let Some(v) = consent.analytics {
+                f.push(("consent_analytics", T::B(v)));
+            }
+            if let Some(v) = consent.advertising {
+                f.push(("consent_advertising", T::B(v)));
+            }
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TealiumConfig {
+        TealiumConfig {
+            account: "acme".into(),
+            profile: "main".into(),
+            datasource: None,
+            environment: Some("prod".into()),
+            region: None,
+            endpoint: None,
+            vocabulary: Vocabulary::Basic,
+            gzip: false,
+        }
+    }
+
+    const LIMITS: BatchLimits = BatchLimits {
+        max_events: 1000,
+        max_bytes: 10 << 20,
+    };
+
+    #[test]
+    fn keys_lose_their_periods_and_nesting() {
+        assert_eq!(clean_key("a.b.c"), "a_b_c");
+        assert_eq!(clean_key("plain"), "plain");
+        let props: Map<String, Value> =
+            serde_json::from_str(r#"{"a.b":{"c.d":1,"e":[1,2]},"list":[{"x.y":true}],"n":null}"#)
+                .expect("json");
+        let mut flat = Vec::new();
+        flatten_into(None, &props, &mut flat);
+        let keys: Vec<&str> = flat.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["a_b_c_d", "a_b_e", "list_0_x_y", "n"]);
+    }
+
+    #[test]
+    fn vocabularies_name_the_same_types() {
+        assert_eq!(default_name("playback.started"), Some("video_start"));
+        assert_eq!(default_name("playback.heartbeat"), None);
+        assert_eq!(
+            default_name_for(Vocabulary::Media, "playback.heartbeat"),
+            Some("media_heartbeat")
+        );
+        assert_eq!(
+            default_name_for(Vocabulary::Media, "ad.break_started"),
+            Some("media_adbreak_start")
+        );
+        assert_eq!(default_name("playback.requested"), None);
+    }
+
+    #[test]
+    fn region_picks_the_host_and_bad_values_name_the_field() {
+        let mut c = config();
+        c.region = Some("eu-central-1".into());
+        let t = TealiumTranslator::new(&c, EventNames::default(), false, LIMITS).expect("ok");
+        assert_eq!(
+            t.bulk_url,
+            "https://collect-eu-central-1.tealiumiq.com/bulk-event"
+        );
+        c.region = Some("EU 1".into());
+        let err = TealiumTranslator::new(&c, EventNames::default(), false, LIMITS)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "region: \"EU 1\" must be lowercase letters, digits and - (e.g. \"eu-central-1\")"
+            )
+        );
+        c.region = None;
+        c.account = String::new();
+        let err = TealiumTranslator::new(&c, EventNames::default(), false, LIMITS).err();
+        assert_eq!(err, Some(TealiumError::Account));
+    }
+
+    #[test]
+    fn classify_and_x_error() {
+        let t =
+            TealiumTranslator::new(&config(), EventNames::default(), false, LIMITS).expect("ok");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-error",
+            HeaderValue::from_static("missing tealium_account"),
+        );
+        let response = |code: u16, headers: HeaderMap| VendorResponse {
+            status: StatusCode::from_u16(code).expect("status"),
+            headers,
+            body: Bytes::new(),
+        };
+        let bad = response(400, headers);
+        assert_eq!(t.classify(&bad), Verdict::Reject);
+        assert_eq!(
+            rejection_reason(&bad).as_deref(),
+            Some("missing tealium_account")
+        );
+        assert_eq!(
+            t.classify(&response(200, HeaderMap::new())),
+            Verdict::Delivered
+        );
+        assert_eq!(t.classify(&response(429, HeaderMap::new())), Verdict::Retry);
+        assert_eq!(t.classify(&response(408, HeaderMap::new())), Verdict::Retry);
+        assert_eq!(t.classify(&response(502, HeaderMap::new())), Verdict::Retry);
+        assert_eq!(
+            t.classify(&response(403, HeaderMap::new())),
+            Verdict::Reject
+        );
+    }
+}

@@ -1,0 +1,606 @@
+//! Golden vendor payloads: events in, the exact requests (method, URL with secrets
+//! redacted, headers, body) compared with the files under `tests/golden/<vendor>/`.
+//! Regenerate with `UPDATE_GOLDEN=1 cargo test --test vendor_golden` and review the diff.
+
+#[path = "golden/support.rs"]
+mod support;
+
+use playrelay::dest::ga4::{Ga4Config, Ga4Translator};
+use playrelay::dest::segment::{SegmentConfig, SegmentTranslator};
+use playrelay::dest::tealium::{TealiumConfig, TealiumTranslator};
+use playrelay::dest::{
+    redact, BatchLimits, Disposition, EventNames, NameOverride, Translate, Translation,
+};
+use playrelay::event::Event;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use support::*;
+use time::OffsetDateTime;
+
+const WIDE: BatchLimits = BatchLimits {
+    max_events: 10_000,
+    max_bytes: 10 << 20,
+};
+
+#[derive(Serialize)]
+struct GoldenRequest {
+    method: String,
+    url: String,
+    headers: BTreeMap<String, String>,
+    events: Vec<usize>,
+    body_bytes: usize,
+    body: Node,
+}
+
+#[derive(Serialize)]
+struct GoldenRefusal {
+    index: usize,
+    disposition: &'static str,
+    reason: &'static str,
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct Golden {
+    requests: Vec<GoldenRequest>,
+    refused: Vec<GoldenRefusal>,
+}
+
+#[derive(Serialize)]
+struct SummaryRequest {
+    url: String,
+    events: usize,
+    first_event: usize,
+    last_event: usize,
+    body_bytes: usize,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    requests: Vec<SummaryRequest>,
+    refused: BTreeMap<String, usize>,
+}
+
+fn disposition(d: Disposition) -> &'static str {
+    match d {
+        Disposition::Dropped => "dropped",
+        Disposition::Refused => "refused",
+    }
+}
+
+fn translate(t: &dyn Translate, events: &[Event], sent_at: OffsetDateTime) -> Translation {
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, sent_at);
+    assert_accounted(events.len(), &translation);
+    translation
+}
+
+fn plain_body(headers: &http::HeaderMap, body: &[u8]) -> Vec<u8> {
+    if headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v == "gzip")
+    {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut out)
+            .expect("gzip body");
+        out
+    } else {
+        body.to_vec()
+    }
+}
+
+fn golden(t: &dyn Translate, events: &[Event], sent_at: OffsetDateTime) -> String {
+    let translation = translate(t, events, sent_at);
+    let secrets = t.secrets();
+    let requests = translation
+        .requests
+        .iter()
+        .map(|r| {
+            let body = plain_body(&r.headers, &r.body);
+            GoldenRequest {
+                method: r.method.to_string(),
+                url: redact(&r.url, &secrets),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = String::from_utf8_lossy(v.as_bytes());
+                        (k.to_string(), redact(&v, &secrets))
+                    })
+                    .collect(),
+                events: r.events.clone(),
+                body_bytes: r.body.len(),
+                body: parse_ordered(&body).unwrap_or_else(|e| panic!("body: {e}")),
+            }
+        })
+        .collect();
+    let mut refused: Vec<GoldenRefusal> = translation
+        .refused
+        .iter()
+        .map(|r| GoldenRefusal {
+            index: r.index,
+            disposition: disposition(r.disposition),
+            reason: r.reason,
+            detail: redact(&r.detail, &secrets),
+        })
+        .collect();
+    refused.sort_by_key(|r| r.index);
+    pretty(&Golden { requests, refused })
+}
+
+fn summary(t: &dyn Translate, events: &[Event], sent_at: OffsetDateTime) -> String {
+    let translation = translate(t, events, sent_at);
+    let secrets = t.secrets();
+    let requests = translation
+        .requests
+        .iter()
+        .map(|r| {
+            parse_ordered(&plain_body(&r.headers, &r.body)).expect("valid body");
+            SummaryRequest {
+                url: redact(&r.url, &secrets),
+                events: r.events.len(),
+                first_event: r.events[0],
+                last_event: r.events[r.events.len() - 1],
+                body_bytes: r.body.len(),
+            }
+        })
+        .collect();
+    let mut refused = BTreeMap::new();
+    for r in &translation.refused {
+        *refused
+            .entry(format!("{}:{}", disposition(r.disposition), r.reason))
+            .or_insert(0) += 1;
+    }
+    pretty(&Summary { requests, refused })
+}
+
+fn pretty<T: Serialize>(value: &T) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("serializable");
+    text.push('\n');
+    text
+}
+
+fn check(vendor: &str, name: &str, actual: &str) {
+    let path = format!(
+        "{}/tests/golden/{vendor}/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(format!(
+            "{}/tests/golden/{vendor}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("golden dir");
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!("{path} missing: run UPDATE_GOLDEN=1 cargo test --test vendor_golden")
+    });
+    if expected != actual {
+        let line = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{path} differs from the output at line {}:\n  expected: {}\n  actual:   {}\n\
+             (UPDATE_GOLDEN=1 cargo test --test vendor_golden rewrites it; review the diff)",
+            line + 1,
+            expected.lines().nth(line).unwrap_or("<end>"),
+            actual.lines().nth(line).unwrap_or("<end>"),
+        );
+    }
+}
+
+/// Three whole fixture sessions (live with a user id, VOD with ads, a startup error),
+/// with only the first heartbeat of each kept so the files stay reviewable.
+fn fixture_highlights() -> Vec<Event> {
+    let sessions = [
+        "a6a3a450-6513-470e-a69e-0d37f2a74de4",
+        "ca304218-62f2-421b-86bf-4fa2f4337bd1",
+        "224065ed-6136-4cbf-a7e2-0a3d123419d6",
+    ];
+    let mut heartbeat_seen = std::collections::HashSet::new();
+    fixture_events()
+        .into_iter()
+        .filter(|e| sessions.contains(&e.body.session.id.as_str()))
+        .filter(|e| {
+            e.event_type() != "playback.heartbeat"
+                || heartbeat_seen.insert(e.body.session.id.clone())
+        })
+        .collect()
+}
+
+fn overrides(paused: &str) -> EventNames {
+    EventNames::new(HashMap::from([
+        (
+            "playback.paused".to_string(),
+            NameOverride::Rename(paused.into()),
+        ),
+        (
+            "playback.heartbeat".to_string(),
+            NameOverride::Enabled(false),
+        ),
+        (
+            "playback.milestone".to_string(),
+            NameOverride::Rename("video_milestone_reached".into()),
+        ),
+    ]))
+}
+
+/// A few events: a pause (renamed), a heartbeat (disabled), a milestone (renamed from
+/// unmapped or default), a completion (default name).
+fn override_events() -> Vec<Event> {
+    [
+        "playback.paused",
+        "playback.heartbeat",
+        "playback.milestone",
+        "playback.completed",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, ty)| {
+        let data = if *ty == "playback.milestone" {
+            json!({"data": {"percent": 50}})
+        } else {
+            json!({})
+        };
+        event_from_value(&base_event(
+            900 + i as u32,
+            ty,
+            &format!("2026-11-01T19:10:0{i}.000Z"),
+            data,
+        ))
+    })
+    .collect()
+}
+
+// ---------------------------------------------------------------- Segment
+
+fn segment(names: EventNames, pass_properties: bool, limits: BatchLimits) -> SegmentTranslator {
+    let config: SegmentConfig =
+        serde_json::from_value(json!({"write_key": "wk_SECRET_123"})).expect("config");
+    SegmentTranslator::new(&config, names, pass_properties, limits).expect("valid config")
+}
+
+#[test]
+fn segment_fixture_sessions() {
+    let t = segment(EventNames::default(), false, WIDE);
+    check(
+        "segment",
+        "fixture_sessions",
+        &golden(&t, &fixture_highlights(), SENT_AT),
+    );
+}
+
+#[test]
+fn segment_handmade_events_with_properties() {
+    let t = segment(EventNames::default(), true, WIDE);
+    check(
+        "segment",
+        "handmade",
+        &golden(&t, &handmade_events(), SENT_AT),
+    );
+}
+
+#[test]
+fn segment_whole_fixture_in_one_batch() {
+    let t = segment(EventNames::default(), false, WIDE);
+    let events = fixture_events();
+    let text = summary(&t, &events, SENT_AT);
+    check("segment", "fixture_all_summary", &text);
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    for r in &translation.requests {
+        assert!(r.body.len() <= 480 * 1024);
+    }
+}
+
+#[test]
+fn segment_big_events_split_by_bytes_and_oversize_is_refused() {
+    let t = segment(EventNames::default(), true, WIDE);
+    let mut events: Vec<Event> = (0..40)
+        .map(|i| {
+            event_from_value(&base_event(
+                500 + i,
+                "playback.heartbeat",
+                "2026-11-01T19:20:00.000Z",
+                json!({"properties": {"blob": "b".repeat(20 * 1024)}}),
+            ))
+        })
+        .collect();
+    events.push(event_from_value(&base_event(
+        600,
+        "playback.heartbeat",
+        "2026-11-01T19:20:00.000Z",
+        json!({"properties": {"blob": "b".repeat(33 * 1024)}}),
+    )));
+    check(
+        "segment",
+        "split_480kb_summary",
+        &summary(&t, &events, SENT_AT),
+    );
+    // And the configured batch limits cut too.
+    let small = segment(
+        EventNames::default(),
+        false,
+        BatchLimits {
+            max_events: 3,
+            max_bytes: 1 << 20,
+        },
+    );
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = small.translate(&refs, SENT_AT);
+    assert_eq!(translation.requests.len(), 14);
+    assert!(translation.requests.iter().all(|r| r.events.len() <= 3));
+}
+
+#[test]
+fn segment_events_override_renames_and_disables() {
+    let t = segment(overrides("Player Paused"), false, WIDE);
+    check(
+        "segment",
+        "events_override",
+        &golden(&t, &override_events(), SENT_AT),
+    );
+}
+
+// ---------------------------------------------------------------- GA4
+
+fn ga4(names: EventNames, pass_properties: bool) -> Ga4Translator {
+    let config: Ga4Config = serde_json::from_value(
+        json!({"measurement_id": "G-TEST123", "api_secret": "sec/RET value"}),
+    )
+    .expect("config");
+    Ga4Translator::new(&config, names, pass_properties, WIDE).expect("valid config")
+}
+
+#[test]
+fn ga4_fixture_sessions() {
+    let t = ga4(EventNames::default(), false);
+    check(
+        "ga4",
+        "fixture_sessions",
+        &golden(&t, &fixture_highlights(), SENT_AT),
+    );
+}
+
+#[test]
+fn ga4_handmade_events_with_properties() {
+    let t = ga4(EventNames::default(), true);
+    check("ga4", "handmade", &golden(&t, &handmade_events(), SENT_AT));
+}
+
+#[test]
+fn ga4_whole_fixture_summary() {
+    let t = ga4(EventNames::default(), false);
+    check(
+        "ga4",
+        "fixture_all_summary",
+        &summary(&t, &fixture_events(), SENT_AT),
+    );
+}
+
+fn one_client_events(n: u32, anonymous_id: &str, first: u32) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            event_from_value(&base_event(
+                first + i,
+                "playback.paused",
+                &format!("2026-11-01T19:30:{:02}.000Z", i % 60),
+                json!({"user": {"anonymous_id": anonymous_id}}),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn ga4_26_events_of_one_client_make_2_requests() {
+    let t = ga4(EventNames::default(), false);
+    let events = one_client_events(26, "anon-26", 100);
+    let text = summary(&t, &events, SENT_AT);
+    check("ga4", "split_26_events_summary", &text);
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    let sizes: Vec<usize> = translation
+        .requests
+        .iter()
+        .map(|r| r.events.len())
+        .collect();
+    assert_eq!(sizes, vec![25, 1]);
+}
+
+#[test]
+fn ga4_events_of_3_clients_make_3_requests() {
+    let t = ga4(EventNames::default(), false);
+    let mut events = Vec::new();
+    for i in 0..2 {
+        for client in ["anon-a", "anon-b", "anon-c"] {
+            events.extend(one_client_events(
+                1,
+                client,
+                200 + i * 10 + events.len() as u32,
+            ));
+        }
+    }
+    let text = golden(&t, &events, SENT_AT);
+    check("ga4", "three_clients", &text);
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    let groups: Vec<Vec<usize>> = translation
+        .requests
+        .iter()
+        .map(|r| r.events.clone())
+        .collect();
+    assert_eq!(groups, vec![vec![0, 3], vec![1, 4], vec![2, 5]]);
+}
+
+#[test]
+fn ga4_refuses_too_old_clamps_small_skew_and_refuses_far_future() {
+    let t = ga4(EventNames::default(), false);
+    let times = [
+        "2026-10-29T19:59:59.000Z", // 72 h and 1 s before SENT_AT: too old
+        "2026-10-29T20:00:00.000Z", // exactly 72 h: still accepted
+        "2026-11-01T20:05:00.000Z", // 5 min ahead: clamped to SENT_AT
+        "2026-11-01T20:30:00.000Z", // 30 min ahead: refused
+    ];
+    let events: Vec<Event> = times
+        .iter()
+        .enumerate()
+        .map(|(i, ts)| {
+            event_from_value(&base_event(
+                300 + i as u32,
+                "playback.paused",
+                ts,
+                json!({}),
+            ))
+        })
+        .collect();
+    check("ga4", "event_times", &golden(&t, &events, SENT_AT));
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    let reasons: Vec<(usize, &str)> = translation
+        .refused
+        .iter()
+        .map(|r| (r.index, r.reason))
+        .collect();
+    assert_eq!(reasons, vec![(0, "too_old"), (3, "in_future")]);
+}
+
+#[test]
+fn ga4_validate_mode_uses_the_debug_endpoint() {
+    let config: Ga4Config = serde_json::from_value(json!({"measurement_id": "G-TEST123",
+        "api_secret": "abc", "validate": true, "endpoint": "http://127.0.0.1:8081/"}))
+    .expect("config");
+    let t = Ga4Translator::new(&config, EventNames::default(), false, WIDE).expect("valid");
+    let events = one_client_events(1, "anon-v", 400);
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    assert_eq!(
+        translation.requests[0].url,
+        "http://127.0.0.1:8081/debug/mp/collect?measurement_id=G-TEST123&api_secret=abc"
+    );
+}
+
+#[test]
+fn ga4_events_override_renames_and_disables() {
+    let t = ga4(overrides("player_paused"), false);
+    check(
+        "ga4",
+        "events_override",
+        &golden(&t, &override_events(), SENT_AT),
+    );
+}
+
+// ---------------------------------------------------------------- Tealium
+
+fn tealium(
+    extra: serde_json::Value,
+    names: EventNames,
+    pass_properties: bool,
+) -> TealiumTranslator {
+    let mut config = json!({"account": "acme", "profile": "video", "environment": "prod",
+        "datasource": "ab12cd"});
+    if let (Some(c), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    let config: TealiumConfig = serde_json::from_value(config).expect("config");
+    TealiumTranslator::new(&config, names, pass_properties, WIDE).expect("valid config")
+}
+
+#[test]
+fn tealium_fixture_sessions() {
+    let t = tealium(json!({}), EventNames::default(), false);
+    check(
+        "tealium",
+        "fixture_sessions",
+        &golden(&t, &fixture_highlights(), SENT_AT),
+    );
+}
+
+#[test]
+fn tealium_handmade_events_with_properties() {
+    let t = tealium(json!({}), EventNames::default(), true);
+    check(
+        "tealium",
+        "handmade",
+        &golden(&t, &handmade_events(), SENT_AT),
+    );
+}
+
+#[test]
+fn tealium_media_vocabulary() {
+    let t = tealium(
+        json!({"vocabulary": "media", "region": "eu-central-1"}),
+        EventNames::default(),
+        false,
+    );
+    check(
+        "tealium",
+        "media_vocabulary",
+        &golden(&t, &handmade_events()[..12], SENT_AT),
+    );
+}
+
+#[test]
+fn tealium_whole_fixture_summary() {
+    let t = tealium(json!({}), EventNames::default(), false);
+    check(
+        "tealium",
+        "fixture_all_summary",
+        &summary(&t, &fixture_events(), SENT_AT),
+    );
+}
+
+#[test]
+fn tealium_11_events_of_one_visitor_make_2_bulk_requests() {
+    let t = tealium(json!({}), EventNames::default(), false);
+    let events = one_client_events(11, "anon-11", 700);
+    check(
+        "tealium",
+        "split_11_events_summary",
+        &summary(&t, &events, SENT_AT),
+    );
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    assert_eq!(translation.requests.len(), 2);
+    for r in &translation.requests {
+        assert!(r.url.ends_with("/bulk-event"), "{}", r.url);
+        assert!(r.events.len() <= 10);
+    }
+}
+
+#[test]
+fn tealium_gzip_carries_the_same_body() {
+    let plain = tealium(json!({}), EventNames::default(), true);
+    let gzip = tealium(json!({"gzip": true}), EventNames::default(), true);
+    let events = handmade_events();
+    let refs: Vec<&Event> = events.iter().collect();
+    let a = plain.translate(&refs, SENT_AT);
+    let b = gzip.translate(&refs, SENT_AT);
+    assert_eq!(a.requests.len(), b.requests.len());
+    for (a, b) in a.requests.iter().zip(&b.requests) {
+        assert_eq!(
+            b.headers.get("content-encoding").map(|v| v.as_bytes()),
+            Some(&b"gzip"[..])
+        );
+        assert_eq!(plain_body(&b.headers, &b.body), a.body.to_vec());
+        assert_eq!(a.events, b.events);
+    }
+}
+
+#[test]
+fn tealium_events_override_renames_and_disables() {
+    let t = tealium(json!({}), overrides("player_paused"), false);
+    check(
+        "tealium",
+        "events_override",
+        &golden(&t, &override_events(), SENT_AT),
+    );
+}
