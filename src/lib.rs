@@ -10,6 +10,7 @@ pub mod deliver;
 pub mod dest;
 pub mod event;
 pub mod ingest;
+pub mod preview;
 pub mod replay;
 pub mod route;
 pub mod telemetry;
@@ -142,6 +143,7 @@ pub async fn start(
             clock: options.clock.clone(),
             abandon: abandon_rx.clone(),
             dead_letter_path: config.server.dead_letter_dir.join(format!("{name}.ndjson")),
+            dry_run_path: config.server.dry_run_dir.join(format!("{name}.http")),
         };
         let (handle, worker) = deliver::start(destination, env)?;
         destinations.push(handle);

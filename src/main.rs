@@ -39,6 +39,17 @@ enum Command {
         /// The routing file to check.
         file: PathBuf,
     },
+    /// Print the exact requests a destination would send for events read from stdin
+    /// (NDJSON or a JSON array); secrets are shown as ***.
+    Translate {
+        #[arg(long, short, default_value = "routes.toml")]
+        config: PathBuf,
+        #[arg(long, short)]
+        destination: String,
+        /// The send time (RFC 3339) instead of now: GA4 refuses events over 72 h old.
+        #[arg(long)]
+        sent_at: Option<String>,
+    },
     /// Send a destination's dead letters again through its normal delivery stack.
     Replay {
         /// The routing file that defines the destination.
@@ -59,6 +70,11 @@ fn main() -> ExitCode {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
         Some(Command::Validate { file }) => return validate(&file),
+        Some(Command::Translate {
+            config,
+            destination,
+            sent_at,
+        }) => translate(&config, &destination, sent_at.as_deref()),
         Some(Command::Replay {
             config,
             destination,
@@ -93,6 +109,22 @@ fn validate(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn translate(config: &Path, destination: &str, sent_at: Option<&str>) -> anyhow::Result<()> {
+    let config = config::load_file(config).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let sent_at = match sent_at {
+        Some(text) => {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .with_context(|| format!("--sent-at {text:?} is not an RFC 3339 time"))?
+        }
+        None => time::OffsetDateTime::now_utc(),
+    };
+    let mut input = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut input).context("cannot read stdin")?;
+    let output = playrelay::preview::preview(&config, destination, &input, sent_at)?;
+    print!("{output}");
+    Ok(())
 }
 
 fn replay(config: &Path, destination: &str, file: &Path) -> anyhow::Result<()> {

@@ -75,6 +75,10 @@ pub async fn replay(
         clock,
         abandon: abandon_rx,
         dead_letter_path: failed_again_file.clone(),
+        dry_run_path: config
+            .server
+            .dry_run_dir
+            .join(format!("{destination}.http")),
     };
     let (handle, worker) = deliver::start(&dest_config, env)?;
     for event in events {

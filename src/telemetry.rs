@@ -85,6 +85,7 @@ pub struct Metrics {
     pub dest_responses: Family<DestinationStatusLabel, Counter>,
     pub dest_request_duration: Family<DestinationLabel, Histogram, fn() -> Histogram>,
     pub dest_breaker_state: Family<DestinationLabel, Gauge>,
+    pub dest_findings: Family<DestinationLabel, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -122,6 +123,7 @@ impl Metrics {
                 duration_histogram as fn() -> Histogram,
             ),
             dest_breaker_state: Family::default(),
+            dest_findings: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -214,6 +216,11 @@ impl Metrics {
             "0 closed (sending), 1 open (failing fast), 2 probing",
             m.dest_breaker_state.clone(),
         );
+        registry.register(
+            "destination_vendor_findings",
+            "Problems a vendor reported in successful answers (GA4 validationMessages)",
+            m.dest_findings.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -241,6 +248,7 @@ impl Metrics {
             retries: self.dest_retries.get_or_create(&label).clone(),
             request_duration: self.dest_request_duration.get_or_create(&label).clone(),
             breaker_state: self.dest_breaker_state.get_or_create(&label).clone(),
+            findings: self.dest_findings.get_or_create(&label).clone(),
             responses: self.dest_responses.clone(),
             dropped: self.dest_dropped.clone(),
             dropped_cache: Mutex::default(),
@@ -269,6 +277,7 @@ pub struct DestinationMetrics {
     pub retries: Counter,
     pub request_duration: Histogram,
     pub breaker_state: Gauge,
+    pub findings: Counter,
     responses: Family<DestinationStatusLabel, Counter>,
     dropped: Family<DestinationReasonLabel, Counter>,
     dropped_cache: Mutex<Vec<(&'static str, Counter)>>,

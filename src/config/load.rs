@@ -4,9 +4,12 @@
 use super::env::interpolate;
 use super::{
     Config, DestinationCommon, DestinationConfig, DestinationKind, RouteConfig, ServerConfig,
-    COMMON_KEYS,
+    COMMON_KEYS, DESTINATION_TYPES,
 };
 use crate::dest::file::FileConfig;
+use crate::dest::ga4::Ga4Config;
+use crate::dest::segment::SegmentConfig;
+use crate::dest::tealium::TealiumConfig;
 use crate::dest::webhook::WebhookConfig;
 use crate::route::compile_glob;
 use serde::de::DeserializeOwned;
@@ -331,7 +334,7 @@ impl Loader<'_> {
             self.error_at(
                 span,
                 &format!("{field}.type"),
-                "missing `type` (webhook or file)",
+                format!("missing `type` ({DESTINATION_TYPES})"),
             );
             return None;
         };
@@ -346,12 +349,24 @@ impl Loader<'_> {
                 let config: Option<FileConfig> = self.read(field, own);
                 config.map(DestinationKind::File)
             }
+            DeValue::String(t) if t == "segment" => {
+                let config: Option<SegmentConfig> = self.read(field, own);
+                config.map(DestinationKind::Segment)
+            }
+            DeValue::String(t) if t == "ga4" => {
+                let config: Option<Ga4Config> = self.read(field, own);
+                config.map(DestinationKind::Ga4)
+            }
+            DeValue::String(t) if t == "tealium" => {
+                let config: Option<TealiumConfig> = self.read(field, own);
+                config.map(DestinationKind::Tealium)
+            }
             other => {
                 self.error_at(
                     type_span.clone(),
                     &format!("{field}.type"),
                     format!(
-                        "unknown destination type {}, expected webhook or file",
+                        "unknown destination type {}, expected {DESTINATION_TYPES}",
                         show(other)
                     ),
                 );
@@ -359,12 +374,26 @@ impl Loader<'_> {
             }
         };
         let (kind, common) = (kind?, common?);
-        self.check_destination(field, &kind, &common, type_span);
-        Some(DestinationConfig {
+        self.check_destination(field, &kind, &common, type_span.clone());
+        let destination = DestinationConfig {
             name: name.to_string(),
             kind,
             common,
-        })
+        };
+        // The translators check their own keys; building one here reports those
+        // problems now instead of at start-up.
+        let is_http = !matches!(destination.kind, DestinationKind::File(_));
+        if let Err(error) = crate::dest::build_translator(&destination)
+            .map(|_| ())
+            .or_else(|e| if is_http { Err(e) } else { Ok(()) })
+        {
+            let text = error.to_string();
+            let (key, message) = text.split_once(": ").unwrap_or(("", text.as_str()));
+            let key = key.split(['.', '[', ' ']).next().unwrap_or(key);
+            let span = self.find_key_span(field, key).unwrap_or(type_span);
+            self.error_at(span, &join(field, key), message.to_string());
+        }
+        Some(destination)
     }
 
     fn check_destination(

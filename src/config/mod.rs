@@ -7,6 +7,9 @@ mod load;
 pub use load::{load_file, load_str, ConfigError, ConfigErrors};
 
 use crate::dest::file::FileConfig;
+use crate::dest::ga4::Ga4Config;
+use crate::dest::segment::SegmentConfig;
+use crate::dest::tealium::TealiumConfig;
 use crate::dest::webhook::WebhookConfig;
 use crate::dest::{BatchLimits, NameOverride};
 use serde::Deserialize;
@@ -41,6 +44,9 @@ pub struct ServerConfig {
     /// Where events that will not be delivered are written, one file per destination.
     #[serde(default = "defaults::dead_letter_dir")]
     pub dead_letter_dir: PathBuf,
+    /// Where `dry_run` destinations write the requests they would send.
+    #[serde(default = "defaults::dry_run_dir")]
+    pub dry_run_dir: PathBuf,
     /// Trusted roots for outbound TLS.
     #[serde(default)]
     pub tls_roots: crate::deliver::TlsRoots,
@@ -57,13 +63,22 @@ pub struct DestinationConfig {
 pub enum DestinationKind {
     Webhook(WebhookConfig),
     File(FileConfig),
+    Segment(SegmentConfig),
+    Ga4(Ga4Config),
+    Tealium(TealiumConfig),
 }
+
+/// The `type` values, for messages.
+pub const DESTINATION_TYPES: &str = "webhook, file, segment, ga4 or tealium";
 
 impl DestinationKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             DestinationKind::Webhook(_) => "webhook",
             DestinationKind::File(_) => "file",
+            DestinationKind::Segment(_) => "segment",
+            DestinationKind::Ga4(_) => "ga4",
+            DestinationKind::Tealium(_) => "tealium",
         }
     }
 }
@@ -95,6 +110,9 @@ pub struct DestinationCommon {
     pub retry: RetryConfig,
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Write the requests to `server.dry_run_dir/<name>.http` instead of sending them.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// The keys of [`DestinationCommon`], which are split off before the type's own keys are read.
@@ -108,6 +126,7 @@ pub(crate) const COMMON_KEYS: &[&str] = &[
     "rate_limit",
     "retry",
     "breaker",
+    "dry_run",
 ];
 
 /// Limits on what the relay sends a destination, per second, with a burst allowance.
@@ -294,6 +313,9 @@ mod defaults {
     }
     pub fn dead_letter_dir() -> std::path::PathBuf {
         "playrelay-out/dead-letter".into()
+    }
+    pub fn dry_run_dir() -> std::path::PathBuf {
+        "playrelay-out/dry-run".into()
     }
     pub fn concurrency() -> usize {
         4

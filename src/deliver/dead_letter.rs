@@ -3,6 +3,7 @@
 //! before the event counts as dead-lettered; if even that fails, the event is counted
 //! as `dropped{reason="dead_letter_failed"}` and logged.
 
+use super::append::AppendFile;
 use crate::dest::redact;
 use crate::event::{format_rfc3339, Event};
 use crate::telemetry::DestinationMetrics;
@@ -10,8 +11,6 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use time::OffsetDateTime;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
 
 /// Why, and after what, events were given up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -57,8 +56,7 @@ pub struct Record {
 
 pub struct DeadLetter {
     destination: String,
-    path: PathBuf,
-    file: Mutex<Option<tokio::fs::File>>,
+    file: AppendFile,
     metrics: Arc<DestinationMetrics>,
     secrets: Vec<String>,
 }
@@ -72,15 +70,14 @@ impl DeadLetter {
     ) -> DeadLetter {
         DeadLetter {
             destination: destination.to_string(),
-            path,
-            file: Mutex::new(None),
+            file: AppendFile::new(path),
             metrics,
             secrets,
         }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Appends one record per event and settles them: `dead_lettered` on success,
@@ -95,14 +92,14 @@ impl DeadLetter {
         cause.response_excerpt = cause.response_excerpt.map(|e| redact(&e, &self.secrets));
         self.metrics.failed.inc_by(n);
         let body = self.encode(events, &cause, now);
-        match self.append(&body).await {
+        match self.file.append(&body, true).await {
             Ok(()) => {
                 self.metrics.dead_lettered.inc_by(n);
-                tracing::warn!(destination = %self.destination, reason = %cause.reason, status = cause.status, events = n, file = %self.path.display(), "events dead-lettered");
+                tracing::warn!(destination = %self.destination, reason = %cause.reason, status = cause.status, events = n, file = %self.path().display(), "events dead-lettered");
             }
             Err(error) => {
                 self.metrics.dropped("dead_letter_failed", n);
-                tracing::error!(destination = %self.destination, reason = %cause.reason, events = n, file = %self.path.display(), %error, "cannot write dead letters: events lost");
+                tracing::error!(destination = %self.destination, reason = %cause.reason, events = n, file = %self.path().display(), %error, "cannot write dead letters: events lost");
             }
         }
         self.metrics.in_flight.dec_by(n as i64);
@@ -132,35 +129,6 @@ impl DeadLetter {
             body.extend_from_slice(b"}\n");
         }
         body
-    }
-
-    async fn append(&self, body: &[u8]) -> std::io::Result<()> {
-        let mut file = self.file.lock().await;
-        if file.is_none() {
-            if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            *file = Some(
-                tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-                    .await?,
-            );
-        }
-        let Some(handle) = file.as_mut() else {
-            return Ok(());
-        };
-        let result = async {
-            handle.write_all(body).await?;
-            handle.flush().await?;
-            handle.sync_data().await
-        }
-        .await;
-        if result.is_err() {
-            *file = None;
-        }
-        result
     }
 }
 

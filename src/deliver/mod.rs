@@ -9,6 +9,7 @@
 //! Accounting, per destination, at every moment:
 //! `received = sent + dead_lettered + dropped + queue_depth + in_flight`.
 
+mod append;
 mod batch;
 mod breaker;
 pub mod dead_letter;
@@ -20,8 +21,10 @@ mod retry;
 pub use self::http::{HttpClient, TlsRoots};
 
 use crate::config::{DestinationConfig, DestinationKind, RateLimitConfig, WhenFull};
-use crate::dest::webhook::{WebhookError, WebhookTranslator};
-use crate::dest::{redact, Disposition, EventNames, Refusal, Translate, VendorRequest, Verdict};
+use crate::dest::{
+    build_translator, redact, render_request, Disposition, EventNames, Refusal, Translate,
+    VendorRequest, Verdict,
+};
 use crate::event::{format_rfc3339, Event};
 use crate::telemetry::{DestinationMetrics, Metrics};
 use crate::Clock;
@@ -78,9 +81,10 @@ impl Destination {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("destination {name}: {source}")]
-    Webhook { name: String, source: WebhookError },
+#[error("destination {name}: {source}")]
+pub struct BuildError {
+    name: String,
+    source: crate::dest::BuildError,
 }
 
 /// What a destination needs from the relay around it.
@@ -93,6 +97,8 @@ pub struct Environment {
     pub abandon: watch::Receiver<bool>,
     /// The dead-letter file of this destination.
     pub dead_letter_path: PathBuf,
+    /// Where a `dry_run` destination writes its requests.
+    pub dry_run_path: PathBuf,
 }
 
 /// Starts a destination's worker. Dropping the returned [`Destination`] closes its
@@ -101,24 +107,21 @@ pub fn start(
     config: &DestinationConfig,
     env: Environment,
 ) -> Result<(Destination, JoinHandle<()>), BuildError> {
-    let names = EventNames::new(config.common.events.clone());
     let sink = match &config.kind {
-        DestinationKind::Webhook(webhook) => Sink::Http(Box::new(
-            WebhookTranslator::new(
-                webhook,
-                names,
-                config.common.properties,
-                config.common.batch.limits(),
-            )
-            .map_err(|source| BuildError::Webhook {
-                name: config.name.clone(),
-                source,
-            })?,
-        )),
-        DestinationKind::File(file) => Sink::File(Box::new(tokio::sync::Mutex::new(
-            file::FileSink::new(&file.path, names, config.common.properties),
+        DestinationKind::File(file) => Sink::File(Box::new(file::FileSink::new(
+            &file.path,
+            EventNames::new(config.common.events.clone()),
+            config.common.properties,
         ))),
+        _ => Sink::Http(build_translator(config).map_err(|source| BuildError {
+            name: config.name.clone(),
+            source,
+        })?),
     };
+    let dry_run = config.common.dry_run.then(|| {
+        tracing::info!(destination = %config.name, file = %env.dry_run_path.display(), "dry run: requests are written to a file, not sent");
+        append::AppendFile::new(env.dry_run_path.clone())
+    });
     let secrets = match &sink {
         Sink::Http(translator) => translator.secrets(),
         Sink::File(_) => Vec::new(),
@@ -143,6 +146,7 @@ pub fn start(
             secrets.clone(),
         ),
         concurrency: Arc::new(Semaphore::new(config.common.concurrency)),
+        dry_run,
         clock: env.clock.clone(),
         secrets,
         abandon: env.abandon.clone(),
@@ -169,7 +173,7 @@ pub fn start(
 
 enum Sink {
     Http(Box<dyn Translate>),
-    File(Box<tokio::sync::Mutex<file::FileSink>>),
+    File(Box<file::FileSink>),
 }
 
 /// Everything a destination's tasks share.
@@ -183,6 +187,7 @@ struct Stack {
     breaker: Breaker,
     dead_letter: DeadLetter,
     concurrency: Arc<Semaphore>,
+    dry_run: Option<append::AppendFile>,
     clock: Clock,
     secrets: Vec<String>,
     abandon: watch::Receiver<bool>,
@@ -256,7 +261,7 @@ async fn dispatch(stack: &Arc<Stack>, batch: Vec<Arc<Event>>, tasks: &mut JoinSe
     let translator = match &stack.sink {
         Sink::Http(translator) => translator,
         Sink::File(sink) => {
-            let (written, refused) = sink.lock().await.write(&events).await;
+            let (written, refused) = sink.write(&events).await;
             settle_refusals(stack, &events, &refused).await;
             match written {
                 Ok(n) => {
@@ -325,6 +330,21 @@ async fn deliver(stack: &Stack, request: VendorRequest, events: Vec<Arc<Event>>)
     };
     let refs: Vec<&Event> = events.iter().map(|e| e.as_ref()).collect();
     let n = refs.len() as u64;
+    if let Some(dry_run) = &stack.dry_run {
+        let text = render_request(&request, &stack.secrets);
+        match dry_run.append(text.as_bytes(), false).await {
+            Ok(()) => {
+                stack.metrics.sent.inc_by(n);
+                stack.metrics.in_flight.dec_by(n as i64);
+            }
+            Err(error) => {
+                let mut cause = Cause::new("dry_run_write_failed");
+                cause.error = Some(error.to_string());
+                stack.dead_letter(&refs, &cause).await;
+            }
+        }
+        return;
+    }
     let url = redact(&request.url, &stack.secrets);
     let seed = xxhash_rust::xxh3::xxh3_64(refs[0].event_id().as_bytes());
     let mut backoff = Backoff::new(stack.config.common.retry, seed);
@@ -375,6 +395,7 @@ async fn deliver(stack: &Stack, request: VendorRequest, events: Vec<Arc<Event>>)
                 if verdict == Verdict::Delivered {
                     stack.breaker.success();
                     for finding in translator.findings(&response) {
+                        stack.metrics.findings.inc();
                         tracing::warn!(destination = %stack.name, %finding, "vendor reported a problem");
                     }
                     stack.metrics.sent.inc_by(n);

@@ -11,6 +11,8 @@ pub mod webhook;
 
 pub use names::{EventNames, NameOverride};
 
+use crate::config::{DestinationConfig, DestinationKind};
+
 use crate::event::Event;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
@@ -134,6 +136,78 @@ pub fn default_classify(status: StatusCode) -> Verdict {
     } else {
         Verdict::Reject
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Webhook(#[from] webhook::WebhookError),
+    #[error(transparent)]
+    Segment(#[from] segment::SegmentError),
+    #[error(transparent)]
+    Ga4(#[from] ga4::Ga4Error),
+    #[error(transparent)]
+    Tealium(#[from] tealium::TealiumError),
+    #[error("type: a {0} destination does not send HTTP requests")]
+    NotHttp(&'static str),
+}
+
+/// The translator of an HTTP destination.
+pub fn build_translator(config: &DestinationConfig) -> Result<Box<dyn Translate>, BuildError> {
+    let names = EventNames::new(config.common.events.clone());
+    let properties = config.common.properties;
+    let limits = config.common.batch.limits();
+    Ok(match &config.kind {
+        DestinationKind::Webhook(c) => Box::new(webhook::WebhookTranslator::new(
+            c, names, properties, limits,
+        )?),
+        DestinationKind::Segment(c) => Box::new(segment::SegmentTranslator::new(
+            c, names, properties, limits,
+        )?),
+        DestinationKind::Ga4(c) => Box::new(ga4::Ga4Translator::new(c, names, properties, limits)?),
+        DestinationKind::Tealium(c) => Box::new(tealium::TealiumTranslator::new(
+            c, names, properties, limits,
+        )?),
+        DestinationKind::File(_) => return Err(BuildError::NotHttp("file")),
+    })
+}
+
+/// A request as text: method and URL, headers, blank line, body; secrets as `***`.
+/// What `playrelay translate` prints and `dry_run` writes.
+pub fn render_request(request: &VendorRequest, secrets: &[String]) -> String {
+    let mut out = format!("{} {}\n", request.method, redact(&request.url, secrets));
+    for (name, value) in &request.headers {
+        let shown = if value.is_sensitive() || name == http::header::AUTHORIZATION {
+            "***".to_string()
+        } else {
+            redact(&String::from_utf8_lossy(value.as_bytes()), secrets)
+        };
+        out.push_str(&format!("{name}: {shown}\n"));
+    }
+    out.push('\n');
+    let gzipped = request
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() == b"gzip");
+    let body = if gzipped {
+        let mut plain = Vec::new();
+        let mut decoder = flate2::read::GzDecoder::new(&request.body[..]);
+        match std::io::Read::read_to_end(&mut decoder, &mut plain) {
+            Ok(_) => {
+                out.push_str(&format!(
+                    "# gzip body of {} bytes, shown decompressed\n",
+                    request.body.len()
+                ));
+                plain
+            }
+            Err(_) => request.body.to_vec(),
+        }
+    } else {
+        request.body.to_vec()
+    };
+    out.push_str(&redact(&String::from_utf8_lossy(&body), secrets));
+    out.push_str("\n\n");
+    out
 }
 
 /// Replaces every secret in `text` by `***`.

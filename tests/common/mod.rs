@@ -35,6 +35,8 @@ pub enum Reply {
     Status(u16),
     WithHeaders(u16, Vec<(&'static str, String)>),
     After(Duration, u16),
+    /// A status with this body.
+    Body(u16, &'static str),
     /// Accept the request and never answer.
     Hang,
 }
@@ -67,8 +69,13 @@ impl StandIn {
                 async move {
                     let n = count.fetch_add(1, Ordering::SeqCst);
                     let reply = plan(n);
+                    let mut reply_body = "{}";
                     let (status, extra) = match reply {
                         Reply::Status(s) => (s, Vec::new()),
+                        Reply::Body(s, b) => {
+                            reply_body = b;
+                            (s, Vec::new())
+                        }
                         Reply::WithHeaders(s, h) => (s, h),
                         Reply::After(delay, s) => {
                             tokio::time::sleep(delay).await;
@@ -87,7 +94,7 @@ impl StandIn {
                         status,
                     });
                     let mut response: Response =
-                        (StatusCode::from_u16(status).expect("status"), "{}").into_response();
+                        (StatusCode::from_u16(status).expect("status"), reply_body).into_response();
                     for (name, value) in extra {
                         response
                             .headers_mut()

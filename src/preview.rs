@@ -1,0 +1,97 @@
+//! `playrelay translate`: the exact requests a destination would send for some events,
+//! without sending them. Same parser, same batching limits, same translator.
+
+use crate::config::{Config, DestinationKind};
+use crate::dest::file::encode_lines;
+use crate::dest::{build_translator, render_request, Disposition, EventNames, Refusal};
+use crate::event::{parse_body, BodyFormat, BodyLimits, Event};
+use std::fmt::Write as _;
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    #[error("no destination named {0:?} in the config")]
+    UnknownDestination(String),
+    #[error("the input is not events: {0}")]
+    Input(#[from] crate::event::BodyError),
+    #[error(transparent)]
+    Build(#[from] crate::dest::BuildError),
+}
+
+/// The rendered requests, then one comment line per event left out, and the events
+/// the input had that are not valid.
+pub fn preview(
+    config: &Config,
+    destination: &str,
+    input: &[u8],
+    sent_at: OffsetDateTime,
+) -> Result<String, PreviewError> {
+    let dest = config
+        .destinations
+        .get(destination)
+        .ok_or_else(|| PreviewError::UnknownDestination(destination.to_string()))?;
+    let format = match input.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => BodyFormat::Json,
+        _ => BodyFormat::Ndjson,
+    };
+    let parsed = parse_body(
+        input,
+        format,
+        BodyLimits {
+            max_events: usize::MAX,
+        },
+        sent_at,
+    )?;
+    let mut out = String::new();
+    for rejection in &parsed.rejected {
+        let _ = writeln!(
+            out,
+            "# input record {} is not valid: {}",
+            rejection.index, rejection.error
+        );
+    }
+    let events: Vec<&Event> = parsed.events.iter().collect();
+    let chunk = dest.common.batch.max_events.max(1);
+    for (batch_index, batch) in events.chunks(chunk).enumerate() {
+        let offset = batch_index * chunk;
+        let refused: Vec<Refusal> = match &dest.kind {
+            DestinationKind::File(file) => {
+                let names = EventNames::new(dest.common.events.clone());
+                let (body, _, refused) = encode_lines(batch, &names, dest.common.properties);
+                let _ = writeln!(
+                    out,
+                    "# append to {}\n{}",
+                    file.path.display(),
+                    String::from_utf8_lossy(&body)
+                );
+                refused
+            }
+            _ => {
+                let translator = build_translator(dest)?;
+                let translation = translator.translate(batch, sent_at);
+                let secrets = translator.secrets();
+                for request in &translation.requests {
+                    out.push_str(&render_request(request, &secrets));
+                }
+                translation.refused
+            }
+        };
+        for refusal in refused {
+            let event = batch[refusal.index];
+            let what = match refusal.disposition {
+                Disposition::Dropped => "dropped",
+                Disposition::Refused => "refused (dead-lettered)",
+            };
+            let _ = writeln!(
+                out,
+                "# event {} ({} {}): {what}: {}: {}",
+                offset + refusal.index,
+                event.event_type(),
+                event.event_id(),
+                refusal.reason,
+                refusal.detail
+            );
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,233 @@
+//! Each vendor destination over a real socket: the relay sends to a local stand-in,
+//! which is checked for method, path, query, auth, content type and body.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use playrelay::RelayOptions;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::Arc;
+use time::macros::datetime;
+
+/// An hour after the fixture sessions: inside GA4's 72-hour window.
+fn fixture_clock() -> RelayOptions {
+    RelayOptions {
+        clock: Arc::new(|| datetime!(2026-11-01 21:00:00 UTC)),
+    }
+}
+
+fn config(destination: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{destination}
+batch = {{ max_wait_ms = 5 }}
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["vendor"]
+"#
+    )
+}
+
+fn fixture_ids() -> HashSet<String> {
+    fixture_events()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn segment_gets_basic_auth_json_batches_with_message_ids() {
+    let vendor = StandIn::ok().await;
+    let relay = start_relay_with(
+        &config(&format!(
+            "[destinations.vendor]\ntype = \"segment\"\nwrite_key = \"wk_123\"\nendpoint = \"{}\"",
+            vendor.url("")
+        )),
+        fixture_clock(),
+    )
+    .await;
+    post_ndjson(relay.local_addr, FIXTURE).await;
+    relay.shutdown().await;
+    let requests = vendor.requests();
+    assert!(!requests.is_empty());
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("wk_123:")
+    );
+    let mut message_ids = HashSet::new();
+    for request in &requests {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.uri.path(), "/v1/batch");
+        assert_eq!(request.uri.query(), None);
+        assert_eq!(request.headers["authorization"], auth.as_str());
+        assert_eq!(request.headers["content-type"], "application/json");
+        let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
+        assert_eq!(body["sentAt"], "2026-11-01T21:00:00.000Z");
+        for item in body["batch"].as_array().expect("batch") {
+            assert_eq!(item["type"], "track");
+            assert!(item["event"].as_str().unwrap_or("").starts_with("Video "));
+            assert!(item["anonymousId"].is_string() || item["userId"].is_string());
+            assert_eq!(item["context"]["library"]["name"], "playrelay");
+            message_ids.insert(item["messageId"].as_str().unwrap_or("").to_string());
+        }
+    }
+    // Every Segment-mapped event arrived once, keyed by its event_id.
+    let mapped = fixture_events()
+        .iter()
+        .filter(|e| {
+            playrelay::dest::segment::default_name(e["type"].as_str().unwrap_or("")).is_some()
+        })
+        .count();
+    assert_eq!(message_ids.len(), mapped);
+    assert!(message_ids.is_subset(&fixture_ids()));
+}
+
+#[tokio::test]
+async fn ga4_gets_measurement_protocol_requests_and_validation_findings_are_counted() {
+    let vendor = StandIn::start(|_| {
+        Reply::Body(
+            200,
+            r#"{"validationMessages":[{"fieldPath":"events","description":"demo finding","validationCode":"VALUE_INVALID"}]}"#,
+        )
+    })
+    .await;
+    let relay = start_relay_with(
+        &config(&format!(
+            "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nvalidate = true\nendpoint = \"{}\"",
+            vendor.url("")
+        )),
+        fixture_clock(),
+    )
+    .await;
+    post_ndjson(relay.local_addr, FIXTURE).await;
+    let handle = relay.relay.clone();
+    relay.shutdown().await;
+    let requests = vendor.requests();
+    assert!(!requests.is_empty());
+    for request in &requests {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.uri.path(), "/debug/mp/collect");
+        assert_eq!(
+            request.uri.query(),
+            Some("measurement_id=G-TEST123&api_secret=s3cr3t")
+        );
+        assert_eq!(request.headers["content-type"], "application/json");
+        let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
+        let events = body["events"].as_array().expect("events");
+        assert!(!events.is_empty() && events.len() <= 25);
+        assert!(body["client_id"].is_string());
+        for event in events {
+            assert!(event["params"]["session_id"].is_number());
+            assert!(event["params"]["engagement_time_msec"].is_number());
+        }
+    }
+    let text = handle.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            "playrelay_destination_vendor_findings_total{destination=\"vendor\"}"
+        ),
+        requests.len() as f64
+    );
+    assert!(!text.contains("s3cr3t"));
+    Accounts::read(&text, "vendor").assert_balanced();
+}
+
+#[tokio::test]
+async fn tealium_gets_bulk_events_of_one_visitor_with_flat_keys() {
+    let vendor = StandIn::ok().await;
+    let relay = start_relay_with(
+        &config(&format!(
+            "[destinations.vendor]\ntype = \"tealium\"\naccount = \"acme\"\nprofile = \"main\"\nenvironment = \"prod\"\nendpoint = \"{}\"\nrate_limit = {{ events_per_second = 100000 }}",
+            vendor.url("")
+        )),
+        fixture_clock(),
+    )
+    .await;
+    post_ndjson(relay.local_addr, FIXTURE).await;
+    relay.shutdown().await;
+    let requests = vendor.requests();
+    assert!(requests.iter().any(|r| r.uri.path() == "/bulk-event"));
+    for request in &requests {
+        assert_eq!(request.method, "POST");
+        assert!(matches!(request.uri.path(), "/bulk-event" | "/event"));
+        assert_eq!(request.headers["content-type"], "application/json");
+        let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
+        if request.uri.path() == "/bulk-event" {
+            assert_eq!(body["shared"]["tealium_account"], "acme");
+            assert_eq!(body["shared"]["tealium_profile"], "main");
+            assert!(body["shared"]["tealium_visitor_id"].is_string());
+            let events = body["events"].as_array().expect("events");
+            assert!(events.len() <= 10);
+            for event in events {
+                assert!(event["tealium_event"].is_string());
+                assert!(event
+                    .as_object()
+                    .expect("object")
+                    .keys()
+                    .all(|k| !k.contains('.')));
+            }
+        } else {
+            assert_eq!(body["tealium_account"], "acme");
+            assert!(body["tealium_visitor_id"].is_string());
+        }
+    }
+}
+
+#[tokio::test]
+async fn dry_run_writes_requests_with_secrets_hidden_and_sends_nothing() {
+    let vendor = StandIn::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config(&format!(
+        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nendpoint = \"{}\"\ndry_run = true",
+        vendor.url("")
+    ))
+    .replace(
+        "[server]",
+        &format!("[server]\ndry_run_dir = {:?}", dir.path().display().to_string()),
+    );
+    let relay = start_relay_with(&toml, fixture_clock()).await;
+    post_ndjson(relay.local_addr, FIXTURE).await;
+    relay.shutdown().await;
+    assert!(vendor.requests().is_empty());
+    let written = std::fs::read_to_string(dir.path().join("vendor.http")).expect("dry-run file");
+    assert!(written.starts_with("POST http://"));
+    assert!(written.contains("/mp/collect?measurement_id=G-TEST123&api_secret=***"));
+    assert!(!written.contains("s3cr3t"));
+}
+
+#[test]
+fn translate_prints_requests_for_the_shipped_routes_without_secrets() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_playrelay"))
+        .args([
+            "translate",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml"),
+        ])
+        .args(["--destination", "ga4", "--sent-at", "2026-11-01T21:00:00Z"])
+        .env("GA4_API_SECRET", "very-secret-value")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run playrelay");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(FIXTURE.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("POST https://www.google-analytics.com/mp/collect?measurement_id="));
+    assert!(text.contains("api_secret=***"));
+    assert!(!text.contains("very-secret-value"));
+    assert!(text.contains("dropped: unmapped"));
+}
