@@ -2,25 +2,27 @@
 //!
 //! The path of an event: `ingest` (HTTP) → `event` (parse, validate) → `route` →
 //! `deliver` (per-destination queue, batch, send) with `dest` translating for each
-//! vendor → `telemetry` (metrics, logs).
+//! vendor → `telemetry` (metrics, logs). `reload` swaps the routing while it runs.
 #![forbid(unsafe_code)]
 
+pub mod cases;
 pub mod config;
 pub mod deliver;
 pub mod dest;
 pub mod event;
 pub mod ingest;
 pub mod preview;
+pub mod reload;
 pub mod replay;
 pub mod route;
 pub mod telemetry;
 
 use arc_swap::ArcSwap;
 use config::{Config, ServerConfig};
-use deliver::{Destination, HttpClient};
+use deliver::Destination;
 use prometheus_client::metrics::counter::Counter;
+use reload::{Controller, Reloader};
 use route::RouteTable;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -45,11 +47,11 @@ const DRAINING: u8 = 2;
 
 /// State shared by every ingest request.
 pub struct Relay {
-    pub server: ServerConfig,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     /// Read as one snapshot per request, so a request is routed by one table.
     pub routing: ArcSwap<Routing>,
+    pub reload_status: reload::StatusCell,
     state: AtomicU8,
 }
 
@@ -63,21 +65,13 @@ impl Relay {
     }
 }
 
-/// The routing table and the destinations it points at, by index.
+/// What a request needs from the config: limits, the routing table and the
+/// destinations it points at, by index. Swapped whole on reload.
 pub struct Routing {
+    pub server: ServerConfig,
     pub table: RouteTable,
-    pub destinations: Vec<Destination>,
+    pub destinations: Vec<Arc<Destination>>,
     pub route_sampled_out: Vec<Counter>,
-}
-
-impl Routing {
-    fn empty() -> Routing {
-        Routing {
-            table: RouteTable::empty(),
-            destinations: Vec::new(),
-            route_sampled_out: Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,16 +104,16 @@ impl Default for RelayOptions {
 pub struct RunningRelay {
     pub local_addr: SocketAddr,
     pub relay: Arc<Relay>,
+    controller: Arc<Controller>,
     server: JoinHandle<std::io::Result<()>>,
     stop_accepting: oneshot::Sender<()>,
-    workers: Vec<JoinHandle<()>>,
     abandon: watch::Sender<bool>,
 }
 
 /// What shutdown found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// False when the drain timeout ran out and queued events were given up.
+    /// False when the drain timeout ran out and what was left was dead-lettered.
     pub drained: bool,
 }
 
@@ -131,48 +125,8 @@ pub async fn start(
 ) -> Result<RunningRelay, StartError> {
     let local_addr = listener.local_addr().map_err(StartError::Listener)?;
     let metrics = Arc::new(Metrics::new());
-    let client = HttpClient::new(config.server.tls_roots)?;
     let (abandon, abandon_rx) = watch::channel(false);
-    let mut destinations = Vec::with_capacity(config.destinations.len());
-    let mut workers = Vec::with_capacity(config.destinations.len());
-    let mut index = HashMap::new();
-    for (i, (name, destination)) in config.destinations.iter().enumerate() {
-        let env = deliver::Environment {
-            client: client.clone(),
-            metrics: metrics.clone(),
-            clock: options.clock.clone(),
-            abandon: abandon_rx.clone(),
-            dead_letter_path: config.server.dead_letter_dir.join(format!("{name}.ndjson")),
-            dry_run_path: config.server.dry_run_dir.join(format!("{name}.http")),
-        };
-        let (handle, worker) = deliver::start(destination, env)?;
-        destinations.push(handle);
-        workers.push(worker);
-        index.insert(name.clone(), i);
-    }
-    let table = RouteTable::new(&config.routes, &index)?;
-    let route_sampled_out = table
-        .route_names()
-        .map(|route| {
-            metrics
-                .route_sampled_out
-                .get_or_create(&telemetry::RouteLabel {
-                    route: route.to_string(),
-                })
-                .clone()
-        })
-        .collect();
-    let relay = Arc::new(Relay {
-        server: config.server.clone(),
-        metrics,
-        clock: options.clock,
-        routing: ArcSwap::from_pointee(Routing {
-            table,
-            destinations,
-            route_sampled_out,
-        }),
-        state: AtomicU8::new(STARTING),
-    });
+    let (controller, relay) = Controller::start(config, metrics, options.clock, abandon_rx)?;
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let app = ingest::app(relay.clone());
     let server = tokio::spawn(async move {
@@ -183,22 +137,41 @@ pub async fn start(
             .await
     });
     relay.state.store(READY, Ordering::Release);
-    tracing::info!(listen = %local_addr, destinations = config.destinations.len(), routes = config.routes.len(), "relay ready");
+    let routing = relay.routing.load();
+    tracing::info!(listen = %local_addr, destinations = routing.destinations.len(), "relay ready");
+    drop(routing);
     Ok(RunningRelay {
         local_addr,
         relay,
+        controller,
         server,
         stop_accepting,
-        workers,
         abandon,
     })
 }
 
+impl Relay {
+    fn new(metrics: Arc<Metrics>, clock: Clock, routing: Routing) -> Relay {
+        Relay {
+            metrics,
+            clock,
+            routing: ArcSwap::from_pointee(routing),
+            reload_status: reload::StatusCell::default(),
+            state: AtomicU8::new(STARTING),
+        }
+    }
+}
+
 impl RunningRelay {
+    /// A handle that applies new configs to this relay while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(self.controller.clone())
+    }
+
     /// Stops taking requests, lets in-flight ones finish, then gives the destinations
-    /// up to `drain_timeout_ms` to send what they hold.
+    /// up to `drain_timeout_ms` to send what they hold; what is left then is dead-lettered.
     pub async fn shutdown(self) -> ShutdownReport {
-        let drain = Duration::from_millis(self.relay.server.drain_timeout_ms);
+        let drain = Duration::from_millis(self.relay.routing.load().server.drain_timeout_ms);
         self.relay.state.store(DRAINING, Ordering::Release);
         tracing::info!("shutting down: no new requests, draining queues");
         let _ = self.stop_accepting.send(());
@@ -208,19 +181,19 @@ impl RunningRelay {
             Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
             Err(_) => tracing::warn!("in-flight requests did not finish in time"),
         }
-        // Dropping the routing drops the queues' senders: workers finish what is queued.
-        self.relay.routing.store(Arc::new(Routing::empty()));
-        let workers = futures_join_all(self.workers);
-        tokio::pin!(workers);
-        let drained = match tokio::time::timeout(drain, &mut workers).await {
+        // Dropping every sender closes the queues: workers finish what is queued.
+        let workers = self.controller.close().await;
+        let all = join_all(workers);
+        tokio::pin!(all);
+        let drained = match tokio::time::timeout(drain, &mut all).await {
             Ok(()) => true,
             Err(_) => {
                 tracing::warn!(
                     timeout_ms = drain.as_millis() as u64,
-                    "drain timed out: giving up what is still queued"
+                    "drain timed out: dead-lettering what is left"
                 );
                 let _ = self.abandon.send(true);
-                workers.await;
+                all.await;
                 false
             }
         };
@@ -229,7 +202,7 @@ impl RunningRelay {
     }
 }
 
-async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
+async fn join_all(handles: Vec<JoinHandle<()>>) {
     for handle in handles {
         if let Err(e) = handle.await {
             tracing::error!(error = %e, "destination worker failed");

@@ -28,6 +28,9 @@ struct RunArgs {
     /// The routing file.
     #[arg(long, short, default_value = "routes.toml")]
     config: PathBuf,
+    /// Do not reload when the routing file changes (SIGHUP still reloads).
+    #[arg(long)]
+    no_watch: bool,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +52,14 @@ enum Command {
         /// The send time (RFC 3339) instead of now: GA4 refuses events over 72 h old.
         #[arg(long)]
         sent_at: Option<String>,
+    },
+    /// Run a routing file's test cases: which destinations get each event, and values the
+    /// vendor bodies must hold. Exit status 1 on any failure.
+    Test {
+        #[arg(long, short, default_value = "routes.toml")]
+        config: PathBuf,
+        /// The cases file (TOML; see README).
+        cases: PathBuf,
     },
     /// Send a destination's dead letters again through its normal delivery stack.
     Replay {
@@ -75,6 +86,7 @@ fn main() -> ExitCode {
             destination,
             sent_at,
         }) => translate(&config, &destination, sent_at.as_deref()),
+        Some(Command::Test { config, cases }) => return test_cases(&config, &cases),
         Some(Command::Replay {
             config,
             destination,
@@ -106,6 +118,30 @@ fn validate(file: &std::path::Path) -> ExitCode {
                 eprintln!("{error}");
             }
             eprintln!("{}: {} error(s)", file.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test_cases(config: &Path, cases: &Path) -> ExitCode {
+    let config = match config::load_file(config) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match playrelay::cases::run_file(&config, cases) {
+        Ok(report) => {
+            print!("{}", report.text);
+            if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("playrelay: {error}");
             ExitCode::FAILURE
         }
     }
@@ -170,13 +206,66 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        let report =
-            playrelay::run(config, listener, RelayOptions::default(), shutdown_signal()).await?;
+        // Registered before start: a SIGHUP must never find the default action (exit).
+        let hangups = hangup_signals();
+        let running = playrelay::start(config, listener, RelayOptions::default()).await?;
+        let reloader = running.reloader();
+        let _watcher = if args.no_watch {
+            None
+        } else {
+            let watcher = playrelay::reload::watch_file(
+                &args.config,
+                reloader.clone(),
+                std::time::Duration::from_millis(500),
+            )
+            .with_context(|| format!("cannot watch {}", args.config.display()))?;
+            tracing::info!(file = %args.config.display(), "watching the config file for changes");
+            Some(watcher)
+        };
+        reload_on_sighup(hangups, reloader, args.config.clone());
+        shutdown_signal().await;
+        let report = running.shutdown().await;
         if !report.drained {
             tracing::warn!("some queued events were not delivered before the drain timeout");
         }
         Ok(())
     })
+}
+
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+fn hangup_signals() -> Hangups {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: reload by file change only");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Reloads the routing file on every SIGHUP.
+fn reload_on_sighup(hangups: Hangups, reloader: playrelay::reload::Reloader, path: PathBuf) {
+    #[cfg(unix)]
+    if let Some(mut hangups) = hangups {
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!(file = %path.display(), "SIGHUP: reloading");
+                reloader.reload_file(&path).await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (hangups, reloader, path);
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

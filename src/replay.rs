@@ -86,7 +86,8 @@ pub async fn replay(
     }
     let dest_metrics = handle.metrics.clone();
     drop(handle);
-    if let Err(error) = worker.await {
+    drop(worker.handover);
+    if let Err(error) = worker.handle.await {
         tracing::error!(%error, "replay worker failed");
     }
     Ok(ReplayReport {

@@ -86,6 +86,15 @@ pub struct Metrics {
     pub dest_request_duration: Family<DestinationLabel, Histogram, fn() -> Histogram>,
     pub dest_breaker_state: Family<DestinationLabel, Gauge>,
     pub dest_findings: Family<DestinationLabel, Counter>,
+    pub config_reloads: Family<ResultLabel, Counter>,
+    pub config_last_reload_success: Gauge,
+    pub config_last_reload_timestamp: Gauge,
+    pub config_restart_required: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
 }
 
 fn duration_histogram() -> Histogram {
@@ -124,6 +133,10 @@ impl Metrics {
             ),
             dest_breaker_state: Family::default(),
             dest_findings: Family::default(),
+            config_reloads: Family::default(),
+            config_last_reload_success: Gauge::default(),
+            config_last_reload_timestamp: Gauge::default(),
+            config_restart_required: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -221,6 +234,26 @@ impl Metrics {
             "Problems a vendor reported in successful answers (GA4 validationMessages)",
             m.dest_findings.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Config reloads by result (success, failed)",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_success",
+            "1 when the last reload applied, 0 when it was refused",
+            m.config_last_reload_success.clone(),
+        );
+        registry.register(
+            "config_last_reload_timestamp_seconds",
+            "Unix time of the last reload attempt",
+            m.config_last_reload_timestamp.clone(),
+        );
+        registry.register(
+            "config_restart_required",
+            "1 when an applied config holds changes that only a restart applies",
+            m.config_restart_required.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -252,6 +285,24 @@ impl Metrics {
             responses: self.dest_responses.clone(),
             dropped: self.dest_dropped.clone(),
             dropped_cache: Mutex::default(),
+        }
+    }
+
+    pub fn config_reload(&self, result: &str, restart_required: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+        self.config_last_reload_success
+            .set(i64::from(result == "success"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.config_last_reload_timestamp.set(now);
+        if result == "success" {
+            self.config_restart_required
+                .set(i64::from(restart_required));
         }
     }
 

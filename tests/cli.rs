@@ -146,3 +146,59 @@ to = ["local"]
     let written = std::fs::read_to_string(dir.path().join("out/events.ndjson")).expect("output");
     assert_eq!(written.lines().count(), 708);
 }
+
+#[test]
+fn test_command_passes_the_shipped_cases_and_shows_a_readable_diff_on_failure() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(BIN)
+        .args([
+            "test",
+            "--config",
+            &format!("{root}/routes.toml"),
+            &format!("{root}/routes.test.toml"),
+        ])
+        .output()
+        .expect("run playrelay");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = dir.path().join("cases.toml");
+    let shipped = std::fs::read_to_string(format!("{root}/routes.test.toml")).expect("cases");
+    let broken = shipped
+        .replacen("\"Video Playback Paused\"", "\"Video Paused\"", 1)
+        .replacen(
+            "expect.destinations = [\"local\", \"segment\", \"warehouse\"]",
+            "expect.destinations = [\"local\", \"segment\", \"tealium\", \"warehouse\"]",
+            1,
+        );
+    std::fs::write(&cases, broken).expect("write");
+    let out = Command::new(BIN)
+        .args(["test", "--config", &format!("{root}/routes.toml")])
+        .arg(&cases)
+        .output()
+        .expect("run playrelay");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "segment /batch/0/event: expected \"Video Paused\", got \"Video Playback Paused\""
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("destinations: expected [local, segment, tealium, warehouse], got [local, segment, warehouse]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("tealium: routed but left out (disabled)")
+            || stdout.contains("tealium: routed but dropped"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 passed, 2 failed"), "{stdout}");
+}

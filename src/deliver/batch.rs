@@ -7,18 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Waits for the first event, then gathers more until a limit or the wait is reached.
-/// Returns an empty batch only when the queue is closed and empty.
+/// Waits for the first event, then gathers more into `batch` until a limit or the wait
+/// is reached. Cancel-safe: events already taken stay in `batch`, which the caller owns.
+/// Leaves `batch` empty only when the queue is closed and empty.
 pub async fn next_batch(
     queue: &mut mpsc::Receiver<Arc<Event>>,
     limits: &BatchConfig,
-) -> Vec<Arc<Event>> {
-    let mut batch = Vec::new();
-    let Some(first) = queue.recv().await else {
-        return batch;
-    };
-    let mut bytes = estimated_size(&first);
-    batch.push(first);
+    batch: &mut Vec<Arc<Event>>,
+) {
+    if batch.is_empty() {
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        batch.push(first);
+    }
+    let mut bytes: usize = batch.iter().map(|e| estimated_size(e)).sum();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.max_wait_ms);
     while batch.len() < limits.max_events && bytes < limits.max_bytes {
         // Take what is already queued without waiting on the timer.
@@ -36,7 +39,6 @@ pub async fn next_batch(
         bytes += estimated_size(&event);
         batch.push(event);
     }
-    batch
 }
 
 /// The event's size as the client sent it: close to what most destinations send.

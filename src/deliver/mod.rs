@@ -34,7 +34,7 @@ use rate_limit::RateLimits;
 use retry::Backoff;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -78,6 +78,23 @@ impl Destination {
             }
         }
     }
+
+    /// Moves an already counted event from a replaced worker's queue into this one;
+    /// waits for room rather than lose it.
+    async fn requeue(&self, event: Arc<Event>) {
+        if self.queue.send(event).await.is_err() {
+            // This worker is gone too: nothing can take the event any more.
+            self.metrics.queue_depth.dec();
+            self.metrics.dropped("reload_lost", 1);
+        }
+    }
+}
+
+/// The controls of a running destination worker.
+pub struct Worker {
+    pub handle: JoinHandle<()>,
+    /// Give the worker its replacement: it stops taking batches and moves its queue there.
+    pub handover: oneshot::Sender<Arc<Destination>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +123,7 @@ pub struct Environment {
 pub fn start(
     config: &DestinationConfig,
     env: Environment,
-) -> Result<(Destination, JoinHandle<()>), BuildError> {
+) -> Result<(Arc<Destination>, Worker), BuildError> {
     let sink = match &config.kind {
         DestinationKind::File(file) => Sink::File(Box::new(file::FileSink::new(
             &file.path,
@@ -159,15 +176,16 @@ pub fn start(
         }
         WhenFull::DropNewest => (None, None),
     };
-    let handle = tokio::spawn(run_worker(stack, receiver, overflow_rx));
+    let (handover, handover_rx) = oneshot::channel();
+    let handle = tokio::spawn(run_worker(stack, receiver, overflow_rx, handover_rx));
     Ok((
-        Destination {
+        Arc::new(Destination {
             name: config.name.clone(),
             queue: sender,
             overflow,
             metrics,
-        },
-        handle,
+        }),
+        Worker { handle, handover },
     ))
 }
 
@@ -208,35 +226,69 @@ async fn run_worker(
     stack: Arc<Stack>,
     mut queue: mpsc::Receiver<Arc<Event>>,
     overflow: Option<mpsc::Receiver<Arc<Event>>>,
+    mut handover: oneshot::Receiver<Arc<Destination>>,
 ) {
     let mut tasks = JoinSet::new();
     if let Some(overflow) = overflow {
         tasks.spawn(write_overflow(stack.clone(), overflow));
     }
+    let mut pending: Vec<Arc<Event>> = Vec::new();
+    let mut handover_open = true;
+    let mut successor = None;
     loop {
-        let batch = tokio::select! {
-            batch = batch::next_batch(&mut queue, &stack.config.common.batch) => batch,
+        tokio::select! {
+            biased;
             _ = stack.abandoned() => break,
-        };
-        if batch.is_empty() {
-            break; // closed and drained
+            next = &mut handover, if handover_open => match next {
+                Ok(destination) => {
+                    successor = Some(destination);
+                    break;
+                }
+                // No reload will replace this destination any more.
+                Err(_) => handover_open = false,
+            },
+            // A new batch is taken only when a request slot is free: the queue, not
+            // memory, holds the backlog, and a handover can come at any time.
+            permit = async {
+                let permit = stack.concurrency.clone().acquire_owned().await.ok();
+                batch::next_batch(&mut queue, &stack.config.common.batch, &mut pending).await;
+                permit
+            } => {
+                if pending.is_empty() {
+                    break; // closed and drained
+                }
+                let batch = std::mem::take(&mut pending);
+                let n = batch.len() as i64;
+                stack.metrics.queue_depth.dec_by(n);
+                stack.metrics.in_flight.inc_by(n);
+                dispatch(&stack, batch, &mut tasks, permit).await;
+            }
         }
-        let n = batch.len() as i64;
-        stack.metrics.queue_depth.dec_by(n);
-        stack.metrics.in_flight.inc_by(n);
-        dispatch(&stack, batch, &mut tasks).await;
     }
-    // Shutdown gave up waiting: what is still queued goes to the dead-letter file.
-    queue.close();
-    let mut left = Vec::new();
-    while let Ok(event) = queue.try_recv() {
-        left.push(event);
-    }
-    if !left.is_empty() {
-        stack.metrics.queue_depth.dec_by(left.len() as i64);
-        stack.metrics.in_flight.inc_by(left.len() as i64);
-        let refs: Vec<&Event> = left.iter().map(|e| e.as_ref()).collect();
-        stack.dead_letter(&refs, &Cause::new("shutdown")).await;
+    match successor {
+        // A reload rebuilt this destination: what is queued moves to the new one, until
+        // the last request that saw the old routing is done. Requests in flight finish here.
+        Some(next) => {
+            for event in pending.drain(..) {
+                next.requeue(event).await;
+            }
+            while let Some(event) = queue.recv().await {
+                next.requeue(event).await;
+            }
+        }
+        // Shutdown gave up waiting: what is still queued goes to the dead-letter file.
+        None => {
+            queue.close();
+            while let Ok(event) = queue.try_recv() {
+                pending.push(event);
+            }
+            if !pending.is_empty() {
+                stack.metrics.queue_depth.dec_by(pending.len() as i64);
+                stack.metrics.in_flight.inc_by(pending.len() as i64);
+                let refs: Vec<&Event> = pending.iter().map(|e| e.as_ref()).collect();
+                stack.dead_letter(&refs, &Cause::new("shutdown")).await;
+            }
+        }
     }
     while let Some(result) = tasks.join_next().await {
         if let Err(error) = result {
@@ -256,7 +308,12 @@ async fn write_overflow(stack: Arc<Stack>, mut overflow: mpsc::Receiver<Arc<Even
 }
 
 /// Translates a batch and starts its requests, each under the concurrency limit.
-async fn dispatch(stack: &Arc<Stack>, batch: Vec<Arc<Event>>, tasks: &mut JoinSet<()>) {
+async fn dispatch(
+    stack: &Arc<Stack>,
+    batch: Vec<Arc<Event>>,
+    tasks: &mut JoinSet<()>,
+    mut permit: Option<OwnedSemaphorePermit>,
+) {
     let events: Vec<&Event> = batch.iter().map(|e| e.as_ref()).collect();
     let translator = match &stack.sink {
         Sink::Http(translator) => translator,
@@ -281,29 +338,15 @@ async fn dispatch(stack: &Arc<Stack>, batch: Vec<Arc<Event>>, tasks: &mut JoinSe
     };
     let translation = translator.translate(&events, (stack.clock)());
     settle_refusals(stack, &events, &translation.refused).await;
-    let mut requests = translation.requests.into_iter();
-    while let Some(request) = requests.next() {
-        let permit = tokio::select! {
-            permit = stack.concurrency.clone().acquire_owned() => permit,
-            _ = stack.abandoned() => {
-                // Not sent at all: this request and every later one.
-                for request in std::iter::once(request).chain(requests) {
-                    let held: Vec<&Event> = request.events.iter().map(|i| events[*i]).collect();
-                    stack.dead_letter(&held, &Cause::new("shutdown")).await;
-                }
-                return;
-            }
-        };
-        let Ok(permit) = permit else { return };
+    for request in translation.requests {
         let held: Vec<Arc<Event>> = request.events.iter().map(|i| batch[*i].clone()).collect();
         let stack = stack.clone();
-        tasks.spawn(async move {
-            deliver(&stack, request, held).await;
-            drop(permit);
-        });
-        // Reap finished tasks so the set stays small.
-        while tasks.try_join_next().is_some() {}
+        // The first request uses the slot the worker waited for; others wait their turn.
+        let permit = permit.take();
+        tasks.spawn(async move { deliver(&stack, request, held, permit).await });
     }
+    // Reap finished tasks so the set stays small.
+    while tasks.try_join_next().is_some() {}
 }
 
 async fn settle_refusals(stack: &Stack, events: &[&Event], refused: &[Refusal]) {
@@ -324,7 +367,12 @@ async fn settle_refusals(stack: &Stack, events: &[&Event], refused: &[Refusal]) 
 
 /// One request through breaker, rate limit, timeout and retries, to a settled end:
 /// delivered, or dead-lettered with why.
-async fn deliver(stack: &Stack, request: VendorRequest, events: Vec<Arc<Event>>) {
+async fn deliver(
+    stack: &Stack,
+    request: VendorRequest,
+    events: Vec<Arc<Event>>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
     let Sink::Http(translator) = &stack.sink else {
         return;
     };
@@ -345,6 +393,18 @@ async fn deliver(stack: &Stack, request: VendorRequest, events: Vec<Arc<Event>>)
         }
         return;
     }
+    let permit = match permit {
+        Some(permit) => Some(permit),
+        None => tokio::select! {
+            permit = stack.concurrency.clone().acquire_owned() => permit.ok(),
+            _ = stack.abandoned() => {
+                stack.dead_letter(&refs, &Cause::new("shutdown")).await;
+                return;
+            }
+        },
+    };
+    // Held until the request is settled.
+    let _permit = permit;
     let url = redact(&request.url, &stack.secrets);
     let seed = xxhash_rust::xxh3::xxh3_64(refs[0].event_id().as_bytes());
     let mut backoff = Backoff::new(stack.config.common.retry, seed);

@@ -55,7 +55,9 @@ async fn ingest_inner(
     headers: &HeaderMap,
     body: axum::body::Body,
 ) -> Result<Accepted, (StatusCode, String)> {
-    let server = &relay.server;
+    // One snapshot for the whole request: limits and routing from the same config.
+    let routing = relay.routing.load_full();
+    let server = &routing.server;
     let format = body::format(headers)?;
     let bytes = body::read(headers, body, server).await?;
     let received_at = (relay.clock)();
@@ -77,7 +79,6 @@ async fn ingest_inner(
         tracing::debug!(rejected = parsed.rejected.len(), first = %parsed.rejected[0].error, "events rejected");
     }
     let accepted = parsed.events.len();
-    let routing = relay.routing.load();
     let mut decision = Decision::default();
     for event in parsed.events {
         routing.table.decide(&event, &mut decision);
@@ -110,7 +111,11 @@ async fn readyz(State(relay): State<Arc<Relay>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"status": state}))).into_response()
+    let mut body = json!({ "status": state });
+    if let Some(reload) = relay.reload_status.get() {
+        body["last_reload"] = json!(reload);
+    }
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(relay): State<Arc<Relay>>) -> Response {

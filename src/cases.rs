@@ -1,0 +1,289 @@
+//! `playrelay test`: routing files kept in git get tests, like `vector test`. A cases
+//! file holds input events and what must happen to each: which destinations receive it,
+//! and values the translated vendor body must contain (JSON pointers).
+//!
+//! ```toml
+//! sent_at = "2026-11-01T21:00:00Z"       # optional send time (GA4 refuses events > 72 h old)
+//!
+//! [[cases]]
+//! name = "a pause reaches Segment with its position"
+//! event = '''{"event_id": "…", "type": "playback.paused", …}'''
+//! expect.destinations = ["local", "segment"]          # exactly these receive it
+//! expect.values.segment = { "/batch/0/event" = "Video Playback Paused" }
+//! ```
+
+use crate::config::{Config, DestinationConfig, DestinationKind};
+use crate::dest::webhook::encode_passthrough;
+use crate::dest::{build_translator, EventNames};
+use crate::event::Event;
+use crate::route::{Decision, RouteTable};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasesFile {
+    #[serde(default)]
+    sent_at: Option<String>,
+    cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    /// JSON text, or a TOML table of the same shape.
+    event: EventInput,
+    #[serde(default)]
+    sent_at: Option<String>,
+    expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EventInput {
+    Json(String),
+    Table(Value),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    /// Exactly the destinations that must receive the event.
+    #[serde(default)]
+    destinations: Option<Vec<String>>,
+    /// Per destination: JSON pointer → value, in the body it would send.
+    #[serde(default)]
+    values: BTreeMap<String, BTreeMap<String, Value>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CasesError {
+    #[error("{file}: {message}")]
+    Read { file: String, message: String },
+    #[error(transparent)]
+    Route(#[from] crate::route::RouteError),
+}
+
+/// The outcome: a readable report, and how many cases failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasesReport {
+    pub text: String,
+    pub passed: usize,
+    pub failed: usize,
+}
+
+pub fn run_file(config: &Config, path: &Path) -> Result<CasesReport, CasesError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CasesError::Read {
+        file: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    run(config, &text, path)
+}
+
+pub fn run(config: &Config, text: &str, path: &Path) -> Result<CasesReport, CasesError> {
+    let file: CasesFile = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(0);
+        CasesError::Read {
+            file: format!("{}:{line}", path.display()),
+            message: e.message().to_string(),
+        }
+    })?;
+    let mut index = HashMap::new();
+    let names: Vec<&String> = config.destinations.keys().collect();
+    for (i, name) in names.iter().enumerate() {
+        index.insert((*name).clone(), i);
+    }
+    let table = RouteTable::new(&config.routes, &index)?;
+    let mut report = CasesReport {
+        text: String::new(),
+        passed: 0,
+        failed: 0,
+    };
+    for case in &file.cases {
+        let problems = match check(config, &table, &names, case, file.sent_at.as_deref()) {
+            Ok(problems) => problems,
+            Err(problem) => vec![problem],
+        };
+        if problems.is_empty() {
+            report.passed += 1;
+            let _ = writeln!(report.text, "ok    {}", case.name);
+        } else {
+            report.failed += 1;
+            let _ = writeln!(report.text, "FAIL  {}", case.name);
+            for problem in problems {
+                let _ = writeln!(report.text, "      {problem}");
+            }
+        }
+    }
+    let _ = writeln!(
+        report.text,
+        "{} passed, {} failed",
+        report.passed, report.failed
+    );
+    Ok(report)
+}
+
+/// What one destination would do with the event.
+enum Fate {
+    Received(Value),
+    LeftOut(String),
+}
+
+fn check(
+    config: &Config,
+    table: &RouteTable,
+    names: &[&String],
+    case: &Case,
+    default_sent_at: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let sent_at = match case.sent_at.as_deref().or(default_sent_at) {
+        Some(text) => OffsetDateTime::parse(text, &Rfc3339)
+            .map_err(|e| format!("sent_at {text:?} is not RFC 3339: {e}"))?,
+        None => OffsetDateTime::now_utc(),
+    };
+    let json = match &case.event {
+        EventInput::Json(text) => text.clone(),
+        EventInput::Table(value) => value.to_string(),
+    };
+    let raw: Box<serde_json::value::RawValue> =
+        serde_json::from_str(&json).map_err(|e| format!("event is not JSON: {e}"))?;
+    let event = Event::from_json(&raw, sent_at).map_err(|e| format!("event is not valid: {e}"))?;
+    let mut decision = Decision::default();
+    table.decide(&event, &mut decision);
+    let mut fates = BTreeMap::new();
+    for index in &decision.destinations {
+        let name = names[*index];
+        fates.insert(
+            name.clone(),
+            fate(&config.destinations[name], &event, sent_at)?,
+        );
+    }
+    let mut problems = Vec::new();
+    if let Some(expected) = &case.expect.destinations {
+        let mut expected = expected.clone();
+        expected.sort();
+        let got: Vec<String> = fates
+            .iter()
+            .filter(|(_, fate)| matches!(fate, Fate::Received(_)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if got != expected {
+            problems.push(format!(
+                "destinations: expected {}, got {}",
+                list(&expected),
+                list(&got)
+            ));
+            for (name, fate) in &fates {
+                if let Fate::LeftOut(why) = fate {
+                    problems.push(format!("  {name}: routed but {why}"));
+                }
+            }
+            if decision.destinations.is_empty() {
+                problems.push("  no route matched the event".into());
+            }
+        }
+    }
+    for (destination, values) in &case.expect.values {
+        let body = match fates.get(destination) {
+            Some(Fate::Received(body)) => body,
+            Some(Fate::LeftOut(why)) => {
+                problems.push(format!("{destination}: {why}"));
+                continue;
+            }
+            None => {
+                problems.push(format!("{destination}: does not receive the event"));
+                continue;
+            }
+        };
+        for (pointer, expected) in values {
+            match body.pointer(pointer) {
+                Some(got) if same(got, expected) => {}
+                Some(got) => problems.push(format!(
+                    "{destination} {pointer}: expected {expected}, got {got}"
+                )),
+                None => problems.push(format!(
+                    "{destination} {pointer}: expected {expected}, but the body has no such value"
+                )),
+            }
+        }
+    }
+    Ok(problems)
+}
+
+fn fate(
+    destination: &DestinationConfig,
+    event: &Event,
+    sent_at: OffsetDateTime,
+) -> Result<Fate, String> {
+    if let DestinationKind::File(_) = destination.kind {
+        let names = EventNames::new(destination.common.events.clone());
+        let mut out = Vec::new();
+        return Ok(
+            match encode_passthrough(event, &names, destination.common.properties, &mut out) {
+                Ok(()) => Fate::Received(serde_json::from_slice(&out).unwrap_or(Value::Null)),
+                Err(unnamed) => Fate::LeftOut(format!("dropped ({})", unnamed.reason())),
+            },
+        );
+    }
+    let translator = build_translator(destination).map_err(|e| e.to_string())?;
+    let translation = translator.translate(&[event], sent_at);
+    if let Some(refusal) = translation.refused.first() {
+        return Ok(Fate::LeftOut(format!(
+            "left out ({}): {}",
+            refusal.reason, refusal.detail
+        )));
+    }
+    let Some(request) = translation.requests.first() else {
+        return Ok(Fate::LeftOut("no request built".into()));
+    };
+    let mut body = request.body.to_vec();
+    if request
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() == b"gzip")
+    {
+        let mut plain = Vec::new();
+        let mut decoder = flate2::read::GzDecoder::new(&body[..]);
+        if std::io::Read::read_to_end(&mut decoder, &mut plain).is_ok() {
+            body = plain;
+        }
+    }
+    let mut value: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        // NDJSON webhooks: one event, one line.
+        Err(_) => serde_json::from_slice(body.split(|b| *b == b'\n').next().unwrap_or(&[]))
+            .unwrap_or(Value::Null),
+    };
+    // A JSON-array webhook body holds one event here: let pointers start at the event.
+    if let (DestinationKind::Webhook(_), Value::Array(items)) = (&destination.kind, &mut value) {
+        if items.len() == 1 {
+            value = items.remove(0);
+        }
+    }
+    Ok(Fate::Received(value))
+}
+
+/// Numbers compare by value (278 = 278.0); everything else exactly.
+fn same(got: &Value, expected: &Value) -> bool {
+    match (got.as_f64(), expected.as_f64()) {
+        (Some(a), Some(b)) => a == b,
+        _ => got == expected,
+    }
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        format!("[{}]", names.join(", "))
+    }
+}

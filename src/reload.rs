@@ -1,0 +1,405 @@
+//! Changing the routing while the relay runs. A new config is validated off to the
+//! side; a valid one is swapped in atomically. Destinations whose settings did not
+//! change keep their queue, connections, batches and breaker; changed ones are rebuilt
+//! and their queued events move to the new worker; removed ones drain what they hold;
+//! new ones start. A change that needs a restart is reported, never silently ignored.
+
+use crate::config::{self, Config, ConfigErrors, DestinationConfig, ServerConfig};
+use crate::deliver::{self, Destination, HttpClient};
+use crate::event::format_rfc3339;
+use crate::route::RouteTable;
+use crate::telemetry::{Metrics, RouteLabel};
+use crate::{Clock, Relay, Routing, StartError};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadOutcome {
+    /// False when the new config was refused and the old one kept.
+    pub applied: bool,
+    pub at: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub rebuilt: Vec<String>,
+    pub kept: Vec<String>,
+    /// Settings that changed but only take effect after a restart.
+    pub restart_required: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// The last reload's outcome, for `/readyz` and `/metrics`.
+#[derive(Default)]
+pub struct StatusCell(Mutex<Option<ReloadOutcome>>);
+
+impl StatusCell {
+    pub fn get(&self) -> Option<ReloadOutcome> {
+        match self.0.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, outcome: ReloadOutcome) {
+        match self.0.lock() {
+            Ok(mut guard) => *guard = Some(outcome),
+            Err(poisoned) => *poisoned.into_inner() = Some(outcome),
+        }
+    }
+}
+
+struct Slot {
+    config: DestinationConfig,
+    destination: Arc<Destination>,
+    worker: deliver::Worker,
+}
+
+struct State {
+    config: Config,
+    client: HttpClient,
+    slots: BTreeMap<String, Slot>,
+    /// Workers of replaced or removed destinations, still draining.
+    retiring: Vec<JoinHandle<()>>,
+}
+
+/// Owns the destinations' workers; one reload at a time.
+pub struct Controller {
+    relay: Arc<Relay>,
+    abandon: watch::Receiver<bool>,
+    state: tokio::sync::Mutex<Option<State>>,
+}
+
+impl Controller {
+    pub(crate) fn start(
+        config: Config,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        abandon: watch::Receiver<bool>,
+    ) -> Result<(Arc<Controller>, Arc<Relay>), StartError> {
+        let client = HttpClient::new(config.server.tls_roots)?;
+        let mut slots = BTreeMap::new();
+        for (name, destination) in &config.destinations {
+            slots.insert(
+                name.clone(),
+                start_slot(
+                    destination,
+                    &config.server,
+                    &client,
+                    &metrics,
+                    &clock,
+                    &abandon,
+                )?,
+            );
+        }
+        let routed = slots
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.destination.clone()))
+            .collect();
+        let routing = build_routing(&config, &routed, &metrics)?;
+        let relay = Arc::new(Relay::new(metrics, clock, routing));
+        let controller = Arc::new(Controller {
+            relay: relay.clone(),
+            abandon,
+            state: tokio::sync::Mutex::new(Some(State {
+                config,
+                client,
+                slots,
+                retiring: Vec::new(),
+            })),
+        });
+        Ok((controller, relay))
+    }
+
+    /// Closes every queue and returns the workers to wait for.
+    pub(crate) async fn close(&self) -> Vec<JoinHandle<()>> {
+        let server = self.relay.routing.load().server.clone();
+        self.relay.routing.store(Arc::new(Routing {
+            server,
+            table: RouteTable::empty(),
+            destinations: Vec::new(),
+            route_sampled_out: Vec::new(),
+        }));
+        let Some(state) = self.state.lock().await.take() else {
+            return Vec::new();
+        };
+        let mut workers = state.retiring;
+        for (_, slot) in state.slots {
+            drop(slot.destination);
+            workers.push(slot.worker.handle);
+        }
+        workers
+    }
+
+    async fn apply(&self, new: Config) -> ReloadOutcome {
+        let metrics = &self.relay.metrics;
+        let mut outcome = ReloadOutcome {
+            at: format_rfc3339((self.relay.clock)()),
+            ..ReloadOutcome::default()
+        };
+        let mut guard = self.state.lock().await;
+        let Some(state) = guard.as_mut() else {
+            outcome.errors.push("the relay is shutting down".into());
+            return outcome;
+        };
+        if new.server.listen != state.config.server.listen {
+            outcome.restart_required.push(format!(
+                "server.listen ({} → {}): still listening on {}",
+                state.config.server.listen, new.server.listen, state.config.server.listen
+            ));
+        }
+        // Settings every destination depends on: a change rebuilds them all.
+        let shared_changed = new.server.dead_letter_dir != state.config.server.dead_letter_dir
+            || new.server.dry_run_dir != state.config.server.dry_run_dir
+            || new.server.tls_roots != state.config.server.tls_roots;
+        let client = if new.server.tls_roots != state.config.server.tls_roots {
+            match HttpClient::new(new.server.tls_roots) {
+                Ok(client) => client,
+                Err(error) => {
+                    outcome.errors.push(error.to_string());
+                    return self.refused(outcome);
+                }
+            }
+        } else {
+            state.client.clone()
+        };
+        // Start what is new or changed first; nothing is swapped until all of it started.
+        let mut started = BTreeMap::new();
+        let mut routed = BTreeMap::new();
+        for (name, config) in &new.destinations {
+            let old = state.slots.get(name);
+            if let Some(old) = old.filter(|old| old.config == *config && !shared_changed) {
+                routed.insert(name.clone(), old.destination.clone());
+                outcome.kept.push(name.clone());
+                continue;
+            }
+            match start_slot(
+                config,
+                &new.server,
+                &client,
+                metrics,
+                &self.relay.clock,
+                &self.abandon,
+            ) {
+                Ok(slot) => {
+                    if old.is_some() {
+                        outcome.rebuilt.push(name.clone());
+                    } else {
+                        outcome.added.push(name.clone());
+                    }
+                    routed.insert(name.clone(), slot.destination.clone());
+                    started.insert(name.clone(), slot);
+                }
+                Err(error) => outcome.errors.push(error.to_string()),
+            }
+        }
+        let routing = match build_routing(&new, &routed, metrics) {
+            Ok(routing) if outcome.errors.is_empty() => routing,
+            // Dropping `started` closes the new queues: their workers end at once.
+            Ok(_) => return self.refused(outcome),
+            Err(error) => {
+                outcome.errors.push(error.to_string());
+                return self.refused(outcome);
+            }
+        };
+        // The swap: requests that loaded the old routing finish with it.
+        self.relay.routing.store(Arc::new(routing));
+        let mut slots = started;
+        for (name, old) in std::mem::take(&mut state.slots) {
+            if outcome.kept.contains(&name) {
+                slots.insert(name, old);
+            } else if let Some(successor) = slots.get(&name) {
+                // Rebuilt: the old worker hands its queue to the new destination.
+                let _ = old.worker.handover.send(successor.destination.clone());
+                state.retiring.push(old.worker.handle);
+            } else {
+                // Removed: its queue closes once the old routing is gone; it drains.
+                outcome.removed.push(name);
+                state.retiring.push(old.worker.handle);
+            }
+        }
+        state.retiring.retain(|handle| !handle.is_finished());
+        state.slots = slots;
+        state.client = client;
+        state.config = new;
+        outcome.applied = true;
+        self.record(&outcome);
+        tracing::info!(
+            added = ?outcome.added, removed = ?outcome.removed, rebuilt = ?outcome.rebuilt,
+            kept = outcome.kept.len(), "config reloaded"
+        );
+        for restart in &outcome.restart_required {
+            tracing::warn!(setting = %restart, "config change needs a restart to take effect");
+        }
+        outcome
+    }
+
+    fn refused(&self, mut outcome: ReloadOutcome) -> ReloadOutcome {
+        outcome.applied = false;
+        for error in &outcome.errors {
+            tracing::error!(%error, "config reload refused: the old config stays");
+        }
+        self.record(&outcome);
+        outcome
+    }
+
+    fn record(&self, outcome: &ReloadOutcome) {
+        let metrics = &self.relay.metrics;
+        let result = if outcome.applied { "success" } else { "failed" };
+        metrics.config_reload(result, !outcome.restart_required.is_empty());
+        self.relay.reload_status.set(outcome.clone());
+    }
+}
+
+fn start_slot(
+    config: &DestinationConfig,
+    server: &ServerConfig,
+    client: &HttpClient,
+    metrics: &Arc<Metrics>,
+    clock: &Clock,
+    abandon: &watch::Receiver<bool>,
+) -> Result<Slot, deliver::BuildError> {
+    let env = deliver::Environment {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+        abandon: abandon.clone(),
+        dead_letter_path: server
+            .dead_letter_dir
+            .join(format!("{}.ndjson", config.name)),
+        dry_run_path: server.dry_run_dir.join(format!("{}.http", config.name)),
+    };
+    let (destination, worker) = deliver::start(config, env)?;
+    Ok(Slot {
+        config: config.clone(),
+        destination,
+        worker,
+    })
+}
+
+fn build_routing(
+    config: &Config,
+    routed: &BTreeMap<String, Arc<Destination>>,
+    metrics: &Metrics,
+) -> Result<Routing, crate::route::RouteError> {
+    let mut index = HashMap::new();
+    let mut destinations = Vec::with_capacity(routed.len());
+    for (i, (name, destination)) in routed.iter().enumerate() {
+        index.insert(name.clone(), i);
+        destinations.push(destination.clone());
+    }
+    let table = RouteTable::new(&config.routes, &index)?;
+    let route_sampled_out = table
+        .route_names()
+        .map(|route| {
+            metrics
+                .route_sampled_out
+                .get_or_create(&RouteLabel {
+                    route: route.to_string(),
+                })
+                .clone()
+        })
+        .collect();
+    Ok(Routing {
+        server: config.server.clone(),
+        table,
+        destinations,
+        route_sampled_out,
+    })
+}
+
+/// Applies configs to a running relay; cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    controller: Arc<Controller>,
+}
+
+impl Reloader {
+    pub(crate) fn new(controller: Arc<Controller>) -> Reloader {
+        Reloader { controller }
+    }
+
+    /// Applies an already validated config.
+    pub async fn apply(&self, config: Config) -> ReloadOutcome {
+        self.controller.apply(config).await
+    }
+
+    /// Reads, validates and applies a file; an invalid file keeps the old config.
+    pub async fn reload_file(&self, path: &Path) -> ReloadOutcome {
+        let loaded = {
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || config::load_file(&path)).await
+        };
+        match loaded {
+            Ok(Ok(config)) => self.apply(config).await,
+            Ok(Err(errors)) => self.refuse(&errors),
+            Err(error) => self.refuse(&ConfigErrors(vec![config::ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                field: String::new(),
+                message: format!("reading the config failed: {error}"),
+            }])),
+        }
+    }
+
+    /// Records a config that did not validate.
+    pub fn refuse(&self, errors: &ConfigErrors) -> ReloadOutcome {
+        let outcome = ReloadOutcome {
+            at: format_rfc3339((self.controller.relay.clock)()),
+            errors: errors.0.iter().map(|e| e.to_string()).collect(),
+            ..ReloadOutcome::default()
+        };
+        self.controller.refused(outcome)
+    }
+}
+
+/// Reloads `path` when it changes: watched through its directory, so editors that write
+/// a new file and rename it over the old one are seen too; bursts of changes within
+/// `debounce` make one reload. Keep the returned watcher alive.
+pub fn watch_file(
+    path: &Path,
+    reloader: Reloader,
+    debounce: std::time::Duration,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let path = std::path::absolute(path).map_err(notify::Error::io)?;
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| ".".into());
+    let file_name = path.file_name().map(|n| n.to_os_string());
+    let (changed, mut changes) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, EventKind::Access(_)) {
+            return;
+        }
+        if event
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
+        {
+            // A full channel already means "changed": nothing is lost.
+            let _ = changed.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            loop {
+                match tokio::time::timeout(debounce, changes.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            tracing::info!(file = %path.display(), "config file changed: reloading");
+            reloader.reload_file(&path).await;
+        }
+    });
+    Ok(watcher)
+}
