@@ -11,6 +11,7 @@ pub mod dest;
 pub mod event;
 pub mod ingest;
 pub mod preview;
+pub mod privacy;
 pub mod replay;
 pub mod route;
 pub mod telemetry;
@@ -51,6 +52,8 @@ pub struct Relay {
     /// Read as one snapshot per request, so a request is routed by one table.
     pub routing: ArcSwap<Routing>,
     state: AtomicU8,
+    /// Ingest keys, origins, rate limits and the in-flight cap.
+    pub edge: ingest::Edge,
 }
 
 impl Relay {
@@ -90,6 +93,10 @@ pub enum StartError {
     Route(#[from] route::RouteError),
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
+    #[error(transparent)]
+    IngestTls(#[from] ingest::tls::TlsError),
+    #[error("cannot listen on server.admin_listen: {0}")]
+    AdminListen(std::io::Error),
 }
 
 /// Knobs that are not config: what tests and embedders inject.
@@ -112,6 +119,9 @@ pub struct RunningRelay {
     pub relay: Arc<Relay>,
     server: JoinHandle<std::io::Result<()>>,
     stop_accepting: oneshot::Sender<()>,
+    /// Where `/metrics` is served when `server.admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    admin: Option<(JoinHandle<std::io::Result<()>>, oneshot::Sender<()>)>,
     workers: Vec<JoinHandle<()>>,
     abandon: watch::Sender<bool>,
 }
@@ -144,6 +154,7 @@ pub async fn start(
             abandon: abandon_rx.clone(),
             dead_letter_path: config.server.dead_letter_dir.join(format!("{name}.ndjson")),
             dry_run_path: config.server.dry_run_dir.join(format!("{name}.http")),
+            hash_salt: config.server.hash_salt.clone(),
         };
         let (handle, worker) = deliver::start(destination, env)?;
         destinations.push(handle);
@@ -172,16 +183,52 @@ pub async fn start(
             route_sampled_out,
         }),
         state: AtomicU8::new(STARTING),
+        edge: ingest::Edge::new(&config),
     });
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let app = ingest::app(relay.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let serve_options = ingest::serve::ServeOptions {
+        max_connections: config.server.max_connections,
+        header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+        max_header_bytes: config.server.max_header_bytes,
+        tls: config
+            .server
+            .tls
+            .as_ref()
+            .map(ingest::tls::acceptor)
+            .transpose()?,
+        metrics: relay.metrics.clone(),
+    };
+    let (admin_addr, admin) = match config.server.admin_listen {
+        Some(address) => {
+            let admin_listener = TcpListener::bind(address)
+                .await
+                .map_err(StartError::AdminListen)?;
+            let admin_addr = admin_listener
+                .local_addr()
+                .map_err(StartError::AdminListen)?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            let options = ingest::serve::ServeOptions {
+                tls: None,
+                ..serve_options.clone()
+            };
+            let admin_app = ingest::admin_app(relay.clone());
+            let handle = tokio::spawn(ingest::serve::serve(
+                admin_listener,
+                admin_app,
+                options,
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            tracing::info!(admin_listen = %admin_addr, "metrics served on the admin listener only");
+            (Some(admin_addr), Some((handle, stop)))
+        }
+        None => (None, None),
+    };
+    let server = tokio::spawn(ingest::serve::serve(listener, app, serve_options, async {
+        let _ = stopped.await;
+    }));
     relay.state.store(READY, Ordering::Release);
     tracing::info!(listen = %local_addr, destinations = config.destinations.len(), routes = config.routes.len(), "relay ready");
     Ok(RunningRelay {
@@ -189,6 +236,8 @@ pub async fn start(
         relay,
         server,
         stop_accepting,
+        admin_addr,
+        admin,
         workers,
         abandon,
     })
@@ -224,6 +273,10 @@ impl RunningRelay {
                 false
             }
         };
+        if let Some((admin, stop)) = self.admin {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(drain, admin).await;
+        }
         tracing::info!(drained, "relay stopped");
         ShutdownReport { drained }
     }

@@ -86,6 +86,11 @@ pub struct Metrics {
     pub dest_request_duration: Family<DestinationLabel, Histogram, fn() -> Histogram>,
     pub dest_breaker_state: Family<DestinationLabel, Gauge>,
     pub dest_findings: Family<DestinationLabel, Counter>,
+    /// Ingest requests refused before their body was read, by reason.
+    pub ingest_refused: Family<ReasonLabel, Counter>,
+    pub ingest_open_connections: Gauge,
+    /// Connections closed on a failed TLS handshake or a client too slow to send headers.
+    pub ingest_connection_errors: Family<ReasonLabel, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -124,6 +129,9 @@ impl Metrics {
             ),
             dest_breaker_state: Family::default(),
             dest_findings: Family::default(),
+            ingest_refused: Family::default(),
+            ingest_open_connections: Gauge::default(),
+            ingest_connection_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -221,6 +229,21 @@ impl Metrics {
             "Problems a vendor reported in successful answers (GA4 validationMessages)",
             m.dest_findings.clone(),
         );
+        registry.register(
+            "ingest_refused",
+            "Ingest requests refused by access rules and limits, by reason",
+            m.ingest_refused.clone(),
+        );
+        registry.register(
+            "ingest_open_connections",
+            "Client connections open on the ingest listener",
+            m.ingest_open_connections.clone(),
+        );
+        registry.register(
+            "ingest_connection_errors",
+            "Client connections closed on an error, by reason",
+            m.ingest_connection_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -253,6 +276,23 @@ impl Metrics {
             dropped: self.dest_dropped.clone(),
             dropped_cache: Mutex::default(),
         }
+    }
+
+    /// Counts an ingest request refused for `reason`.
+    pub fn refuse(&self, reason: &str) {
+        self.ingest_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn connection_error(&self, reason: &str) {
+        self.ingest_connection_errors
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn reject(&self, reason: &str) {
