@@ -206,8 +206,24 @@ pub(crate) fn check(
                 if stack.is_empty() {
                     top_values += 1;
                 }
+                let start = i;
                 while i < text.len() && !b" \t\n\r,:]}[{\"".contains(&text[i]) {
                     i += 1;
+                }
+                let token = &text[start..i];
+                if token
+                    .first()
+                    .is_some_and(|b| *b == b'-' || b.is_ascii_digit())
+                {
+                    // An unknown field is forwarded as written: a number no parser can
+                    // hold (1e999) is refused here, not somewhere downstream.
+                    let finite = std::str::from_utf8(token)
+                        .ok()
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .is_some_and(f64::is_finite);
+                    if !finite || token.len() > limits.max_string_bytes {
+                        return Err(shape(&stack, line, "number out of range".to_string()));
+                    }
                 }
             }
         }
@@ -406,6 +422,15 @@ mod tests {
         assert_eq!(run(&many, tight()), Err(LimitError::TooManyEvents));
         let tiny = format!("[{}]", vec!["1"; 100_000].join(","));
         assert_eq!(run(&tiny, tight()), Err(LimitError::TooManyEvents));
+    }
+
+    #[test]
+    fn numbers_no_parser_can_hold_are_refused() {
+        assert_eq!(
+            message(run(r#"[{"big":1e999}]"#, tight())),
+            "[0] big: number out of range"
+        );
+        assert_eq!(run(r#"[{"ok":-1.5e3}]"#, tight()), Ok(1));
     }
 
     #[test]
