@@ -1036,4 +1036,111 @@ sample = 0.25
         assert_eq!(errors[0].field, "destinations.local.events");
         assert_eq!(errors[0].line, 14);
     }
+
+    const EDGE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+trusted_proxies = ["10.0.0.0/8"]
+per_client_rate_limit = { requests_per_second = 5 }
+json = { max_depth = 10 }
+
+[sources.web]
+keys = ["${TOKEN}-0123456789abcdef"]
+allowed_origins = ["https://Player.Example.com"]
+rate_limit = { requests_per_second = 50, burst = 100 }
+
+[sources.open]
+allowed_origins = ["*"]
+
+[destinations.local]
+type = "file"
+path = "out.ndjson"
+consent = "analytics"
+drop_fields = ["properties.email"]
+ip = "drop"
+
+[[routes]]
+name = "web"
+match = { sources = ["web"] }
+to = ["local"]
+"#;
+
+    #[test]
+    fn edge_keys_load_with_defaults() {
+        let config = load(EDGE).expect("valid");
+        let server = &config.server;
+        assert_eq!(server.max_connections, 10_000);
+        assert_eq!(server.max_in_flight_requests, 1_024);
+        assert_eq!(server.header_read_timeout_ms, 10_000);
+        assert_eq!(server.body_read_timeout_ms, 30_000);
+        assert_eq!(server.max_header_bytes, 16_384);
+        assert_eq!(server.json.max_depth, 10);
+        assert_eq!(server.json.max_array_items, 1_000);
+        assert_eq!(server.admin_listen, None);
+        let web = &config.sources["web"];
+        assert_eq!(web.keys[0].expose(), "t0k-0123456789abcdef");
+        assert_eq!(web.allowed_origins, vec!["https://player.example.com"]);
+        assert!(config.sources["open"].keys.is_empty());
+        assert_eq!(config.routes[0].types, vec!["*"]);
+        assert_eq!(config.routes[0].sources, vec!["web"]);
+        assert!(
+            !format!("{config:?}").contains("t0k"),
+            "a key shows in Debug"
+        );
+    }
+
+    #[test]
+    fn edge_mistakes_are_located() {
+        let text = EDGE
+            .replace("${TOKEN}-0123456789abcdef", "short")
+            .replace(
+                "https://Player.Example.com",
+                "https://player.example.com/path",
+            )
+            .replace("sources = [\"web\"]", "sources = [\"mobile\"]")
+            .replace(
+                "drop_fields = [\"properties.email\"]",
+                "drop_fields = [\"event_id\"]\nhash_fields = [\"user.user_id\"]",
+            )
+            .replace(
+                "trusted_proxies = [\"10.0.0.0/8\"]",
+                "trusted_proxies = [\"10.0.0.0/99\"]",
+            );
+        let errors = load(&text).expect_err("invalid").0;
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"server.trusted_proxies"), "{fields:?}");
+        let text = EDGE
+            .replace("${TOKEN}-0123456789abcdef", "short")
+            .replace(
+                "https://Player.Example.com",
+                "https://player.example.com/path",
+            )
+            .replace("sources = [\"web\"]", "sources = [\"mobile\"]")
+            .replace(
+                "drop_fields = [\"properties.email\"]",
+                "drop_fields = [\"event_id\"]\nhash_fields = [\"user.user_id\"]",
+            );
+        let errors = load(&text).expect_err("invalid").0;
+        let summary: Vec<(usize, &str)> =
+            errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (9, "sources.web.keys[0]"),
+                (10, "sources.web.allowed_origins[0]"),
+                (20, "destinations.local.drop_fields"),
+                (21, "destinations.local.hash_fields"),
+                (26, "routes[0].match.sources[0]"),
+            ],
+            "{}",
+            ConfigErrors(errors.clone())
+        );
+        let two_open = EDGE.replace("keys = [\"${TOKEN}-0123456789abcdef\"]\n", "");
+        let errors = load(&two_open).expect_err("invalid").0;
+        assert!(errors[0].message.contains("without a key"), "{}", errors[0]);
+        let small = EDGE.replace("json = { max_depth = 10 }", "max_header_bytes = 100");
+        let errors = load(&small).expect_err("invalid").0;
+        assert_eq!(errors[0].field, "server.max_header_bytes");
+        assert_eq!(errors[0].line, 6);
+    }
 }
