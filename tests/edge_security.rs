@@ -838,3 +838,60 @@ async fn hashed_dropped_and_anonymized_fields_never_reach_the_destination() {
         "{raw}"
     );
 }
+
+#[tokio::test]
+async fn past_the_in_flight_cap_requests_get_503_with_retry_after() {
+    let web = StandIn::ok().await;
+    let tv = StandIn::ok().await;
+    let server = "max_in_flight_requests = 1\nbody_read_timeout_ms = 2000";
+    let relay = start_relay(&two_sources(&web, &tv, server)).await;
+    let addr = relay.local_addr;
+    // One request holds the only slot while its body trickles in.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: relay\r\nX-Playrelay-Key: {WEB_KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n["
+    );
+    slow.write_all(head.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let busy = send(
+        addr,
+        "POST",
+        "/v1/events",
+        &json_post(&[("x-playrelay-key", WEB_KEY)]),
+        events(0..1),
+    )
+    .await;
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    assert_eq!(busy.headers["retry-after"], "1");
+    assert!(busy.body["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("too many requests"));
+    drop(slow);
+    // The slot is free again once the slow request is gone.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let status = loop {
+        let answer = send(
+            addr,
+            "POST",
+            "/v1/events",
+            &json_post(&[("x-playrelay-key", WEB_KEY)]),
+            events(1..2),
+        )
+        .await;
+        if answer.status != 503 || Instant::now() > deadline {
+            break answer.status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 202);
+    let text = metrics_text(addr).await;
+    assert!(
+        metric(
+            &text,
+            "playrelay_ingest_refused_total{reason=\"overloaded\"}"
+        ) >= 1.0
+    );
+    relay.shutdown().await;
+    assert_eq!(web.delivered_events().len(), 1);
+}
