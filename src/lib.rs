@@ -12,6 +12,7 @@ pub mod dest;
 pub mod event;
 pub mod ingest;
 pub mod preview;
+pub mod privacy;
 pub mod reload;
 pub mod replay;
 pub mod route;
@@ -69,6 +70,8 @@ impl Relay {
 /// destinations it points at, by index. Swapped whole on reload.
 pub struct Routing {
     pub server: ServerConfig,
+    /// Ingest keys, origins, per-client limits and the in-flight cap.
+    pub edge: Arc<ingest::Edge>,
     pub table: RouteTable,
     pub destinations: Vec<Arc<Destination>>,
     pub route_sampled_out: Vec<Counter>,
@@ -84,6 +87,10 @@ pub enum StartError {
     Route(#[from] route::RouteError),
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
+    #[error(transparent)]
+    IngestTls(#[from] ingest::tls::TlsError),
+    #[error("cannot listen on server.admin_listen: {0}")]
+    AdminListen(std::io::Error),
 }
 
 /// Knobs that are not config: what tests and embedders inject.
@@ -107,6 +114,9 @@ pub struct RunningRelay {
     controller: Arc<Controller>,
     server: JoinHandle<std::io::Result<()>>,
     stop_accepting: oneshot::Sender<()>,
+    /// Where `/metrics` is served when `server.admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    admin: Option<(JoinHandle<std::io::Result<()>>, oneshot::Sender<()>)>,
     abandon: watch::Sender<bool>,
 }
 
@@ -126,16 +136,52 @@ pub async fn start(
     let local_addr = listener.local_addr().map_err(StartError::Listener)?;
     let metrics = Arc::new(Metrics::new());
     let (abandon, abandon_rx) = watch::channel(false);
+    let server_config = config.server.clone();
     let (controller, relay) = Controller::start(config, metrics, options.clock, abandon_rx)?;
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let app = ingest::app(relay.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    // Listener settings are read once: a reload reports changes to them as restart-only.
+    let serve_options = ingest::serve::ServeOptions {
+        max_connections: server_config.max_connections,
+        header_read_timeout: Duration::from_millis(server_config.header_read_timeout_ms),
+        max_header_bytes: server_config.max_header_bytes,
+        tls: server_config
+            .tls
+            .as_ref()
+            .map(ingest::tls::acceptor)
+            .transpose()?,
+        metrics: relay.metrics.clone(),
+    };
+    let (admin_addr, admin) = match server_config.admin_listen {
+        Some(address) => {
+            let admin_listener = TcpListener::bind(address)
+                .await
+                .map_err(StartError::AdminListen)?;
+            let admin_addr = admin_listener
+                .local_addr()
+                .map_err(StartError::AdminListen)?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            let options = ingest::serve::ServeOptions {
+                tls: None,
+                ..serve_options.clone()
+            };
+            let admin_app = ingest::admin_app(relay.clone());
+            let handle = tokio::spawn(ingest::serve::serve(
+                admin_listener,
+                admin_app,
+                options,
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            tracing::info!(admin_listen = %admin_addr, "metrics served on the admin listener only");
+            (Some(admin_addr), Some((handle, stop)))
+        }
+        None => (None, None),
+    };
+    let server = tokio::spawn(ingest::serve::serve(listener, app, serve_options, async {
+        let _ = stopped.await;
+    }));
     relay.state.store(READY, Ordering::Release);
     let routing = relay.routing.load();
     tracing::info!(listen = %local_addr, destinations = routing.destinations.len(), "relay ready");
@@ -146,6 +192,8 @@ pub async fn start(
         controller,
         server,
         stop_accepting,
+        admin_addr,
+        admin,
         abandon,
     })
 }
@@ -197,6 +245,10 @@ impl RunningRelay {
                 false
             }
         };
+        if let Some((admin, stop)) = self.admin {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(drain, admin).await;
+        }
         tracing::info!(drained, "relay stopped");
         ShutdownReport { drained }
     }

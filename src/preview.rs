@@ -39,6 +39,7 @@ pub fn preview(
         format,
         BodyLimits {
             max_events: usize::MAX,
+            json: config.server.json,
         },
         sent_at,
     )?;
@@ -50,7 +51,36 @@ pub fn preview(
             rejection.index, rejection.error
         );
     }
-    let events: Vec<&Event> = parsed.events.iter().collect();
+    // The destination's privacy rules, as the worker applies them before translating.
+    let mut visible = Vec::with_capacity(parsed.events.len());
+    let policy = crate::privacy::Policy::new(&dest.common, config.server.hash_salt.as_ref());
+    for (index, event) in parsed.events.into_iter().enumerate() {
+        let Some(policy) = &policy else {
+            visible.push(event);
+            continue;
+        };
+        if !policy.consents(&event) {
+            let _ = writeln!(
+                out,
+                "# event {index} ({} {}): dropped: consent",
+                event.event_type(),
+                event.event_id()
+            );
+            continue;
+        }
+        match policy.apply(&event) {
+            Ok(rewritten) => visible.push(rewritten),
+            Err(error) => {
+                let _ = writeln!(
+                    out,
+                    "# event {index} ({} {}): dropped: privacy: {error}",
+                    event.event_type(),
+                    event.event_id()
+                );
+            }
+        }
+    }
+    let events: Vec<&Event> = visible.iter().collect();
     let chunk = dest.common.batch.max_events.max(1);
     for (batch_index, batch) in events.chunks(chunk).enumerate() {
         let offset = batch_index * chunk;

@@ -7,6 +7,7 @@
 use crate::config::{self, Config, ConfigErrors, DestinationConfig, ServerConfig};
 use crate::deliver::{self, Destination, HttpClient};
 use crate::event::format_rfc3339;
+use crate::ingest::Edge;
 use crate::route::RouteTable;
 use crate::telemetry::{Metrics, RouteLabel};
 use crate::{Clock, Relay, Routing, StartError};
@@ -99,7 +100,7 @@ impl Controller {
             .iter()
             .map(|(name, slot)| (name.clone(), slot.destination.clone()))
             .collect();
-        let routing = build_routing(&config, &routed, &metrics)?;
+        let routing = build_routing(&config, &routed, Arc::new(Edge::new(&config)), &metrics)?;
         let relay = Arc::new(Relay::new(metrics, clock, routing));
         let controller = Arc::new(Controller {
             relay: relay.clone(),
@@ -117,8 +118,10 @@ impl Controller {
     /// Closes every queue and returns the workers to wait for.
     pub(crate) async fn close(&self) -> Vec<JoinHandle<()>> {
         let server = self.relay.routing.load().server.clone();
+        let edge = self.relay.routing.load().edge.clone();
         self.relay.routing.store(Arc::new(Routing {
             server,
+            edge,
             table: RouteTable::empty(),
             destinations: Vec::new(),
             route_sampled_out: Vec::new(),
@@ -145,16 +148,12 @@ impl Controller {
             outcome.errors.push("the relay is shutting down".into());
             return outcome;
         };
-        if new.server.listen != state.config.server.listen {
-            outcome.restart_required.push(format!(
-                "server.listen ({} → {}): still listening on {}",
-                state.config.server.listen, new.server.listen, state.config.server.listen
-            ));
-        }
+        outcome.restart_required = restart_only_changes(&state.config.server, &new.server);
         // Settings every destination depends on: a change rebuilds them all.
         let shared_changed = new.server.dead_letter_dir != state.config.server.dead_letter_dir
             || new.server.dry_run_dir != state.config.server.dry_run_dir
-            || new.server.tls_roots != state.config.server.tls_roots;
+            || new.server.tls_roots != state.config.server.tls_roots
+            || new.server.hash_salt != state.config.server.hash_salt;
         let client = if new.server.tls_roots != state.config.server.tls_roots {
             match HttpClient::new(new.server.tls_roots) {
                 Ok(client) => client,
@@ -196,7 +195,14 @@ impl Controller {
                 Err(error) => outcome.errors.push(error.to_string()),
             }
         }
-        let routing = match build_routing(&new, &routed, metrics) {
+        // Keys, origins and limiters are rebuilt only when their settings changed, so a
+        // reload does not hand every client a fresh rate-limit allowance.
+        let edge = if edge_settings_changed(&state.config, &new) {
+            Arc::new(Edge::new(&new))
+        } else {
+            self.relay.routing.load().edge.clone()
+        };
+        let routing = match build_routing(&new, &routed, edge, metrics) {
             Ok(routing) if outcome.errors.is_empty() => routing,
             // Dropping `started` closes the new queues: their workers end at once.
             Ok(_) => return self.refused(outcome),
@@ -254,6 +260,46 @@ impl Controller {
     }
 }
 
+/// Listener settings are fixed when the relay starts; a reload reports their changes.
+fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
+    let mut changes = Vec::new();
+    if old.listen != new.listen {
+        changes.push(format!(
+            "server.listen ({} -> {}): still listening on {}",
+            old.listen, new.listen, old.listen
+        ));
+    }
+    let mut check = |changed: bool, key: &str| {
+        if changed {
+            changes.push(format!(
+                "server.{key}: the old value stays in force until a restart"
+            ));
+        }
+    };
+    check(old.admin_listen != new.admin_listen, "admin_listen");
+    check(old.tls != new.tls, "tls");
+    check(
+        old.max_connections != new.max_connections,
+        "max_connections",
+    );
+    check(
+        old.header_read_timeout_ms != new.header_read_timeout_ms,
+        "header_read_timeout_ms",
+    );
+    check(
+        old.max_header_bytes != new.max_header_bytes,
+        "max_header_bytes",
+    );
+    changes
+}
+
+fn edge_settings_changed(old: &Config, new: &Config) -> bool {
+    old.sources != new.sources
+        || old.server.per_client_rate_limit != new.server.per_client_rate_limit
+        || old.server.trusted_proxies != new.server.trusted_proxies
+        || old.server.max_in_flight_requests != new.server.max_in_flight_requests
+}
+
 fn start_slot(
     config: &DestinationConfig,
     server: &ServerConfig,
@@ -271,6 +317,7 @@ fn start_slot(
             .dead_letter_dir
             .join(format!("{}.ndjson", config.name)),
         dry_run_path: server.dry_run_dir.join(format!("{}.http", config.name)),
+        hash_salt: server.hash_salt.clone(),
     };
     let (destination, worker) = deliver::start(config, env)?;
     Ok(Slot {
@@ -283,6 +330,7 @@ fn start_slot(
 fn build_routing(
     config: &Config,
     routed: &BTreeMap<String, Arc<Destination>>,
+    edge: Arc<Edge>,
     metrics: &Metrics,
 ) -> Result<Routing, crate::route::RouteError> {
     let mut index = HashMap::new();
@@ -305,6 +353,7 @@ fn build_routing(
         .collect();
     Ok(Routing {
         server: config.server.clone(),
+        edge,
         table,
         destinations,
         route_sampled_out,

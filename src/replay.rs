@@ -79,6 +79,7 @@ pub async fn replay(
             .server
             .dry_run_dir
             .join(format!("{destination}.http")),
+        hash_salt: config.server.hash_salt.clone(),
     };
     let (handle, worker) = deliver::start(&dest_config, env)?;
     for event in events {

@@ -35,6 +35,8 @@ struct CompiledRoute {
     targets: Vec<usize>,
     /// Sessions whose hash is below this are kept; `None` keeps all.
     sample_below: Option<u64>,
+    /// Ingest sources the event must come from; empty: any.
+    sources: Vec<String>,
 }
 
 /// What routing decided for one event.
@@ -86,6 +88,7 @@ impl RouteTable {
                 matchers,
                 targets,
                 sample_below: route.sample.map(sample_threshold),
+                sources: route.sources.clone(),
             });
         }
         Ok(RouteTable { routes: compiled })
@@ -106,6 +109,14 @@ impl RouteTable {
         let mut session_hash = None;
         for (index, route) in self.routes.iter().enumerate() {
             if !route.matchers.iter().any(|m| m.is_match(event_type)) {
+                continue;
+            }
+            if !route.sources.is_empty()
+                && !event
+                    .source
+                    .as_deref()
+                    .is_some_and(|source| route.sources.iter().any(|s| s == source))
+            {
                 continue;
             }
             if let Some(below) = route.sample_below {
@@ -156,6 +167,7 @@ mod tests {
             types: types.iter().map(|s| s.to_string()).collect(),
             to: to.iter().map(|s| s.to_string()).collect(),
             sample,
+            sources: Vec::new(),
         }
     }
 
@@ -191,6 +203,23 @@ mod tests {
             kept += first.destinations.len();
         }
         assert!((400..600).contains(&kept), "kept {kept} of 1000");
+    }
+
+    #[test]
+    fn source_routes_take_only_their_sources_events() {
+        let mut web_only = route("web", &["*"], &["a"], None);
+        web_only.sources = vec!["web".into()];
+        let table = table(&[web_only, route("all", &["*"], &["b"], None)]);
+        let mut d = Decision::default();
+        let mut event = event("playback.paused", "s");
+        table.decide(&event, &mut d);
+        assert_eq!(d.destinations, vec![1], "no source: only the catch-all");
+        event.source = Some("tv".into());
+        table.decide(&event, &mut d);
+        assert_eq!(d.destinations, vec![1]);
+        event.source = Some("web".into());
+        table.decide(&event, &mut d);
+        assert_eq!(d.destinations, vec![0, 1]);
     }
 
     #[test]

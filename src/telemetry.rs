@@ -90,6 +90,11 @@ pub struct Metrics {
     pub config_last_reload_success: Gauge,
     pub config_last_reload_timestamp: Gauge,
     pub config_restart_required: Gauge,
+    /// Ingest requests refused before their body was read, by reason.
+    pub ingest_refused: Family<ReasonLabel, Counter>,
+    pub ingest_open_connections: Gauge,
+    /// Connections closed on a failed TLS handshake or a client too slow to send headers.
+    pub ingest_connection_errors: Family<ReasonLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,6 +142,9 @@ impl Metrics {
             config_last_reload_success: Gauge::default(),
             config_last_reload_timestamp: Gauge::default(),
             config_restart_required: Gauge::default(),
+            ingest_refused: Family::default(),
+            ingest_open_connections: Gauge::default(),
+            ingest_connection_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -254,6 +262,21 @@ impl Metrics {
             "1 when an applied config holds changes that only a restart applies",
             m.config_restart_required.clone(),
         );
+        registry.register(
+            "ingest_refused",
+            "Ingest requests refused by access rules and limits, by reason",
+            m.ingest_refused.clone(),
+        );
+        registry.register(
+            "ingest_open_connections",
+            "Client connections open on the ingest listener",
+            m.ingest_open_connections.clone(),
+        );
+        registry.register(
+            "ingest_connection_errors",
+            "Client connections closed on an error, by reason",
+            m.ingest_connection_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -304,6 +327,23 @@ impl Metrics {
             self.config_restart_required
                 .set(i64::from(restart_required));
         }
+    }
+
+    /// Counts an ingest request refused for `reason`.
+    pub fn refuse(&self, reason: &str) {
+        self.ingest_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn connection_error(&self, reason: &str) {
+        self.ingest_connection_errors
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn reject(&self, reason: &str) {

@@ -419,3 +419,44 @@ mod binary {
         stop(child);
     }
 }
+
+#[tokio::test]
+async fn rotated_ingest_keys_apply_on_reload() {
+    let hook = StandIn::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let version = |key: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndead_letter_dir = {:?}\n[sources.web]\nkeys = [\"{key}\"]\n{}[[routes]]\nname = \"all\"\nmatch = {{ types = [\"*\"] }}\nto = [\"hook\"]\n",
+            dir.path().display().to_string(),
+            destination("hook", &hook.url("/"), 10)
+        )
+    };
+    let relay = start_relay(&version("old-key-0123456789")).await;
+    let post = |key: &'static str| {
+        let addr = relay.local_addr;
+        async move {
+            send(
+                addr,
+                "POST",
+                "/v1/events",
+                &[
+                    ("content-type", "application/x-ndjson"),
+                    ("x-playrelay-key", key),
+                ],
+                ndjson(&numbered_events(0, 1)),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(post("old-key-0123456789").await, 202);
+    let outcome = relay
+        .reloader()
+        .apply(load(&version("new-key-0123456789")))
+        .await;
+    assert!(outcome.applied);
+    assert_eq!(outcome.kept, vec!["hook".to_string()]);
+    assert_eq!(post("old-key-0123456789").await, 401);
+    assert_eq!(post("new-key-0123456789").await, 202);
+    relay.shutdown().await;
+}

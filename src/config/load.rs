@@ -4,7 +4,7 @@
 use super::env::interpolate;
 use super::{
     Config, DestinationCommon, DestinationConfig, DestinationKind, RouteConfig, ServerConfig,
-    COMMON_KEYS, DESTINATION_TYPES,
+    SourceConfig, COMMON_KEYS, DESTINATION_TYPES, PROTECTED_FIELDS,
 };
 use crate::dest::file::FileConfig;
 use crate::dest::ga4::Ga4Config;
@@ -190,6 +190,7 @@ impl Loader<'_> {
         let mut server = None;
         let mut destinations = None;
         let mut routes = None;
+        let mut sources = None;
         let mut server_span = 0..0;
         for (key, value) in root {
             match key.get_ref().as_ref() {
@@ -199,10 +200,11 @@ impl Loader<'_> {
                 }
                 "destinations" => destinations = Some(value),
                 "routes" => routes = Some(value),
+                "sources" => sources = Some(value),
                 other => self.error_at(
                     key.span(),
                     other,
-                    "unknown section (expected server, destinations or routes)",
+                    "unknown section (expected server, sources, destinations or routes)",
                 ),
             }
         }
@@ -232,18 +234,37 @@ impl Loader<'_> {
             Some(value) => self.read_destinations(value),
             None => BTreeMap::new(),
         };
+        let sources = match sources {
+            Some(value) => self.read_sources(value),
+            None => BTreeMap::new(),
+        };
+        let source_names: Vec<String> = sources.keys().cloned().collect();
         let routes = match routes {
-            Some(value) => self.read_routes(value, &declared),
+            Some(value) => self.read_routes(value, &declared, &source_names),
             None => Vec::new(),
         };
         if let Some(server) = &server {
             self.check_server(server);
+            if server.hash_salt.is_none() {
+                for (name, destination) in &destinations {
+                    if !destination.common.hash_fields.is_empty() {
+                        let field = format!("destinations.{name}");
+                        let span = self.find_key_span(&field, "hash_fields").unwrap_or(0..0);
+                        self.error_at(
+                            span,
+                            &format!("{field}.hash_fields"),
+                            "needs server.hash_salt (e.g. hash_salt = \"${PLAYRELAY_HASH_SALT}\")",
+                        );
+                    }
+                }
+            }
         }
         Some(Config {
             source: self.file.to_path_buf(),
             server: server?,
             destinations,
             routes,
+            sources,
         })
     }
 
@@ -271,6 +292,149 @@ impl Loader<'_> {
                 "must be at least server.max_body_bytes",
             );
         }
+        let mut problems: Vec<(&str, String)> = Vec::new();
+        let positive = [
+            ("max_connections", server.max_connections as u64),
+            (
+                "max_in_flight_requests",
+                server.max_in_flight_requests as u64,
+            ),
+            ("header_read_timeout_ms", server.header_read_timeout_ms),
+            ("body_read_timeout_ms", server.body_read_timeout_ms),
+            ("json.max_depth", server.json.max_depth as u64),
+            ("json.max_string_bytes", server.json.max_string_bytes as u64),
+            ("json.max_fields", server.json.max_fields as u64),
+            ("json.max_array_items", server.json.max_array_items as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                problems.push((key, "must be greater than 0".into()));
+            }
+        }
+        if server.json.max_depth > 100 {
+            problems.push(("json.max_depth", "must be at most 100".into()));
+        }
+        if server.max_header_bytes < 8192 {
+            problems.push(("max_header_bytes", "must be at least 8192".into()));
+        }
+        if let Some(limit) = &server.per_client_rate_limit {
+            if limit.requests_per_second == 0 || limit.burst == Some(0) {
+                problems.push((
+                    "per_client_rate_limit",
+                    "requests_per_second and burst must be greater than 0".into(),
+                ));
+            }
+        }
+        if let Some(tls) = &server.tls {
+            for (key, path) in [
+                ("tls.cert_file", &tls.cert_file),
+                ("tls.key_file", &tls.key_file),
+            ] {
+                if let Err(e) = std::fs::metadata(path) {
+                    problems.push((key, format!("cannot read {}: {e}", path.display())));
+                }
+            }
+        }
+        if let Some(salt) = &server.hash_salt {
+            if salt.expose().len() < 16 {
+                problems.push(("hash_salt", "must be at least 16 bytes".into()));
+            }
+        }
+        for (key, message) in problems {
+            let leaf = key.split('.').next_back().unwrap_or(key);
+            let at = self.text[line..]
+                .find(&format!("\n{leaf}"))
+                .or_else(|| self.text[line..].find(leaf))
+                .map_or(line, |i| line + i + 1);
+            self.error_at(at..at, &format!("server.{key}"), message);
+        }
+    }
+
+    fn read_sources(&mut self, value: Spanned<DeValue<'_>>) -> BTreeMap<String, SourceConfig> {
+        let span = value.span();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.error_at(span, "sources", "must be a table of named sources");
+            return BTreeMap::new();
+        };
+        let mut out = BTreeMap::new();
+        let mut keyless: Option<String> = None;
+        let mut seen_keys: Vec<(String, String)> = Vec::new();
+        for (key, value) in table {
+            let name = key.get_ref().to_string();
+            let field = format!("sources.{name}");
+            if !valid_name(&name) {
+                self.error_at(
+                    key.span(),
+                    &field,
+                    "source names use letters, digits, `_` and `-`",
+                );
+            }
+            let Some(raw) = self.read::<RawSource>(&field, value) else {
+                continue;
+            };
+            for (i, k) in raw.keys.iter().enumerate() {
+                let secret = k.get_ref().expose();
+                if secret.len() < 16 {
+                    self.error_at(
+                        k.span(),
+                        &format!("{field}.keys[{i}]"),
+                        "an ingest key must be at least 16 characters",
+                    );
+                } else if let Some((other, _)) =
+                    seen_keys.iter().find(|(_, seen)| seen.as_str() == secret)
+                {
+                    self.error_at(
+                        k.span(),
+                        &format!("{field}.keys[{i}]"),
+                        format!(
+                            "this key is also a key of source {other:?}: a key names one source"
+                        ),
+                    );
+                } else {
+                    seen_keys.push((name.clone(), secret.to_string()));
+                }
+            }
+            if raw.keys.is_empty() {
+                if let Some(other) = &keyless {
+                    self.error_at(
+                        key.span(),
+                        &format!("{field}.keys"),
+                        format!("source {other:?} already takes requests without a key; give this one keys"),
+                    );
+                }
+                keyless = Some(name.clone());
+            }
+            let mut origins = Vec::new();
+            for (i, origin) in raw.allowed_origins.iter().enumerate() {
+                match normalize_origin(origin.get_ref()) {
+                    Ok(o) => origins.push(o),
+                    Err(message) => self.error_at(
+                        origin.span(),
+                        &format!("{field}.allowed_origins[{i}]"),
+                        message,
+                    ),
+                }
+            }
+            if let Some(limit) = &raw.rate_limit {
+                let l = limit.get_ref();
+                if l.requests_per_second == 0 || l.burst == Some(0) {
+                    self.error_at(
+                        limit.span(),
+                        &format!("{field}.rate_limit"),
+                        "requests_per_second and burst must be greater than 0",
+                    );
+                }
+            }
+            out.insert(
+                name,
+                SourceConfig {
+                    keys: raw.keys.into_iter().map(Spanned::into_inner).collect(),
+                    allowed_origins: origins,
+                    rate_limit: raw.rate_limit.map(Spanned::into_inner),
+                },
+            );
+        }
+        out
     }
 
     fn read_destinations(
@@ -479,6 +643,21 @@ impl Loader<'_> {
                 problems.push(("path", "must not be empty".to_string()));
             }
         }
+        for (key, paths) in [
+            ("drop_fields", &common.drop_fields),
+            ("hash_fields", &common.hash_fields),
+        ] {
+            for path in paths {
+                if path.is_empty() || path.split('.').any(str::is_empty) {
+                    problems.push((key, format!("{path:?} is not a dotted field path")));
+                } else if PROTECTED_FIELDS.contains(&path.as_str()) {
+                    problems.push((
+                        key,
+                        format!("{path:?} cannot be removed or rewritten: events need it"),
+                    ));
+                }
+            }
+        }
         for (key, message) in problems {
             let span = self.find_key_span(field, key).unwrap_or_else(|| at.clone());
             self.error_at(span, &format!("{field}.{key}"), message);
@@ -503,6 +682,7 @@ impl Loader<'_> {
         &mut self,
         value: Spanned<DeValue<'_>>,
         declared: &[String],
+        sources: &[String],
     ) -> Vec<RouteConfig> {
         let span = value.span();
         let DeValue::Array(items) = value.into_inner() else {
@@ -534,12 +714,36 @@ impl Loader<'_> {
                     ),
                 }
             }
+            let mut route_sources = Vec::new();
+            for (j, source) in raw.r#match.get_ref().sources.iter().enumerate() {
+                if sources.contains(source.get_ref()) {
+                    route_sources.push(source.get_ref().clone());
+                } else {
+                    self.error_at(
+                        source.span(),
+                        &format!("{field}.match.sources[{j}]"),
+                        format!(
+                            "no source named {:?} (defined: {})",
+                            source.get_ref(),
+                            if sources.is_empty() {
+                                "none".to_string()
+                            } else {
+                                sources.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
             if raw.r#match.get_ref().types.is_empty() {
-                self.error_at(
-                    raw.r#match.span(),
-                    &format!("{field}.match.types"),
-                    "must name at least one type glob (\"*\" for all)",
-                );
+                if raw.r#match.get_ref().sources.is_empty() {
+                    self.error_at(
+                        raw.r#match.span(),
+                        &format!("{field}.match.types"),
+                        "must name at least one type glob (\"*\" for all) or a source",
+                    );
+                } else {
+                    types.push("*".to_string());
+                }
             }
             let mut to = Vec::new();
             for (j, target) in raw.to.iter().enumerate() {
@@ -577,6 +781,7 @@ impl Loader<'_> {
                 types,
                 to,
                 sample: raw.sample.map(|s| s.into_inner()),
+                sources: route_sources,
             });
         }
         out
@@ -596,7 +801,47 @@ struct RawRoute {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
+    #[serde(default)]
     types: Vec<Spanned<String>>,
+    /// Sources the event came through; empty: any.
+    #[serde(default)]
+    sources: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    #[serde(default)]
+    keys: Vec<Spanned<super::Secret>>,
+    #[serde(default)]
+    allowed_origins: Vec<Spanned<String>>,
+    #[serde(default)]
+    rate_limit: Option<Spanned<super::IngestRateLimit>>,
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, lower case, no path. `*`: any.
+fn normalize_origin(origin: &str) -> Result<String, String> {
+    if origin == "*" {
+        return Ok(origin.to_string());
+    }
+    let bad =
+        || format!("{origin:?} is not an origin: write scheme://host[:port], no path (or \"*\")");
+    let uri: http::Uri = origin.parse().map_err(|_| bad())?;
+    let scheme = uri.scheme_str().ok_or_else(bad)?;
+    let authority = uri.authority().ok_or_else(bad)?;
+    if !matches!(scheme, "http" | "https")
+        || origin.ends_with('/')
+        || uri
+            .path_and_query()
+            .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+        || authority.as_str().contains('@')
+    {
+        return Err(bad());
+    }
+    Ok(format!(
+        "{scheme}://{}",
+        authority.as_str().to_ascii_lowercase()
+    ))
 }
 
 fn check_http_url(url: &str) -> Result<(), String> {
@@ -790,5 +1035,112 @@ sample = 0.25
         let errors = load(&text).expect_err("invalid").0;
         assert_eq!(errors[0].field, "destinations.local.events");
         assert_eq!(errors[0].line, 14);
+    }
+
+    const EDGE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+trusted_proxies = ["10.0.0.0/8"]
+per_client_rate_limit = { requests_per_second = 5 }
+json = { max_depth = 10 }
+
+[sources.web]
+keys = ["${TOKEN}-0123456789abcdef"]
+allowed_origins = ["https://Player.Example.com"]
+rate_limit = { requests_per_second = 50, burst = 100 }
+
+[sources.open]
+allowed_origins = ["*"]
+
+[destinations.local]
+type = "file"
+path = "out.ndjson"
+consent = "analytics"
+drop_fields = ["properties.email"]
+ip = "drop"
+
+[[routes]]
+name = "web"
+match = { sources = ["web"] }
+to = ["local"]
+"#;
+
+    #[test]
+    fn edge_keys_load_with_defaults() {
+        let config = load(EDGE).expect("valid");
+        let server = &config.server;
+        assert_eq!(server.max_connections, 10_000);
+        assert_eq!(server.max_in_flight_requests, 1_024);
+        assert_eq!(server.header_read_timeout_ms, 10_000);
+        assert_eq!(server.body_read_timeout_ms, 30_000);
+        assert_eq!(server.max_header_bytes, 16_384);
+        assert_eq!(server.json.max_depth, 10);
+        assert_eq!(server.json.max_array_items, 1_000);
+        assert_eq!(server.admin_listen, None);
+        let web = &config.sources["web"];
+        assert_eq!(web.keys[0].expose(), "t0k-0123456789abcdef");
+        assert_eq!(web.allowed_origins, vec!["https://player.example.com"]);
+        assert!(config.sources["open"].keys.is_empty());
+        assert_eq!(config.routes[0].types, vec!["*"]);
+        assert_eq!(config.routes[0].sources, vec!["web"]);
+        assert!(
+            !format!("{config:?}").contains("t0k"),
+            "a key shows in Debug"
+        );
+    }
+
+    #[test]
+    fn edge_mistakes_are_located() {
+        let text = EDGE
+            .replace("${TOKEN}-0123456789abcdef", "short")
+            .replace(
+                "https://Player.Example.com",
+                "https://player.example.com/path",
+            )
+            .replace("sources = [\"web\"]", "sources = [\"mobile\"]")
+            .replace(
+                "drop_fields = [\"properties.email\"]",
+                "drop_fields = [\"event_id\"]\nhash_fields = [\"user.user_id\"]",
+            )
+            .replace(
+                "trusted_proxies = [\"10.0.0.0/8\"]",
+                "trusted_proxies = [\"10.0.0.0/99\"]",
+            );
+        let errors = load(&text).expect_err("invalid").0;
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"server.trusted_proxies"), "{fields:?}");
+        let text = EDGE
+            .replace("${TOKEN}-0123456789abcdef", "short")
+            .replace(
+                "https://Player.Example.com",
+                "https://player.example.com/path",
+            )
+            .replace("sources = [\"web\"]", "sources = [\"mobile\"]")
+            .replace(
+                "drop_fields = [\"properties.email\"]",
+                "drop_fields = [\"event_id\"]\nhash_fields = [\"user.user_id\"]",
+            );
+        let errors = load(&text).expect_err("invalid").0;
+        let summary: Vec<(usize, &str)> =
+            errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (9, "sources.web.keys[0]"),
+                (10, "sources.web.allowed_origins[0]"),
+                (20, "destinations.local.drop_fields"),
+                (21, "destinations.local.hash_fields"),
+                (26, "routes[0].match.sources[0]"),
+            ],
+            "{}",
+            ConfigErrors(errors.clone())
+        );
+        let two_open = EDGE.replace("keys = [\"${TOKEN}-0123456789abcdef\"]\n", "");
+        let errors = load(&two_open).expect_err("invalid").0;
+        assert!(errors[0].message.contains("without a key"), "{}", errors[0]);
+        let small = EDGE.replace("json = { max_depth = 10 }", "max_header_bytes = 100");
+        let errors = load(&small).expect_err("invalid").0;
+        assert_eq!(errors[0].field, "server.max_header_bytes");
+        assert_eq!(errors[0].line, 6);
     }
 }

@@ -1,9 +1,14 @@
 //! `routes.toml`: typed, defaulted, and validated in one place ([`load`]), with every
 //! error naming the file, the line and the field.
 
+mod edge;
 mod env;
 mod load;
 
+pub use edge::{
+    canonical, Cidr, ConsentCategory, InboundTls, IngestRateLimit, IpPolicy, Secret, SourceConfig,
+    PROTECTED_FIELDS,
+};
 pub use load::{load_file, load_str, ConfigError, ConfigErrors};
 
 use crate::dest::file::FileConfig;
@@ -24,6 +29,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub destinations: BTreeMap<String, DestinationConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[sources.NAME]`: ingest keys, allowed origins, rate limits. Empty: open ingest.
+    pub sources: BTreeMap<String, SourceConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -50,6 +57,39 @@ pub struct ServerConfig {
     /// Trusted roots for outbound TLS.
     #[serde(default)]
     pub tls_roots: crate::deliver::TlsRoots,
+    /// Where `/metrics` is served instead of `listen`; unset: on `listen`.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers, CDNs).
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Open client connections at once; more wait in the kernel's backlog.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Ingest requests handled at once; more get 503 with `Retry-After`.
+    #[serde(default = "defaults::max_in_flight_requests")]
+    pub max_in_flight_requests: usize,
+    /// Time a client has to send a request's headers (and a TLS handshake).
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's body.
+    #[serde(default = "defaults::body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// Largest request head (request line and headers); at least 8192.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Serve HTTPS with these files.
+    #[serde(default)]
+    pub tls: Option<InboundTls>,
+    /// Requests per second per client address (IPv6: per /64).
+    #[serde(default)]
+    pub per_client_rate_limit: Option<IngestRateLimit>,
+    /// Limits on the shape of the JSON of each request.
+    #[serde(default)]
+    pub json: crate::event::JsonLimits,
+    /// The key of `hash_fields` (HMAC-SHA-256); take it from the environment.
+    #[serde(default)]
+    pub hash_salt: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +153,18 @@ pub struct DestinationCommon {
     /// Write the requests to `server.dry_run_dir/<name>.http` instead of sending them.
     #[serde(default)]
     pub dry_run: bool,
+    /// Events whose `context.consent.<category>` is `false` are not sent here.
+    #[serde(default)]
+    pub consent: Option<ConsentCategory>,
+    /// Dotted paths removed from events before they are sent here.
+    #[serde(default)]
+    pub drop_fields: Vec<String>,
+    /// Dotted paths replaced by their keyed SHA-256 (`server.hash_salt`) before sending.
+    #[serde(default)]
+    pub hash_fields: Vec<String>,
+    /// What happens to `context.ip`.
+    #[serde(default)]
+    pub ip: IpPolicy,
 }
 
 /// The keys of [`DestinationCommon`], which are split off before the type's own keys are read.
@@ -127,6 +179,10 @@ pub(crate) const COMMON_KEYS: &[&str] = &[
     "retry",
     "breaker",
     "dry_run",
+    "consent",
+    "drop_fields",
+    "hash_fields",
+    "ip",
 ];
 
 /// Limits on what the relay sends a destination, per second, with a burst allowance.
@@ -278,6 +334,8 @@ pub struct RouteConfig {
     pub to: Vec<String>,
     /// Share of sessions kept, 0.0–1.0; whole sessions, decided from `session.id`.
     pub sample: Option<f64>,
+    /// Ingest sources the event must have come through; empty: any.
+    pub sources: Vec<String>,
 }
 
 mod defaults {
@@ -337,5 +395,20 @@ mod defaults {
     }
     pub fn probe_interval_ms() -> u64 {
         5_000
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn max_in_flight_requests() -> usize {
+        1_024
+    }
+    pub fn header_read_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn body_read_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn max_header_bytes() -> usize {
+        16 * 1024
     }
 }

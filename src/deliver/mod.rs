@@ -116,6 +116,8 @@ pub struct Environment {
     pub dead_letter_path: PathBuf,
     /// Where a `dry_run` destination writes its requests.
     pub dry_run_path: PathBuf,
+    /// The key of the destination's `hash_fields`.
+    pub hash_salt: Option<crate::config::Secret>,
 }
 
 /// Starts a destination's worker. Dropping the returned [`Destination`] closes its
@@ -167,6 +169,7 @@ pub fn start(
         clock: env.clock.clone(),
         secrets,
         abandon: env.abandon.clone(),
+        privacy: crate::privacy::Policy::new(&config.common, env.hash_salt.as_ref()),
     });
     let (sender, receiver) = mpsc::channel(config.common.queue.max_events);
     let (overflow, overflow_rx) = match config.common.queue.when_full {
@@ -209,6 +212,8 @@ struct Stack {
     clock: Clock,
     secrets: Vec<String>,
     abandon: watch::Receiver<bool>,
+    /// Consent, dropped and hashed fields, IP; `None` when the destination has no rules.
+    privacy: Option<crate::privacy::Policy>,
 }
 
 impl Stack {
@@ -307,6 +312,42 @@ async fn write_overflow(stack: Arc<Stack>, mut overflow: mpsc::Receiver<Arc<Even
     }
 }
 
+/// The privacy rules over a batch: events without consent are dropped and counted;
+/// the rest come back as received (for dead letters) and as the destination may see
+/// them (for translation), index for index.
+fn apply_privacy(
+    stack: &Stack,
+    policy: &crate::privacy::Policy,
+    batch: Vec<Arc<Event>>,
+) -> (Vec<Arc<Event>>, Vec<Arc<Event>>) {
+    let mut kept = Vec::with_capacity(batch.len());
+    let mut view = Vec::with_capacity(batch.len());
+    for event in batch {
+        if !policy.consents(&event) {
+            stack.metrics.dropped("consent", 1);
+            stack.metrics.in_flight.dec();
+            continue;
+        }
+        if !policy.rewrites() {
+            view.push(event.clone());
+            kept.push(event);
+            continue;
+        }
+        match policy.apply(&event) {
+            Ok(rewritten) => {
+                view.push(Arc::new(rewritten));
+                kept.push(event);
+            }
+            Err(error) => {
+                tracing::warn!(destination = %stack.name, event_id = %event.event_id(), %error, "event left out by the privacy rules");
+                stack.metrics.dropped("privacy", 1);
+                stack.metrics.in_flight.dec();
+            }
+        }
+    }
+    (kept, view)
+}
+
 /// Translates a batch and starts its requests, each under the concurrency limit.
 async fn dispatch(
     stack: &Arc<Stack>,
@@ -314,19 +355,36 @@ async fn dispatch(
     tasks: &mut JoinSet<()>,
     mut permit: Option<OwnedSemaphorePermit>,
 ) {
-    let events: Vec<&Event> = batch.iter().map(|e| e.as_ref()).collect();
+    let (batch, view) = match &stack.privacy {
+        Some(policy) => {
+            let (kept, view) = apply_privacy(stack, policy, batch);
+            (kept, Some(view))
+        }
+        None => (batch, None),
+    };
+    if batch.is_empty() {
+        return;
+    }
+    // What the destination sees; dead letters keep `originals`, as received.
+    let events: Vec<&Event> = view
+        .as_ref()
+        .unwrap_or(&batch)
+        .iter()
+        .map(|e| e.as_ref())
+        .collect();
+    let originals: Vec<&Event> = batch.iter().map(|e| e.as_ref()).collect();
     let translator = match &stack.sink {
         Sink::Http(translator) => translator,
         Sink::File(sink) => {
             let (written, refused) = sink.write(&events).await;
-            settle_refusals(stack, &events, &refused).await;
+            settle_refusals(stack, &originals, &refused).await;
             match written {
                 Ok(n) => {
                     stack.metrics.sent.inc_by(n.len() as u64);
                     stack.metrics.in_flight.dec_by(n.len() as i64);
                 }
                 Err((indices, error)) => {
-                    let failed: Vec<&Event> = indices.iter().map(|i| events[*i]).collect();
+                    let failed: Vec<&Event> = indices.iter().map(|i| originals[*i]).collect();
                     let mut cause = Cause::new("write_failed");
                     cause.error = Some(error.to_string());
                     cause.attempts = 1;
@@ -337,7 +395,7 @@ async fn dispatch(
         }
     };
     let translation = translator.translate(&events, (stack.clock)());
-    settle_refusals(stack, &events, &translation.refused).await;
+    settle_refusals(stack, &originals, &translation.refused).await;
     for request in translation.requests {
         let held: Vec<Arc<Event>> = request.events.iter().map(|i| batch[*i].clone()).collect();
         let stack = stack.clone();

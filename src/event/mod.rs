@@ -1,8 +1,10 @@
 //! `player-event/1`: the typed event, its validation, and how request bodies become events.
 
+mod limits;
 mod parse;
 mod types;
 
+pub use limits::JsonLimits;
 pub use parse::{parse_body, BodyError, BodyFormat, BodyLimits, ParsedBody, Rejection};
 pub use types::*;
 

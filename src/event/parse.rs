@@ -1,6 +1,7 @@
 //! Request bodies → events. A body that is not well-formed as a whole is refused whole
 //! (nothing half-parsed is forwarded); a well-formed body is judged event by event.
 
+use super::limits::{check, JsonLimits, LimitError};
 use super::{Event, EventError};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -17,6 +18,17 @@ pub enum BodyFormat {
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimits {
     pub max_events: usize,
+    /// The shape of the JSON, checked before any event is parsed.
+    pub json: JsonLimits,
+}
+
+impl BodyLimits {
+    pub fn new(max_events: usize) -> BodyLimits {
+        BodyLimits {
+            max_events,
+            json: JsonLimits::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +61,8 @@ pub enum BodyError {
     TooManyEvents { max: usize },
     #[error("body is empty")]
     Empty,
+    #[error("{at}: {message}")]
+    Limit { at: String, message: String },
 }
 
 pub fn parse_body(
@@ -57,6 +71,7 @@ pub fn parse_body(
     limits: BodyLimits,
     received_at: OffsetDateTime,
 ) -> Result<ParsedBody, BodyError> {
+    prescan(body, format, &limits)?;
     let records = match format {
         BodyFormat::Json => split_json(body)?,
         BodyFormat::Ndjson => split_ndjson(body)?,
@@ -80,6 +95,40 @@ pub fn parse_body(
         }
     }
     Ok(parsed)
+}
+
+/// The shape limits, over the whole body, before serde allocates anything per value.
+fn prescan(body: &[u8], format: BodyFormat, limits: &BodyLimits) -> Result<(), BodyError> {
+    let mut events = 0;
+    let result = match format {
+        BodyFormat::Json => check(
+            body,
+            &limits.json,
+            true,
+            limits.max_events,
+            &mut events,
+            None,
+        ),
+        BodyFormat::Ndjson => body
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .try_for_each(|(i, line)| {
+                check(
+                    line,
+                    &limits.json,
+                    false,
+                    limits.max_events,
+                    &mut events,
+                    Some(i + 1),
+                )
+            }),
+    };
+    result.map_err(|e| match e {
+        LimitError::TooManyEvents => BodyError::TooManyEvents {
+            max: limits.max_events,
+        },
+        LimitError::Shape { at, message } => BodyError::Limit { at, message },
+    })
 }
 
 fn rejection(index: usize, err: &EventError) -> Rejection {
@@ -153,7 +202,15 @@ mod tests {
     use super::*;
 
     const EVENT: &str = r#"{"event_id":"0190f6d2-7c3a-7b1e-9a1e-3f2c8d1e4b55","type":"playback.paused","timestamp":"2026-01-15T10:20:30.123Z","session":{"id":"s1"},"user":{"anonymous_id":"a-1"}}"#;
-    const LIMITS: BodyLimits = BodyLimits { max_events: 3 };
+    const LIMITS: BodyLimits = BodyLimits {
+        max_events: 3,
+        json: JsonLimits {
+            max_depth: 32,
+            max_string_bytes: 65536,
+            max_fields: 256,
+            max_array_items: 1000,
+        },
+    };
 
     fn parse(body: &str, format: BodyFormat) -> Result<ParsedBody, BodyError> {
         parse_body(body.as_bytes(), format, LIMITS, OffsetDateTime::UNIX_EPOCH)

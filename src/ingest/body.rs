@@ -10,7 +10,9 @@ use std::io::Read;
 
 type Refusal = (StatusCode, String);
 
-pub fn format(headers: &HeaderMap) -> Result<BodyFormat, Refusal> {
+/// The body's format from its `Content-Type`; `None` for `text/plain` (what
+/// `navigator.sendBeacon` sends for a string), decided from the bytes by [`sniff`].
+pub fn format(headers: &HeaderMap) -> Result<Option<BodyFormat>, Refusal> {
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return Err(unsupported("missing Content-Type"));
     };
@@ -22,19 +24,34 @@ pub fn format(headers: &HeaderMap) -> Result<BodyFormat, Refusal> {
         .trim()
         .to_ascii_lowercase();
     match essence.as_str() {
-        "application/json" => Ok(BodyFormat::Json),
+        "application/json" => Ok(Some(BodyFormat::Json)),
         "application/x-ndjson"
         | "application/ndjson"
         | "application/jsonl"
-        | "application/x-jsonlines" => Ok(BodyFormat::Ndjson),
+        | "application/x-jsonlines" => Ok(Some(BodyFormat::Ndjson)),
+        "text/plain" => Ok(None),
         _ => Err(unsupported(&format!("Content-Type {value:?}"))),
+    }
+}
+
+/// A `text/plain` body: one JSON value (an event or an array) is JSON; several
+/// values, one per line, are NDJSON.
+pub fn sniff(bytes: &[u8]) -> BodyFormat {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return BodyFormat::Json;
+    }
+    let mut values =
+        serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
+    match (values.next(), values.next()) {
+        (Some(Ok(_)), Some(_)) => BodyFormat::Ndjson,
+        _ => BodyFormat::Json,
     }
 }
 
 fn unsupported(what: &str) -> Refusal {
     (
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        format!("{what} is not supported: send application/json (an event or an array) or application/x-ndjson"),
+        format!("{what} is not supported: send application/json (an event or an array), application/x-ndjson or text/plain"),
     )
 }
 

@@ -1,25 +1,77 @@
 //! The HTTP front door: `POST /v1/events` plus health, readiness and metrics.
+//!
+//! A request passes, in order: the cap on requests in flight (`503`), the client's rate
+//! limit (`429`), its key (`401`), its origin (`403`), its key's rate limit (`429`), the
+//! body's type, size, read time and shape (`415`, `413`, `408`, `400`); then its events
+//! are validated one by one and routed.
 
+pub mod auth;
 mod body;
+pub mod cors;
+pub mod limits;
+pub mod serve;
+pub mod tls;
 
+use crate::config::Config;
 use crate::event::{parse_body, BodyError, BodyLimits, Rejection};
 use crate::route::Decision;
-use crate::Relay;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use crate::{Relay, Routing};
+use auth::{Identity, Sources};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{CONNECTION, ORIGIN, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use limits::Clients;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 
-/// The relay's HTTP routes; tests can drive it without a socket.
+/// Who may post and how fast: built once from the config at start.
+pub struct Edge {
+    pub sources: Sources,
+    pub clients: Clients,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Edge {
+    pub fn new(config: &Config) -> Edge {
+        Edge {
+            sources: Sources::new(&config.sources),
+            clients: Clients::new(
+                config.server.per_client_rate_limit,
+                config.server.trusted_proxies.clone(),
+            ),
+            in_flight: Arc::new(Semaphore::new(config.server.max_in_flight_requests)),
+        }
+    }
+}
+
+/// The relay's HTTP routes on the edge listener; tests can drive it without a socket.
+/// `/metrics` is here only when no `admin_listen` is configured.
 pub fn app(relay: Arc<Relay>) -> Router {
+    let mut router = Router::new()
+        .route("/v1/events", post(ingest).options(preflight))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    if relay.routing.load().server.admin_listen.is_none() {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(relay)
+}
+
+/// The admin listener's routes: metrics, health and readiness, no ingest.
+pub fn admin_app(relay: Arc<Relay>) -> Router {
     Router::new()
-        .route("/v1/events", post(ingest))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(relay)
@@ -31,15 +83,97 @@ struct Accepted {
     rejected: Vec<Rejection>,
 }
 
-async fn ingest(
-    State(relay): State<Arc<Relay>>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Response {
-    let response = match ingest_inner(&relay, &headers, body).await {
+/// A request refused before or while its body was read.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    /// The `reason` of `playrelay_ingest_refused_total`, for access and limit refusals.
+    reason: Option<&'static str>,
+    retry_after: Option<u64>,
+    close: bool,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+            reason: None,
+            retry_after: None,
+            close: false,
+        }
+    }
+
+    fn counted(mut self, reason: &'static str) -> Refusal {
+        self.reason = Some(reason);
+        self
+    }
+
+    fn rate_limited(reason: &'static str, who: &str, wait: Duration) -> Refusal {
+        let seconds = limits::retry_after_secs(wait);
+        Refusal {
+            retry_after: Some(seconds),
+            ..Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{who} is over its rate limit: retry in {seconds} s"),
+            )
+            .counted(reason)
+        }
+    }
+
+    fn into_response(self, relay: &Relay) -> Response {
+        if let Some(reason) = self.reason {
+            relay.metrics.refuse(reason);
+        }
+        let mut response = error(self.status, &self.message);
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.close {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+impl From<(StatusCode, String)> for Refusal {
+    fn from((status, message): (StatusCode, String)) -> Refusal {
+        Refusal::new(status, message)
+    }
+}
+
+fn peer(request: &Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+async fn ingest(State(relay): State<Arc<Relay>>, request: Request) -> Response {
+    let origin = request.headers().get(ORIGIN).cloned();
+    // One snapshot for the whole request: limits, keys and routing from the same config.
+    let routing = relay.routing.load_full();
+    let mut identity = None;
+    let mut response = match ingest_inner(&relay, &routing, request, &mut identity).await {
         Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
-        Err((status, message)) => error(status, &message),
+        Err(refusal) => refusal.into_response(&relay),
     };
+    // Answers are readable by an origin the request's source allows (any source's,
+    // when the request was refused before its source was known).
+    if let Some(origin) = origin.as_ref() {
+        let text = origin.to_str().unwrap_or("");
+        let allowed = match identity.and_then(|i| routing.edge.sources.source(i)) {
+            Some(source) => source.allows_origin(text),
+            None => routing.edge.sources.any_allows_origin(text),
+        };
+        if allowed {
+            cors::allow(response.headers_mut(), origin);
+        }
+    }
     relay
         .metrics
         .ingest_requests
@@ -52,21 +186,91 @@ async fn ingest(
 
 async fn ingest_inner(
     relay: &Relay,
-    headers: &HeaderMap,
-    body: axum::body::Body,
-) -> Result<Accepted, (StatusCode, String)> {
-    // One snapshot for the whole request: limits and routing from the same config.
-    let routing = relay.routing.load_full();
+    routing: &Routing,
+    request: Request,
+    identity_out: &mut Option<Identity>,
+) -> Result<Accepted, Refusal> {
+    let edge = &routing.edge;
+    let Ok(_in_flight) = edge.in_flight.clone().try_acquire_owned() else {
+        return Err(Refusal {
+            retry_after: Some(1),
+            ..Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the relay is handling too many requests: retry in 1 s",
+            )
+            .counted("overloaded")
+        });
+    };
+    let client = edge.clients.client_ip(peer(&request), request.headers());
+    if let Err(wait) = edge.clients.check(client) {
+        return Err(Refusal::rate_limited(
+            "rate_limited_client",
+            "this client",
+            wait,
+        ));
+    }
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let key = auth::presented_key(headers, &parts.uri);
+    let identity = edge
+        .sources
+        .identify(key.as_deref())
+        .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, e.message()).counted("unauthorized"))?;
+    *identity_out = Some(identity);
+    let source = edge.sources.source(identity);
+    if let (Some(source), Some(origin)) = (source, headers.get(ORIGIN)) {
+        let origin = origin.to_str().unwrap_or("?");
+        if !source.allows_origin(origin) {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "origin {origin:?} is not allowed to post as source {:?}",
+                    &*source.name
+                ),
+            )
+            .counted("origin_not_allowed"));
+        }
+    }
+    if let Err(wait) = edge.sources.check_rate(identity) {
+        return Err(Refusal::rate_limited(
+            "rate_limited_source",
+            "this key",
+            wait,
+        ));
+    }
     let server = &routing.server;
     let format = body::format(headers)?;
-    let bytes = body::read(headers, body, server).await?;
+    let read_timeout = Duration::from_millis(server.body_read_timeout_ms);
+    let bytes = match tokio::time::timeout(read_timeout, body::read(headers, body, server)).await {
+        Ok(read) => read?,
+        Err(_) => {
+            return Err(Refusal {
+                close: true,
+                ..Refusal::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within server.body_read_timeout_ms ({} ms)",
+                        server.body_read_timeout_ms
+                    ),
+                )
+                .counted("body_timeout")
+            })
+        }
+    };
+    let format = format.unwrap_or_else(|| body::sniff(&bytes));
     let received_at = (relay.clock)();
     let limits = BodyLimits {
         max_events: server.max_events_per_request,
+        json: server.json,
     };
     let parsed = parse_body(&bytes, format, limits, received_at).map_err(|e| match e {
-        BodyError::TooManyEvents { .. } => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-        _ => (StatusCode::BAD_REQUEST, e.to_string()),
+        BodyError::TooManyEvents { .. } => {
+            Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).counted("limit_exceeded")
+        }
+        BodyError::Limit { .. } => {
+            Refusal::new(StatusCode::BAD_REQUEST, e.to_string()).counted("limit_exceeded")
+        }
+        _ => Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
     })?;
     let metrics = &relay.metrics;
     let total = (parsed.events.len() + parsed.rejected.len()) as u64;
@@ -79,8 +283,10 @@ async fn ingest_inner(
         tracing::debug!(rejected = parsed.rejected.len(), first = %parsed.rejected[0].error, "events rejected");
     }
     let accepted = parsed.events.len();
+    let source_name = source.map(|s| s.name.clone());
     let mut decision = Decision::default();
-    for event in parsed.events {
+    for mut event in parsed.events {
+        event.source = source_name.clone();
         routing.table.decide(&event, &mut decision);
         for route in &decision.sampled_out {
             routing.route_sampled_out[*route].inc();
@@ -98,6 +304,39 @@ async fn ingest_inner(
         accepted,
         rejected: parsed.rejected,
     })
+}
+
+/// `OPTIONS /v1/events`: CORS preflight. Judged by the source of `?key=` when the URL
+/// has one (sendBeacon-style URLs do), else by every source's allowed origins.
+async fn preflight(State(relay): State<Arc<Relay>>, request: Request) -> Response {
+    let routing = relay.routing.load_full();
+    let edge = &routing.edge;
+    let client = edge.clients.client_ip(peer(&request), request.headers());
+    if let Err(wait) = edge.clients.check(client) {
+        return Refusal::rate_limited("rate_limited_client", "this client", wait)
+            .into_response(&relay);
+    }
+    let headers: &HeaderMap = request.headers();
+    let Some(origin) = headers.get(ORIGIN) else {
+        return cors::options();
+    };
+    let text = origin.to_str().unwrap_or("");
+    let allowed = match auth::query_key(request.uri()) {
+        Some(key) => match edge.sources.identify(Some(&key)) {
+            Ok(identity) => edge
+                .sources
+                .source(identity)
+                .is_some_and(|s| s.allows_origin(text)),
+            Err(_) => false,
+        },
+        None => edge.sources.any_allows_origin(text),
+    };
+    match cors::preflight(headers, origin, allowed) {
+        Ok(response) => response,
+        Err(message) => Refusal::new(StatusCode::FORBIDDEN, message)
+            .counted("cors")
+            .into_response(&relay),
+    }
 }
 
 async fn healthz() -> Response {

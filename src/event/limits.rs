@@ -1,0 +1,442 @@
+//! A cheap pre-scan of a request body, before anything is allocated per value: nesting
+//! depth, string length, fields per object, items per array, duplicate keys, and the
+//! number of events. It never allocates more than a few bytes per open object, and it
+//! leaves syntax to serde: on bytes it does not understand it stops and says nothing.
+
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// `[server.json]`: the shape a request's JSON may have.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JsonLimits {
+    /// Nesting inside one event; the event object itself is depth 1. At most 100.
+    #[serde(default = "defaults::max_depth")]
+    pub max_depth: usize,
+    /// Length of one string (key or value) in bytes, as sent (escapes count as written).
+    #[serde(default = "defaults::max_string_bytes")]
+    pub max_string_bytes: usize,
+    /// Keys in one object.
+    #[serde(default = "defaults::max_fields")]
+    pub max_fields: usize,
+    /// Items in one array inside an event (the top-level array of events is limited by
+    /// `max_events_per_request` instead).
+    #[serde(default = "defaults::max_array_items")]
+    pub max_array_items: usize,
+}
+
+mod defaults {
+    pub fn max_depth() -> usize {
+        32
+    }
+    pub fn max_string_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn max_fields() -> usize {
+        256
+    }
+    pub fn max_array_items() -> usize {
+        1_000
+    }
+}
+
+impl Default for JsonLimits {
+    fn default() -> Self {
+        JsonLimits {
+            max_depth: defaults::max_depth(),
+            max_string_bytes: defaults::max_string_bytes(),
+            max_fields: defaults::max_fields(),
+            max_array_items: defaults::max_array_items(),
+        }
+    }
+}
+
+/// Which limit a body broke, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitError {
+    /// `at` is the event (`[3]`, `line 3`) and the path inside it.
+    Shape {
+        at: String,
+        message: String,
+    },
+    TooManyEvents,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Object,
+    Array,
+}
+
+struct Frame<'a> {
+    kind: Kind,
+    /// Items so far (array) or keys so far (object).
+    count: usize,
+    /// Object: the next string is a key.
+    expect_key: bool,
+    /// Object: the last key read, for paths.
+    key: &'a [u8],
+    keys: Vec<Cow<'a, [u8]>>,
+    /// The array of events at the top of a JSON body: counted against `max_events`,
+    /// not against depth or `max_array_items`.
+    batch: bool,
+}
+
+/// Checks one JSON text. `batch`: a top-level array holds events (JSON bodies);
+/// `events` counts events so far (shared across NDJSON lines), `line` names NDJSON lines.
+pub(crate) fn check(
+    text: &[u8],
+    limits: &JsonLimits,
+    batch: bool,
+    max_events: usize,
+    events: &mut usize,
+    line: Option<usize>,
+) -> Result<(), LimitError> {
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut i = 0;
+    let mut top_values = 0usize;
+    while i < text.len() {
+        let byte = text[i];
+        match byte {
+            b' ' | b'\t' | b'\n' | b'\r' | b':' => i += 1,
+            b',' => {
+                if let Some(frame) = stack.last_mut() {
+                    if frame.kind == Kind::Object {
+                        frame.expect_key = true;
+                    }
+                }
+                i += 1;
+            }
+            b'"' => {
+                let start = i + 1;
+                let Some(end) = string_end(text, start) else {
+                    return Ok(()); // unterminated: serde says so
+                };
+                let len = end - start;
+                let is_key = stack
+                    .last()
+                    .is_some_and(|f| f.kind == Kind::Object && f.expect_key);
+                if len > limits.max_string_bytes {
+                    let what = if is_key { "key" } else { "string" };
+                    return Err(shape(
+                        &stack,
+                        line,
+                        format!(
+                            "{what} is {len} bytes, more than json.max_string_bytes ({})",
+                            limits.max_string_bytes
+                        ),
+                    ));
+                }
+                if is_key {
+                    let raw = &text[start..end];
+                    let frame = stack.last_mut().expect("checked above");
+                    frame.expect_key = false;
+                    frame.count += 1;
+                    frame.key = raw;
+                    if frame.count > limits.max_fields {
+                        return Err(shape(
+                            &stack,
+                            line,
+                            format!(
+                                "object has more than json.max_fields ({}) keys",
+                                limits.max_fields
+                            ),
+                        ));
+                    }
+                    frame.keys.push(unescape(&text[start - 1..=end], raw));
+                } else {
+                    value_starts(&mut stack, limits, line, max_events, events)?;
+                    if stack.is_empty() {
+                        top_values += 1;
+                    }
+                }
+                i = end + 1;
+            }
+            b'{' | b'[' => {
+                value_starts(&mut stack, limits, line, max_events, events)?;
+                let kind = if byte == b'{' {
+                    Kind::Object
+                } else {
+                    Kind::Array
+                };
+                let is_batch = batch && stack.is_empty() && kind == Kind::Array;
+                if stack.is_empty() {
+                    top_values += 1;
+                    if !is_batch {
+                        count_event(events, max_events)?;
+                    }
+                }
+                stack.push(Frame {
+                    kind,
+                    count: 0,
+                    expect_key: kind == Kind::Object,
+                    key: b"",
+                    keys: Vec::new(),
+                    batch: is_batch,
+                });
+                let depth = stack.iter().filter(|f| !f.batch).count();
+                if depth > limits.max_depth {
+                    return Err(shape(
+                        &stack[..stack.len() - 1],
+                        line,
+                        format!("nested deeper than json.max_depth ({})", limits.max_depth),
+                    ));
+                }
+                i += 1;
+            }
+            b'}' | b']' => {
+                let Some(frame) = stack.pop() else {
+                    return Ok(());
+                };
+                if frame.kind == Kind::Object {
+                    if let Some(key) = duplicate(frame.keys) {
+                        let key = String::from_utf8_lossy(&key);
+                        return Err(shape(
+                            &stack,
+                            line,
+                            format!("duplicate key {:?}", truncate(&key)),
+                        ));
+                    }
+                }
+                i += 1;
+            }
+            _ => {
+                // A number, true, false, null, or garbage: skip to the next delimiter.
+                value_starts(&mut stack, limits, line, max_events, events)?;
+                if stack.is_empty() {
+                    top_values += 1;
+                }
+                let start = i;
+                while i < text.len() && !b" \t\n\r,:]}[{\"".contains(&text[i]) {
+                    i += 1;
+                }
+                let token = &text[start..i];
+                if token
+                    .first()
+                    .is_some_and(|b| *b == b'-' || b.is_ascii_digit())
+                {
+                    // An unknown field is forwarded as written: a number no parser can
+                    // hold (1e999) is refused here, not somewhere downstream.
+                    let finite = std::str::from_utf8(token)
+                        .ok()
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .is_some_and(f64::is_finite);
+                    if !finite || token.len() > limits.max_string_bytes {
+                        return Err(shape(&stack, line, "number out of range".to_string()));
+                    }
+                }
+            }
+        }
+        if top_values > 1 && stack.is_empty() && line.is_none() && batch {
+            return Ok(()); // trailing garbage after a JSON body: serde's error
+        }
+    }
+    Ok(())
+}
+
+fn count_event(events: &mut usize, max_events: usize) -> Result<(), LimitError> {
+    *events += 1;
+    if *events > max_events {
+        return Err(LimitError::TooManyEvents);
+    }
+    Ok(())
+}
+
+/// Counts a value that starts inside the current container.
+fn value_starts(
+    stack: &mut [Frame],
+    limits: &JsonLimits,
+    line: Option<usize>,
+    max_events: usize,
+    events: &mut usize,
+) -> Result<(), LimitError> {
+    let Some(frame) = stack.last_mut() else {
+        return Ok(());
+    };
+    if frame.kind != Kind::Array {
+        return Ok(());
+    }
+    frame.count += 1;
+    if frame.batch {
+        return count_event(events, max_events);
+    }
+    if frame.count > limits.max_array_items {
+        return Err(shape(
+            stack,
+            line,
+            format!(
+                "array has more than json.max_array_items ({}) items",
+                limits.max_array_items
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The index of the closing quote of a string whose content starts at `start`.
+fn string_end(text: &[u8], start: usize) -> Option<usize> {
+    let mut i = start;
+    while i < text.len() {
+        match text[i] {
+            b'"' => return Some(i),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// A key as its characters, so `"a"` and `"\u0061"` are the same key.
+fn unescape<'a>(quoted: &'a [u8], raw: &'a [u8]) -> Cow<'a, [u8]> {
+    if !raw.contains(&b'\\') {
+        return Cow::Borrowed(raw);
+    }
+    match serde_json::from_slice::<String>(quoted) {
+        Ok(text) => Cow::Owned(text.into_bytes()),
+        Err(_) => Cow::Borrowed(raw),
+    }
+}
+
+fn duplicate(mut keys: Vec<Cow<'_, [u8]>>) -> Option<Vec<u8>> {
+    if keys.len() < 2 {
+        return None;
+    }
+    keys.sort_unstable();
+    keys.windows(2)
+        .find(|w| w[0] == w[1])
+        .map(|w| w[0].to_vec())
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Where the scan is: the event, then the path inside it.
+fn shape(stack: &[Frame], line: Option<usize>, message: String) -> LimitError {
+    let mut at = match line {
+        Some(line) => format!("line {line}"),
+        None => String::new(),
+    };
+    let mut path = String::new();
+    for frame in stack {
+        match frame.kind {
+            Kind::Array if frame.batch => at = format!("[{}]", frame.count.saturating_sub(1)),
+            Kind::Array => path.push_str(&format!("[{}]", frame.count.saturating_sub(1))),
+            Kind::Object if frame.count > 0 => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(truncate(&String::from_utf8_lossy(frame.key)));
+            }
+            Kind::Object => {}
+        }
+    }
+    // The innermost object's key is the one being read only when a value follows it.
+    if let Some(frame) = stack.last() {
+        if frame.kind == Kind::Object && frame.expect_key && frame.count > 0 {
+            // Between keys: the path names the object, not its last key.
+            if let Some(dot) = path.rfind('.') {
+                path.truncate(dot);
+            } else {
+                path.clear();
+            }
+        }
+    }
+    let at = match (at.is_empty(), path.is_empty()) {
+        (true, true) => "event".to_string(),
+        (true, false) => path,
+        (false, true) => at,
+        (false, false) => format!("{at} {path}"),
+    };
+    LimitError::Shape { at, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str, limits: JsonLimits) -> Result<usize, LimitError> {
+        let mut events = 0;
+        check(text.as_bytes(), &limits, true, 10, &mut events, None).map(|()| events)
+    }
+
+    fn tight() -> JsonLimits {
+        JsonLimits {
+            max_depth: 3,
+            max_string_bytes: 8,
+            max_fields: 3,
+            max_array_items: 2,
+        }
+    }
+
+    fn message(result: Result<usize, LimitError>) -> String {
+        match result {
+            Err(LimitError::Shape { at, message }) => format!("{at}: {message}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shapes_within_limits_pass_and_events_are_counted() {
+        assert_eq!(
+            run(r#"[{"a":{"b":[1,2]}},{"c":"12345678"}]"#, tight()),
+            Ok(2)
+        );
+        assert_eq!(run(r#"{"a":1,"b":2,"c":3}"#, tight()), Ok(1));
+    }
+
+    #[test]
+    fn each_limit_names_the_event_and_path() {
+        assert_eq!(
+            message(run(r#"[{}, {"a":{"b":{"c":{}}}}]"#, tight())),
+            "[1] a.b.c: nested deeper than json.max_depth (3)"
+        );
+        assert_eq!(
+            message(run(r#"[{"s":"123456789"}]"#, tight())),
+            "[0] s: string is 9 bytes, more than json.max_string_bytes (8)"
+        );
+        assert_eq!(
+            message(run(r#"{"a":1,"b":2,"c":3,"d":4}"#, tight())),
+            "d: object has more than json.max_fields (3) keys"
+        );
+        assert_eq!(
+            message(run(r#"{"p":{"tags":[1,2,3]}}"#, tight())),
+            "p.tags[2]: array has more than json.max_array_items (2) items"
+        );
+        assert_eq!(
+            message(run(r#"[{"a":1,"\u0061":2}]"#, tight())),
+            "[0]: duplicate key \"a\""
+        );
+        assert_eq!(
+            message(run(r#"{"u":{"id":"x","id":"y"}}"#, tight())),
+            "u: duplicate key \"id\""
+        );
+    }
+
+    #[test]
+    fn the_event_array_counts_against_max_events_only() {
+        let many = format!("[{}]", ["{}"; 11].join(","));
+        assert_eq!(run(&many, tight()), Err(LimitError::TooManyEvents));
+        let tiny = format!("[{}]", vec!["1"; 100_000].join(","));
+        assert_eq!(run(&tiny, tight()), Err(LimitError::TooManyEvents));
+    }
+
+    #[test]
+    fn numbers_no_parser_can_hold_are_refused() {
+        assert_eq!(
+            message(run(r#"[{"big":1e999}]"#, tight())),
+            "[0] big: number out of range"
+        );
+        assert_eq!(run(r#"[{"ok":-1.5e3}]"#, tight()), Ok(1));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for text in ["", "\"", "]]]", "{\"a", "[\"\\", "{,,,}", "\u{0}\u{ff}"] {
+            let _ = run(text, tight());
+        }
+    }
+}
