@@ -6,11 +6,6 @@ use super::{
     Config, DestinationCommon, DestinationConfig, DestinationKind, RouteConfig, ServerConfig,
     SourceConfig, COMMON_KEYS, DESTINATION_TYPES, PROTECTED_FIELDS,
 };
-use crate::dest::file::FileConfig;
-use crate::dest::ga4::Ga4Config;
-use crate::dest::segment::SegmentConfig;
-use crate::dest::tealium::TealiumConfig;
-use crate::dest::webhook::WebhookConfig;
 use crate::route::compile_glob;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -184,6 +179,16 @@ impl Loader<'_> {
                 None
             }
         }
+    }
+
+    /// Reads a destination type's own keys.
+    fn read_kind<T: DeserializeOwned>(
+        &mut self,
+        field: &str,
+        own: Spanned<DeValue<'_>>,
+        kind: fn(T) -> DestinationKind,
+    ) -> Option<DestinationKind> {
+        self.read::<T>(field, own).map(kind)
     }
 
     fn read_root(&mut self, root: DeTable<'_>) -> Option<Config> {
@@ -506,24 +511,15 @@ impl Loader<'_> {
         let own = Spanned::new(span, DeValue::Table(own));
         let kind = match type_value.get_ref() {
             DeValue::String(t) if t == "webhook" => {
-                let config: Option<WebhookConfig> = self.read(field, own);
-                config.map(DestinationKind::Webhook)
+                self.read_kind(field, own, DestinationKind::Webhook)
             }
-            DeValue::String(t) if t == "file" => {
-                let config: Option<FileConfig> = self.read(field, own);
-                config.map(DestinationKind::File)
-            }
+            DeValue::String(t) if t == "file" => self.read_kind(field, own, DestinationKind::File),
             DeValue::String(t) if t == "segment" => {
-                let config: Option<SegmentConfig> = self.read(field, own);
-                config.map(DestinationKind::Segment)
+                self.read_kind(field, own, DestinationKind::Segment)
             }
-            DeValue::String(t) if t == "ga4" => {
-                let config: Option<Ga4Config> = self.read(field, own);
-                config.map(DestinationKind::Ga4)
-            }
+            DeValue::String(t) if t == "ga4" => self.read_kind(field, own, DestinationKind::Ga4),
             DeValue::String(t) if t == "tealium" => {
-                let config: Option<TealiumConfig> = self.read(field, own);
-                config.map(DestinationKind::Tealium)
+                self.read_kind(field, own, DestinationKind::Tealium)
             }
             other => {
                 self.error_at(
