@@ -114,6 +114,28 @@ fn benches(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // A realistic batch: 100 events of the fixture in order (a few sessions, mostly
+    // heartbeats, which GA4 and Tealium leave out), per event.
+    let batch: Vec<Event> = FIXTURE
+        .lines()
+        .take(100)
+        .map(|line| {
+            let mut value: serde_json::Value = serde_json::from_str(line).expect("json");
+            value["timestamp"] = serde_json::json!(playrelay::event::format_rfc3339(now));
+            parse_one(&value.to_string(), now)
+        })
+        .collect();
+    let refs: Vec<&Event> = batch.iter().collect();
+    let mut group = c.benchmark_group("translate_batch");
+    group.throughput(Throughput::Elements(refs.len() as u64));
+    for (name, destination) in &config.destinations {
+        let translator = build_translator(destination).expect("translator");
+        group.bench_function(format!("{name}/100 events"), |b| {
+            b.iter(|| translator.translate(black_box(&refs), now))
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(micro, benches);

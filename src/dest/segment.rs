@@ -9,7 +9,7 @@ use super::{
     BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
     Verdict,
 };
-use crate::event::{format_rfc3339, Event, PodPosition, PresentationMode};
+use crate::event::{format_rfc3339, Event, PodPosition, PresentationMode, Rfc3339Millis};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -223,7 +223,13 @@ impl Translate for SegmentTranslator {
                     .push(self.request(full, std::mem::take(&mut in_body)));
             }
             if in_body.is_empty() {
-                body.reserve(self.max_bytes.min(64 * 1024));
+                // Items run a little larger than the events as sent.
+                let estimate: usize = events[index..]
+                    .iter()
+                    .take(self.max_events)
+                    .map(|e| e.raw_json().len() + 256)
+                    .sum();
+                body.reserve(estimate.min(self.max_bytes) + framing);
                 body.extend_from_slice(OPEN);
             } else {
                 body.push(b',');
@@ -569,7 +575,7 @@ struct Item<'a> {
     event: &'a str,
     #[serde(rename = "messageId")]
     message_id: &'a str,
-    timestamp: String,
+    timestamp: Rfc3339Millis,
     #[serde(rename = "userId", skip_serializing_if = "Option::is_none")]
     user_id: Option<&'a str>,
     #[serde(rename = "anonymousId", skip_serializing_if = "Option::is_none")]
@@ -629,7 +635,7 @@ fn write_item(event: &Event, name: &str, pass_properties: bool, out: &mut Vec<u8
         kind: "track",
         event: name,
         message_id: &body.event_id,
-        timestamp: format_rfc3339(event.timestamp),
+        timestamp: Rfc3339Millis(event.timestamp),
         user_id: non_empty(&body.user.user_id),
         anonymous_id: non_empty(&body.user.anonymous_id),
         properties: properties(event, pass_properties),
