@@ -13,6 +13,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use memchr::memmem;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -534,6 +535,55 @@ impl RelayProcess {
         false
     }
 
+    async fn get(&self, path: &str) -> Option<Bytes> {
+        let stream = TcpStream::connect(self.addr).await.ok()?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+        tokio::spawn(conn);
+        let request = hyper::Request::get(format!("http://{}{path}", self.addr))
+            .header(hyper::header::HOST, "127.0.0.1")
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+            .await
+            .ok()?
+            .ok()?;
+        Some(response.into_body().collect().await.ok()?.to_bytes())
+    }
+
+    /// Per destination, what the relay says it did not deliver: dead-lettered events
+    /// and drops other than `unmapped` (which the expected counts already leave out).
+    async fn losses(&self) -> BTreeMap<String, Vec<(String, u64)>> {
+        let text = self.get("/metrics").await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let label = |line: &str, key: &str| {
+            let start = line.find(&format!("{key}=\""))? + key.len() + 2;
+            let end = line[start..].find('"')? + start;
+            Some(line[start..end].to_string())
+        };
+        let mut out: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+        for line in text.lines() {
+            let what = if line.starts_with("playrelay_destination_events_dead_lettered_total{") {
+                "dead_lettered".to_string()
+            } else if line.starts_with("playrelay_destination_events_dropped_total{") {
+                match label(line, "reason") {
+                    Some(reason) if reason != "unmapped" => format!("dropped:{reason}"),
+                    _ => continue,
+                }
+            } else {
+                continue;
+            };
+            let value = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
+            if let (Some(destination), true) = (label(line, "destination"), value > 0) {
+                out.entry(destination).or_default().push((what, value));
+            }
+        }
+        out
+    }
+
     /// User plus system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
         let stat =
@@ -604,6 +654,8 @@ struct DestinationReport {
     events_per_s: f64,
     e2e_p50_ms: Option<f64>,
     e2e_p99_ms: Option<f64>,
+    /// From the relay's metrics: dead-lettered and dropped (not `unmapped`) events.
+    losses: Vec<(String, u64)>,
 }
 
 struct Report {
@@ -699,6 +751,7 @@ async fn run_scenario(scenario: &Scenario, template: Arc<Template>, settle: Dura
     let drain_seconds = load_end.elapsed().as_secs_f64();
     let cpu_seconds = relay.cpu_seconds() - cpu_before;
     let peak_rss_mb = relay.peak_rss_mb();
+    let mut losses = relay.losses().await;
     relay.stop().await;
 
     load.latencies_us.sort_unstable();
@@ -723,6 +776,7 @@ async fn run_scenario(scenario: &Scenario, template: Arc<Template>, settle: Dura
                 },
                 e2e_p50_ms: s.latency.quantile_ms(0.50),
                 e2e_p99_ms: s.latency.quantile_ms(0.99),
+                losses: losses.remove(&s.name).unwrap_or_default(),
             }
         })
         .collect();
@@ -839,13 +893,16 @@ fn print_table(reports: &[Report], machine: &str) {
             } else {
                 "| | | | |".to_string()
             };
-            let check = if d.hung {
+            let mut check = if d.hung {
                 format!("{} / hung", d.delivered)
             } else if d.delivered == d.expected {
                 format!("{} / {} ok", d.delivered, d.expected)
             } else {
                 format!("{} / {} MISSING", d.delivered, d.expected)
             };
+            for (what, n) in &d.losses {
+                let _ = write!(check, " ({what} {n})");
+            }
             let tail = if i == 0 {
                 format!("{:.1} | {:.2} |", r.peak_rss_mb, r.cpu_seconds)
             } else {
@@ -898,6 +955,7 @@ fn report_json(reports: &[Report], machine: &str) -> Value {
                 "expected_events": d.expected,
                 "delivered_events": d.delivered,
                 "requests_received": d.requests,
+                "relay_losses": d.losses.iter().map(|(k, v)| json!({"what": k, "events": v})).collect::<Vec<_>>(),
                 "delivered_events_per_second": d.events_per_s,
                 "e2e_latency_ms": {"p50": d.e2e_p50_ms, "p99": d.e2e_p99_ms},
             })).collect::<Vec<_>>(),

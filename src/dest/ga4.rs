@@ -216,6 +216,9 @@ pub fn legal_name(raw: &str, event: bool) -> Cow<'_, str> {
 
 /// `s` cut to at most 100 characters (not bytes).
 pub fn cut(s: &str) -> &str {
+    if s.len() <= MAX_VALUE_CHARS {
+        return s; // no more characters than bytes
+    }
     match s.char_indices().nth(MAX_VALUE_CHARS) {
         Some((i, _)) => &s[..i],
         None => s,

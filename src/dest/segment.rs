@@ -643,7 +643,7 @@ fn write_item(event: &Event, name: &str, pass_properties: bool, out: &mut Vec<u8
             locale: ctx.and_then(|c| c.locale.as_deref()),
             user_agent: ctx.and_then(|c| c.user_agent.as_deref()),
             ip: ctx.and_then(|c| c.ip.as_deref()),
-            app: ctx.and_then(|c| c.app.as_ref()),
+            app: ctx.and_then(|c| c.app.as_deref()),
             device: device.map(|d| SegmentDevice {
                 device_type: d.device_type.as_deref(),
                 manufacturer: d.manufacturer.as_deref(),
@@ -655,7 +655,7 @@ fn write_item(event: &Event, name: &str, pass_properties: bool, out: &mut Vec<u8
                     name: d.os_name.as_deref(),
                     version: d.os_version.as_deref(),
                 }),
-            page: ctx.and_then(|c| c.page.as_ref()),
+            page: ctx.and_then(|c| c.page.as_deref()),
             library: Library {
                 name: "playrelay",
                 version: env!("CARGO_PKG_VERSION"),
