@@ -24,7 +24,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 
 const FIXTURE: &str = include_str!("../tests/fixtures/sessions.ndjson");
+/// The relay under test: the release build of this checkout, unless `--relay PATH`
+/// names another binary (e.g. an older build, for before/after figures).
 const RELAY: &str = env!("CARGO_BIN_EXE_playrelay");
+
+fn relay_binary() -> String {
+    std::env::var("PLAYRELAY_BENCH_RELAY").unwrap_or_else(|_| RELAY.to_string())
+}
 /// Placeholders written into the template, patched per request.
 const ID_PLACEHOLDER: &str = "00000000-0000-4000-8000-000000000000";
 const TS_PLACEHOLDER: &str = "2000-01-01T00:00:00.000Z";
@@ -75,7 +81,7 @@ impl Kind {
         }
     }
 
-    fn toml(self, name: &str, base: &str, hang: bool) -> String {
+    fn toml(self, name: &str, base: &str, hang: bool, queue: Option<usize>) -> String {
         let own = match self {
             Kind::Segment => format!("type = \"segment\"\nwrite_key = \"bench\"\nendpoint = \"{base}\""),
             Kind::Ga4 => format!(
@@ -88,7 +94,12 @@ impl Kind {
         };
         // A hung vendor gets the default timeout; nothing else differs.
         let _ = hang;
-        format!("[destinations.{name}]\n{own}\nconcurrency = {CONCURRENCY}\n{NO_RATE_LIMIT}\n\n")
+        let queue = queue
+            .map(|n| format!("queue = {{ max_events = {n} }}\n"))
+            .unwrap_or_default();
+        format!(
+            "[destinations.{name}]\n{own}\nconcurrency = {CONCURRENCY}\n{NO_RATE_LIMIT}\n{queue}\n"
+        )
     }
 
     /// (what marks one event in a body, how many of those marks are not events, where
@@ -487,7 +498,7 @@ struct RelayProcess {
 impl RelayProcess {
     fn start(config: &Path, addr: SocketAddr, log: &Path) -> RelayProcess {
         let stderr = std::fs::File::create(log).expect("relay log");
-        let child = Command::new(RELAY)
+        let child = Command::new(relay_binary())
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "warn")
@@ -685,7 +696,12 @@ fn quantile_us(sorted: &[u32], q: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1] as f64 / 1000.0
 }
 
-async fn run_scenario(scenario: &Scenario, template: Arc<Template>, settle: Duration) -> Report {
+async fn run_scenario(
+    scenario: &Scenario,
+    template: Arc<Template>,
+    settle: Duration,
+    queue: Option<usize>,
+) -> Report {
     let epoch = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut stand_ins = Vec::new();
@@ -702,7 +718,7 @@ async fn run_scenario(scenario: &Scenario, template: Arc<Template>, settle: Dura
         dir.path().join("dry-run").display()
     );
     for s in &stand_ins {
-        toml.push_str(&s.kind.toml(&s.name, &s.base(), s.hang));
+        toml.push_str(&s.kind.toml(&s.name, &s.base(), s.hang, queue));
     }
     let names: Vec<String> = stand_ins
         .iter()
@@ -828,6 +844,17 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             load: batches,
         });
     }
+    if wanted("1") || wanted("1-paced") {
+        out.push(Scenario {
+            id: "1-paced".into(),
+            title: "scenario 1 paced at 2,000 requests/s = the 100,000 events/s target".into(),
+            destinations: four.clone(),
+            load: LoadSpec {
+                rate: Some(2_000.0),
+                ..batches
+            },
+        });
+    }
     if wanted("2") {
         let two = vec![(Kind::Segment, false), (Kind::Ga4, false)];
         out.push(Scenario {
@@ -852,6 +879,17 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             title: "scenario 1 with the tealium stand-in never answering".into(),
             destinations: KINDS.iter().map(|k| (*k, *k == Kind::Tealium)).collect(),
             load: batches,
+        });
+    }
+    if wanted("3") || wanted("3-paced") {
+        out.push(Scenario {
+            id: "3-paced".into(),
+            title: "scenario 3 paced at 2,000 requests/s (100,000 events/s)".into(),
+            destinations: KINDS.iter().map(|k| (*k, *k == Kind::Tealium)).collect(),
+            load: LoadSpec {
+                rate: Some(2_000.0),
+                ..batches
+            },
         });
     }
     if wanted("4") {
@@ -929,7 +967,7 @@ fn print_table(reports: &[Report], machine: &str) {
 fn report_json(reports: &[Report], machine: &str) -> Value {
     json!({
         "machine": machine,
-        "relay": RELAY,
+        "relay": relay_binary(),
         "destination_concurrency": CONCURRENCY,
         "scenarios": reports.iter().map(|r| json!({
             "id": r.id,
@@ -996,6 +1034,8 @@ struct Args {
     duration: Duration,
     settle: Duration,
     scenarios: Vec<String>,
+    /// `queue.max_events` of every destination; unset keeps the default (100,000).
+    queue: Option<usize>,
 }
 
 fn parse_args() -> Args {
@@ -1004,6 +1044,7 @@ fn parse_args() -> Args {
         duration: Duration::from_secs(10),
         settle: Duration::from_secs(30),
         scenarios: Vec::new(),
+        queue: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -1013,6 +1054,12 @@ fn parse_args() -> Args {
                 let secs: f64 = it.next().and_then(|s| s.parse().ok()).unwrap_or(10.0);
                 args.duration = Duration::from_secs_f64(secs);
             }
+            "--relay" => {
+                if let Some(path) = it.next() {
+                    std::env::set_var("PLAYRELAY_BENCH_RELAY", path);
+                }
+            }
+            "--queue" => args.queue = it.next().and_then(|s| s.parse().ok()),
             "--quick" => args.duration = Duration::from_secs(3),
             "--scenarios" => {
                 args.scenarios = it
@@ -1032,9 +1079,12 @@ fn parse_args() -> Args {
 
 fn main() {
     let args = parse_args();
-    let machine = machine_state();
+    let mut machine = machine_state();
+    if let Some(n) = args.queue {
+        let _ = write!(machine, "; every destination: queue.max_events = {n}");
+    }
     eprintln!("{machine}");
-    eprintln!("relay: {RELAY}");
+    eprintln!("relay: {}", relay_binary());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1044,7 +1094,12 @@ fn main() {
     let mut reports = Vec::new();
     for scenario in scenarios(&args.scenarios, args.duration) {
         eprintln!("running scenario {}: {}", scenario.id, scenario.title);
-        let report = runtime.block_on(run_scenario(&scenario, template.clone(), args.settle));
+        let report = runtime.block_on(run_scenario(
+            &scenario,
+            template.clone(),
+            args.settle,
+            args.queue,
+        ));
         eprintln!(
             "  accepted {:.0} events/s, delivered {}",
             report.accepted_per_s,
