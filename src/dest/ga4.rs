@@ -301,7 +301,10 @@ impl Ga4Translator {
     }
 
     fn resolve<'a>(&'a self, event: &'a Event) -> Result<Cow<'a, str>, super::names::Unnamed> {
-        let ty = event.event_type();
+        self.resolve_type(event.event_type())
+    }
+
+    fn resolve_type<'a>(&'a self, ty: &'a str) -> Result<Cow<'a, str>, super::names::Unnamed> {
         match self.names.resolve(ty, default_name(ty)) {
             Err(super::names::Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
                 Some(custom) => Ok(legal_name(custom, true)),
@@ -718,6 +721,10 @@ impl Translate for Ga4Translator {
 
     fn secrets(&self) -> Vec<String> {
         self.secrets.clone()
+    }
+
+    fn sends_type(&self, event_type: &str) -> bool {
+        self.resolve_type(event_type).is_ok()
     }
 }
 

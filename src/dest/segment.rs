@@ -256,11 +256,18 @@ impl Translate for SegmentTranslator {
     fn secrets(&self) -> Vec<String> {
         self.secrets.clone()
     }
+
+    fn sends_type(&self, event_type: &str) -> bool {
+        resolve_type(&self.names, event_type).is_ok()
+    }
 }
 
 /// The config's name, else the default table, else `custom.<name>` sent as `<name>`.
 fn resolve_name<'a>(names: &'a EventNames, event: &'a Event) -> Result<Cow<'a, str>, Unnamed> {
-    let ty = event.event_type();
+    resolve_type(names, event.event_type())
+}
+
+fn resolve_type<'a>(names: &'a EventNames, ty: &'a str) -> Result<Cow<'a, str>, Unnamed> {
     match names.resolve(ty, default_name(ty)) {
         Err(Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
             Some(custom) => Ok(Cow::Borrowed(custom)),

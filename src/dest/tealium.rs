@@ -219,7 +219,10 @@ impl TealiumTranslator {
     }
 
     fn resolve<'a>(&'a self, event: &'a Event) -> Result<Cow<'a, str>, Unnamed> {
-        let ty = event.event_type();
+        self.resolve_type(event.event_type())
+    }
+
+    fn resolve_type<'a>(&'a self, ty: &'a str) -> Result<Cow<'a, str>, Unnamed> {
         match self
             .names
             .resolve(ty, default_name_for(self.vocabulary, ty))
@@ -429,6 +432,10 @@ impl Translate for TealiumTranslator {
             return Verdict::Reject;
         }
         super::default_classify(response.status)
+    }
+
+    fn sends_type(&self, event_type: &str) -> bool {
+        self.resolve_type(event_type).is_ok()
     }
 }
 

@@ -227,6 +227,10 @@ impl Translate for WebhookTranslator {
     fn secrets(&self) -> Vec<String> {
         self.secrets.clone()
     }
+
+    fn sends_type(&self, event_type: &str) -> bool {
+        self.names.resolve_passthrough(event_type).is_ok()
+    }
 }
 
 /// The event as the client sent it, with `received_at`, the destination's name for its
