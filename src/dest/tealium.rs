@@ -95,6 +95,8 @@ pub struct TealiumTranslator {
     profile: String,
     environment: Option<String>,
     datasource: Option<String>,
+    /// Length of the shared keys without the visitor id's JSON string.
+    shared_base: usize,
 }
 
 /// The basic-vocabulary name of each `player-event/1` type; `None` is unmapped on purpose.
@@ -201,7 +203,7 @@ impl TealiumTranslator {
         if config.gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
-        Ok(TealiumTranslator {
+        let mut translator = TealiumTranslator {
             event_url: format!("{base}/event"),
             bulk_url: format!("{base}/bulk-event"),
             headers,
@@ -215,7 +217,11 @@ impl TealiumTranslator {
             profile: config.profile.clone(),
             environment: config.environment.clone(),
             datasource: config.datasource.clone(),
-        })
+            shared_base: 0,
+        };
+        // `""` is the empty visitor id's JSON.
+        translator.shared_base = translator.shared("").len() - 2;
+        Ok(translator)
     }
 
     fn resolve<'a>(&'a self, event: &'a Event) -> Result<Cow<'a, str>, Unnamed> {
@@ -339,9 +345,8 @@ impl Translate for TealiumTranslator {
         // Events grouped by visitor in order of first appearance.
         let mut groups: Vec<(&str, Vec<Encoded>)> = Vec::new();
         let mut group_of: HashMap<&str, usize> = HashMap::new();
-        // The shared keys' length for a visitor is this plus the visitor id as JSON:
-        // measured per event without building the shared keys each time.
-        let shared_base = self.shared("").len() - 2;
+        // The shared keys' length for a visitor is `shared_base` plus the visitor id as
+        // JSON: measured per event without building the shared keys each time.
         let mut visitor_json = Vec::with_capacity(64);
         for (index, event) in events.iter().enumerate() {
             let name = match self.resolve(event) {
@@ -384,7 +389,7 @@ impl Translate for TealiumTranslator {
             visitor_json.clear();
             // Writing a string into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut visitor_json, visitor);
-            let single = shared_base + visitor_json.len() + item.len() + 1;
+            let single = self.shared_base + visitor_json.len() + item.len() + 1;
             if single > self.max_bytes {
                 translation.refused.push(Refusal::refused(
                     index,
