@@ -835,8 +835,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
         rate: None,
     };
     let mut out = Vec::new();
-    let wanted = |id: &str| which.is_empty() || which.iter().any(|w| w == id);
-    if wanted("1") {
+    {
         out.push(Scenario {
             id: "1".into(),
             title: "full job: NDJSON x50 -> segment, ga4, tealium, webhook".into(),
@@ -844,7 +843,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             load: batches,
         });
     }
-    if wanted("1") || wanted("1-paced") {
+    {
         out.push(Scenario {
             id: "1-paced".into(),
             title: "scenario 1 paced at 2,000 requests/s = the 100,000 events/s target".into(),
@@ -855,7 +854,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             },
         });
     }
-    if wanted("2") {
+    {
         let two = vec![(Kind::Segment, false), (Kind::Ga4, false)];
         out.push(Scenario {
             id: "2".into(),
@@ -873,7 +872,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             },
         });
     }
-    if wanted("3") {
+    {
         out.push(Scenario {
             id: "3".into(),
             title: "scenario 1 with the tealium stand-in never answering".into(),
@@ -881,7 +880,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             load: batches,
         });
     }
-    if wanted("3") || wanted("3-paced") {
+    {
         out.push(Scenario {
             id: "3-paced".into(),
             title: "scenario 3 paced at 2,000 requests/s (100,000 events/s)".into(),
@@ -892,7 +891,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             },
         });
     }
-    if wanted("4") {
+    {
         for n in [1usize, 4, 16] {
             out.push(Scenario {
                 id: format!("4-{n}"),
@@ -902,6 +901,13 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             });
         }
     }
+    // `--scenarios 1,2-paced` keeps "1" with its variants ("1-paced") and "2-paced".
+    out.retain(|s| {
+        which.is_empty()
+            || which
+                .iter()
+                .any(|w| s.id == *w || s.id.starts_with(&format!("{w}-")))
+    });
     out
 }
 
