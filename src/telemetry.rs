@@ -308,6 +308,7 @@ impl Metrics {
             responses: self.dest_responses.clone(),
             dropped: self.dest_dropped.clone(),
             dropped_cache: Mutex::default(),
+            responses_cache: Mutex::default(),
         }
     }
 
@@ -372,16 +373,30 @@ pub struct DestinationMetrics {
     responses: Family<DestinationStatusLabel, Counter>,
     dropped: Family<DestinationReasonLabel, Counter>,
     dropped_cache: Mutex<Vec<(&'static str, Counter)>>,
+    /// The few statuses a vendor answers, resolved once: the family lookup allocates
+    /// two label strings and takes a lock, and it ran for every response.
+    responses_cache: Mutex<Vec<(Box<str>, Counter)>>,
 }
 
 impl DestinationMetrics {
     pub fn response(&self, status: &str) {
-        self.responses
+        let mut cache = match self.responses_cache.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((_, counter)) = cache.iter().find(|(s, _)| **s == *status) {
+            counter.inc();
+            return;
+        }
+        let counter = self
+            .responses
             .get_or_create(&DestinationStatusLabel {
                 destination: self.name.clone(),
                 status: status.to_string(),
             })
-            .inc();
+            .clone();
+        counter.inc();
+        cache.push((status.into(), counter));
     }
 
     pub fn dropped(&self, reason: &'static str, count: u64) {

@@ -216,6 +216,9 @@ pub fn legal_name(raw: &str, event: bool) -> Cow<'_, str> {
 
 /// `s` cut to at most 100 characters (not bytes).
 pub fn cut(s: &str) -> &str {
+    if s.len() <= MAX_VALUE_CHARS {
+        return s; // no more characters than bytes
+    }
     match s.char_indices().nth(MAX_VALUE_CHARS) {
         Some((i, _)) => &s[..i],
         None => s,
@@ -298,7 +301,10 @@ impl Ga4Translator {
     }
 
     fn resolve<'a>(&'a self, event: &'a Event) -> Result<Cow<'a, str>, super::names::Unnamed> {
-        let ty = event.event_type();
+        self.resolve_type(event.event_type())
+    }
+
+    fn resolve_type<'a>(&'a self, ty: &'a str) -> Result<Cow<'a, str>, super::names::Unnamed> {
         match self.names.resolve(ty, default_name(ty)) {
             Err(super::names::Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
                 Some(custom) => Ok(legal_name(custom, true)),
@@ -550,6 +556,8 @@ impl Translate for Ga4Translator {
         type Group<'e> = (&'e str, Option<&'e str>, Vec<(usize, i128, Vec<u8>)>);
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+        // Only its length is needed per event: one buffer, not one allocation each.
+        let mut header = Vec::with_capacity(128);
         for (index, event) in events.iter().enumerate() {
             let name = match self.resolve(event) {
                 Ok(name) => name,
@@ -608,7 +616,8 @@ impl Translate for Ga4Translator {
             };
             // Serializing into a Vec cannot fail: every map key is a string.
             let _ = serde_json::to_writer(&mut item, &encoded);
-            let header = header(client_id, user_id, micros(time));
+            header.clear();
+            write_header(&mut header, client_id, user_id, micros(time));
             if header.len() + item.len() + 2 > self.max_bytes {
                 translation.refused.push(Refusal::refused(
                     index,
@@ -630,7 +639,8 @@ impl Translate for Ga4Translator {
         for (client_id, user_id, items) in groups {
             let mut body: Vec<u8> = Vec::new();
             let mut in_body: Vec<usize> = Vec::new();
-            for (index, time, item) in items {
+            for (i, (index, time, item)) in items.iter().enumerate() {
+                let (index, time) = (*index, *time);
                 let fits = !in_body.is_empty()
                     && in_body.len() < self.max_events
                     && body.len() + 1 + item.len() + 2 <= self.max_bytes;
@@ -641,11 +651,18 @@ impl Translate for Ga4Translator {
                     );
                 }
                 if in_body.is_empty() {
-                    body = header(client_id, user_id, time);
+                    // Room for the request's events, so the body is not grown in steps.
+                    let estimate: usize = items[i..]
+                        .iter()
+                        .take(self.max_events)
+                        .map(|(_, _, item)| item.len() + 1)
+                        .sum();
+                    body = Vec::with_capacity((header.len() + estimate + 2).min(self.max_bytes));
+                    write_header(&mut body, client_id, user_id, time);
                 } else {
                     body.push(b',');
                 }
-                body.extend_from_slice(&item);
+                body.extend_from_slice(item);
                 in_body.push(index);
             }
             if !in_body.is_empty() {
@@ -705,6 +722,10 @@ impl Translate for Ga4Translator {
     fn secrets(&self) -> Vec<String> {
         self.secrets.clone()
     }
+
+    fn sends_type(&self, event_type: &str) -> bool {
+        self.resolve_type(event_type).is_ok()
+    }
 }
 
 impl Ga4Translator {
@@ -721,16 +742,16 @@ impl Ga4Translator {
 
 /// `{"client_id":…,"user_id":…,"timestamp_micros":…,"events":[` — the request's time is
 /// its first event's; each event also carries its own `timestamp_micros`.
-fn header(client_id: &str, user_id: Option<&str>, time: i128) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
+fn write_header(out: &mut Vec<u8>, client_id: &str, user_id: Option<&str>, time: i128) {
+    use std::io::Write as _;
     out.extend_from_slice(b"{\"client_id\":");
-    let _ = serde_json::to_writer(&mut out, client_id);
+    let _ = serde_json::to_writer(&mut *out, client_id);
     if let Some(user_id) = user_id {
         out.extend_from_slice(b",\"user_id\":");
-        let _ = serde_json::to_writer(&mut out, user_id);
+        let _ = serde_json::to_writer(&mut *out, user_id);
     }
-    out.extend_from_slice(format!(",\"timestamp_micros\":{time},\"events\":[").as_bytes());
-    out
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, ",\"timestamp_micros\":{time},\"events\":[");
 }
 
 #[cfg(test)]

@@ -107,6 +107,14 @@ pub trait Translate: Send + Sync + 'static {
     /// from the clock, the network or the disk.
     fn translate(&self, events: &[&Event], sent_at: OffsetDateTime) -> Translation;
 
+    /// Whether events of this type can make a request at all, from the type alone
+    /// (false: every one is `Dropped` as `unmapped` or `disabled`). Lets the router
+    /// leave such events out of the destination's queue instead of queueing them only
+    /// for the translator to drop them.
+    fn sends_type(&self, _event_type: &str) -> bool {
+        true
+    }
+
     /// How to read the vendor's answer. The default is the common HTTP rule.
     fn classify(&self, response: &VendorResponse) -> Verdict {
         default_classify(response.status)
@@ -217,4 +225,72 @@ pub fn redact(text: &str, secrets: &[String]) -> String {
         out = out.replace(secret.as_str(), "***");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use std::path::Path;
+
+    const FIXTURE: &str = include_str!("../../tests/fixtures/sessions.ndjson");
+
+    /// `sends_type` must say exactly which events the translator drops for their type.
+    #[test]
+    fn sends_type_agrees_with_translate() {
+        let toml = r#"
+[server]
+listen = "127.0.0.1:0"
+[destinations.segment]
+type = "segment"
+write_key = "k"
+events = { "playback.heartbeat" = false }
+[destinations.ga4]
+type = "ga4"
+measurement_id = "G-1"
+api_secret = "s"
+events = { "session.started" = "video_session" }
+[destinations.tealium]
+type = "tealium"
+account = "a"
+profile = "p"
+[destinations.webhook]
+type = "webhook"
+endpoint = "http://127.0.0.1:9/"
+events = { "volume.changed" = false }
+[[routes]]
+name = "all"
+match = { types = ["*"] }
+to = ["segment", "ga4", "tealium", "webhook"]
+"#;
+        let config = config::load_str(toml, Path::new("t.toml"), &|_| None).expect("config");
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        let mut events: Vec<Event> = FIXTURE
+            .lines()
+            .map(|line| {
+                let raw: Box<serde_json::value::RawValue> =
+                    serde_json::from_str(line).expect("json");
+                Event::from_json(&raw, at).expect("valid")
+            })
+            .collect();
+        let custom = r#"{"event_id":"0190f6d2-7c3a-7b1e-9a1e-3f2c8d1e4b55","type":"custom.chapter","timestamp":"2026-01-15T10:20:30.123Z","session":{"id":"s1"},"user":{"anonymous_id":"a-1"}}"#;
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(custom).expect("json");
+        events.push(Event::from_json(&raw, at).expect("valid"));
+        for (name, destination) in &config.destinations {
+            let translator = build_translator(destination).expect("translator");
+            for event in &events {
+                let translation = translator.translate(&[event], event.timestamp);
+                let dropped = translation
+                    .refused
+                    .iter()
+                    .any(|r| r.disposition == Disposition::Dropped);
+                assert_eq!(
+                    translator.sends_type(event.event_type()),
+                    !dropped,
+                    "{name}: {}",
+                    event.event_type()
+                );
+            }
+        }
+    }
 }

@@ -47,6 +47,10 @@ impl EventNames {
         event_type: &str,
         default: Option<&'static str>,
     ) -> Result<Cow<'a, str>, Unnamed> {
+        if self.overrides.is_empty() {
+            // The usual config: no hashing per event.
+            return default.map(Cow::Borrowed).ok_or(Unnamed::Unmapped);
+        }
         match self.overrides.get(event_type) {
             Some(NameOverride::Rename(name)) => Ok(Cow::Borrowed(name.as_str())),
             Some(NameOverride::Enabled(false)) => Err(Unnamed::Disabled),
@@ -58,6 +62,9 @@ impl EventNames {
 
     /// For pass-through destinations, where every type keeps its own name by default.
     pub fn resolve_passthrough<'a>(&'a self, event_type: &'a str) -> Result<&'a str, Unnamed> {
+        if self.overrides.is_empty() {
+            return Ok(event_type);
+        }
         match self.overrides.get(event_type) {
             Some(NameOverride::Rename(name)) => Ok(name.as_str()),
             Some(NameOverride::Enabled(false)) => Err(Unnamed::Disabled),

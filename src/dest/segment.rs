@@ -9,7 +9,7 @@ use super::{
     BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
     Verdict,
 };
-use crate::event::{format_rfc3339, Event, PodPosition, PresentationMode};
+use crate::event::{format_rfc3339, Event, PodPosition, PresentationMode, Rfc3339Millis};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -223,7 +223,13 @@ impl Translate for SegmentTranslator {
                     .push(self.request(full, std::mem::take(&mut in_body)));
             }
             if in_body.is_empty() {
-                body.reserve(self.max_bytes.min(64 * 1024));
+                // Items run a little larger than the events as sent.
+                let estimate: usize = events[index..]
+                    .iter()
+                    .take(self.max_events)
+                    .map(|e| e.raw_json().len() + 256)
+                    .sum();
+                body.reserve(estimate.min(self.max_bytes) + framing);
                 body.extend_from_slice(OPEN);
             } else {
                 body.push(b',');
@@ -250,11 +256,18 @@ impl Translate for SegmentTranslator {
     fn secrets(&self) -> Vec<String> {
         self.secrets.clone()
     }
+
+    fn sends_type(&self, event_type: &str) -> bool {
+        resolve_type(&self.names, event_type).is_ok()
+    }
 }
 
 /// The config's name, else the default table, else `custom.<name>` sent as `<name>`.
 fn resolve_name<'a>(names: &'a EventNames, event: &'a Event) -> Result<Cow<'a, str>, Unnamed> {
-    let ty = event.event_type();
+    resolve_type(names, event.event_type())
+}
+
+fn resolve_type<'a>(names: &'a EventNames, ty: &'a str) -> Result<Cow<'a, str>, Unnamed> {
     match names.resolve(ty, default_name(ty)) {
         Err(Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
             Some(custom) => Ok(Cow::Borrowed(custom)),
@@ -569,7 +582,7 @@ struct Item<'a> {
     event: &'a str,
     #[serde(rename = "messageId")]
     message_id: &'a str,
-    timestamp: String,
+    timestamp: Rfc3339Millis,
     #[serde(rename = "userId", skip_serializing_if = "Option::is_none")]
     user_id: Option<&'a str>,
     #[serde(rename = "anonymousId", skip_serializing_if = "Option::is_none")]
@@ -629,7 +642,7 @@ fn write_item(event: &Event, name: &str, pass_properties: bool, out: &mut Vec<u8
         kind: "track",
         event: name,
         message_id: &body.event_id,
-        timestamp: format_rfc3339(event.timestamp),
+        timestamp: Rfc3339Millis(event.timestamp),
         user_id: non_empty(&body.user.user_id),
         anonymous_id: non_empty(&body.user.anonymous_id),
         properties: properties(event, pass_properties),
@@ -637,7 +650,7 @@ fn write_item(event: &Event, name: &str, pass_properties: bool, out: &mut Vec<u8
             locale: ctx.and_then(|c| c.locale.as_deref()),
             user_agent: ctx.and_then(|c| c.user_agent.as_deref()),
             ip: ctx.and_then(|c| c.ip.as_deref()),
-            app: ctx.and_then(|c| c.app.as_ref()),
+            app: ctx.and_then(|c| c.app.as_deref()),
             device: device.map(|d| SegmentDevice {
                 device_type: d.device_type.as_deref(),
                 manufacturer: d.manufacturer.as_deref(),
@@ -649,7 +662,7 @@ fn write_item(event: &Event, name: &str, pass_properties: bool, out: &mut Vec<u8
                     name: d.os_name.as_deref(),
                     version: d.os_version.as_deref(),
                 }),
-            page: ctx.and_then(|c| c.page.as_ref()),
+            page: ctx.and_then(|c| c.page.as_deref()),
             library: Library {
                 name: "playrelay",
                 version: env!("CARGO_PKG_VERSION"),

@@ -12,7 +12,7 @@ use super::{
     BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
     Verdict,
 };
-use crate::event::{format_rfc3339, AdInsertion, Event, PlaybackState, PresentationMode};
+use crate::event::{AdInsertion, Event, PlaybackState, PresentationMode, Rfc3339Millis};
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -95,6 +95,8 @@ pub struct TealiumTranslator {
     profile: String,
     environment: Option<String>,
     datasource: Option<String>,
+    /// Length of the shared keys without the visitor id's JSON string.
+    shared_base: usize,
 }
 
 /// The basic-vocabulary name of each `player-event/1` type; `None` is unmapped on purpose.
@@ -201,7 +203,7 @@ impl TealiumTranslator {
         if config.gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
-        Ok(TealiumTranslator {
+        let mut translator = TealiumTranslator {
             event_url: format!("{base}/event"),
             bulk_url: format!("{base}/bulk-event"),
             headers,
@@ -215,11 +217,18 @@ impl TealiumTranslator {
             profile: config.profile.clone(),
             environment: config.environment.clone(),
             datasource: config.datasource.clone(),
-        })
+            shared_base: 0,
+        };
+        // `""` is the empty visitor id's JSON.
+        translator.shared_base = translator.shared("").len() - 2;
+        Ok(translator)
     }
 
     fn resolve<'a>(&'a self, event: &'a Event) -> Result<Cow<'a, str>, Unnamed> {
-        let ty = event.event_type();
+        self.resolve_type(event.event_type())
+    }
+
+    fn resolve_type<'a>(&'a self, ty: &'a str) -> Result<Cow<'a, str>, Unnamed> {
         match self
             .names
             .resolve(ty, default_name_for(self.vocabulary, ty))
@@ -336,6 +345,9 @@ impl Translate for TealiumTranslator {
         // Events grouped by visitor in order of first appearance.
         let mut groups: Vec<(&str, Vec<Encoded>)> = Vec::new();
         let mut group_of: HashMap<&str, usize> = HashMap::new();
+        // The shared keys' length for a visitor is `shared_base` plus the visitor id as
+        // JSON: measured per event without building the shared keys each time.
+        let mut visitor_json = Vec::with_capacity(64);
         for (index, event) in events.iter().enumerate() {
             let name = match self.resolve(event) {
                 Ok(name) => name,
@@ -374,7 +386,10 @@ impl Translate for TealiumTranslator {
             // Serializing into a Vec cannot fail: every map key is a string.
             let _ = serde_json::to_writer(&mut item, &flat);
             // The body this event makes when it travels alone to `/event`.
-            let single = self.shared(visitor).len() + item.len() + 1;
+            visitor_json.clear();
+            // Writing a string into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut visitor_json, visitor);
+            let single = self.shared_base + visitor_json.len() + item.len() + 1;
             if single > self.max_bytes {
                 translation.refused.push(Refusal::refused(
                     index,
@@ -423,6 +438,10 @@ impl Translate for TealiumTranslator {
         }
         super::default_classify(response.status)
     }
+
+    fn sends_type(&self, event_type: &str) -> bool {
+        self.resolve_type(event_type).is_ok()
+    }
 }
 
 /// The reason Tealium gives for a 400, from its `X-Error` header.
@@ -436,7 +455,7 @@ pub fn rejection_reason(response: &VendorResponse) -> Option<String> {
 /// A flat value borrowed from the event where possible.
 enum T<'a> {
     Str(&'a str),
-    Text(String),
+    Time(Rfc3339Millis),
     U(u64),
     F(f64),
     B(bool),
@@ -447,7 +466,7 @@ impl Serialize for T<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             T::Str(v) => s.serialize_str(v),
-            T::Text(v) => s.serialize_str(v),
+            T::Time(v) => v.serialize(s),
             T::U(v) => s.serialize_u64(*v),
             T::F(v) => s.serialize_f64(*v),
             T::B(v) => s.serialize_bool(*v),
@@ -528,7 +547,7 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
     f.push(("tealium_event", T::Str(name)));
     f.push(("event_id", T::Str(&body.event_id)));
     f.push(("event_type", T::Str(&body.event_type)));
-    f.push(("event_timestamp", T::Text(format_rfc3339(event.timestamp))));
+    f.push(("event_timestamp", T::Time(Rfc3339Millis(event.timestamp))));
     if let Some(v) = body.sequence {
         f.push(("event_sequence", T::U(v)));
     }

@@ -126,6 +126,18 @@ impl WebhookTranslator {
     }
 }
 
+/// About what the next request's body will take: the events as sent plus
+/// `received_at`, up to the limits. Allocating the full `max_bytes` (512 KB by default)
+/// for every batch cost more than the copying itself.
+fn estimated_body(events: &[&Event], limits: BatchLimits) -> usize {
+    let bytes: usize = events
+        .iter()
+        .take(limits.max_events)
+        .map(|e| e.raw_json().len() + 48)
+        .sum();
+    (bytes + 2).min(limits.max_bytes.saturating_add(1))
+}
+
 fn is_secret_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     name == "authorization"
@@ -142,7 +154,7 @@ impl Translate for WebhookTranslator {
             BodyEncoding::JsonArray => (b"[", b",", b"]"),
             BodyEncoding::Ndjson => (b"", b"", b""),
         };
-        let mut body = Vec::with_capacity(self.limits.max_bytes.min(1 << 20));
+        let mut body = Vec::new();
         let mut in_body = Vec::new();
         let mut item = Vec::with_capacity(1024);
         for (index, event) in events.iter().enumerate() {
@@ -184,6 +196,7 @@ impl Translate for WebhookTranslator {
                     .push(self.request(full, std::mem::take(&mut in_body)));
             }
             if in_body.is_empty() {
+                body.reserve(estimated_body(&events[index..], self.limits));
                 body.extend_from_slice(open);
             } else {
                 body.extend_from_slice(sep);
@@ -213,6 +226,10 @@ impl Translate for WebhookTranslator {
 
     fn secrets(&self) -> Vec<String> {
         self.secrets.clone()
+    }
+
+    fn sends_type(&self, event_type: &str) -> bool {
+        self.names.resolve_passthrough(event_type).is_ok()
     }
 }
 

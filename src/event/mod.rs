@@ -17,7 +17,8 @@ use time::OffsetDateTime;
 /// the client sent, so pass-through destinations forward every field, known or not.
 #[derive(Debug, Clone)]
 pub struct Event {
-    raw: Box<RawValue>,
+    /// The event's JSON text exactly as sent (already checked to be one JSON object).
+    raw: Box<str>,
     pub body: PlayerEvent,
     pub timestamp: OffsetDateTime,
     pub received_at: OffsetDateTime,
@@ -63,9 +64,36 @@ impl Event {
         let mut de = serde_json::Deserializer::from_str(text);
         let body: PlayerEvent =
             serde_path_to_error::deserialize(&mut de).map_err(classify_serde_error)?;
+        Event::validated(text, body, received_at)
+    }
+
+    /// The fast path for the common case, one pass over `text` without tracking field
+    /// paths: `None` when serde refuses the text (or it is not an object), so the caller
+    /// takes the checked path ([`Event::from_json`]) for the exact error. When serde
+    /// takes it, the result is what `from_json` gives, since both run the same
+    /// `Deserialize` and the same validation.
+    ///
+    /// `text` must be the whole record (no trailing characters are allowed) and the
+    /// caller must know it is valid UTF-8, as a `&str` is.
+    pub(crate) fn from_text_fast(
+        text: &str,
+        received_at: OffsetDateTime,
+    ) -> Option<Result<Event, EventError>> {
+        if !text.starts_with('{') {
+            return None;
+        }
+        let body: PlayerEvent = serde_json::from_str(text).ok()?;
+        Some(Event::validated(text, body, received_at))
+    }
+
+    fn validated(
+        text: &str,
+        body: PlayerEvent,
+        received_at: OffsetDateTime,
+    ) -> Result<Event, EventError> {
         let timestamp = validate(&body)?;
         Ok(Event {
-            raw: raw.to_owned(),
+            raw: text.into(),
             body,
             timestamp,
             received_at,
@@ -83,12 +111,12 @@ impl Event {
 
     /// The JSON the client sent.
     pub fn raw_json(&self) -> &str {
-        self.raw.get()
+        &self.raw
     }
 
     /// Appends the event as the client sent it plus the relay's `received_at`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let raw = self.raw.get();
+        let raw: &str = &self.raw;
         if self.body.received_at.is_some() {
             // The client sent its own `received_at`: rebuild the object so the key is
             // not duplicated. Rare, so the slow path is fine.
@@ -115,7 +143,7 @@ impl Event {
     }
 
     pub fn to_json_value(&self) -> serde_json::Value {
-        let mut buf = Vec::with_capacity(self.raw.get().len() + 48);
+        let mut buf = Vec::with_capacity(self.raw.len() + 48);
         self.write_json(&mut buf);
         serde_json::from_slice(&buf).unwrap_or(serde_json::Value::Null)
     }
@@ -123,10 +151,55 @@ impl Event {
 
 /// RFC 3339 with millisecond precision in UTC, the form the contract uses.
 pub fn format_rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let (y, mo, d) = (t.year(), t.month() as u8, t.day());
-    let (h, mi, s, ms) = (t.hour(), t.minute(), t.second(), t.millisecond());
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+    Rfc3339Millis(t).with_str(str::to_string)
+}
+
+/// A time that serializes (and displays) as [`format_rfc3339`] does, without
+/// allocating: translators write one per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339Millis(pub OffsetDateTime);
+
+impl Rfc3339Millis {
+    /// Calls `f` with the text, built on the stack for years 0–9999 (all real ones).
+    pub fn with_str<R>(self, f: impl FnOnce(&str) -> R) -> R {
+        let t = self.0.to_offset(time::UtcOffset::UTC);
+        let (y, mo, d) = (t.year(), t.month() as u8, t.day());
+        let (h, mi, s, ms) = (t.hour(), t.minute(), t.second(), t.millisecond());
+        if !(0..=9999).contains(&y) {
+            return f(&format!(
+                "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z"
+            ));
+        }
+        let mut buf = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, value: u32, digits: usize| {
+            let mut v = value;
+            for i in (0..digits).rev() {
+                buf[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, y as u32, 4);
+        put(5, mo.into(), 2);
+        put(8, d.into(), 2);
+        put(11, h.into(), 2);
+        put(14, mi.into(), 2);
+        put(17, s.into(), 2);
+        put(20, ms.into(), 3);
+        // Only ASCII digits and separators were written.
+        f(std::str::from_utf8(&buf).unwrap_or_default())
+    }
+}
+
+impl std::fmt::Display for Rfc3339Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.with_str(|s| f.write_str(s))
+    }
+}
+
+impl serde::Serialize for Rfc3339Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.with_str(|text| s.serialize_str(text))
+    }
 }
 
 fn classify_serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> EventError {
@@ -290,6 +363,37 @@ mod tests {
         let out = String::from_utf8(out).expect("utf8");
         assert_eq!(out.matches("received_at").count(), 1, "{out}");
         assert!(out.contains("1970-01-01T00:00:00.000Z"));
+    }
+
+    #[test]
+    fn rfc3339_matches_the_formatted_text() {
+        let expected = |t: OffsetDateTime| {
+            let t = t.to_offset(time::UtcOffset::UTC);
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                t.month() as u8,
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
+        };
+        for text in [
+            "1970-01-01T00:00:00Z",
+            "2026-01-15T10:20:30.123456+02:00",
+            "0001-12-31T23:59:59.999Z",
+            "9999-12-31T23:59:59.999Z",
+        ] {
+            let t = OffsetDateTime::parse(text, &Rfc3339).expect("valid");
+            assert_eq!(format_rfc3339(t), expected(t), "{text}");
+            assert_eq!(super::Rfc3339Millis(t).to_string(), expected(t));
+            assert_eq!(
+                serde_json::to_string(&super::Rfc3339Millis(t)).expect("json"),
+                format!("\"{}\"", expected(t))
+            );
+        }
     }
 
     #[test]

@@ -72,6 +72,68 @@ pub fn parse_body(
     received_at: OffsetDateTime,
 ) -> Result<ParsedBody, BodyError> {
     prescan(body, format, &limits)?;
+    if let Some(parsed) = parse_fast(body, format, limits, received_at) {
+        return Ok(parsed);
+    }
+    parse_checked(body, format, limits, received_at)
+}
+
+/// The common case in one pass per event: every record is a JSON object that serde
+/// takes as a `PlayerEvent`. Whatever else (a syntax error, a wrong type, an array
+/// body, too many events, invalid UTF-8) returns `None`, and [`parse_checked`] decides
+/// with its exact errors. A record serde takes is well-formed JSON (unknown fields are
+/// skipped with the same checks a `RawValue` gets), so when this returns `Some` the
+/// checked path would have returned the same events and rejections.
+fn parse_fast(
+    body: &[u8],
+    format: BodyFormat,
+    limits: BodyLimits,
+    received_at: OffsetDateTime,
+) -> Option<ParsedBody> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut records: Vec<&str> = Vec::new();
+    match format {
+        BodyFormat::Ndjson => {
+            for line in text.split('\n') {
+                let line = line.trim_ascii();
+                if !line.is_empty() {
+                    records.push(line);
+                }
+            }
+        }
+        BodyFormat::Json => {
+            // One object; arrays take the checked path.
+            let object = text.trim_matches([' ', '\t', '\n', '\r']);
+            if !object.starts_with('{') {
+                return None;
+            }
+            records.push(object);
+        }
+    }
+    if records.is_empty() || records.len() > limits.max_events {
+        return None;
+    }
+    let mut parsed = ParsedBody {
+        events: Vec::with_capacity(records.len()),
+        rejected: Vec::new(),
+    };
+    for (index, raw) in records.into_iter().enumerate() {
+        match Event::from_text_fast(raw, received_at)? {
+            Ok(event) => parsed.events.push(event),
+            Err(err) => parsed.rejected.push(rejection(index, &err)),
+        }
+    }
+    Some(parsed)
+}
+
+/// Splits the body into records first (a body that is not well-formed as a whole is
+/// refused whole), then judges each record, naming the field of any error.
+fn parse_checked(
+    body: &[u8],
+    format: BodyFormat,
+    limits: BodyLimits,
+    received_at: OffsetDateTime,
+) -> Result<ParsedBody, BodyError> {
     let records = match format {
         BodyFormat::Json => split_json(body)?,
         BodyFormat::Ndjson => split_ndjson(body)?,
@@ -256,6 +318,66 @@ mod tests {
         let err = parse("\"hello\"", BodyFormat::Json).unwrap_err();
         assert_eq!(err, BodyError::NotEvents { found: "a string" });
         assert_eq!(parse("  ", BodyFormat::Json).unwrap_err(), BodyError::Empty);
+    }
+
+    /// The one-pass path must give what the checked path gives, whatever the body.
+    #[test]
+    fn fast_path_agrees_with_the_checked_path() {
+        let bad_type = EVENT.replace("playback.paused", "playback.napping");
+        let bad_field = EVENT.replace(r#""s1""#, "7");
+        let cases: Vec<(String, BodyFormat)> = vec![
+            (EVENT.to_string(), BodyFormat::Json),
+            (format!(" \r\n{EVENT}\n "), BodyFormat::Json),
+            (format!("\x0c{EVENT}"), BodyFormat::Json),
+            (format!("{EVENT}\x0c"), BodyFormat::Json),
+            (format!("{EVENT} x"), BodyFormat::Json),
+            (format!("[{EVENT}]"), BodyFormat::Json),
+            (format!("{EVENT}\n{bad_type}\n{EVENT}"), BodyFormat::Ndjson),
+            (format!("{EVENT}\n{bad_field}"), BodyFormat::Ndjson),
+            (format!("{EVENT}\n\n\r\n{EVENT}\r\n"), BodyFormat::Ndjson),
+            (format!("{EVENT}\n[1,2]"), BodyFormat::Ndjson),
+            (format!("{EVENT}\n{{\"a\":\"\\q\"}}"), BodyFormat::Ndjson),
+            (format!("{EVENT}\n{}", &EVENT[..40]), BodyFormat::Ndjson),
+            (
+                EVENT.replace(r#""s1"}"#, r#""s1"},"x":{"y":[1,"\u00e9",{"z":null}]}"#),
+                BodyFormat::Ndjson,
+            ),
+            (
+                EVENT.replace(r#""s1"}"#, "\"s1\"},\"x\":\"a\u{1}b\""),
+                BodyFormat::Ndjson,
+            ),
+            (
+                format!("{EVENT}\n{EVENT}\n{EVENT}\n{EVENT}"),
+                BodyFormat::Ndjson,
+            ),
+            ("\n \n".to_string(), BodyFormat::Ndjson),
+        ];
+        let summary = |r: Result<ParsedBody, BodyError>| {
+            r.map(|p| {
+                let events: Vec<(String, String)> = p
+                    .events
+                    .iter()
+                    .map(|e| (e.raw_json().to_string(), format!("{:?}", e.body)))
+                    .collect();
+                (events, p.rejected)
+            })
+        };
+        for (body, format) in cases {
+            let at = OffsetDateTime::UNIX_EPOCH;
+            assert_eq!(
+                summary(parse_body(body.as_bytes(), format, LIMITS, at)),
+                summary(parse_checked(body.as_bytes(), format, LIMITS, at)),
+                "{body:?}"
+            );
+        }
+        let invalid_utf8 = [EVENT.as_bytes(), b"\n{\"a\":\"\xff\"}"].concat();
+        assert!(parse_body(
+            &invalid_utf8,
+            BodyFormat::Ndjson,
+            LIMITS,
+            OffsetDateTime::UNIX_EPOCH
+        )
+        .is_err());
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub const KNOWN_TYPES: &[&str] = &[
 
 pub const SCHEMA_VERSION: &str = "player-event/1";
 
+/// `ad`, `error` and `data` are boxed: most events have none of them, and an event
+/// waits in up to one queue per destination, so its size is the relay's memory.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct PlayerEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,13 +58,13 @@ pub struct PlayerEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playback: Option<Playback>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ad: Option<Ad>,
+    pub ad: Option<Box<Ad>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<PlayerError>,
+    pub error: Option<Box<PlayerError>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Context>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<EventData>,
+    pub data: Option<Box<EventData>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<Map<String, Value>>,
     /// Set by clients that should not: the relay owns this field and overwrites it.
@@ -301,9 +303,9 @@ pub struct Context {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub player: Option<PlayerInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app: Option<AppInfo>,
+    pub app: Option<Box<AppInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<DeviceInfo>,
+    pub device: Option<Box<DeviceInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,7 +313,7 @@ pub struct Context {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub page: Option<PageInfo>,
+    pub page: Option<Box<PageInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent: Option<Consent>,
 }
