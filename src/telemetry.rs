@@ -400,7 +400,12 @@ impl DestinationMetrics {
     }
 
     pub fn dropped(&self, reason: &'static str, count: u64) {
-        let counter = {
+        self.dropped_counter(reason).inc_by(count);
+    }
+
+    /// The `dropped{reason}` counter, for callers that count on a hot path.
+    pub fn dropped_counter(&self, reason: &'static str) -> Counter {
+        {
             let mut cache = match self.dropped_cache.lock() {
                 Ok(guard) => guard,
                 Err(poisoned) => poisoned.into_inner(),
@@ -419,7 +424,6 @@ impl DestinationMetrics {
                     counter
                 }
             }
-        };
-        counter.inc_by(count);
+        }
     }
 }

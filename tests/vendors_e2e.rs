@@ -231,3 +231,44 @@ fn translate_prints_requests_for_the_shipped_routes_without_secrets() {
     assert!(!text.contains("very-secret-value"));
     assert!(text.contains("dropped: unmapped"));
 }
+
+#[tokio::test]
+async fn types_a_vendor_only_drops_are_counted_and_never_queued() {
+    let hung = StandIn::start(|_| Reply::Hang).await;
+    let relay = start_relay_with(
+        &config(&format!(
+            "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nendpoint = \"{}\"\nevents = {{ \"playback.paused\" = false }}\ntimeout_ms = 60000",
+            hung.url("")
+        ))
+        .replace("[server]", "[server]\ndrain_timeout_ms = 100"),
+        fixture_clock(),
+    )
+    .await;
+    post_ndjson(relay.local_addr, FIXTURE).await;
+    let text = relay.relay.metrics.encode();
+    let fixture = fixture_events();
+    let count = |f: &dyn Fn(&str) -> bool| {
+        fixture
+            .iter()
+            .filter(|e| f(e["type"].as_str().unwrap_or("")))
+            .count() as f64
+    };
+    let unmapped = count(&|t| playrelay::dest::ga4::default_name(t).is_none());
+    let disabled = count(&|t| t == "playback.paused");
+    let dropped = |reason: &str| {
+        metric(
+            &text,
+            &format!("playrelay_destination_events_dropped_total{{destination=\"vendor\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(dropped("unmapped"), unmapped);
+    assert_eq!(dropped("disabled"), disabled);
+    let accounts = Accounts::read(&text, "vendor");
+    accounts.assert_balanced();
+    // Only what GA4 would send was queued or taken.
+    assert_eq!(
+        accounts.queued + accounts.in_flight,
+        708.0 - unmapped - disabled
+    );
+    relay.shutdown().await;
+}

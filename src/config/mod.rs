@@ -366,8 +366,9 @@ mod defaults {
     pub fn batch_max_wait_ms() -> u64 {
         1_000
     }
+    /// About 3 KB per queued event: 10,000 is ~30 MB for a destination that stalls.
     pub fn queue_max_events() -> usize {
-        100_000
+        10_000
     }
     pub fn dead_letter_dir() -> std::path::PathBuf {
         "playrelay-out/dead-letter".into()

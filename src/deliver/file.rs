@@ -21,6 +21,11 @@ impl FileSink {
         }
     }
 
+    /// False for event types this file leaves out (`events = { "x" = false }`).
+    pub fn sends_type(&self, event_type: &str) -> bool {
+        self.names.resolve_passthrough(event_type).is_ok()
+    }
+
     /// Appends the batch. Returns the indices written, or the indices that failed and why.
     pub async fn write(
         &self,

@@ -21,17 +21,20 @@ mod retry;
 pub use self::http::{HttpClient, TlsRoots};
 
 use crate::config::{DestinationConfig, DestinationKind, RateLimitConfig, WhenFull};
+use crate::dest::NameOverride;
 use crate::dest::{
     build_translator, redact, render_request, Disposition, EventNames, Refusal, Translate,
     VendorRequest, Verdict,
 };
-use crate::event::{format_rfc3339, Event};
+use crate::event::{format_rfc3339, Event, KNOWN_TYPES};
 use crate::telemetry::{DestinationMetrics, Metrics};
 use crate::Clock;
 use breaker::Breaker;
 use dead_letter::{Cause, DeadLetter};
+use prometheus_client::metrics::counter::Counter;
 use rate_limit::RateLimits;
 use retry::Backoff;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -40,7 +43,7 @@ use tokio::time::Instant;
 
 /// How many overflowing events may wait for the dead-letter writer before even they are
 /// dropped (counted): ingest never waits on a disk.
-const OVERFLOW_CAPACITY: usize = 10_000;
+const OVERFLOW_CAPACITY: usize = 1_000;
 
 /// The sending side of a destination: what routing hands events to.
 pub struct Destination {
@@ -48,6 +51,9 @@ pub struct Destination {
     queue: mpsc::Sender<Arc<Event>>,
     overflow: Option<mpsc::Sender<Arc<Event>>>,
     pub metrics: Arc<DestinationMetrics>,
+    /// Types the destination would only drop, with their `dropped{reason}` counter:
+    /// left out here rather than queued, batched and translated for nothing.
+    skipped_types: HashMap<&'static str, Counter>,
 }
 
 impl Destination {
@@ -55,6 +61,12 @@ impl Destination {
     /// dead-lettered (`when_full = "dead_letter"`) or dropped, and counted either way.
     pub fn offer(&self, event: Arc<Event>) -> bool {
         self.metrics.received.inc();
+        if !self.skipped_types.is_empty() {
+            if let Some(dropped) = self.skipped_types.get(event.event_type()) {
+                dropped.inc();
+                return false;
+            }
+        }
         match self.queue.try_send(event) {
             Ok(()) => {
                 self.metrics.queue_depth.inc();
@@ -146,6 +158,18 @@ pub fn start(
         Sink::File(_) => Vec::new(),
     };
     let metrics = Arc::new(env.metrics.destination(&config.name));
+    let skipped_types = KNOWN_TYPES
+        .iter()
+        .filter(|ty| match &sink {
+            Sink::Http(translator) => !translator.sends_type(ty),
+            Sink::File(file) => !file.sends_type(ty),
+        })
+        .map(|ty| {
+            let disabled = config.common.events.get(*ty) == Some(&NameOverride::Enabled(false));
+            let reason = if disabled { "disabled" } else { "unmapped" };
+            (*ty, metrics.dropped_counter(reason))
+        })
+        .collect();
     let rate_limit = config
         .common
         .rate_limit
@@ -187,6 +211,7 @@ pub fn start(
             queue: sender,
             overflow,
             metrics,
+            skipped_types,
         }),
         Worker { handle, handover },
     ))
