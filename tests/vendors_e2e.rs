@@ -272,3 +272,41 @@ async fn types_a_vendor_only_drops_are_counted_and_never_queued() {
     );
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn events_a_vendor_refuses_are_dead_lettered_with_the_reason() {
+    let vendor = StandIn::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = config(&format!(
+        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nendpoint = \"{}\"",
+        vendor.url("")
+    ))
+    .replace(
+        "[server]",
+        &format!("[server]\ndead_letter_dir = {:?}", dir.path().display().to_string()),
+    );
+    // A week after the fixture sessions: every event GA4 would send is too old.
+    let week_later = RelayOptions {
+        clock: Arc::new(|| datetime!(2026-11-08 21:00:00 UTC)),
+    };
+    let relay = start_relay_with(&toml, week_later).await;
+    post_ndjson(relay.local_addr, FIXTURE).await;
+    let metrics = relay.relay.clone();
+    relay.shutdown().await;
+    assert!(vendor.requests().is_empty());
+    let mapped = fixture_events()
+        .iter()
+        .filter(|e| playrelay::dest::ga4::default_name(e["type"].as_str().unwrap_or("")).is_some())
+        .count();
+    let records = dead_letters(dir.path(), "vendor");
+    assert_eq!(records.len(), mapped);
+    for record in &records {
+        assert_eq!(record["reason"], "too_old");
+        assert!(record["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("more than 72 h"));
+        assert!(!record.to_string().contains("s3cr3t"));
+    }
+    Accounts::read(&metrics.metrics.encode(), "vendor").assert_balanced();
+}

@@ -83,52 +83,58 @@ impl DeadLetter {
     /// Appends one record per event and settles them: `dead_lettered` on success,
     /// `dropped{dead_letter_failed}` otherwise. Either way they leave `in_flight`.
     pub async fn write(&self, events: &[&Event], cause: &Cause, now: OffsetDateTime) {
-        if events.is_empty() {
+        let items: Vec<(&Event, &Cause)> = events.iter().map(|e| (*e, cause)).collect();
+        self.write_each(&items, now).await;
+    }
+
+    /// Like [`DeadLetter::write`], each event with its own cause, in one durable append.
+    pub async fn write_each(&self, items: &[(&Event, &Cause)], now: OffsetDateTime) {
+        if items.is_empty() {
             return;
         }
-        let n = events.len() as u64;
-        let mut cause = cause.clone();
-        cause.error = cause.error.map(|e| redact(&e, &self.secrets));
-        cause.response_excerpt = cause.response_excerpt.map(|e| redact(&e, &self.secrets));
+        let n = items.len() as u64;
         self.metrics.failed.inc_by(n);
-        let body = self.encode(events, &cause, now);
+        let dead_lettered_at = format_rfc3339(now);
+        let mut body = Vec::with_capacity(items.len() * 1536);
+        for (event, cause) in items {
+            self.encode(event, cause, &dead_lettered_at, &mut body);
+        }
+        let reason = &items[0].1.reason;
         match self.file.append(&body, true).await {
             Ok(()) => {
                 self.metrics.dead_lettered.inc_by(n);
-                tracing::warn!(destination = %self.destination, reason = %cause.reason, status = cause.status, events = n, file = %self.path().display(), "events dead-lettered");
+                tracing::warn!(destination = %self.destination, %reason, status = items[0].1.status, events = n, file = %self.path().display(), "events dead-lettered");
             }
             Err(error) => {
                 self.metrics.dropped("dead_letter_failed", n);
-                tracing::error!(destination = %self.destination, reason = %cause.reason, events = n, file = %self.path().display(), %error, "cannot write dead letters: events lost");
+                tracing::error!(destination = %self.destination, %reason, events = n, file = %self.path().display(), %error, "cannot write dead letters: events lost");
             }
         }
         self.metrics.in_flight.dec_by(n as i64);
     }
 
-    fn encode(&self, events: &[&Event], cause: &Cause, now: OffsetDateTime) -> Vec<u8> {
+    fn encode(&self, event: &Event, cause: &Cause, dead_lettered_at: &str, body: &mut Vec<u8>) {
         #[derive(Serialize)]
         struct Head<'a> {
-            dead_lettered_at: String,
+            dead_lettered_at: &'a str,
             destination: &'a str,
             #[serde(flatten)]
             cause: &'a Cause,
         }
+        let mut cause = cause.clone();
+        cause.error = cause.error.map(|e| redact(&e, &self.secrets));
+        cause.response_excerpt = cause.response_excerpt.map(|e| redact(&e, &self.secrets));
         let head = Head {
-            dead_lettered_at: format_rfc3339(now),
+            dead_lettered_at,
             destination: &self.destination,
-            cause,
+            cause: &cause,
         };
         // Serializing plain strings and numbers cannot fail.
         let head = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
-        let head = &head[..head.len() - 1]; // reopen the object to add the event
-        let mut body = Vec::with_capacity(events.len() * (head.len() + 1024));
-        for event in events {
-            body.extend_from_slice(head);
-            body.extend_from_slice(b",\"event\":");
-            event.write_json(&mut body);
-            body.extend_from_slice(b"}\n");
-        }
-        body
+        body.extend_from_slice(&head[..head.len() - 1]); // reopen the object for the event
+        body.extend_from_slice(b",\"event\":");
+        event.write_json(body);
+        body.extend_from_slice(b"}\n");
     }
 }
 

@@ -433,6 +433,7 @@ async fn dispatch(
 }
 
 async fn settle_refusals(stack: &Stack, events: &[&Event], refused: &[Refusal]) {
+    let mut causes = Vec::new();
     for refusal in refused {
         match refusal.disposition {
             Disposition::Dropped => {
@@ -442,10 +443,13 @@ async fn settle_refusals(stack: &Stack, events: &[&Event], refused: &[Refusal]) 
             Disposition::Refused => {
                 let mut cause = Cause::new(refusal.reason);
                 cause.error = Some(refusal.detail.clone());
-                stack.dead_letter(&[events[refusal.index]], &cause).await;
+                causes.push((events[refusal.index], cause));
             }
         }
     }
+    // One durable append for the whole batch's refusals, not one sync per event.
+    let items: Vec<(&Event, &Cause)> = causes.iter().map(|(e, c)| (*e, c)).collect();
+    stack.dead_letter.write_each(&items, (stack.clock)()).await;
 }
 
 /// One request through breaker, rate limit, timeout and retries, to a settled end:
