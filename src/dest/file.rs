@@ -30,11 +30,7 @@ pub fn encode_lines(
                 body.push(b'\n');
                 written.push(index);
             }
-            Err(unnamed) => refused.push(Refusal::dropped(
-                index,
-                unnamed.reason(),
-                format!("{} is {}", event.event_type(), unnamed.reason()),
-            )),
+            Err(unnamed) => refused.push(Refusal::unnamed(index, event.event_type(), unnamed, "")),
         }
     }
     (body, written, refused)

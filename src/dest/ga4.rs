@@ -562,10 +562,11 @@ impl Translate for Ga4Translator {
             let name = match self.resolve(event) {
                 Ok(name) => name,
                 Err(unnamed) => {
-                    translation.refused.push(Refusal::dropped(
+                    translation.refused.push(Refusal::unnamed(
                         index,
-                        unnamed.reason(),
-                        format!("{} is {} for ga4", event.event_type(), unnamed.reason()),
+                        event.event_type(),
+                        unnamed,
+                        "ga4",
                     ));
                     continue;
                 }

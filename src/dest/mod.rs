@@ -66,6 +66,17 @@ impl Refusal {
         }
     }
 
+    /// A type the destination leaves out; `vendor` names it in the detail ("" for none).
+    pub fn unnamed(index: usize, event_type: &str, unnamed: names::Unnamed, vendor: &str) -> Self {
+        let reason = unnamed.reason();
+        let detail = if vendor.is_empty() {
+            format!("{event_type} is {reason}")
+        } else {
+            format!("{event_type} is {reason} for {vendor}")
+        };
+        Refusal::dropped(index, reason, detail)
+    }
+
     pub fn refused(index: usize, reason: &'static str, detail: impl Into<String>) -> Self {
         Refusal {
             index,

@@ -180,10 +180,11 @@ impl Translate for SegmentTranslator {
             let name = match resolve_name(&self.names, event) {
                 Ok(name) => name,
                 Err(unnamed) => {
-                    translation.refused.push(Refusal::dropped(
+                    translation.refused.push(Refusal::unnamed(
                         index,
-                        unnamed.reason(),
-                        format!("{} is {} for segment", event.event_type(), unnamed.reason()),
+                        event.event_type(),
+                        unnamed,
+                        "segment",
                     ));
                     continue;
                 }

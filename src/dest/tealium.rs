@@ -352,10 +352,11 @@ impl Translate for TealiumTranslator {
             let name = match self.resolve(event) {
                 Ok(name) => name,
                 Err(unnamed) => {
-                    translation.refused.push(Refusal::dropped(
+                    translation.refused.push(Refusal::unnamed(
                         index,
-                        unnamed.reason(),
-                        format!("{} is {} for tealium", event.event_type(), unnamed.reason()),
+                        event.event_type(),
+                        unnamed,
+                        "tealium",
                     ));
                     continue;
                 }

@@ -162,11 +162,9 @@ impl Translate for WebhookTranslator {
             if let Err(unnamed) =
                 encode_passthrough(event, &self.names, self.pass_properties, &mut item)
             {
-                translation.refused.push(Refusal::dropped(
-                    index,
-                    unnamed.reason(),
-                    format!("{} is {}", event.event_type(), unnamed.reason()),
-                ));
+                translation
+                    .refused
+                    .push(Refusal::unnamed(index, event.event_type(), unnamed, ""));
                 continue;
             }
             if self.encoding == BodyEncoding::Ndjson {
