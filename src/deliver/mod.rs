@@ -23,8 +23,8 @@ pub use self::http::{HttpClient, TlsRoots};
 use crate::config::{DestinationConfig, DestinationKind, RateLimitConfig, WhenFull};
 use crate::dest::NameOverride;
 use crate::dest::{
-    build_translator, redact, render_request, Disposition, EventNames, Refusal, Translate,
-    VendorRequest, Verdict,
+    build_translator, redact, render_request, stated_reason, Disposition, EventNames, Refusal,
+    Translate, VendorRequest, Verdict,
 };
 use crate::event::{format_rfc3339, Event, KNOWN_TYPES};
 use crate::telemetry::{DestinationMetrics, Metrics};
@@ -492,12 +492,18 @@ async fn deliver(
     };
     // Held until the request is settled.
     let _permit = permit;
-    let url = redact(&request.url, &stack.secrets);
     let seed = xxhash_rust::xxh3::xxh3_64(refs[0].event_id().as_bytes());
     let mut backoff = Backoff::new(stack.config.common.retry, seed);
     let started = Instant::now();
-    let first_attempt_at = format_rfc3339((stack.clock)());
+    // Kept as a time, formatted only if the events end up dead-lettered.
+    let first_attempt_at = (stack.clock)();
     let mut attempt = 0u32;
+    let shutdown = |attempts: u32, error: Option<&str>| Cause {
+        reason: "shutdown".into(),
+        attempts,
+        error: error.map(str::to_string),
+        ..Cause::default()
+    };
     loop {
         let admitted = async {
             stack.breaker.admit().await;
@@ -506,9 +512,7 @@ async fn deliver(
         tokio::select! {
             _ = admitted => {}
             _ = stack.abandoned() => {
-                let mut cause = Cause::new("shutdown");
-                cause.attempts = attempt;
-                stack.dead_letter(&refs, &cause).await;
+                stack.dead_letter(&refs, &shutdown(attempt, None)).await;
                 return;
             }
         }
@@ -518,10 +522,8 @@ async fn deliver(
         let outcome = tokio::select! {
             outcome = stack.client.send(&request, stack.config.common.timeout_ms) => outcome,
             _ = stack.abandoned() => {
-                let mut cause = Cause::new("shutdown");
-                cause.attempts = attempt;
-                cause.error = Some("shutdown timed out while the request was in flight".into());
-                stack.dead_letter(&refs, &cause).await;
+                let error = "shutdown timed out while the request was in flight";
+                stack.dead_letter(&refs, &shutdown(attempt, Some(error))).await;
                 return;
             }
         };
@@ -529,13 +531,8 @@ async fn deliver(
             .metrics
             .request_duration
             .observe(sent_at.elapsed().as_secs_f64());
-        let mut cause = Cause {
-            attempts: attempt,
-            first_attempt_at: Some(first_attempt_at.clone()),
-            last_attempt_at: Some(format_rfc3339((stack.clock)())),
-            ..Cause::default()
-        };
-        let (verdict, vendor_wait) = match outcome {
+        // Delivered is the common case: everything below it is the failure path.
+        let (verdict, mut cause, vendor_wait) = match outcome {
             Ok(response) => {
                 stack.metrics.response(response.status.as_str());
                 let verdict = translator.classify(&response);
@@ -549,26 +546,32 @@ async fn deliver(
                     stack.metrics.in_flight.dec_by(n as i64);
                     return;
                 }
-                cause.status = Some(response.status.as_u16());
-                cause.error = response
-                    .headers
-                    .get("x-error")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                cause.response_excerpt = Some(excerpt(&response.body));
+                let cause = Cause {
+                    status: Some(response.status.as_u16()),
+                    error: stated_reason(&response),
+                    response_excerpt: Some(excerpt(&response.body)),
+                    ..Cause::default()
+                };
                 let wait = retry::vendor_wait(&response.headers, std::time::SystemTime::now());
-                (verdict, wait)
+                (verdict, cause, wait)
             }
             Err(error) => {
                 stack.metrics.response(error.label());
-                cause.error = Some(error.to_string());
-                (Verdict::Retry, None)
+                let cause = Cause {
+                    error: Some(error.to_string()),
+                    ..Cause::default()
+                };
+                (Verdict::Retry, cause, None)
             }
         };
+        cause.attempts = attempt;
+        cause.first_attempt_at = Some(format_rfc3339(first_attempt_at));
+        cause.last_attempt_at = Some(format_rfc3339((stack.clock)()));
+        let url = || redact(&request.url, &stack.secrets);
         if verdict == Verdict::Reject {
             // The vendor answered: it is up, the request is what is wrong.
             stack.breaker.success();
-            tracing::warn!(destination = %stack.name, %url, status = cause.status, error = ?cause.error, "vendor rejected the request: not retried");
+            tracing::warn!(destination = %stack.name, url = %url(), status = cause.status, error = ?cause.error, "vendor rejected the request: not retried");
             cause.reason = "rejected".into();
             stack.dead_letter(&refs, &cause).await;
             return;
@@ -576,7 +579,7 @@ async fn deliver(
         stack.breaker.failure();
         match backoff.next_wait(attempt, started.elapsed(), vendor_wait) {
             Some(wait) => {
-                tracing::debug!(destination = %stack.name, %url, attempt, wait_ms = wait.as_millis() as u64, status = cause.status, error = ?cause.error, "retrying");
+                tracing::debug!(destination = %stack.name, url = %url(), attempt, wait_ms = wait.as_millis() as u64, status = cause.status, error = ?cause.error, "retrying");
                 stack.metrics.retries.inc();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}

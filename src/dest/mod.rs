@@ -143,6 +143,15 @@ pub trait Translate: Send + Sync + 'static {
     }
 }
 
+/// The reason a vendor states for refusing a request, from its `X-Error` header
+/// (Tealium sends one with every 400; others may too).
+pub fn stated_reason(response: &VendorResponse) -> Option<String> {
+    response
+        .headers
+        .get("x-error")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
 /// 2xx delivered; 408, 429 and 5xx retried; any other status is a rejection.
 pub fn default_classify(status: StatusCode) -> Verdict {
     if status.is_success() {

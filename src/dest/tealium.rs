@@ -445,14 +445,6 @@ impl Translate for TealiumTranslator {
     }
 }
 
-/// The reason Tealium gives for a 400, from its `X-Error` header.
-pub fn rejection_reason(response: &VendorResponse) -> Option<String> {
-    response
-        .headers
-        .get("x-error")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-}
-
 /// A flat value borrowed from the event where possible.
 enum T<'a> {
     Str(&'a str),
@@ -866,7 +858,7 @@ mod tests {
         let bad = response(400, headers);
         assert_eq!(t.classify(&bad), Verdict::Reject);
         assert_eq!(
-            rejection_reason(&bad).as_deref(),
+            crate::dest::stated_reason(&bad).as_deref(),
             Some("missing tealium_account")
         );
         assert_eq!(
