@@ -3,7 +3,7 @@
 //! many routes pick it.
 
 use crate::config::RouteConfig;
-use crate::event::Event;
+use crate::event::{Event, KNOWN_TYPES};
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use std::collections::HashMap;
 use xxhash_rust::xxh3::xxh3_64;
@@ -51,6 +51,9 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<CompiledRoute>,
+    /// For every contract type, the routes whose globs match it, worked out once so the
+    /// per-event path runs no glob; only `custom.*` types are matched per event.
+    routes_by_type: HashMap<&'static str, Vec<usize>>,
 }
 
 impl RouteTable {
@@ -91,11 +94,21 @@ impl RouteTable {
                 sources: route.sources.clone(),
             });
         }
-        Ok(RouteTable { routes: compiled })
+        let routes_by_type = KNOWN_TYPES
+            .iter()
+            .map(|ty| (*ty, type_matches(&compiled, ty)))
+            .collect();
+        Ok(RouteTable {
+            routes: compiled,
+            routes_by_type,
+        })
     }
 
     pub fn empty() -> RouteTable {
-        RouteTable { routes: Vec::new() }
+        RouteTable {
+            routes: Vec::new(),
+            routes_by_type: HashMap::new(),
+        }
     }
 
     pub fn route_names(&self) -> impl Iterator<Item = &str> {
@@ -106,11 +119,17 @@ impl RouteTable {
         decision.destinations.clear();
         decision.sampled_out.clear();
         let event_type = event.event_type();
-        let mut session_hash = None;
-        for (index, route) in self.routes.iter().enumerate() {
-            if !route.matchers.iter().any(|m| m.is_match(event_type)) {
-                continue;
+        let custom;
+        let matching = match self.routes_by_type.get(event_type) {
+            Some(routes) => routes,
+            None => {
+                custom = type_matches(&self.routes, event_type);
+                &custom
             }
+        };
+        let mut session_hash = None;
+        for &index in matching {
+            let route = &self.routes[index];
             if !route.sources.is_empty()
                 && !event
                     .source
@@ -134,6 +153,16 @@ impl RouteTable {
             }
         }
     }
+}
+
+/// The indices of the routes whose type globs match `event_type`, in route order.
+fn type_matches(routes: &[CompiledRoute], event_type: &str) -> Vec<usize> {
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, route)| route.matchers.iter().any(|m| m.is_match(event_type)))
+        .map(|(index, _)| index)
+        .collect()
 }
 
 /// Maps a share in 0.0–1.0 to a hash threshold; 1.0 keeps every session.
@@ -178,6 +207,7 @@ mod tests {
 
     #[test]
     fn globs_match_types_and_destinations_are_deduplicated() {
+        let custom = table(&[route("chapters", &["custom.chapter_*"], &["b"], None)]);
         let table = table(&[
             route("all", &["*"], &["a"], None),
             route("playback", &["playback.*"], &["a", "b"], None),
@@ -187,6 +217,11 @@ mod tests {
         assert_eq!(d.destinations, vec![0, 1]);
         table.decide(&event("ad.started", "s"), &mut d);
         assert_eq!(d.destinations, vec![0]);
+        // Types outside the contract's list are matched per event.
+        custom.decide(&event("custom.chapter_viewed", "s"), &mut d);
+        assert_eq!(d.destinations, vec![1]);
+        custom.decide(&event("custom.other", "s"), &mut d);
+        assert!(d.destinations.is_empty());
     }
 
     #[test]
