@@ -43,16 +43,6 @@ to = ["vendor"]
     )
 }
 
-fn ids(events: &[Value]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for event in events {
-        *counts
-            .entry(event["event_id"].as_str().unwrap_or("").to_string())
-            .or_insert(0) += 1;
-    }
-    counts
-}
-
 #[tokio::test]
 async fn flaky_vendor_gets_every_event_with_retries_honouring_retry_after() {
     let vendor = StandIn::start(|n| match n {
@@ -69,7 +59,7 @@ async fn flaky_vendor_gets_every_event_with_retries_honouring_retry_after() {
     relay.shutdown().await;
 
     let delivered = vendor.delivered_events();
-    let counts = ids(&delivered);
+    let counts = id_counts(&delivered);
     assert_eq!(counts.len(), 708, "every event arrives at least once");
     let duplicates = delivered.len() - counts.len();
     // A 503 here is answered before the body is used, so a retry never duplicates.
@@ -238,7 +228,7 @@ async fn a_rejecting_vendor_is_not_retried_and_replay_delivers_after_the_fix() {
     assert_eq!(report.dead_lettered, 0);
     let replayed = fixed.delivered_events();
     let original: Vec<Value> = records.iter().map(|r| r["event"].clone()).collect();
-    assert_eq!(ids(&replayed), ids(&original), "event ids kept");
+    assert_eq!(id_counts(&replayed), id_counts(&original), "event ids kept");
     // received_at is the original one, not the replay time.
     let by_id: HashMap<&str, &Value> = original
         .iter()
@@ -317,10 +307,12 @@ async fn shutdown_with_a_vendor_down_leaves_every_queued_event_in_dead_letters()
     );
     let records = dead_letters(dir.path(), "vendor");
     assert_eq!(
-        ids(&records
-            .iter()
-            .map(|r| r["event"].clone())
-            .collect::<Vec<_>>())
+        id_counts(
+            &records
+                .iter()
+                .map(|r| r["event"].clone())
+                .collect::<Vec<_>>()
+        )
         .len(),
         708
     );

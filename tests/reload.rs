@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use playrelay::config;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,16 +37,6 @@ fn numbered_events(start: usize, count: usize) -> Vec<Value> {
 
 fn ndjson(events: &[Value]) -> String {
     events.iter().map(|e| e.to_string() + "\n").collect()
-}
-
-fn id_counts(events: &[Value]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for event in events {
-        *counts
-            .entry(event["event_id"].as_str().unwrap_or("").to_string())
-            .or_insert(0) += 1;
-    }
-    counts
 }
 
 #[tokio::test]

@@ -33,6 +33,16 @@ to = ["vendor"]
     )
 }
 
+/// Starts a relay with one destination (`vendor`) at the fixture's time, posts the
+/// fixture sessions and shuts down, so the stand-in holds everything that was sent.
+async fn send_fixture(destination: &str) -> Arc<playrelay::Relay> {
+    let relay = start_relay_with(&config(destination), fixture_clock()).await;
+    post_ndjson(relay.local_addr, FIXTURE).await;
+    let handle = relay.relay.clone();
+    relay.shutdown().await;
+    handle
+}
+
 fn fixture_ids() -> HashSet<String> {
     fixture_events()
         .iter()
@@ -43,16 +53,11 @@ fn fixture_ids() -> HashSet<String> {
 #[tokio::test]
 async fn segment_gets_basic_auth_json_batches_with_message_ids() {
     let vendor = StandIn::ok().await;
-    let relay = start_relay_with(
-        &config(&format!(
-            "[destinations.vendor]\ntype = \"segment\"\nwrite_key = \"wk_123\"\nendpoint = \"{}\"",
-            vendor.url("")
-        )),
-        fixture_clock(),
-    )
+    send_fixture(&format!(
+        "[destinations.vendor]\ntype = \"segment\"\nwrite_key = \"wk_123\"\nendpoint = \"{}\"",
+        vendor.url("")
+    ))
     .await;
-    post_ndjson(relay.local_addr, FIXTURE).await;
-    relay.shutdown().await;
     let requests = vendor.requests();
     assert!(!requests.is_empty());
     let auth = format!(
@@ -96,17 +101,11 @@ async fn ga4_gets_measurement_protocol_requests_and_validation_findings_are_coun
         )
     })
     .await;
-    let relay = start_relay_with(
-        &config(&format!(
-            "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nvalidate = true\nendpoint = \"{}\"",
-            vendor.url("")
-        )),
-        fixture_clock(),
-    )
+    let handle = send_fixture(&format!(
+        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nvalidate = true\nendpoint = \"{}\"",
+        vendor.url("")
+    ))
     .await;
-    post_ndjson(relay.local_addr, FIXTURE).await;
-    let handle = relay.relay.clone();
-    relay.shutdown().await;
     let requests = vendor.requests();
     assert!(!requests.is_empty());
     for request in &requests {
@@ -141,16 +140,11 @@ async fn ga4_gets_measurement_protocol_requests_and_validation_findings_are_coun
 #[tokio::test]
 async fn tealium_gets_bulk_events_of_one_visitor_with_flat_keys() {
     let vendor = StandIn::ok().await;
-    let relay = start_relay_with(
-        &config(&format!(
-            "[destinations.vendor]\ntype = \"tealium\"\naccount = \"acme\"\nprofile = \"main\"\nenvironment = \"prod\"\nendpoint = \"{}\"\nrate_limit = {{ events_per_second = 100000 }}",
-            vendor.url("")
-        )),
-        fixture_clock(),
-    )
+    send_fixture(&format!(
+        "[destinations.vendor]\ntype = \"tealium\"\naccount = \"acme\"\nprofile = \"main\"\nenvironment = \"prod\"\nendpoint = \"{}\"\nrate_limit = {{ events_per_second = 100000 }}",
+        vendor.url("")
+    ))
     .await;
-    post_ndjson(relay.local_addr, FIXTURE).await;
-    relay.shutdown().await;
     let requests = vendor.requests();
     assert!(requests.iter().any(|r| r.uri.path() == "/bulk-event"));
     for request in &requests {

@@ -370,3 +370,14 @@ pub async fn half_answering_vendor() -> SocketAddr {
     });
     addr
 }
+
+/// How many times each `event_id` occurs.
+pub fn id_counts(events: &[Value]) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for event in events {
+        *counts
+            .entry(event["event_id"].as_str().unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    counts
+}
