@@ -133,7 +133,10 @@ fn test_cases(config: &Path, cases: &Path) -> ExitCode {
     };
     match playrelay::cases::run_file(&config, cases) {
         Ok(report) => {
-            print!("{}", report.text);
+            if let Err(error) = write_stdout(&report.text) {
+                eprintln!("playrelay: cannot write the report: {error}");
+                return ExitCode::FAILURE;
+            }
             if report.failed == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -159,8 +162,18 @@ fn translate(config: &Path, destination: &str, sent_at: Option<&str>) -> anyhow:
     let mut input = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin(), &mut input).context("cannot read stdin")?;
     let output = playrelay::preview::preview(&config, destination, &input, sent_at)?;
-    print!("{output}");
-    Ok(())
+    write_stdout(&output).context("cannot write to stdout")
+}
+
+/// Writes to stdout; a reader that went away (`playrelay translate … | head`) ends the
+/// output quietly, as Unix tools do, instead of `print!`'s panic.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 fn replay(config: &Path, destination: &str, file: &Path) -> anyhow::Result<()> {

@@ -32,6 +32,11 @@ pub enum ReplayError {
     UnknownDestination(String),
     #[error("{0}")]
     Read(String),
+    #[error("cannot remove the previous {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Tls(#[from] deliver::http::TlsSetupError),
     #[error(transparent)]
@@ -67,6 +72,17 @@ pub async fn replay(
     dest_config.common.queue.max_events =
         dest_config.common.queue.max_events.max(events.len().max(1));
     let failed_again_file = failed_again_path(file);
+    // This run's failures only: a file left by an earlier run of the same input would
+    // otherwise be appended to, and replaying it would send those records twice.
+    match std::fs::remove_file(&failed_again_file) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(ReplayError::Io {
+                path: failed_again_file,
+                source: error,
+            })
+        }
+        _ => {}
+    }
     let metrics = Arc::new(Metrics::new());
     let (_abandon, abandon_rx) = watch::channel(false);
     let env = deliver::Environment {

@@ -202,3 +202,146 @@ fn test_command_passes_the_shipped_cases_and_shows_a_readable_diff_on_failure() 
     );
     assert!(stdout.contains("2 passed, 2 failed"), "{stdout}");
 }
+
+#[test]
+fn translate_into_a_reader_that_stops_early_exits_quietly() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut child = Command::new(BIN)
+        .args([
+            "translate",
+            "--config",
+            &format!("{root}/routes.toml"),
+            "--destination",
+            "segment",
+            "--sent-at",
+            "2026-11-01T19:00:00Z",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start playrelay");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Far more output than a pipe buffers (64 KiB), so the write after `head` left fails.
+    let writer = std::thread::spawn(move || {
+        for _ in 0..4 {
+            stdin.write_all(common::FIXTURE.as_bytes()).expect("feed");
+        }
+    });
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("first line");
+    assert!(!first.is_empty(), "translate printed nothing");
+    // The reader (like `head -1`) is gone: stdout is dropped here.
+    writer.join().expect("writer");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.trim().is_empty(), "not quiet: {stderr}");
+}
+
+#[test]
+fn replay_twice_leaves_only_the_last_runs_failures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+[destinations.warehouse]
+type = "webhook"
+endpoint = "http://127.0.0.1:{}/events"
+retry = {{ max_attempts = 1 }}
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["warehouse"]
+"#,
+            common::closed_port()
+        ),
+    )
+    .expect("write config");
+    let dead = dir.path().join("warehouse.ndjson");
+    let records: String = common::FIXTURE
+        .lines()
+        .take(5)
+        .map(|event| {
+            format!(
+                r#"{{"dead_lettered_at":"2026-11-01T19:00:00Z","destination":"warehouse","reason":"unreachable","attempts":1,"event":{event}}}"#
+            ) + "\n"
+        })
+        .collect();
+    std::fs::write(&dead, records).expect("write dead letters");
+    let failed_again = dir.path().join("warehouse.failed-again.ndjson");
+    for run in 1..=2 {
+        let out = Command::new(BIN)
+            .args(["replay", "--config"])
+            .arg(&config)
+            .args(["--destination", "warehouse"])
+            .arg(&dead)
+            .current_dir(dir.path())
+            .output()
+            .expect("run playrelay");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "run {run}: {stdout}");
+        assert!(stdout.contains("5 failed again"), "run {run}: {stdout}");
+        let lines = std::fs::read_to_string(&failed_again).expect("failed-again file");
+        assert_eq!(lines.lines().count(), 5, "run {run}: {lines}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&dead)
+            .expect("input")
+            .lines()
+            .count(),
+        5,
+        "the input file is left as it was"
+    );
+}
+
+#[test]
+fn validate_reports_an_unset_variable_once_per_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        r#"[server]
+listen = "${PLAYRELAY_TEST_UNSET_LISTEN}"
+
+[destinations.warehouse]
+type = "webhook"
+endpoint = "${PLAYRELAY_TEST_UNSET_URL}"
+headers = { Authorization = "${PLAYRELAY_TEST_UNSET_TOKEN} ${PLAYRELAY_TEST_UNSET_TOKEN}" }
+
+[[routes]]
+name = "everything"
+match = { types = ["*"] }
+to = ["warehouse"]
+"#,
+    )
+    .expect("write config");
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&path)
+        .env_remove("PLAYRELAY_TEST_UNSET_LISTEN")
+        .env_remove("PLAYRELAY_TEST_UNSET_URL")
+        .env_remove("PLAYRELAY_TEST_UNSET_TOKEN")
+        .output()
+        .expect("run playrelay");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for name in [
+        "PLAYRELAY_TEST_UNSET_LISTEN",
+        "PLAYRELAY_TEST_UNSET_URL",
+        "PLAYRELAY_TEST_UNSET_TOKEN",
+    ] {
+        assert_eq!(
+            stderr.matches(&format!("{name} is not set")).count(),
+            1,
+            "{name}:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+}

@@ -76,6 +76,7 @@ pub fn load_str(
         text,
         file,
         errors: Vec::new(),
+        unset_fields: Vec::new(),
     };
     let (mut root, syntax_errors) = DeTable::parse_recoverable(text);
     for error in syntax_errors {
@@ -94,14 +95,22 @@ pub fn load_str(
     }
 }
 
+const UNSET_PREFIX: &str = "environment variable ";
+
 struct Loader<'a> {
     text: &'a str,
     file: &'a Path,
     errors: Vec<ConfigError>,
+    /// Fields holding an unset `${VAR}`: that error is the one to report for them, not
+    /// what parsing the unreplaced text says after it ("invalid socket address").
+    unset_fields: Vec<String>,
 }
 
 impl Loader<'_> {
     fn finish(mut self) -> ConfigErrors {
+        let unset = std::mem::take(&mut self.unset_fields);
+        self.errors
+            .retain(|e| e.message.starts_with(UNSET_PREFIX) || !unset.contains(&e.field));
         self.errors.sort_by_key(|e| (e.line, e.column));
         self.errors.dedup();
         ConfigErrors(self.errors)
@@ -146,14 +155,17 @@ impl Loader<'_> {
         match value.get_mut() {
             DeValue::String(text) if text.contains('$') => match interpolate(text, env) {
                 Ok(replaced) => *text = replaced.into(),
-                Err(missing) => {
+                Err(mut missing) => {
+                    missing.sort();
+                    missing.dedup();
                     for name in missing {
                         self.error_at(
-                                    span.clone(),
-                                    path,
-                                    format!("environment variable {name} is not set (write ${{{name}:-default}} for a default)"),
-                                );
+                            span.clone(),
+                            path,
+                            format!("{UNSET_PREFIX}{name} is not set (write ${{{name}:-default}} for a default)"),
+                        );
                     }
+                    self.unset_fields.push(path.to_string());
                 }
             },
             DeValue::Array(items) => {
