@@ -6,6 +6,8 @@
 //! Everything but the relay lives in this one process (stand-ins and load generator
 //! share a tokio runtime), so the relay's peak RSS and CPU seconds are its own, read
 //! from /proc.
+// A load benchmark measures real elapsed time and stamps real wall-clock times.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

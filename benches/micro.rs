@@ -63,7 +63,7 @@ fn parse_one(text: &str, now: OffsetDateTime) -> Event {
 
 fn benches(c: &mut Criterion) {
     let text = one_event_text();
-    let now = OffsetDateTime::now_utc();
+    let now = playrelay::system_clock()();
     // GA4 refuses events over 72 h old: the event happens "now".
     let fresh = {
         let mut value: serde_json::Value = serde_json::from_str(text).expect("json");

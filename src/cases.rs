@@ -148,7 +148,7 @@ fn check(
     let sent_at = match case.sent_at.as_deref().or(default_sent_at) {
         Some(text) => OffsetDateTime::parse(text, &Rfc3339)
             .map_err(|e| format!("sent_at {text:?} is not RFC 3339: {e}"))?,
-        None => OffsetDateTime::now_utc(),
+        None => crate::system_clock()(),
     };
     let json = match &case.event {
         EventInput::Json(text) => text.clone(),

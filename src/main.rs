@@ -157,7 +157,7 @@ fn translate(config: &Path, destination: &str, sent_at: Option<&str>) -> anyhow:
             time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
                 .with_context(|| format!("--sent-at {text:?} is not an RFC 3339 time"))?
         }
-        None => time::OffsetDateTime::now_utc(),
+        None => playrelay::system_clock()(),
     };
     let mut input = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin(), &mut input).context("cannot read stdin")?;

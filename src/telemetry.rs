@@ -147,6 +147,12 @@ impl Metrics {
             ingest_connection_errors: Family::default(),
             registry: Registry::default(),
         };
+        // Both outcomes exist from the start: "no reload yet" reads 0, not a missing series.
+        for result in ["success", "failed"] {
+            let _ = m.config_reloads.get_or_create(&ResultLabel {
+                result: result.to_string(),
+            });
+        }
         registry.register(
             "events_received",
             "Events found in ingest request bodies",
@@ -320,6 +326,8 @@ impl Metrics {
             .inc();
         self.config_last_reload_success
             .set(i64::from(result == "success"));
+        // A stamp for the exposition only (no decision reads it), so it needs no injected clock.
+        #[allow(clippy::disallowed_methods)]
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);

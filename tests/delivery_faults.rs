@@ -87,10 +87,24 @@ async fn flaky_vendor_gets_every_event_with_retries_honouring_retry_after() {
         ),
         1.0
     );
-    // The request after the 429 waited for Retry-After: 1.
+    // The retry of the batch the vendor answered 429 waited for its Retry-After: 1.
     let requests = vendor.requests();
-    assert!(requests.iter().any(|r| r.status == 429));
-    assert!(dead_letters(dir.path(), "vendor").is_empty());
+    let limited = requests
+        .iter()
+        .find(|r| r.status == 429)
+        .expect("the 429 was answered");
+    let retried = requests
+        .iter()
+        .filter(|r| r.body == limited.body && r.arrived > limited.arrived)
+        .map(|r| r.arrived)
+        .min()
+        .expect("the limited batch was sent again");
+    let waited = retried - limited.arrived;
+    assert!(
+        waited >= Duration::from_millis(950),
+        "retried {waited:?} after a 429 with Retry-After: 1"
+    );
+    assert_no_dead_letters(dir.path(), "vendor");
 }
 
 #[tokio::test]

@@ -277,7 +277,9 @@ async fn broken_bodies_get_their_status_a_json_error_and_forward_nothing() {
 #[tokio::test]
 async fn shutdown_delivers_everything_still_queued() {
     // A slow vendor and small batches: most events are still queued when shutdown starts.
-    let hook = StandIn::start(|_| Reply::After(Duration::from_millis(20), 200)).await;
+    // The vendor holds its answers until the gate opens, after shutdown has started.
+    let (gate, gate_rx) = tokio::sync::watch::channel(false);
+    let hook = StandIn::start(move |_| Reply::UntilOpen(gate_rx.clone(), 200)).await;
     let toml = format!(
         r#"
 [server]
@@ -297,15 +299,20 @@ to = ["slow"]
     let relay = start_relay(&toml).await;
     let answer = post_ndjson(relay.local_addr, FIXTURE).await;
     assert_eq!(answer.body["accepted"], 708);
-    let metrics = relay.relay.metrics.encode();
+    let relay_state = relay.relay.clone();
+    // The vendor holds the first batches, so the rest stays queued until the gate opens.
+    wait_until("batches held at the vendor", Duration::from_secs(5), || {
+        Accounts::read(&relay_state.metrics.encode(), "slow").in_flight > 0.0
+    })
+    .await;
+    let accounts = Accounts::read(&relay_state.metrics.encode(), "slow");
     assert!(
-        metric(
-            &metrics,
-            "playrelay_destination_queue_depth{destination=\"slow\"}"
-        ) > 0.0,
-        "events should still be queued"
+        accounts.queued > 0.0,
+        "events should still be queued: {accounts:?}"
     );
-    let report = relay.shutdown().await;
+    let (report, ()) = tokio::join!(relay.shutdown(), async {
+        let _ = gate.send(true);
+    });
     assert!(report.drained);
     let got: HashSet<String> = hook
         .delivered_events()

@@ -552,7 +552,7 @@ async fn deliver(
                     response_excerpt: Some(excerpt(&response.body)),
                     ..Cause::default()
                 };
-                let wait = retry::vendor_wait(&response.headers, std::time::SystemTime::now());
+                let wait = retry::vendor_wait(&response.headers, (stack.clock)().into());
                 (verdict, cause, wait)
             }
             Err(error) => {

@@ -1,6 +1,8 @@
 //! Shared test parts: vendor stand-ins on 127.0.0.1:0, a relay started from TOML text,
 //! and a small HTTP client. Every wait here is bounded.
 #![allow(dead_code)]
+// Stand-ins stamp real arrival times: the relay under test runs in real time.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -27,6 +29,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub status: u16,
+    /// When the request arrived (before any `After`/`Hang`/`UntilOpen` wait).
+    pub arrived: std::time::Instant,
 }
 
 /// What a stand-in answers to its n-th request (0-based).
@@ -39,6 +43,8 @@ pub enum Reply {
     Body(u16, &'static str),
     /// Accept the request and never answer.
     Hang,
+    /// Hold the answer until the gate reads `true`, then answer with the status.
+    UntilOpen(tokio::sync::watch::Receiver<bool>, u16),
 }
 
 type Plan = Arc<dyn Fn(usize) -> Reply + Send + Sync>;
@@ -67,6 +73,7 @@ impl StandIn {
             move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                 let (recorded, count, plan) = state.clone();
                 async move {
+                    let arrived = std::time::Instant::now();
                     let n = count.fetch_add(1, Ordering::SeqCst);
                     let reply = plan(n);
                     let mut reply_body = "{}";
@@ -85,6 +92,10 @@ impl StandIn {
                             tokio::time::sleep(Duration::from_secs(3600)).await;
                             (200, Vec::new())
                         }
+                        Reply::UntilOpen(mut gate, s) => {
+                            let _ = gate.wait_for(|open| *open).await;
+                            (s, Vec::new())
+                        }
                     };
                     recorded.lock().expect("lock").push(Recorded {
                         method,
@@ -92,6 +103,7 @@ impl StandIn {
                         headers,
                         body,
                         status,
+                        arrived,
                     });
                     let mut response: Response =
                         (StatusCode::from_u16(status).expect("status"), reply_body).into_response();
@@ -279,14 +291,18 @@ pub fn without_received_at(mut event: Value) -> Value {
     event
 }
 
-/// Reads one metric sample (full name with labels) from the relay's exposition.
+/// Reads one metric sample (full name with labels) from the relay's exposition. Panics
+/// when the sample is not there: a renamed metric must not pass as `0`.
 pub fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    find_metric(text, sample)
+        .unwrap_or_else(|| panic!("no metric sample {sample} in the exposition:\n{text}"))
+}
+
+fn find_metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// One destination's accounting terms from the exposition.
@@ -301,6 +317,7 @@ pub struct Accounts {
 }
 
 impl Accounts {
+    /// Panics when the destination has no metrics (a misspelt name must not balance 0 = 0).
     pub fn read(text: &str, destination: &str) -> Accounts {
         let label = format!("{{destination=\"{destination}\"}}");
         let get = |name: &str| metric(text, &format!("playrelay_destination_{name}{label}"));
@@ -331,15 +348,40 @@ impl Accounts {
     }
 }
 
-/// Dead-letter records of a destination, parsed.
+/// Dead-letter records of a destination, parsed. Panics when the file is missing: a
+/// test expecting none says so with [`assert_no_dead_letters`].
 pub fn dead_letters(dir: &Path, destination: &str) -> Vec<Value> {
     let path = dir.join(format!("{destination}.ndjson"));
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("dead-letter line is JSON"))
-            .collect(),
-        Err(_) => Vec::new(),
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the dead letters {}: {e}", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("dead-letter line is JSON"))
+        .collect()
+}
+
+/// Nothing was dead-lettered: the destination's dead-letter file was never written (the
+/// directory itself must exist, so a wrong directory does not pass).
+pub fn assert_no_dead_letters(dir: &Path, destination: &str) {
+    assert!(dir.is_dir(), "no dead-letter directory {}", dir.display());
+    let path = dir.join(format!("{destination}.ndjson"));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        assert!(
+            text.is_empty(),
+            "{} holds dead letters:\n{text}",
+            path.display()
+        );
+    }
+}
+
+/// Polls `condition` until it holds, at most `within`; panics naming `what` otherwise.
+pub async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
