@@ -72,6 +72,9 @@ enum Command {
         /// A dead-letter file (`dead_letter_dir/<destination>.ndjson`).
         dead_letter_file: PathBuf,
     },
+    /// Print the JSON Schema (2020-12) of `player-event/1`, generated from the relay's
+    /// types (the repo carries it as schema/player-event-1.schema.json).
+    Schema,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,10 @@ fn main() -> ExitCode {
             destination,
             dead_letter_file,
         }) => replay(&config, &destination, &dead_letter_file),
+        Some(Command::Schema) => {
+            print!("{}", playrelay::event::player_event_schema_json());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

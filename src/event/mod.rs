@@ -2,10 +2,12 @@
 
 mod limits;
 mod parse;
+mod schema;
 mod types;
 
 pub use limits::JsonLimits;
 pub use parse::{parse_body, BodyError, BodyFormat, BodyLimits, ParsedBody, Rejection};
+pub use schema::{event_type_description, player_event_schema, player_event_schema_json};
 pub use types::*;
 
 use serde_json::value::RawValue;

@@ -2,6 +2,7 @@
 //! original JSON text travels with the event (see [`super::Event`]), so nothing a client
 //! sent is lost when a destination forwards the event as it came.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
@@ -39,101 +40,153 @@ pub const KNOWN_TYPES: &[&str] = &[
 
 pub const SCHEMA_VERSION: &str = "player-event/1";
 
-/// `ad`, `error` and `data` are boxed: most events have none of them, and an event
-/// waits in up to one queue per destination, so its size is the relay's memory.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// One `player-event/1` event: what happened in one playback session, with the player's
+/// state at that moment. Times and durations are integer milliseconds, bitrates bits per
+/// second, volume 0.0-1.0. Unknown fields are accepted and kept (forward compatibility).
+//
+// `ad`, `error` and `data` are boxed: most events have none of them, and an event
+// waits in up to one queue per destination, so its size is the relay's memory.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[schemars(title = "player-event/1", extend("allOf" = crate::event::schema::conditional_requirements()))]
 pub struct PlayerEvent {
+    /// Contract version; `player-event/1` when absent.
+    #[schemars(schema_with = "crate::event::schema::schema_version")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
+    /// Idempotency key: a UUID (v7 recommended), unique per event; retries and replays keep it.
+    #[schemars(extend("format" = "uuid"))]
     pub event_id: String,
+    /// The event type: one of the contract's types, or `custom.<name>` for an app's own.
+    #[schemars(schema_with = "crate::event::schema::event_type")]
     #[serde(rename = "type")]
     pub event_type: String,
+    /// Client wall-clock time of the event, RFC 3339 (UTC recommended, e.g. `2026-01-15T10:20:30.123Z`).
+    #[schemars(extend("format" = "date-time"))]
     pub timestamp: String,
+    /// Per-session counter from 0, one per event, for ordering and gap detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<u64>,
+    /// Which playback session the event belongs to.
     pub session: Session,
+    /// Who is watching; at least one of `user_id` and `anonymous_id`.
     pub user: User,
+    /// What is being watched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<Content>,
+    /// Player state at the time of the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playback: Option<Playback>,
+    /// The ad and its pod; required for `ad.*` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ad: Option<Box<Ad>>,
+    /// What went wrong; required for `*.error` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Box<PlayerError>>,
+    /// Player, app, device, page, locale, user agent, IP and consent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Context>,
+    /// Type-specific values (see each field for the types that carry it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Box<EventData>>,
+    /// Free-form custom properties, passed through where the vendor allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<Map<String, Value>>,
-    /// Set by clients that should not: the relay owns this field and overwrites it.
+    /// Set by the relay (its own receive time, RFC 3339); a client's value is overwritten.
     #[serde(default, skip_serializing)]
     pub received_at: Option<Value>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// One playback session = one content item plus its ads in one player (CMCD `sid`, a Mux "view").
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct Session {
+    /// The playback session id (non-empty; a UUID recommended).
+    #[schemars(length(min = 1))]
     pub id: String,
+    /// Lifetime of a player instance; may span several contents (Segment's `session_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub player_session_id: Option<String>,
+    /// The app or visit session (GA4's `session_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_session_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// Who is watching. At least one of `user_id` and `anonymous_id` must be a non-empty string.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[schemars(extend("anyOf" = crate::event::schema::user_any_of()))]
 pub struct User {
+    /// The known (logged-in) user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// A stable device or browser id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anonymous_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// What is being watched.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct Content {
+    /// The content's id in the publisher's catalogue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asset_id: Option<String>,
+    /// Title of the content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    /// Description of the content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Program or series name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program: Option<String>,
+    /// Season (a string or a number; kept as text).
+    #[schemars(schema_with = "crate::event::schema::string_or_number")]
     #[serde(
         default,
         deserialize_with = "string_or_number",
         skip_serializing_if = "Option::is_none"
     )]
     pub season: Option<String>,
+    /// Episode (a string or a number; kept as text).
+    #[schemars(schema_with = "crate::event::schema::string_or_number")]
     #[serde(
         default,
         deserialize_with = "string_or_number",
         skip_serializing_if = "Option::is_none"
     )]
     pub episode: Option<String>,
+    /// Genre.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub genre: Option<String>,
+    /// Publisher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publisher: Option<String>,
+    /// Channel or network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// Content provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Keywords or tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keywords: Option<Vec<String>>,
+    /// First air date (ISO 8601).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub airdate: Option<String>,
-    /// `None` both when absent and when `null` (live or unknown).
+    /// Duration in milliseconds; `null` for live or unknown (never Infinity or NaN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// Kind of stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_type: Option<StreamType>,
+    /// The source URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Delivery format: `hls`, `dash`, `progressive`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub streaming_format: Option<String>,
+    /// Content language (BCP 47).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
+    /// Custom content metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom: Option<Map<String, Value>>,
 }
@@ -149,118 +202,176 @@ impl Content {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+/// Kind of stream.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamType {
+    /// On demand.
     Vod,
+    /// Live, no seeking back.
     Live,
+    /// Live with a seekable window.
     LiveDvr,
+    /// A linear channel.
     Linear,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// Player state at the time of the event.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct Playback {
+    /// What the player is doing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<PlaybackState>,
+    /// Playhead position in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position_ms: Option<u64>,
+    /// Buffered media ahead of the playhead, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffer_ms: Option<u64>,
+    /// The video rendition (quality) playing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rendition: Option<Rendition>,
+    /// Playback rate (1.0 = normal speed).
+    #[schemars(range(min = 0.0))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playback_rate: Option<f64>,
+    /// Volume from 0.0 (silent) to 1.0 (full); see `muted`.
+    #[schemars(range(min = 0.0, max = 1.0))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<f64>,
+    /// Whether the audio is muted (independent of `volume`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub muted: Option<bool>,
+    /// How the video is shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presentation_mode: Option<PresentationMode>,
+    /// Video frames dropped since the session started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_frames: Option<u64>,
+    /// The CDN serving the media.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdn: Option<String>,
+    /// Whether playback started without a user gesture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoplay: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+/// What the player is doing.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PlaybackState {
+    /// A source is set and playback has not reached its first frame.
     Starting,
+    /// Playing.
     Playing,
+    /// Paused by the viewer.
     Paused,
+    /// Seeking.
     Seeking,
+    /// Stalled waiting for data after the first frame.
     Rebuffering,
+    /// Reached the end.
     Ended,
+    /// Stopped by an error.
     Error,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+/// How the video is shown.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PresentationMode {
+    /// In the page.
     Inline,
+    /// Full screen.
     Fullscreen,
+    /// Picture in picture.
     Pip,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// A video rendition (quality level).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct Rendition {
+    /// Rendition id in the manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Bitrate in bits per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bitrate_bps: Option<u64>,
+    /// Width in pixels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub width: Option<u32>,
+    /// Height in pixels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
+    /// Frames per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub framerate: Option<f64>,
+    /// Codecs string (RFC 6381).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codecs: Option<String>,
+    /// Human label, e.g. `720p`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// The ad and its pod.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct Ad {
+    /// Ad id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ad_id: Option<String>,
+    /// Creative id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creative_id: Option<String>,
+    /// Ad title.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    /// Advertiser.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertiser: Option<String>,
+    /// Ad system or server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// How the ad is inserted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insertion: Option<AdInsertion>,
+    /// Ad duration in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// Playhead position within the ad, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position_ms: Option<u64>,
+    /// When the ad becomes skippable, in milliseconds from its start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_offset_ms: Option<u64>,
+    /// The ad break (pod) the ad belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<AdPod>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+/// How the ad is inserted.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AdInsertion {
+    /// Client-side ad insertion.
     Csai,
+    /// Server-side ad insertion (stitched).
     Ssai,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// An ad break (pod).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct AdPod {
+    /// Pod id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Index of the pod in the content (0-based).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
+    /// Where the pod plays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<PodPosition>,
+    /// Number of ads in the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ad_count: Option<u32>,
     /// 1-based position of the ad inside its pod.
@@ -268,72 +379,105 @@ pub struct AdPod {
     pub ad_position: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+/// Where an ad break plays.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PodPosition {
+    /// Before the content.
     Preroll,
+    /// During the content.
     Midroll,
+    /// After the content.
     Postroll,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// What went wrong.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct PlayerError {
+    /// Error code (a string or a number; kept as text).
+    #[schemars(schema_with = "crate::event::schema::string_or_number")]
     #[serde(
         default,
         deserialize_with = "string_or_number",
         skip_serializing_if = "Option::is_none"
     )]
     pub code: Option<String>,
+    /// Error category as the player names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// Human-readable message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Whether playback stopped because of the error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fatal: Option<bool>,
+    /// Where the error came from: `player`, `network`, `drm` or `ad`.
+    #[schemars(extend("examples" = ["player", "network", "drm", "ad"]))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// HTTP status of the failed request, for network errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
+    /// When it happened: `startup` (before the first frame) or `playback` (after).
+    #[schemars(extend("examples" = ["startup", "playback"]))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// Where the event comes from.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct Context {
+    /// The player.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub player: Option<PlayerInfo>,
+    /// The app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<Box<AppInfo>>,
+    /// The device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<Box<DeviceInfo>>,
+    /// The browser's or app's user agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// Client IP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// Locale (BCP 47), e.g. `en-GB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
+    /// The web page, for web players.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<Box<PageInfo>>,
+    /// The viewer's consent choices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent: Option<Consent>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// The player.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct PlayerInfo {
+    /// Player name, e.g. `THEOplayer`, `html5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Player version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Platform, e.g. `web`, `android`, `ios`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// The app.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct AppInfo {
+    /// App name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// App version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// App build (a string or a number; kept as text).
+    #[schemars(schema_with = "crate::event::schema::string_or_number")]
     #[serde(
         default,
         deserialize_with = "string_or_number",
@@ -342,57 +486,81 @@ pub struct AppInfo {
     pub build: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// The device.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct DeviceInfo {
+    /// Device type, e.g. `desktop`, `mobile`, `tv`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub device_type: Option<String>,
+    /// Manufacturer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manufacturer: Option<String>,
+    /// Model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Operating system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_name: Option<String>,
+    /// Operating system version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_version: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// The web page.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct PageInfo {
+    /// Page URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Referrer URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub referrer: Option<String>,
+    /// Page title.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// The viewer's consent choices.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct Consent {
+    /// Consent to analytics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analytics: Option<bool>,
+    /// Consent to advertising.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertising: Option<bool>,
 }
 
-/// Type-specific values; which ones a type carries is in the contract's table.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// Type-specific values; which ones a type carries is in each field's description.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct EventData {
+    /// `playback.started`: milliseconds from `playback.requested` to the first frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_ms: Option<u64>,
+    /// `playback.rebuffer_ended`, `playback.seek_ended`: how long the rebuffer or seek took, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// `playback.seek_started`: position the seek started from, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_ms: Option<u64>,
+    /// `playback.seek_started`: position the seek goes to, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_ms: Option<u64>,
+    /// `playback.milestone`: the percentage of the content crossed (10, 25, 50, 75 or 90).
+    #[schemars(range(max = 100))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<u8>,
+    /// `playback.exited`: why the viewer left, e.g. `source_change`, `page_hidden`, `destroy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `playback.interrupted`: how playback was interrupted, e.g. `background`, `offline`, `call`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// `quality.changed`: the previous bitrate in bits per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_bitrate_bps: Option<u64>,
+    /// `ad.quartile`: 1 (first quartile), 2 (midpoint) or 3 (third quartile).
+    #[schemars(range(min = 1, max = 3))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quartile: Option<u8>,
 }

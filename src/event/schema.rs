@@ -1,0 +1,113 @@
+//! The published JSON Schema (2020-12) of `player-event/1`, generated from the types in
+//! [`super::types`] so the two cannot drift. `playrelay schema` prints it and the repo
+//! carries it as `schema/player-event-1.schema.json` (tests/schema.rs keeps them equal).
+//!
+//! The helpers below fill in what the derive cannot see: the event type list (taken
+//! from [`KNOWN_TYPES`], so a new type shows up here by being added there), fields that
+//! take a string or a number, and the cross-field rules the relay enforces.
+
+use super::types::{PlayerEvent, KNOWN_TYPES, SCHEMA_VERSION};
+use schemars::generate::SchemaSettings;
+use schemars::{json_schema, Schema, SchemaGenerator};
+use serde_json::{json, Value};
+
+/// The JSON Schema (draft 2020-12) of one `player-event/1` event.
+pub fn player_event_schema() -> Schema {
+    let generator = SchemaSettings::draft2020_12().into_generator();
+    generator.into_root_schema_for::<PlayerEvent>()
+}
+
+/// The schema as the repo carries it: pretty JSON with a final newline.
+pub fn player_event_schema_json() -> String {
+    let mut text = serde_json::to_string_pretty(&player_event_schema())
+        .unwrap_or_else(|_| unreachable!("a schema is plain JSON"));
+    text.push('\n');
+    text
+}
+
+/// When each contract type is sent (the THEOplayer / HTML5 source) and the `data` it
+/// carries; `None` for a type that has not been described yet.
+pub fn event_type_description(event_type: &str) -> Option<&'static str> {
+    Some(match event_type {
+        "session.started" => "A source is set (THEOplayer `sourcechange`, HTML5 `loadstart`): a new playback session.",
+        "playback.requested" => "First play intent after a source (`play`).",
+        "playback.started" => "First frame (first `playing`). data: `startup_ms`.",
+        "playback.paused" => "`pause`, except the one right before the end.",
+        "playback.resumed" => "`playing` after a pause.",
+        "playback.rebuffer_started" => "`waiting` after the first frame, never while seeking or paused.",
+        "playback.rebuffer_ended" => "`playing` after a rebuffer. data: `duration_ms`.",
+        "playback.seek_started" => "`seeking`. data: `from_ms`, `to_ms`.",
+        "playback.seek_ended" => "`seeked`. data: `duration_ms`.",
+        "playback.heartbeat" => "Every heartbeat interval (10 s by default) while playing.",
+        "playback.milestone" => "The position crosses 10, 25, 50, 75 or 90 % of the duration. data: `percent`.",
+        "playback.completed" => "`ended` (never before a first frame).",
+        "playback.exited" => "The viewer leaves before the end: source change, page unload, destroy. data: `reason`.",
+        "playback.interrupted" => "Playback stops unintentionally: backgrounded, offline, a call. data: `method`.",
+        "playback.error" => "`error`, `segmentnotfound`, DRM errors; details in `error`.",
+        "quality.changed" => "The video rendition changes (THEOplayer `activequalitychanged`). data: `from_bitrate_bps`.",
+        "playback.rate_changed" => "`ratechange`; the new rate is `playback.playback_rate`.",
+        "volume.changed" => "`volumechange`; the new values are `playback.volume` and `playback.muted`.",
+        "presentation.changed" => "`presentationmodechange`; the new mode is `playback.presentation_mode`.",
+        "ad.break_started" => "An ad break begins (`adbreakbegin`).",
+        "ad.break_ended" => "An ad break ends (`adbreakend`).",
+        "ad.started" => "An ad begins (`adbegin`).",
+        "ad.completed" => "An ad ends (`adend`).",
+        "ad.quartile" => "An ad reaches a quartile (`adfirstquartile`, `admidpoint`, `adthirdquartile`). data: `quartile`.",
+        "ad.skipped" => "The viewer skips an ad (`adskip`).",
+        "ad.clicked" => "The viewer clicks an ad.",
+        "ad.impression" => "An ad impression is counted (`adimpression`).",
+        "ad.error" => "An ad fails (`aderror`); details in `error`.",
+        "session.summary" => "The relay's per-session QoE summary (startup, rebuffering, seeks, errors), sent when a session ends.",
+        _ => return None,
+    })
+}
+
+/// `type`: one of [`KNOWN_TYPES`] (each with its description) or `custom.<name>`.
+pub(crate) fn event_type(_: &mut SchemaGenerator) -> Schema {
+    let mut choices: Vec<Value> = KNOWN_TYPES
+        .iter()
+        .map(|ty| {
+            let description = event_type_description(ty)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("The `{ty}` event."));
+            json!({ "const": ty, "description": description })
+        })
+        .collect();
+    choices.push(json!({
+        "pattern": "^custom\\..+",
+        "description": "An app-defined event: `custom.` followed by a name; `data` may hold anything."
+    }));
+    json_schema!({ "type": "string", "anyOf": choices })
+}
+
+/// `schema`: the contract version, only ever this one.
+pub(crate) fn schema_version(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "enum": [SCHEMA_VERSION, null], "default": SCHEMA_VERSION })
+}
+
+/// Codes, seasons and builds: players send numbers or strings; both are kept as text.
+pub(crate) fn string_or_number(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": ["string", "number", "null"] })
+}
+
+/// `user`: at least one of the two ids, non-empty.
+pub(crate) fn user_any_of() -> Value {
+    json!([
+        { "required": ["user_id"], "properties": { "user_id": { "type": "string", "minLength": 1 } } },
+        { "required": ["anonymous_id"], "properties": { "anonymous_id": { "type": "string", "minLength": 1 } } }
+    ])
+}
+
+/// `ad.*` events carry `ad`; `*.error` events carry `error`.
+pub(crate) fn conditional_requirements() -> Value {
+    json!([
+        {
+            "if": { "required": ["type"], "properties": { "type": { "pattern": "^ad\\." } } },
+            "then": { "required": ["ad"], "properties": { "ad": { "type": "object" } } }
+        },
+        {
+            "if": { "required": ["type"], "properties": { "type": { "pattern": "\\.error$" } } },
+            "then": { "required": ["error"], "properties": { "error": { "type": "object" } } }
+        }
+    ])
+}
