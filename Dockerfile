@@ -14,7 +14,7 @@ RUN apt-get update \
  && useradd --system --uid 10001 --home-dir /var/lib/playrelay --create-home playrelay
 COPY --from=build /src/target/release/playrelay /usr/local/bin/playrelay
 COPY routes.toml /etc/playrelay/routes.toml
-USER playrelay
+USER 10001:10001
 WORKDIR /var/lib/playrelay
 ENV PLAYRELAY_LISTEN=0.0.0.0:8080
 EXPOSE 8080
