@@ -47,6 +47,8 @@ pub fn system_clock() -> Clock {
 const STARTING: u8 = 0;
 const READY: u8 = 1;
 const DRAINING: u8 = 2;
+/// Draining, and ingest refuses new events: the queues are being closed.
+const CLOSED: u8 = 3;
 
 /// State shared by every ingest request.
 pub struct Relay {
@@ -62,9 +64,14 @@ impl Relay {
     pub fn readiness(&self) -> &'static str {
         match self.state.load(Ordering::Acquire) {
             READY => "ready",
-            DRAINING => "draining",
+            DRAINING | CLOSED => "draining",
             _ => "starting",
         }
+    }
+
+    /// True once shutdown has closed ingest: no event may be accepted any more.
+    pub fn ingest_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CLOSED
     }
 }
 
@@ -218,24 +225,41 @@ impl RunningRelay {
         Reloader::new(self.controller.clone())
     }
 
-    /// Stops taking requests, lets in-flight ones finish, then gives the destinations
-    /// up to `drain_timeout_ms` to send what they hold; what is left then is dead-lettered.
+    /// Shuts down in the order load balancers need: `/readyz` turns 503 while ingest
+    /// keeps answering for `shutdown_grace_ms`; then ingest answers 503, the requests in
+    /// flight finish, and the destinations get one `drain_timeout_ms` budget to send what
+    /// they hold (what is left then is dead-lettered). Health and readiness keep answering
+    /// on their listener throughout; the listeners close last.
     pub async fn shutdown(self) -> ShutdownReport {
-        let drain = Duration::from_millis(self.relay.routing.load().server.drain_timeout_ms);
+        let server_config = self.relay.routing.load().server.clone();
+        let grace = Duration::from_millis(server_config.shutdown_grace_ms);
+        let drain = Duration::from_millis(server_config.drain_timeout_ms);
         self.relay.state.store(DRAINING, Ordering::Release);
-        tracing::info!("shutting down: no new requests, draining queues");
-        let _ = self.stop_accepting.send(());
-        match tokio::time::timeout(drain, self.server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
-            Err(_) => tracing::warn!("in-flight requests did not finish in time"),
+        if !grace.is_zero() {
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "shutting down: /readyz says draining, ingest answers for the grace period"
+            );
+            tokio::time::sleep(grace).await;
+        }
+        // One budget for everything from here: in-flight requests, then the queues.
+        let deadline = tokio::time::Instant::now() + drain;
+        self.relay.state.store(CLOSED, Ordering::Release);
+        tracing::info!("shutting down: ingest closed, draining queues");
+        // A request checks `ingest_closed` while holding an in-flight permit, so holding
+        // every permit proves none is still between that check and its queues.
+        let edge = self.relay.routing.load().edge.clone();
+        if tokio::time::timeout_at(deadline, edge.quiesce())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight requests did not finish in time");
         }
         // Dropping every sender closes the queues: workers finish what is queued.
         let workers = self.controller.close().await;
         let all = join_all(workers);
         tokio::pin!(all);
-        let drained = match tokio::time::timeout(drain, &mut all).await {
+        let drained = match tokio::time::timeout_at(deadline, &mut all).await {
             Ok(()) => true,
             Err(_) => {
                 tracing::warn!(
@@ -247,9 +271,19 @@ impl RunningRelay {
                 false
             }
         };
+        // Ingest has refused events since the drain began: closing the listeners now
+        // costs nothing; idle keep-alive connections get a moment to be told.
+        let close_budget = Duration::from_secs(1);
+        let _ = self.stop_accepting.send(());
+        match tokio::time::timeout(close_budget, self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+            Err(_) => tracing::debug!("connections still open at exit were cut"),
+        }
         if let Some((admin, stop)) = self.admin {
             let _ = stop.send(());
-            let _ = tokio::time::timeout(drain, admin).await;
+            let _ = tokio::time::timeout(close_budget, admin).await;
         }
         tracing::info!(drained, "relay stopped");
         ShutdownReport { drained }

@@ -418,3 +418,76 @@ to = ["stuck"]
     let report = relay.shutdown().await;
     assert!(!report.drained);
 }
+
+#[tokio::test]
+async fn shutdown_turns_readiness_off_first_then_refuses_ingest_while_health_answers() {
+    let (gate, gate_rx) = tokio::sync::watch::channel(false);
+    let hook = StandIn::start(move |_| Reply::UntilOpen(gate_rx.clone(), 200)).await;
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+drain_timeout_ms = 30000
+shutdown_grace_ms = 1500
+[destinations.slow]
+type = "webhook"
+endpoint = "{}"
+batch = {{ max_events = 10, max_wait_ms = 1 }}
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["slow"]
+"#,
+        hook.url("/slow")
+    );
+    let relay = start_relay(&toml).await;
+    let addr = relay.local_addr;
+    let state = relay.relay.clone();
+    assert_eq!(post_ndjson(addr, FIXTURE).await.status, 202);
+    let shutdown = tokio::spawn(relay.shutdown());
+
+    // The grace period: not ready any more, but events are still taken.
+    wait_until("readiness turns off", Duration::from_secs(5), || {
+        state.readiness() == "draining"
+    })
+    .await;
+    assert_eq!(send(addr, "GET", "/readyz", &[], "").await.status, 503);
+    let during_grace = post_ndjson(addr, FIXTURE).await;
+    assert_eq!(during_grace.status, 202, "{:?}", during_grace.body);
+
+    // Then ingest refuses (the vendor still holds the drain), and health still answers.
+    wait_until("ingest closes", Duration::from_secs(5), || {
+        state.ingest_closed()
+    })
+    .await;
+    let refused = post_ndjson(addr, FIXTURE).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("shutting down")),
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(send(addr, "GET", "/healthz", &[], "").await.status, 200);
+    assert_eq!(send(addr, "GET", "/readyz", &[], "").await.status, 503);
+
+    let _ = gate.send(true);
+    let report = shutdown.await.expect("shutdown task");
+    assert!(report.drained);
+    // Both accepted posts arrived; the refused one was never taken.
+    let counts = id_counts(&hook.delivered_events());
+    assert_eq!(counts.len(), 708);
+    assert!(
+        counts.values().all(|n| *n == 2),
+        "each id once per accepted post"
+    );
+    assert_eq!(
+        metric(
+            &state.metrics.encode(),
+            "playrelay_ingest_refused_total{reason=\"shutting_down\"}"
+        ),
+        1.0
+    );
+}

@@ -48,6 +48,10 @@ pub struct ServerConfig {
     /// How long shutdown waits for queues to drain before giving up on what is left.
     #[serde(default = "defaults::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// After SIGTERM, how long `/readyz` says 503 while ingest still answers, so load
+    /// balancers take the relay out of rotation before it stops taking events.
+    #[serde(default)]
+    pub shutdown_grace_ms: u64,
     /// Where events that will not be delivered are written, one file per destination.
     #[serde(default = "defaults::dead_letter_dir")]
     pub dead_letter_dir: PathBuf,

@@ -35,6 +35,7 @@ pub struct Edge {
     pub sources: Sources,
     pub clients: Clients,
     in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl Edge {
@@ -46,6 +47,15 @@ impl Edge {
                 config.server.trusted_proxies.clone(),
             ),
             in_flight: Arc::new(Semaphore::new(config.server.max_in_flight_requests)),
+            max_in_flight: config.server.max_in_flight_requests,
+        }
+    }
+
+    /// Waits until no request holds an in-flight slot, and keeps them all.
+    pub async fn quiesce(&self) {
+        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        if let Ok(permits) = self.in_flight.acquire_many(all).await {
+            permits.forget();
         }
     }
 }
@@ -101,6 +111,18 @@ impl Refusal {
             reason: None,
             retry_after: None,
             close: false,
+        }
+    }
+
+    fn shutting_down() -> Refusal {
+        Refusal {
+            retry_after: Some(1),
+            close: true,
+            ..Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the relay is shutting down: retry, or send to another relay",
+            )
+            .counted("shutting_down")
         }
     }
 
@@ -191,6 +213,9 @@ async fn ingest_inner(
     identity_out: &mut Option<Identity>,
 ) -> Result<Accepted, Refusal> {
     let edge = &routing.edge;
+    if relay.ingest_closed() {
+        return Err(Refusal::shutting_down());
+    }
     let Ok(_in_flight) = edge.in_flight.clone().try_acquire_owned() else {
         return Err(Refusal {
             retry_after: Some(1),
@@ -201,6 +226,11 @@ async fn ingest_inner(
             .counted("overloaded")
         });
     };
+    // Checked again while holding the slot: shutdown holds every slot to prove no request
+    // is between this check and its queues.
+    if relay.ingest_closed() {
+        return Err(Refusal::shutting_down());
+    }
     let client = edge.clients.client_ip(peer(&request), request.headers());
     if let Err(wait) = edge.clients.check(client) {
         return Err(Refusal::rate_limited(
