@@ -315,6 +315,7 @@ impl Metrics {
             dropped: self.dest_dropped.clone(),
             dropped_cache: Mutex::default(),
             responses_cache: Mutex::default(),
+            last_error: Mutex::default(),
         }
     }
 
@@ -384,9 +385,41 @@ pub struct DestinationMetrics {
     /// The few statuses a vendor answers, resolved once: the family lookup allocates
     /// two label strings and takes a lock, and it ran for every response.
     responses_cache: Mutex<Vec<(Box<str>, Counter)>>,
+    /// The latest failed attempt, for `/readyz`.
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// What went wrong with a destination's latest failed attempt, and when.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastError {
+    pub error: String,
+    pub at: String,
 }
 
 impl DestinationMetrics {
+    pub fn note_error(&self, error: String, at: String) {
+        let mut last = match self.last_error.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *last = Some(LastError { error, at });
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        match self.last_error.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The breaker as `/readyz` names it.
+    pub fn breaker_name(&self) -> &'static str {
+        match self.breaker_state.get() {
+            0 => "closed",
+            1 => "open",
+            _ => "half_open",
+        }
+    }
     pub fn response(&self, status: &str) {
         let mut cache = match self.responses_cache.lock() {
             Ok(guard) => guard,

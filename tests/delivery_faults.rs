@@ -358,3 +358,74 @@ async fn a_full_queue_dead_letters_the_overflow() {
     assert!(full >= 600, "{full} overflowed");
     assert_eq!(records.len(), 708);
 }
+
+#[tokio::test]
+async fn readiness_names_a_destination_whose_breaker_opened_and_a_critical_one_fails_it() {
+    let healthy = StandIn::ok().await;
+    let down = format!("http://127.0.0.1:{}/", closed_port());
+    for critical in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+dead_letter_dir = "{dir}"
+drain_timeout_ms = 500
+[destinations.down]
+type = "webhook"
+endpoint = "{down}"
+critical = {critical}
+breaker = {{ failure_threshold = 2, probe_interval_ms = 60000 }}
+retry = {{ max_attempts = 1 }}
+[destinations.up]
+type = "webhook"
+endpoint = "{up}"
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["down", "up"]
+"#,
+            dir = dir.path().display(),
+            up = healthy.url("/up"),
+        );
+        let relay = start_relay(&toml).await;
+        let addr = relay.local_addr;
+        assert_eq!(send(addr, "GET", "/readyz", &[], "").await.status, 200);
+        assert_eq!(post_ndjson(addr, FIXTURE).await.status, 202);
+        let state = relay.relay.clone();
+        wait_until("the breaker opens", Duration::from_secs(10), || {
+            metric(
+                &state.metrics.encode(),
+                "playrelay_destination_breaker_state{destination=\"down\"}",
+            ) == 1.0
+        })
+        .await;
+        let ready = send(addr, "GET", "/readyz", &[], "").await;
+        let destinations = ready.body["destinations"].as_array().expect("destinations");
+        let down_view = destinations
+            .iter()
+            .find(|d| d["name"] == "down")
+            .expect("down listed");
+        let up_view = destinations
+            .iter()
+            .find(|d| d["name"] == "up")
+            .expect("up listed");
+        assert_eq!(down_view["breaker"], "open", "{:?}", ready.body);
+        assert_eq!(up_view["breaker"], "closed", "{:?}", ready.body);
+        let last_error = down_view["last_error"]["error"]
+            .as_str()
+            .expect("last error");
+        assert!(!last_error.is_empty());
+        assert!(down_view["last_error"]["at"].as_str().is_some());
+        if critical {
+            assert_eq!(ready.status, 503, "{:?}", ready.body);
+            assert_eq!(ready.body["status"], "degraded");
+            let reasons = ready.body["reasons"].to_string();
+            assert!(reasons.contains("critical destination down"), "{reasons}");
+        } else {
+            assert_eq!(ready.status, 200, "{:?}", ready.body);
+            assert_eq!(ready.body["status"], "ready");
+        }
+        relay.shutdown().await;
+    }
+}

@@ -157,6 +157,9 @@ pub struct DestinationCommon {
     /// Write the requests to `server.dry_run_dir/<name>.http` instead of sending them.
     #[serde(default)]
     pub dry_run: bool,
+    /// When true, `/readyz` answers 503 while this destination's breaker is not closed.
+    #[serde(default)]
+    pub critical: bool,
     /// Events whose `context.consent.<category>` is `false` are not sent here.
     #[serde(default)]
     pub consent: Option<ConsentCategory>,
@@ -183,6 +186,7 @@ pub(crate) const COMMON_KEYS: &[&str] = &[
     "retry",
     "breaker",
     "dry_run",
+    "critical",
     "consent",
     "drop_fields",
     "hash_fields",

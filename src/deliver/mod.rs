@@ -51,6 +51,8 @@ pub struct Destination {
     queue: mpsc::Sender<Arc<Event>>,
     overflow: Option<mpsc::Sender<Arc<Event>>>,
     pub metrics: Arc<DestinationMetrics>,
+    /// `critical = true`: the relay is not ready while this destination cannot deliver.
+    pub critical: bool,
     /// Types the destination would only drop, with their `dropped{reason}` counter:
     /// left out here rather than queued, batched and translated for nothing.
     skipped_types: HashMap<&'static str, Counter>,
@@ -211,6 +213,7 @@ pub fn start(
             queue: sender,
             overflow,
             metrics,
+            critical: config.common.critical,
             skipped_types,
         }),
         Worker { handle, handover },
@@ -566,7 +569,15 @@ async fn deliver(
         };
         cause.attempts = attempt;
         cause.first_attempt_at = Some(format_rfc3339(first_attempt_at));
-        cause.last_attempt_at = Some(format_rfc3339((stack.clock)()));
+        let last_attempt_at = format_rfc3339((stack.clock)());
+        let summary = match (cause.status, &cause.error) {
+            (Some(status), Some(error)) => format!("HTTP {status}: {error}"),
+            (Some(status), None) => format!("HTTP {status}"),
+            (None, Some(error)) => error.clone(),
+            (None, None) => "request failed".to_string(),
+        };
+        stack.metrics.note_error(summary, last_attempt_at.clone());
+        cause.last_attempt_at = Some(last_attempt_at);
         let url = || redact(&request.url, &stack.secrets);
         if verdict == Verdict::Reject {
             // The vendor answered: it is up, the request is what is wrong.

@@ -373,14 +373,60 @@ async fn healthz() -> Response {
     (StatusCode::OK, Json(json!({"status": "alive"}))).into_response()
 }
 
+/// Readiness as a delivery overview: 503 while starting or draining, or while a
+/// `critical` destination's breaker is not closed; the body says which and why.
 async fn readyz(State(relay): State<Arc<Relay>>) -> Response {
     let state = relay.readiness();
-    let status = if state == "ready" {
+    let routing = relay.routing.load();
+    let mut reasons: Vec<String> = Vec::new();
+    if state != "ready" {
+        reasons.push(format!("the relay is {state}"));
+    }
+    let destinations: Vec<serde_json::Value> = routing
+        .destinations
+        .iter()
+        .map(|destination| {
+            let metrics = &destination.metrics;
+            let breaker = metrics.breaker_name();
+            let last_error = metrics.last_error();
+            if destination.critical && breaker != "closed" {
+                reasons.push(format!(
+                    "critical destination {} cannot deliver: breaker {breaker}{}",
+                    destination.name,
+                    last_error
+                        .as_ref()
+                        .map(|e| format!(", last error at {}: {}", e.at, e.error))
+                        .unwrap_or_default()
+                ));
+            }
+            json!({
+                "name": destination.name,
+                "critical": destination.critical,
+                "breaker": breaker,
+                "backlog": metrics.queue_depth.get(),
+                "in_flight": metrics.in_flight.get(),
+                "last_error": last_error,
+            })
+        })
+        .collect();
+    let ready = reasons.is_empty();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut body = json!({ "status": state });
+    let overall = if state != "ready" {
+        state
+    } else if ready {
+        "ready"
+    } else {
+        "degraded"
+    };
+    let mut body = json!({
+        "status": overall,
+        "reasons": reasons,
+        "destinations": destinations,
+    });
     if let Some(reload) = relay.reload_status.get() {
         body["last_reload"] = json!(reload);
     }
