@@ -70,12 +70,17 @@ pub fn vendor_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v >= 0.0)?;
+    // A value past what a Duration or a SystemTime holds (`1e300`, found by fuzzing) is
+    // a vendor's nonsense: wait the longest, and the retry budget decides the rest.
+    let seconds = Duration::try_from_secs_f64(reset).unwrap_or(Duration::MAX);
     // Unix times are past 1e9; anything smaller is a number of seconds.
     if reset > 1e9 {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(reset);
-        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        Some(match SystemTime::UNIX_EPOCH.checked_add(seconds) {
+            Some(at) => at.duration_since(now).unwrap_or(Duration::ZERO),
+            None => Duration::MAX,
+        })
     } else {
-        Some(Duration::from_secs_f64(reset))
+        Some(seconds)
     }
 }
 
@@ -89,6 +94,17 @@ mod tests {
             initial_backoff_ms: 100,
             max_backoff_ms: 250,
             max_elapsed_ms: 10_000,
+        }
+    }
+
+    #[test]
+    fn absurd_reset_values_wait_long_instead_of_panicking() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for value in ["1e300", "1.8e19", "99999999999999999999"] {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-ratelimit-reset", value.parse().expect("header"));
+            let wait = vendor_wait(&headers, now).expect("a wait");
+            assert!(wait > Duration::from_secs(86_400), "{value}: {wait:?}");
         }
     }
 
