@@ -16,7 +16,7 @@ pub mod dead_letter;
 mod file;
 pub mod http;
 mod rate_limit;
-mod retry;
+pub mod retry;
 
 pub use self::http::{HttpClient, TlsRoots};
 
