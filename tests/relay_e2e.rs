@@ -274,10 +274,15 @@ async fn broken_bodies_get_their_status_a_json_error_and_forward_nothing() {
     assert!(hook.requests().is_empty(), "{:?}", hook.requests());
 }
 
-#[tokio::test]
-async fn shutdown_delivers_everything_still_queued() {
-    // A slow vendor and small batches: most events are still queued when shutdown starts.
-    // The vendor holds its answers until the gate opens, after shutdown has started.
+/// One webhook destination in small batches whose stand-in holds every answer until the
+/// returned gate opens; `server_extra` goes into `[server]`.
+async fn gated_vendor_relay(
+    server_extra: &str,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    StandIn,
+    playrelay::RunningRelay,
+) {
     let (gate, gate_rx) = tokio::sync::watch::channel(false);
     let hook = StandIn::start(move |_| Reply::UntilOpen(gate_rx.clone(), 200)).await;
     let toml = format!(
@@ -285,6 +290,7 @@ async fn shutdown_delivers_everything_still_queued() {
 [server]
 listen = "127.0.0.1:0"
 drain_timeout_ms = 30000
+{server_extra}
 [destinations.slow]
 type = "webhook"
 endpoint = "{}"
@@ -297,6 +303,14 @@ to = ["slow"]
         hook.url("/slow")
     );
     let relay = start_relay(&toml).await;
+    (gate, hook, relay)
+}
+
+#[tokio::test]
+async fn shutdown_delivers_everything_still_queued() {
+    // A slow vendor and small batches: most events are still queued when shutdown starts.
+    // The vendor holds its answers until the gate opens, after shutdown has started.
+    let (gate, hook, relay) = gated_vendor_relay("").await;
     let answer = post_ndjson(relay.local_addr, FIXTURE).await;
     assert_eq!(answer.body["accepted"], 708);
     let relay_state = relay.relay.clone();
@@ -421,26 +435,7 @@ to = ["stuck"]
 
 #[tokio::test]
 async fn shutdown_turns_readiness_off_first_then_refuses_ingest_while_health_answers() {
-    let (gate, gate_rx) = tokio::sync::watch::channel(false);
-    let hook = StandIn::start(move |_| Reply::UntilOpen(gate_rx.clone(), 200)).await;
-    let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-drain_timeout_ms = 30000
-shutdown_grace_ms = 1500
-[destinations.slow]
-type = "webhook"
-endpoint = "{}"
-batch = {{ max_events = 10, max_wait_ms = 1 }}
-[[routes]]
-name = "all"
-match = {{ types = ["*"] }}
-to = ["slow"]
-"#,
-        hook.url("/slow")
-    );
-    let relay = start_relay(&toml).await;
+    let (gate, hook, relay) = gated_vendor_relay("shutdown_grace_ms = 1500").await;
     let addr = relay.local_addr;
     let state = relay.relay.clone();
     assert_eq!(post_ndjson(addr, FIXTURE).await.status, 202);
