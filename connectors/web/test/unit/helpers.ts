@@ -7,6 +7,10 @@ import schema from '../../../../schema/player-event-1.schema.json';
 /** The relay's published schema, straight from the repo (the same file tests/schema.rs checks). */
 const ajv = new Ajv2020({ strict: false, allErrors: true });
 addFormats(ajv);
+// schemars names the Rust integer widths as formats; check them as the relay would.
+for (const [name, max] of [['uint8', 2 ** 8 - 1], ['uint16', 2 ** 16 - 1], ['uint32', 2 ** 32 - 1], ['uint64', Number.MAX_SAFE_INTEGER]] as const) {
+  ajv.addFormat(name, { type: 'number', validate: (n: number) => Number.isInteger(n) && n >= 0 && n <= max });
+}
 export const validateEvent = ajv.compile(schema);
 
 export function schemaErrors(event: unknown): string {
