@@ -412,14 +412,6 @@ impl DestinationMetrics {
         }
     }
 
-    /// The breaker as `/readyz` names it.
-    pub fn breaker_name(&self) -> &'static str {
-        match self.breaker_state.get() {
-            0 => "closed",
-            1 => "open",
-            _ => "half_open",
-        }
-    }
     pub fn response(&self, status: &str) {
         let mut cache = match self.responses_cache.lock() {
             Ok(guard) => guard,

@@ -20,6 +20,15 @@ enum State {
     Probing,
 }
 
+/// The name of a breaker state as its gauge encodes it, for `/readyz`.
+pub fn state_name(gauge_value: i64) -> &'static str {
+    match gauge_value {
+        0 => "closed",
+        1 => "open",
+        _ => "half_open",
+    }
+}
+
 pub struct Breaker {
     config: BreakerConfig,
     state: Mutex<State>,

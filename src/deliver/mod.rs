@@ -18,6 +18,7 @@ pub mod http;
 mod rate_limit;
 pub mod retry;
 
+pub use self::breaker::state_name as breaker_state_name;
 pub use self::http::{HttpClient, TlsRoots};
 
 use crate::config::{DestinationConfig, DestinationKind, RateLimitConfig, WhenFull};
@@ -576,7 +577,10 @@ async fn deliver(
             (None, Some(error)) => error.clone(),
             (None, None) => "request failed".to_string(),
         };
-        stack.metrics.note_error(summary, last_attempt_at.clone());
+        // Vendor text and error chains can quote the request: redacted as dead letters are.
+        stack
+            .metrics
+            .note_error(redact(&summary, &stack.secrets), last_attempt_at.clone());
         cause.last_attempt_at = Some(last_attempt_at);
         let url = || redact(&request.url, &stack.secrets);
         if verdict == Verdict::Reject {

@@ -387,7 +387,7 @@ async fn readyz(State(relay): State<Arc<Relay>>) -> Response {
         .iter()
         .map(|destination| {
             let metrics = &destination.metrics;
-            let breaker = metrics.breaker_name();
+            let breaker = crate::deliver::breaker_state_name(metrics.breaker_state.get());
             let last_error = metrics.last_error();
             if destination.critical && breaker != "closed" {
                 reasons.push(format!(
