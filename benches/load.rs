@@ -655,6 +655,8 @@ struct Scenario {
     /// (destination kind, hung?) per destination.
     destinations: Vec<(Kind, bool)>,
     load: LoadSpec,
+    /// `[spool] backend`: "disk" (the default) or "memory".
+    spool: &'static str,
 }
 
 struct DestinationReport {
@@ -715,7 +717,9 @@ async fn run_scenario(
     }
     let addr = free_addr();
     let mut toml = format!(
-        "[server]\nlisten = \"{addr}\"\ndrain_timeout_ms = 1000\ndead_letter_dir = \"{}\"\ndry_run_dir = \"{}\"\n\n",
+        "[spool]\nbackend = \"{}\"\ndir = \"{}\"\n\n[server]\nlisten = \"{addr}\"\ndrain_timeout_ms = 1000\ndead_letter_dir = \"{}\"\ndry_run_dir = \"{}\"\n\n",
+        scenario.spool,
+        dir.path().join("spool").display(),
         dir.path().join("dead-letter").display(),
         dir.path().join("dry-run").display()
     );
@@ -841,14 +845,36 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
         out.push(Scenario {
             id: "1".into(),
             title: "full job: NDJSON x50 -> segment, ga4, tealium, webhook".into(),
+            spool: "disk",
             destinations: four.clone(),
             load: batches,
         });
     }
     {
         out.push(Scenario {
+            id: "1-memory".into(),
+            title: "scenario 1 with the memory spool (the disk spool's baseline)".into(),
+            spool: "memory",
+            destinations: four.clone(),
+            load: batches,
+        });
+        out.push(Scenario {
+            id: "1-paced-50k".into(),
+            title: "scenario 1 paced at 1,000 requests/s = 50,000 events/s (ingest p99 on disk)"
+                .into(),
+            spool: "disk",
+            destinations: four.clone(),
+            load: LoadSpec {
+                rate: Some(1_000.0),
+                ..batches
+            },
+        });
+    }
+    {
+        out.push(Scenario {
             id: "1-paced".into(),
             title: "scenario 1 paced at 2,000 requests/s = the 100,000 events/s target".into(),
+            spool: "disk",
             destinations: four.clone(),
             load: LoadSpec {
                 rate: Some(2_000.0),
@@ -861,12 +887,14 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
         out.push(Scenario {
             id: "2".into(),
             title: "browser: 1 event/request, 64 connections -> segment, ga4".into(),
+            spool: "disk",
             destinations: two.clone(),
             load: browser,
         });
         out.push(Scenario {
             id: "2-paced".into(),
             title: "browser paced at 15,000 requests/s (half the 30k target)".into(),
+            spool: "disk",
             destinations: two,
             load: LoadSpec {
                 rate: Some(15_000.0),
@@ -878,6 +906,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
         out.push(Scenario {
             id: "3".into(),
             title: "scenario 1 with the tealium stand-in never answering".into(),
+            spool: "disk",
             destinations: KINDS.iter().map(|k| (*k, *k == Kind::Tealium)).collect(),
             load: batches,
         });
@@ -886,6 +915,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
         out.push(Scenario {
             id: "3-paced".into(),
             title: "scenario 3 paced at 2,000 requests/s (100,000 events/s)".into(),
+            spool: "disk",
             destinations: KINDS.iter().map(|k| (*k, *k == Kind::Tealium)).collect(),
             load: LoadSpec {
                 rate: Some(2_000.0),
@@ -898,6 +928,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             out.push(Scenario {
                 id: format!("4-{n}"),
                 title: format!("cost growth: scenario 1 with {n} destination(s)"),
+                spool: "disk",
                 destinations: (0..n).map(|i| (KINDS[i % 4], false)).collect(),
                 load: batches,
             });

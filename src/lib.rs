@@ -16,6 +16,7 @@ pub mod privacy;
 pub mod reload;
 pub mod replay;
 pub mod route;
+pub mod spool;
 pub mod telemetry;
 
 use arc_swap::ArcSwap;
@@ -57,6 +58,8 @@ pub struct Relay {
     /// Read as one snapshot per request, so a request is routed by one table.
     pub routing: ArcSwap<Routing>,
     pub reload_status: reload::StatusCell,
+    /// The disk spool; `None` with `backend = "memory"`.
+    pub spool: Option<Arc<spool::DiskSpool>>,
     state: AtomicU8,
 }
 
@@ -100,6 +103,8 @@ pub enum StartError {
     IngestTls(#[from] ingest::tls::TlsError),
     #[error("cannot listen on server.admin_listen: {0}")]
     AdminListen(std::io::Error),
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
 }
 
 /// Knobs that are not config: what tests and embedders inject.
@@ -147,6 +152,7 @@ pub async fn start(
     let (abandon, abandon_rx) = watch::channel(false);
     let server_config = config.server.clone();
     let (controller, relay) = Controller::start(config, metrics, options.clock, abandon_rx)?;
+    controller.retire_unconfigured().await;
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let app = ingest::app(relay.clone());
     // Listener settings are read once: a reload reports changes to them as restart-only.
@@ -208,12 +214,18 @@ pub async fn start(
 }
 
 impl Relay {
-    fn new(metrics: Arc<Metrics>, clock: Clock, routing: Routing) -> Relay {
+    fn new(
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        routing: Routing,
+        spool: Option<Arc<spool::DiskSpool>>,
+    ) -> Relay {
         Relay {
             metrics,
             clock,
             routing: ArcSwap::from_pointee(routing),
             reload_status: reload::StatusCell::default(),
+            spool,
             state: AtomicU8::new(STARTING),
         }
     }
@@ -271,6 +283,10 @@ impl RunningRelay {
                 false
             }
         };
+        // Every destination has settled what it could: save where each one is.
+        if let Some(spool) = &self.relay.spool {
+            spool.close().await;
+        }
         // Ingest has refused events since the drain began: closing the listeners now
         // costs nothing; idle keep-alive connections get a moment to be told.
         let close_budget = Duration::from_secs(1);

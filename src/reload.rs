@@ -9,6 +9,7 @@ use crate::deliver::{self, Destination, HttpClient};
 use crate::event::format_rfc3339;
 use crate::ingest::Edge;
 use crate::route::RouteTable;
+use crate::spool::DiskSpool;
 use crate::telemetry::{Metrics, RouteLabel};
 use crate::{Clock, Relay, Routing, StartError};
 use serde::Serialize;
@@ -82,6 +83,14 @@ impl Controller {
         abandon: watch::Receiver<bool>,
     ) -> Result<(Arc<Controller>, Arc<Relay>), StartError> {
         let client = HttpClient::new(config.server.tls_roots)?;
+        let spool = match config.spool.backend {
+            crate::spool::Backend::Disk => Some(Arc::new(DiskSpool::open(
+                &config.spool,
+                metrics.clone(),
+                clock.clone(),
+            )?)),
+            crate::spool::Backend::Memory => None,
+        };
         let mut slots = BTreeMap::new();
         for (name, destination) in &config.destinations {
             slots.insert(
@@ -93,6 +102,7 @@ impl Controller {
                     &metrics,
                     &clock,
                     &abandon,
+                    spool.as_deref(),
                 )?,
             );
         }
@@ -101,7 +111,7 @@ impl Controller {
             .map(|(name, slot)| (name.clone(), slot.destination.clone()))
             .collect();
         let routing = build_routing(&config, &routed, Arc::new(Edge::new(&config)), &metrics)?;
-        let relay = Arc::new(Relay::new(metrics, clock, routing));
+        let relay = Arc::new(Relay::new(metrics, clock, routing, spool));
         let controller = Arc::new(Controller {
             relay: relay.clone(),
             abandon,
@@ -149,6 +159,11 @@ impl Controller {
             return outcome;
         };
         outcome.restart_required = restart_only_changes(&state.config.server, &new.server);
+        if state.config.spool != new.spool {
+            outcome
+                .restart_required
+                .push("spool: the spool opened at start stays in use until a restart".to_string());
+        }
         // Settings every destination depends on: a change rebuilds them all.
         let shared_changed = new.server.dead_letter_dir != state.config.server.dead_letter_dir
             || new.server.dry_run_dir != state.config.server.dry_run_dir
@@ -182,6 +197,7 @@ impl Controller {
                 metrics,
                 &self.relay.clock,
                 &self.abandon,
+                self.relay.spool.as_deref(),
             ) {
                 Ok(slot) => {
                     if old.is_some() {
@@ -228,6 +244,9 @@ impl Controller {
             }
         }
         state.retiring.retain(|handle| !handle.is_finished());
+        for name in &outcome.removed {
+            self.retire_from_spool(name, &new.server).await;
+        }
         state.slots = slots;
         state.client = client;
         state.config = new;
@@ -241,6 +260,61 @@ impl Controller {
             tracing::warn!(setting = %restart, "config change needs a restart to take effect");
         }
         outcome
+    }
+
+    /// Destinations in the spool that the config no longer has (removed while the relay
+    /// was down): what they were owed goes to their dead-letter files.
+    pub(crate) async fn retire_unconfigured(&self) {
+        let Some(spool) = &self.relay.spool else {
+            return;
+        };
+        let guard = self.state.lock().await;
+        let Some(state) = guard.as_ref() else {
+            return;
+        };
+        let server = state.config.server.clone();
+        let gone: Vec<String> = spool
+            .cursor_names()
+            .into_iter()
+            .filter(|name| !state.config.destinations.contains_key(name))
+            .collect();
+        drop(guard);
+        for name in gone {
+            self.retire_from_spool(&name, &server).await;
+        }
+    }
+
+    /// A removed destination's backlog on disk is dead-lettered with reason `removed`
+    /// (replayable), and the spool stops keeping records for it.
+    async fn retire_from_spool(&self, name: &str, server: &ServerConfig) {
+        let Some(spool) = &self.relay.spool else {
+            return;
+        };
+        let owed = spool.take_recovered(name);
+        if owed.events > 0 {
+            // Owed from before a restart and never started this run: count it in now.
+            let metrics = self.relay.metrics.destination(name);
+            metrics.received.inc_by(owed.events);
+            metrics.queue_depth.inc_by(owed.events as i64);
+        }
+        match spool.retire(name) {
+            Ok(events) if events.is_empty() => {}
+            Ok(events) => {
+                let path = server.dead_letter_dir.join(format!("{name}.ndjson"));
+                tracing::warn!(destination = %name, events = events.len(), file = %path.display(), "destination removed: its backlog goes to the dead-letter file");
+                deliver::dead_letter_removed(
+                    name,
+                    path,
+                    &self.relay.metrics,
+                    &events,
+                    (self.relay.clock)(),
+                )
+                .await;
+            }
+            Err(error) => {
+                tracing::error!(destination = %name, %error, "cannot read a removed destination's backlog from the spool")
+            }
+        }
     }
 
     fn refused(&self, mut outcome: ReloadOutcome) -> ReloadOutcome {
@@ -307,7 +381,15 @@ fn start_slot(
     metrics: &Arc<Metrics>,
     clock: &Clock,
     abandon: &watch::Receiver<bool>,
-) -> Result<Slot, deliver::BuildError> {
+    spool: Option<&DiskSpool>,
+) -> Result<Slot, StartError> {
+    let cursor = match spool {
+        Some(spool) => {
+            let cursor = spool.cursor(&config.name, config.common.queue.max_bytes)?;
+            Some((cursor, spool.take_recovered(&config.name)))
+        }
+        None => None,
+    };
     let env = deliver::Environment {
         client: client.clone(),
         metrics: metrics.clone(),
@@ -318,6 +400,7 @@ fn start_slot(
             .join(format!("{}.ndjson", config.name)),
         dry_run_path: server.dry_run_dir.join(format!("{}.http", config.name)),
         hash_salt: server.hash_salt.clone(),
+        cursor,
     };
     let (destination, worker) = deliver::start(config, env)?;
     Ok(Slot {

@@ -96,6 +96,8 @@ pub async fn replay(
             .dry_run_dir
             .join(format!("{destination}.http")),
         hash_salt: config.server.hash_salt.clone(),
+        // A replay sends what a file holds and writes what fails to another file.
+        cursor: None,
     };
     let (handle, worker) = deliver::start(&dest_config, env)?;
     for event in events {

@@ -95,6 +95,22 @@ pub struct Metrics {
     pub ingest_open_connections: Gauge,
     /// Connections closed on a failed TLS handshake or a client too slow to send headers.
     pub ingest_connection_errors: Family<ReasonLabel, Counter>,
+    pub spool: SpoolMetrics,
+}
+
+/// The disk spool: what it holds and what durability costs.
+pub struct SpoolMetrics {
+    pub bytes: Gauge,
+    pub disk_bytes: Gauge,
+    pub oldest_event_age_seconds: Gauge,
+    pub commits: Counter,
+    pub committed_events: Counter,
+    pub commit_duration: Histogram,
+    pub write_errors: Counter,
+    pub corrupt_records: Counter,
+    pub redelivered: Family<DestinationLabel, Counter>,
+    pub recovered: Family<DestinationLabel, Counter>,
+    pub backlog_bytes: Family<DestinationLabel, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,6 +161,19 @@ impl Metrics {
             ingest_refused: Family::default(),
             ingest_open_connections: Gauge::default(),
             ingest_connection_errors: Family::default(),
+            spool: SpoolMetrics {
+                bytes: Gauge::default(),
+                disk_bytes: Gauge::default(),
+                oldest_event_age_seconds: Gauge::default(),
+                commits: Counter::default(),
+                committed_events: Counter::default(),
+                commit_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+                write_errors: Counter::default(),
+                corrupt_records: Counter::default(),
+                redelivered: Family::default(),
+                recovered: Family::default(),
+                backlog_bytes: Family::default(),
+            },
             registry: Registry::default(),
         };
         // Both outcomes exist from the start: "no reload yet" reads 0, not a missing series.
@@ -282,6 +311,62 @@ impl Metrics {
             "ingest_connection_errors",
             "Client connections closed on an error, by reason",
             m.ingest_connection_errors.clone(),
+        );
+        let spool = &m.spool;
+        registry.register(
+            "spool_bytes",
+            "Bytes of events held in the spool",
+            spool.bytes.clone(),
+        );
+        registry.register(
+            "spool_disk_bytes",
+            "Bytes the spool's files take on disk",
+            spool.disk_bytes.clone(),
+        );
+        registry.register(
+            "spool_oldest_event_age_seconds",
+            "Age of the oldest event still in the spool",
+            spool.oldest_event_age_seconds.clone(),
+        );
+        registry.register(
+            "spool_commits",
+            "Group commits (one fdatasync each)",
+            spool.commits.clone(),
+        );
+        registry.register(
+            "spool_committed_events",
+            "Events made durable",
+            spool.committed_events.clone(),
+        );
+        registry.register(
+            "spool_commit_duration_seconds",
+            "Time to write and sync one group commit",
+            spool.commit_duration.clone(),
+        );
+        registry.register(
+            "spool_write_errors",
+            "Commits that failed (ingest answered 503 for their events)",
+            spool.write_errors.clone(),
+        );
+        registry.register(
+            "spool_corrupt_records",
+            "Records that failed their checksum or no longer parse, set aside",
+            spool.corrupt_records.clone(),
+        );
+        registry.register(
+            "destination_redelivered",
+            "Events sent again after a restart because they were in flight when the relay stopped",
+            spool.redelivered.clone(),
+        );
+        registry.register(
+            "destination_recovered",
+            "Events found in the spool at start, still owed to the destination",
+            spool.recovered.clone(),
+        );
+        registry.register(
+            "destination_backlog_bytes",
+            "Bytes of the destination's backlog on disk not yet read into memory",
+            spool.backlog_bytes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -295,11 +295,15 @@ async fn cut_answers_and_absent_vendors_end_in_dead_letters() {
     }
 }
 
+/// The memory spool: what shutdown cannot deliver has nowhere to wait but the
+/// dead-letter file (the disk spool keeps it: tests/spool.rs).
+const MEMORY_SPOOL: &str = "[spool]\nbackend = \"memory\"\n";
+
 #[tokio::test]
 async fn shutdown_with_a_vendor_down_leaves_every_queued_event_in_dead_letters() {
     let down = format!("http://127.0.0.1:{}/", closed_port());
     let dir = tempfile::tempdir().expect("tempdir");
-    let toml = one_destination(
+    let toml = MEMORY_SPOOL.to_string() + &one_destination(
         &down,
         dir.path(),
         "retry = { max_attempts = 1000, initial_backoff_ms = 50, max_backoff_ms = 100, max_elapsed_ms = 600000 }",
@@ -337,12 +341,13 @@ async fn shutdown_with_a_vendor_down_leaves_every_queued_event_in_dead_letters()
 async fn a_full_queue_dead_letters_the_overflow() {
     let hung = StandIn::start(|_| Reply::Hang).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let toml = one_destination(
-        &hung.url("/"),
-        dir.path(),
-        "queue = { max_events = 50 }\nconcurrency = 1\ntimeout_ms = 60000",
-    )
-    .replace("drain_timeout_ms = 20000", "drain_timeout_ms = 100");
+    let toml = MEMORY_SPOOL.to_string()
+        + &one_destination(
+            &hung.url("/"),
+            dir.path(),
+            "queue = { max_events = 50 }\nconcurrency = 1\ntimeout_ms = 60000",
+        )
+        .replace("drain_timeout_ms = 20000", "drain_timeout_ms = 100");
     let relay = start_relay(&toml).await;
     post_ndjson(relay.local_addr, FIXTURE).await;
     let metrics = relay.relay.clone();

@@ -400,8 +400,11 @@ to = ["local"]
 #[tokio::test]
 async fn a_full_queue_drops_the_newest_and_counts_it() {
     let hook = StandIn::start(|_| Reply::Hang).await;
+    // Dropping the newest is the memory spool's answer to a full queue.
     let toml = format!(
         r#"
+[spool]
+backend = "memory"
 [server]
 listen = "127.0.0.1:0"
 drain_timeout_ms = 200

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn load(text: &str) -> playrelay::config::Config {
-    config::load_str(text, Path::new("reload.toml"), &|_| None)
+    config::load_str(&with_test_spool(text), Path::new("reload.toml"), &|_| None)
         .unwrap_or_else(|e| panic!("invalid test config:\n{e}"))
 }
 

@@ -208,6 +208,7 @@ impl Loader<'_> {
         let mut destinations = None;
         let mut routes = None;
         let mut sources = None;
+        let mut spool = None;
         let mut server_span = 0..0;
         for (key, value) in root {
             match key.get_ref().as_ref() {
@@ -218,10 +219,11 @@ impl Loader<'_> {
                 "destinations" => destinations = Some(value),
                 "routes" => routes = Some(value),
                 "sources" => sources = Some(value),
+                "spool" => spool = Some(value),
                 other => self.error_at(
                     key.span(),
                     other,
-                    "unknown section (expected server, sources, destinations or routes)",
+                    "unknown section (expected server, spool, sources, destinations or routes)",
                 ),
             }
         }
@@ -260,6 +262,34 @@ impl Loader<'_> {
             Some(value) => self.read_routes(value, &declared, &source_names),
             None => Vec::new(),
         };
+        let spool: crate::spool::SpoolConfig = match spool {
+            Some(value) => {
+                let span = value.span();
+                let spool: Option<crate::spool::SpoolConfig> = self.read("spool", value);
+                if let Some(spool) = &spool {
+                    if let Err((field, message)) = spool.check() {
+                        self.error_at(span, &format!("spool.{field}"), &message);
+                    }
+                }
+                spool.unwrap_or_default()
+            }
+            None => crate::spool::SpoolConfig::default(),
+        };
+        for (name, destination) in &destinations {
+            let when_full = destination.common.queue.when_full;
+            use super::WhenFull;
+            let wrong = match spool.backend {
+                crate::spool::Backend::Disk => (when_full == WhenFull::DropNewest)
+                    .then_some("drop_newest applies to the memory spool; with the disk spool the backlog sheds its oldest: use \"drop_oldest\", \"dead_letter\" or \"block\""),
+                crate::spool::Backend::Memory => matches!(when_full, WhenFull::DropOldest | WhenFull::Block)
+                    .then_some("drop_oldest and block need the disk spool ([spool] backend = \"disk\"); the memory spool takes \"dead_letter\" or \"drop_newest\""),
+            };
+            if let Some(message) = wrong {
+                let field = format!("destinations.{name}");
+                let span = self.find_key_span(&field, "queue").unwrap_or(0..0);
+                self.error_at(span, &format!("{field}.queue.when_full"), message);
+            }
+        }
         if let Some(server) = &server {
             self.check_server(server);
             if server.hash_salt.is_none() {
@@ -282,6 +312,7 @@ impl Loader<'_> {
             destinations,
             routes,
             sources,
+            spool,
         })
     }
 
@@ -584,6 +615,9 @@ impl Loader<'_> {
         }
         if common.queue.max_events == 0 {
             problems.push(("queue.max_events", "must be greater than 0".to_string()));
+        }
+        if common.queue.max_bytes == 0 {
+            problems.push(("queue.max_bytes", "must be greater than 0".to_string()));
         }
         if common.timeout_ms == 0 {
             problems.push(("timeout_ms", "must be greater than 0".to_string()));

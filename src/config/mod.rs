@@ -31,6 +31,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[sources.NAME]`: ingest keys, allowed origins, rate limits. Empty: open ingest.
     pub sources: BTreeMap<String, SourceConfig>,
+    /// `[spool]`: where accepted events wait for their destinations.
+    pub spool: crate::spool::SpoolConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -307,10 +309,14 @@ impl BatchConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Events held for the destination.
+    /// Events held in memory for the destination: the whole queue with the memory
+    /// spool, the window read ahead of the disk backlog with the disk spool.
     #[serde(default = "defaults::queue_max_events")]
     pub max_events: usize,
-    /// What happens to a new event when the queue is full.
+    /// The destination's backlog on disk (disk spool): past it, `when_full` decides.
+    #[serde(default = "defaults::queue_max_bytes")]
+    pub max_bytes: u64,
+    /// What happens when the queue (memory) or the backlog (disk) is full.
     #[serde(default)]
     pub when_full: WhenFull,
 }
@@ -323,12 +329,17 @@ pub enum WhenFull {
     DeadLetter,
     /// Counted as `dropped{reason="queue_full"}` and gone.
     DropNewest,
+    /// Disk spool: the oldest backlog is counted as `dropped{reason="backlog_full"}`.
+    DropOldest,
+    /// Disk spool: ingest answers 503 with `Retry-After` for events routed here.
+    Block,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             max_events: defaults::queue_max_events(),
+            max_bytes: defaults::queue_max_bytes(),
             when_full: WhenFull::default(),
         }
     }
@@ -377,6 +388,9 @@ mod defaults {
     /// About 3 KB per queued event: 10,000 is ~30 MB for a destination that stalls.
     pub fn queue_max_events() -> usize {
         10_000
+    }
+    pub fn queue_max_bytes() -> u64 {
+        256 << 20
     }
     pub fn dead_letter_dir() -> std::path::PathBuf {
         "playrelay-out/dead-letter".into()

@@ -59,6 +59,7 @@ pub struct DeadLetter {
     file: AppendFile,
     metrics: Arc<DestinationMetrics>,
     secrets: Vec<String>,
+    settle: Arc<super::Settle>,
 }
 
 impl DeadLetter {
@@ -67,12 +68,14 @@ impl DeadLetter {
         path: PathBuf,
         metrics: Arc<DestinationMetrics>,
         secrets: Vec<String>,
+        settle: Arc<super::Settle>,
     ) -> DeadLetter {
         DeadLetter {
             destination: destination.to_string(),
             file: AppendFile::new(path),
             metrics,
             secrets,
+            settle,
         }
     }
 
@@ -110,7 +113,8 @@ impl DeadLetter {
                 tracing::error!(destination = %self.destination, %reason, events = n, file = %self.path().display(), %error, "cannot write dead letters: events lost");
             }
         }
-        self.metrics.in_flight.dec_by(n as i64);
+        let events: Vec<&Event> = items.iter().map(|(e, _)| *e).collect();
+        self.settle.events(&events);
     }
 
     fn encode(&self, event: &Event, cause: &Cause, dead_lettered_at: &str, body: &mut Vec<u8>) {

@@ -15,8 +15,11 @@ mod breaker;
 pub mod dead_letter;
 mod file;
 pub mod http;
+mod queue;
 mod rate_limit;
 pub mod retry;
+
+pub use self::queue::Settle;
 
 pub use self::breaker::state_name as breaker_state_name;
 pub use self::http::{HttpClient, TlsRoots};
@@ -28,6 +31,7 @@ use crate::dest::{
     Translate, VendorRequest, Verdict,
 };
 use crate::event::{format_rfc3339, Event, KNOWN_TYPES};
+use crate::spool::{Cursor, Recovered};
 use crate::telemetry::{DestinationMetrics, Metrics};
 use crate::Clock;
 use breaker::Breaker;
@@ -57,9 +61,55 @@ pub struct Destination {
     /// Types the destination would only drop, with their `dropped{reason}` counter:
     /// left out here rather than queued, batched and translated for nothing.
     skipped_types: HashMap<&'static str, Counter>,
+    /// Its place in the disk spool and its reader's generation; `None` with the
+    /// memory spool.
+    cursor: Option<Arc<Cursor>>,
+    generation: u64,
+    when_full: WhenFull,
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        // No more live events: the reader drains the disk backlog and closes the window.
+        if let Some(cursor) = &self.cursor {
+            cursor.close(self.generation);
+        }
+    }
 }
 
 impl Destination {
+    /// The id spooled records carry for this destination.
+    pub fn spool_id(&self) -> Option<u16> {
+        self.cursor.as_ref().map(|c| c.id)
+    }
+
+    /// `when_full = "block"` and the backlog on disk is past `queue.max_bytes`: ingest
+    /// refuses events routed here until it shrinks.
+    pub fn blocked(&self) -> bool {
+        self.when_full == WhenFull::Block && self.cursor.as_ref().is_some_and(|c| c.over_budget())
+    }
+
+    /// A spooled event, just made durable: into the window if the destination keeps up,
+    /// else it waits on disk for the destination's reader. Never waits.
+    pub fn offer_spooled(&self, event: Arc<Event>, bytes: u64) {
+        self.metrics.received.inc();
+        if let Some(dropped) = self.skipped_types.get(event.event_type()) {
+            dropped.inc();
+            return;
+        }
+        self.metrics.queue_depth.inc();
+        match &self.cursor {
+            Some(cursor) => cursor.offer_live(event.spool_seq, event, bytes, &self.queue),
+            // Not spooled after all (a destination started without a cursor).
+            None => {
+                if self.queue.try_send(event).is_err() {
+                    self.metrics.queue_depth.dec();
+                    self.metrics.dropped("queue_full", 1);
+                }
+            }
+        }
+    }
+
     /// Queues an event without waiting. When the queue is full the event is
     /// dead-lettered (`when_full = "dead_letter"`) or dropped, and counted either way.
     pub fn offer(&self, event: Arc<Event>) -> bool {
@@ -133,6 +183,28 @@ pub struct Environment {
     pub dry_run_path: PathBuf,
     /// The key of the destination's `hash_fields`.
     pub hash_salt: Option<crate::config::Secret>,
+    /// The destination's cursor in the disk spool, and what it is owed from before a
+    /// restart; `None` with the memory spool.
+    pub cursor: Option<(Arc<Cursor>, Recovered)>,
+}
+
+/// Writes what a removed destination was still owed to its dead-letter file, with
+/// reason `removed`, and counts it in the destination's accounts.
+pub async fn dead_letter_removed(
+    name: &str,
+    path: PathBuf,
+    metrics: &Metrics,
+    events: &[Event],
+    now: time::OffsetDateTime,
+) {
+    let metrics = Arc::new(metrics.destination(name));
+    let n = events.len() as i64;
+    metrics.queue_depth.dec_by(n);
+    metrics.in_flight.inc_by(n);
+    let settle = Arc::new(Settle::new(metrics.clone(), None));
+    let writer = DeadLetter::new(name, path, metrics, Vec::new(), settle);
+    let refs: Vec<&Event> = events.iter().collect();
+    writer.write(&refs, &Cause::new("removed"), now).await;
 }
 
 /// Starts a destination's worker. Dropping the returned [`Destination`] closes its
@@ -161,7 +233,7 @@ pub fn start(
         Sink::File(_) => Vec::new(),
     };
     let metrics = Arc::new(env.metrics.destination(&config.name));
-    let skipped_types = KNOWN_TYPES
+    let skipped_types: HashMap<&'static str, Counter> = KNOWN_TYPES
         .iter()
         .filter(|ty| match &sink {
             Sink::Http(translator) => !translator.sends_type(ty),
@@ -173,6 +245,39 @@ pub fn start(
             (*ty, metrics.dropped_counter(reason))
         })
         .collect();
+    let (cursor, recovered) = match &env.cursor {
+        Some((cursor, recovered)) => (Some(cursor.clone()), *recovered),
+        None => (None, Recovered::default()),
+    };
+    if cursor.is_some() {
+        // Present from the start: "nothing owed" reads 0, not a missing series.
+        let label = crate::telemetry::DestinationLabel {
+            destination: config.name.clone(),
+        };
+        let _ = env.metrics.spool.recovered.get_or_create(&label);
+        let _ = env.metrics.spool.redelivered.get_or_create(&label);
+    }
+    if recovered.events > 0 {
+        // Owed from before the restart: counted as received again, so the accounts
+        // balance from what the spool holds.
+        metrics.received.inc_by(recovered.events);
+        metrics.queue_depth.inc_by(recovered.events as i64);
+        let label = crate::telemetry::DestinationLabel {
+            destination: config.name.clone(),
+        };
+        env.metrics
+            .spool
+            .recovered
+            .get_or_create(&label)
+            .inc_by(recovered.events);
+        env.metrics
+            .spool
+            .redelivered
+            .get_or_create(&label)
+            .inc_by(recovered.redelivered);
+        tracing::info!(destination = %config.name, events = recovered.events, redelivered = recovered.redelivered, "resuming from the spool");
+    }
+    let settle = Arc::new(Settle::new(metrics.clone(), cursor.clone()));
     let rate_limit = config
         .common
         .rate_limit
@@ -190,6 +295,7 @@ pub fn start(
             env.dead_letter_path.clone(),
             metrics.clone(),
             secrets.clone(),
+            settle.clone(),
         ),
         concurrency: Arc::new(Semaphore::new(config.common.concurrency)),
         dry_run,
@@ -197,17 +303,46 @@ pub fn start(
         secrets,
         abandon: env.abandon.clone(),
         privacy: crate::privacy::Policy::new(&config.common, env.hash_salt.as_ref()),
+        settle,
+        cursor: cursor.clone(),
+        skipped: skipped_types.keys().copied().collect(),
     });
-    let (sender, receiver) = mpsc::channel(config.common.queue.max_events);
-    let (overflow, overflow_rx) = match config.common.queue.when_full {
-        WhenFull::DeadLetter => {
+    let window = match &cursor {
+        // The backlog lives on disk: memory holds what the next requests will take.
+        Some(_) => config
+            .common
+            .queue
+            .max_events
+            .min((2 * config.common.batch.max_events * config.common.concurrency).max(1_000)),
+        None => config.common.queue.max_events,
+    };
+    let (sender, receiver) = mpsc::channel(window);
+    let (overflow, overflow_rx) = match (&cursor, config.common.queue.when_full) {
+        (None, WhenFull::DeadLetter) => {
             let (tx, rx) = mpsc::channel(OVERFLOW_CAPACITY);
             (Some(tx), Some(rx))
         }
-        WhenFull::DropNewest => (None, None),
+        _ => (None, None),
     };
+    let mut generation = 0;
+    let reader = cursor.as_ref().map(|cursor| {
+        cursor.set_max_bytes(config.common.queue.max_bytes);
+        generation = cursor.attach();
+        tokio::spawn(queue::read_backlog(
+            stack.clone(),
+            cursor.clone(),
+            sender.clone(),
+            generation,
+        ))
+    });
     let (handover, handover_rx) = oneshot::channel();
-    let handle = tokio::spawn(run_worker(stack, receiver, overflow_rx, handover_rx));
+    let handle = tokio::spawn(run_worker(
+        stack,
+        receiver,
+        overflow_rx,
+        handover_rx,
+        reader,
+    ));
     Ok((
         Arc::new(Destination {
             name: config.name.clone(),
@@ -216,6 +351,9 @@ pub fn start(
             metrics,
             critical: config.common.critical,
             skipped_types,
+            cursor,
+            generation,
+            when_full: config.common.queue.when_full,
         }),
         Worker { handle, handover },
     ))
@@ -243,9 +381,39 @@ struct Stack {
     abandon: watch::Receiver<bool>,
     /// Consent, dropped and hashed fields, IP; `None` when the destination has no rules.
     privacy: Option<crate::privacy::Policy>,
+    settle: Arc<Settle>,
+    cursor: Option<Arc<Cursor>>,
+    /// Types counted as dropped at offer time.
+    skipped: std::collections::HashSet<&'static str>,
 }
 
 impl Stack {
+    fn skips(&self, event_type: &str) -> bool {
+        self.skipped.contains(event_type)
+    }
+
+    fn when_full(&self) -> WhenFull {
+        self.config.common.queue.when_full
+    }
+
+    fn cursor(&self) -> Option<&Arc<Cursor>> {
+        self.cursor.as_ref()
+    }
+
+    /// Shutdown gave up on these: with the disk spool they stay there and are sent
+    /// after the restart; with the memory spool they go to the dead-letter file.
+    async fn give_up(&self, events: &[&Event], cause: &Cause) {
+        if self.settle.spooled() {
+            // Not acknowledged: the spool keeps them for the next start, where they
+            // count as backlog again.
+            self.metrics.in_flight.dec_by(events.len() as i64);
+            self.metrics.queue_depth.inc_by(events.len() as i64);
+            tracing::info!(destination = %self.name, events = events.len(), "shutdown: left in the spool, sent after the restart");
+            return;
+        }
+        self.dead_letter(events, cause).await;
+    }
+
     async fn abandoned(&self) {
         let mut abandon = self.abandon.clone();
         let _ = abandon.wait_for(|abandon| *abandon).await;
@@ -261,6 +429,7 @@ async fn run_worker(
     mut queue: mpsc::Receiver<Arc<Event>>,
     overflow: Option<mpsc::Receiver<Arc<Event>>>,
     mut handover: oneshot::Receiver<Arc<Destination>>,
+    reader: Option<JoinHandle<()>>,
 ) {
     let mut tasks = JoinSet::new();
     if let Some(overflow) = overflow {
@@ -299,6 +468,10 @@ async fn run_worker(
             }
         }
     }
+    // The window is being emptied: the reader must not fill it again.
+    if let Some(reader) = reader {
+        reader.abort();
+    }
     match successor {
         // A reload rebuilt this destination: what is queued moves to the new one, until
         // the last request that saw the old routing is done. Requests in flight finish here.
@@ -320,7 +493,7 @@ async fn run_worker(
                 stack.metrics.queue_depth.dec_by(pending.len() as i64);
                 stack.metrics.in_flight.inc_by(pending.len() as i64);
                 let refs: Vec<&Event> = pending.iter().map(|e| e.as_ref()).collect();
-                stack.dead_letter(&refs, &Cause::new("shutdown")).await;
+                stack.give_up(&refs, &Cause::new("shutdown")).await;
             }
         }
     }
@@ -354,7 +527,7 @@ fn apply_privacy(
     for event in batch {
         if !policy.consents(&event) {
             stack.metrics.dropped("consent", 1);
-            stack.metrics.in_flight.dec();
+            stack.settle.one(&event);
             continue;
         }
         if !policy.rewrites() {
@@ -370,7 +543,7 @@ fn apply_privacy(
             Err(error) => {
                 tracing::warn!(destination = %stack.name, event_id = %event.event_id(), %error, "event left out by the privacy rules");
                 stack.metrics.dropped("privacy", 1);
-                stack.metrics.in_flight.dec();
+                stack.settle.one(&event);
             }
         }
     }
@@ -410,7 +583,8 @@ async fn dispatch(
             match written {
                 Ok(n) => {
                     stack.metrics.sent.inc_by(n.len() as u64);
-                    stack.metrics.in_flight.dec_by(n.len() as i64);
+                    let written: Vec<&Event> = n.iter().map(|i| originals[*i]).collect();
+                    stack.settle.events(&written);
                 }
                 Err((indices, error)) => {
                     let failed: Vec<&Event> = indices.iter().map(|i| originals[*i]).collect();
@@ -442,7 +616,7 @@ async fn settle_refusals(stack: &Stack, events: &[&Event], refused: &[Refusal]) 
         match refusal.disposition {
             Disposition::Dropped => {
                 stack.metrics.dropped(refusal.reason, 1);
-                stack.metrics.in_flight.dec();
+                stack.settle.one(events[refusal.index]);
             }
             Disposition::Refused => {
                 let mut cause = Cause::new(refusal.reason);
@@ -474,7 +648,7 @@ async fn deliver(
         match dry_run.append(text.as_bytes(), false).await {
             Ok(()) => {
                 stack.metrics.sent.inc_by(n);
-                stack.metrics.in_flight.dec_by(n as i64);
+                stack.settle.events(&refs);
             }
             Err(error) => {
                 let mut cause = Cause::new("dry_run_write_failed");
@@ -489,7 +663,7 @@ async fn deliver(
         None => tokio::select! {
             permit = stack.concurrency.clone().acquire_owned() => permit.ok(),
             _ = stack.abandoned() => {
-                stack.dead_letter(&refs, &Cause::new("shutdown")).await;
+                stack.give_up(&refs, &Cause::new("shutdown")).await;
                 return;
             }
         },
@@ -516,7 +690,7 @@ async fn deliver(
         tokio::select! {
             _ = admitted => {}
             _ = stack.abandoned() => {
-                stack.dead_letter(&refs, &shutdown(attempt, None)).await;
+                stack.give_up(&refs, &shutdown(attempt, None)).await;
                 return;
             }
         }
@@ -527,7 +701,7 @@ async fn deliver(
             outcome = stack.client.send(&request, stack.config.common.timeout_ms) => outcome,
             _ = stack.abandoned() => {
                 let error = "shutdown timed out while the request was in flight";
-                stack.dead_letter(&refs, &shutdown(attempt, Some(error))).await;
+                stack.give_up(&refs, &shutdown(attempt, Some(error))).await;
                 return;
             }
         };
@@ -547,7 +721,7 @@ async fn deliver(
                         tracing::warn!(destination = %stack.name, %finding, "vendor reported a problem");
                     }
                     stack.metrics.sent.inc_by(n);
-                    stack.metrics.in_flight.dec_by(n as i64);
+                    stack.settle.events(&refs);
                     return;
                 }
                 let cause = Cause {
@@ -600,7 +774,7 @@ async fn deliver(
                     _ = tokio::time::sleep(wait) => {}
                     _ = stack.abandoned() => {
                         cause.reason = "shutdown".into();
-                        stack.dead_letter(&refs, &cause).await;
+                        stack.give_up(&refs, &cause).await;
                         return;
                     }
                 }

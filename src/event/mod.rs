@@ -26,6 +26,8 @@ pub struct Event {
     pub received_at: OffsetDateTime,
     /// The ingest source the event came through, when sources are configured.
     pub source: Option<Arc<str>>,
+    /// Its position in the disk spool (0: not spooled), which destinations acknowledge.
+    pub spool_seq: u64,
 }
 
 /// Why one event was refused. The text names the field so a player developer can fix it.
@@ -100,7 +102,18 @@ impl Event {
             timestamp,
             received_at,
             source: None,
+            spool_seq: 0,
         })
+    }
+
+    /// Rebuilds an event the relay accepted earlier (the spool, replays): the same
+    /// parse and validation as ingest, with the `received_at` it was given then.
+    pub fn restore(text: &str, received_at: OffsetDateTime) -> Result<Event, EventError> {
+        if let Some(result) = Event::from_text_fast(text, received_at) {
+            return result;
+        }
+        let raw: &RawValue = serde_json::from_str(text).map_err(|_| EventError::NotAnObject)?;
+        Event::from_json(raw, received_at)
     }
 
     pub fn event_type(&self) -> &str {

@@ -63,7 +63,12 @@ impl Clients {
         let (Some(limiter), Some(ip)) = (&self.limiter, client) else {
             return Ok(());
         };
-        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 0 && limiter.len() > MAX_TRACKED {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(4096)
+            && limiter.len() > MAX_TRACKED
+        {
             limiter.retain_recent();
         }
         limiter.check_key(&rate_key(ip)).map_err(|not_until| {

@@ -15,6 +15,7 @@ pub mod tls;
 use crate::config::Config;
 use crate::event::{parse_body, BodyError, BodyLimits, Rejection};
 use crate::route::Decision;
+use crate::spool::{DiskSpool, Routed, SpoolError};
 use crate::{Relay, Routing};
 use auth::{Identity, Sources};
 use axum::extract::{ConnectInfo, Request, State};
@@ -305,7 +306,6 @@ async fn ingest_inner(
     let metrics = &relay.metrics;
     let total = (parsed.events.len() + parsed.rejected.len()) as u64;
     metrics.events_received.inc_by(total);
-    metrics.events_accepted.inc_by(parsed.events.len() as u64);
     for rejection in &parsed.rejected {
         metrics.reject(rejection.reason);
     }
@@ -315,6 +315,7 @@ async fn ingest_inner(
     let accepted = parsed.events.len();
     let source_name = source.map(|s| s.name.clone());
     let mut decision = Decision::default();
+    let mut spooled = Vec::new();
     for mut event in parsed.events {
         event.source = source_name.clone();
         routing.table.decide(&event, &mut decision);
@@ -325,14 +326,64 @@ async fn ingest_inner(
             metrics.events_unrouted.inc();
             continue;
         }
+        if relay.spool.is_some() {
+            let to = decision
+                .destinations
+                .iter()
+                .map(|index| routing.destinations[*index].clone())
+                .collect();
+            spooled.push(Routed { event, to });
+            continue;
+        }
         let event = Arc::new(event);
         for index in &decision.destinations {
             routing.destinations[*index].offer(event.clone());
         }
     }
+    if let (Some(spool), false) = (&relay.spool, spooled.is_empty()) {
+        spool_events(spool, spooled).await?;
+    }
+    // Accepted means routed and, with the disk spool, durable.
+    metrics.events_accepted.inc_by(accepted as u64);
     Ok(Accepted {
         accepted,
         rejected: parsed.rejected,
+    })
+}
+
+/// The `2xx` waits for this: the events are on disk, or the client hears why not and
+/// retries. Nothing is written when a destination they go to refuses more backlog.
+async fn spool_events(spool: &DiskSpool, events: Vec<Routed>) -> Result<(), Refusal> {
+    let blocked = events
+        .iter()
+        .flat_map(|routed| routed.to.iter())
+        .find(|destination| destination.blocked());
+    if let Some(destination) = blocked {
+        return Err(Refusal {
+            retry_after: Some(1),
+            ..Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "destination {:?} is behind: its backlog passed queue.max_bytes (when_full = \"block\"); retry later",
+                    destination.name
+                ),
+            )
+            .counted("backlog_full")
+        });
+    }
+    spool.append(events).await.map_err(|error| {
+        let reason = match error {
+            SpoolError::Full { .. } => "spool_full",
+            _ => "spool_unavailable",
+        };
+        Refusal {
+            retry_after: Some(1),
+            ..Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("events not accepted: {error}; retry later"),
+            )
+            .counted(reason)
+        }
     })
 }
 
@@ -409,6 +460,21 @@ async fn readyz(State(relay): State<Arc<Relay>>) -> Response {
             })
         })
         .collect();
+    let spool = match &relay.spool {
+        Some(spool) => {
+            let problem = spool.unhealthy();
+            if let Some(problem) = &problem {
+                reasons.push(format!("the spool cannot take events: {problem}"));
+            }
+            json!({
+                "backend": "disk",
+                "bytes": relay.metrics.spool.bytes.get(),
+                "oldest_event_age_seconds": relay.metrics.spool.oldest_event_age_seconds.get(),
+                "error": problem,
+            })
+        }
+        None => json!({ "backend": "memory" }),
+    };
     let ready = reasons.is_empty();
     let status = if ready {
         StatusCode::OK
@@ -425,6 +491,7 @@ async fn readyz(State(relay): State<Arc<Relay>>) -> Response {
     let mut body = json!({
         "status": overall,
         "reasons": reasons,
+        "spool": spool,
         "destinations": destinations,
     });
     if let Some(reload) = relay.reload_status.get() {

@@ -196,12 +196,36 @@ pub async fn start_relay_with(toml: &str, options: RelayOptions) -> RunningRelay
             1,
         )
     };
+    let toml = with_test_spool(&toml);
     let config = config::load_str(&toml, Path::new("test.toml"), &|_| None)
         .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
     playrelay::start(config, listener, options)
         .await
         .expect("relay starts")
+}
+
+/// Gives a test config without `[spool]` a disk spool of its own: beside its dead-letter
+/// directory (so a reloaded copy of the same text names the same spool), else fresh.
+pub fn with_test_spool(toml: &str) -> String {
+    if toml.contains("[spool]") {
+        return toml.to_string();
+    }
+    let beside_dead_letters = toml.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("dead_letter_dir")?.trim();
+        let value = value.strip_prefix('=')?.trim().trim_matches('"');
+        Some(format!("{value}.spool"))
+    });
+    let dir = beside_dead_letters.unwrap_or_else(|| {
+        tempfile::Builder::new()
+            .prefix("playrelay-spool-")
+            .tempdir()
+            .expect("tempdir")
+            .keep()
+            .display()
+            .to_string()
+    });
+    format!("[spool]\ndir = {dir:?}\n{toml}")
 }
 
 pub struct Answer {

@@ -1,0 +1,277 @@
+//! The one writer of the spool: group commit. Requests that arrive while a commit runs
+//! wait for the next one, so under load one fdatasync covers many requests; alone, a
+//! request waits for exactly one. After each commit the events go to their
+//! destinations in commit order. Between commits: cursors are saved and the records
+//! every destination is past are deleted.
+
+use super::record;
+use super::store::{SavedCursor, Store};
+use super::{Routed, Shared, SpoolError};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub enum Command {
+    Append {
+        items: Vec<Routed>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
+    },
+}
+
+/// At most this many events in one group commit: bounds the latency of the first.
+const MAX_GROUP_EVENTS: usize = 50_000;
+/// How often cursors are saved and space reclaimed when ingest is idle.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Records deleted per housekeeping pass, so a large reclaim never stalls commits.
+const RECLAIM_PER_PASS: usize = 50_000;
+
+pub fn spawn(
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    commands: Receiver<Command>,
+    first: u64,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("playrelay-spool".into())
+        .spawn(move || {
+            let mut committer = Committer {
+                store,
+                shared,
+                reclaimed_from: first,
+                saved: HashMap::new(),
+            };
+            committer.run(commands);
+        })
+}
+
+struct Committer {
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    /// Every record below this is deleted.
+    reclaimed_from: u64,
+    saved: HashMap<String, SavedCursor>,
+}
+
+impl Committer {
+    fn run(&mut self, commands: Receiver<Command>) {
+        let mut since_housekeeping = 0usize;
+        loop {
+            let first = match commands.recv_timeout(HOUSEKEEPING) {
+                Ok(command) => command,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.housekeeping();
+                    since_housekeeping = 0;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut group = vec![first];
+            let mut events = group_events(&group);
+            while events < MAX_GROUP_EVENTS {
+                match commands.try_recv() {
+                    Ok(command) => {
+                        events += group_events(std::slice::from_ref(&command));
+                        group.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+            since_housekeeping += 1;
+            // Under load commits never time out: housekeep every few of them.
+            if since_housekeeping >= 16 {
+                self.housekeeping();
+                since_housekeeping = 0;
+            }
+        }
+        // Shutdown: the destinations have settled what they could; save where they are.
+        self.housekeeping();
+        if let Err(error) = self.store.sync() {
+            tracing::error!(%error, "cannot sync the spool at shutdown");
+        }
+    }
+
+    fn commit(&mut self, group: Vec<Command>) {
+        #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
+        // A plain thread, outside tokio's clock: real time is what this measures.
+        let started = std::time::Instant::now();
+        let mut batch = self.store.batch();
+        let mut seq = self.shared.next_seq.load(Ordering::Acquire);
+        let first_seq = seq;
+        let mut accepted = Vec::with_capacity(group.len());
+        let mut refused = Vec::new();
+        let mut group_bytes = 0u64;
+        let held = self.shared.bytes.load(Ordering::Relaxed);
+        let mut buffer = Vec::with_capacity(2048);
+        for command in group {
+            let Command::Append { items, reply } = command;
+            let mut request_bytes = 0u64;
+            let mut encoded = Vec::with_capacity(items.len());
+            for item in &items {
+                buffer.clear();
+                let ids: Vec<u16> = item.to.iter().filter_map(|d| d.spool_id()).collect();
+                record::encode(&item.event, &ids, &mut buffer);
+                request_bytes += buffer.len() as u64;
+                encoded.push(buffer.clone());
+            }
+            if held + group_bytes + request_bytes > self.shared.max_bytes {
+                refused.push((
+                    reply,
+                    SpoolError::Full {
+                        bytes: held + group_bytes,
+                        max_bytes: self.shared.max_bytes,
+                    },
+                ));
+                continue;
+            }
+            let mut sizes = Vec::with_capacity(items.len());
+            for bytes in encoded {
+                sizes.push((seq, bytes.len() as u64));
+                batch.insert_event(seq, bytes);
+                seq += 1;
+            }
+            group_bytes += request_bytes;
+            accepted.push((items, sizes, reply));
+        }
+        for (reply, error) in refused {
+            let _ = reply.send(Err(error));
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let written = batch.commit().and_then(|()| self.store.sync());
+        let metrics = &self.shared.metrics.spool;
+        if let Err(error) = written {
+            metrics.write_errors.inc();
+            let message = format!("cannot write to the spool: {error}");
+            tracing::error!(error = %message, "spool commit failed: ingest answers 503 until a commit succeeds");
+            self.shared.set_failure(Some(message.clone()));
+            for (_, _, reply) in accepted {
+                let _ = reply.send(Err(SpoolError::Engine(message.clone())));
+            }
+            return;
+        }
+        self.shared.set_failure(None);
+        self.shared.next_seq.store(seq, Ordering::Release);
+        self.shared.bytes.fetch_add(group_bytes, Ordering::Relaxed);
+        metrics.commits.inc();
+        metrics.committed_events.inc_by(seq - first_seq);
+        metrics
+            .commit_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics
+            .bytes
+            .set(self.shared.bytes.load(Ordering::Relaxed) as i64);
+        for (items, sizes, reply) in accepted {
+            for (item, (event_seq, size)) in items.into_iter().zip(sizes) {
+                let mut event = item.event;
+                event.spool_seq = event_seq;
+                let event = Arc::new(event);
+                for destination in &item.to {
+                    destination.offer_spooled(event.clone(), size);
+                }
+            }
+            let _ = reply.send(Ok(()));
+        }
+        let cursors: Vec<_> = self.shared.lock().cursors.values().cloned().collect();
+        for cursor in cursors {
+            cursor.passed(seq);
+        }
+    }
+
+    /// Saves moved cursors and deletes what every destination is past.
+    fn housekeeping(&mut self) {
+        let cursors: Vec<_> = self.shared.lock().cursors.values().cloned().collect();
+        let head = self.shared.next_seq.load(Ordering::Acquire);
+        let mut batch = self.store.batch();
+        let mut low = head;
+        for cursor in &cursors {
+            let (position, handed_through) = cursor.position();
+            low = low.min(position);
+            let saved = SavedCursor {
+                position,
+                handed_through,
+            };
+            if self.saved.get(&cursor.name) != Some(&saved) {
+                batch.save_cursor(&cursor.name, saved);
+                self.saved.insert(cursor.name.clone(), saved);
+            }
+            self.shared
+                .metrics
+                .spool
+                .backlog_bytes
+                .get_or_create(&crate::telemetry::DestinationLabel {
+                    destination: cursor.name.clone(),
+                })
+                .set(cursor.backlog_bytes() as i64);
+        }
+        self.saved
+            .retain(|name, _| cursors.iter().any(|c| &c.name == name));
+        let mut freed = 0u64;
+        match self
+            .store
+            .keys_below(self.reclaimed_from, low, RECLAIM_PER_PASS)
+        {
+            Ok(keys) => {
+                for (seq, size) in &keys {
+                    batch.remove_event(*seq);
+                    freed += size;
+                }
+                if let Some((last, _)) = keys.last() {
+                    self.reclaimed_from = last + 1;
+                } else {
+                    self.reclaimed_from = self.reclaimed_from.max(low);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot list spool records to reclaim"),
+        }
+        if batch.is_empty() {
+            self.report_oldest();
+            return;
+        }
+        // No sync: a lost cursor update or deletion only means a redelivery after a crash.
+        match batch.commit() {
+            Ok(()) => {
+                let _ = self
+                    .shared
+                    .bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                        Some(b.saturating_sub(freed))
+                    });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot save spool cursors");
+                self.saved.clear();
+            }
+        }
+        self.report_oldest();
+    }
+
+    fn report_oldest(&self) {
+        let metrics = &self.shared.metrics.spool;
+        metrics
+            .bytes
+            .set(self.shared.bytes.load(Ordering::Relaxed) as i64);
+        metrics.disk_bytes.set(self.store.disk_bytes() as i64);
+        let age = match self.store.scan(self.reclaimed_from, 1) {
+            Ok(records) => records
+                .first()
+                .and_then(|r| r.header().ok())
+                .and_then(|h| h.received_at().ok())
+                .map(|at| ((self.shared.clock)() - at).whole_seconds().max(0))
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        metrics.oldest_event_age_seconds.set(age);
+    }
+}
+
+fn group_events(group: &[Command]) -> usize {
+    group
+        .iter()
+        .map(|Command::Append { items, .. }| items.len())
+        .sum()
+}

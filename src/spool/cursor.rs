@@ -1,0 +1,267 @@
+//! A destination's place in the disk spool. Events reach the destination's in-memory
+//! window live while it keeps up; once the window is full the destination is *behind*
+//! and its reader takes the backlog from disk, in order, until it catches up.
+//! An event is acknowledged once delivered, dead-lettered or dropped and counted; the
+//! position below which everything is acknowledged is what survives a restart.
+
+use super::store::{Scanned, Store};
+use crate::event::Event;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, Notify};
+
+pub struct Cursor {
+    pub name: String,
+    /// The id records carry for this destination.
+    pub id: u16,
+    store: Arc<Store>,
+    state: Mutex<State>,
+    /// Wakes the reader when the destination falls behind.
+    wake: Notify,
+    /// Bytes of the backlog on disk that the destination has not taken yet.
+    backlog_bytes: AtomicU64,
+    max_bytes: AtomicU64,
+    removed: AtomicBool,
+}
+
+struct State {
+    /// True while the destination's window is full and its reader serves it from disk.
+    behind: bool,
+    /// Every event below this position was handed to the destination or is not its.
+    read_pos: u64,
+    /// Handed to the destination and not yet settled.
+    outstanding: BTreeSet<u64>,
+    /// The highest position ever handed over, for counting redeliveries after a crash.
+    handed_through: u64,
+    /// Bumped by each new reader, so a replaced worker's reader stops.
+    generation: u64,
+    /// The generation whose destination was dropped: its reader drains the disk
+    /// backlog, then closes the window.
+    closed_generation: u64,
+}
+
+/// What a reader found on disk.
+pub enum ReadAhead {
+    Records(Vec<Scanned>, u64),
+    /// Nothing left on disk: the destination is live again.
+    CaughtUp,
+    /// Another reader took over.
+    Superseded,
+}
+
+impl Cursor {
+    pub(super) fn new(
+        name: &str,
+        id: u16,
+        store: Arc<Store>,
+        position: u64,
+        behind: bool,
+    ) -> Cursor {
+        Cursor {
+            name: name.to_string(),
+            id,
+            store,
+            state: Mutex::new(State {
+                behind,
+                read_pos: position,
+                outstanding: BTreeSet::new(),
+                handed_through: position.saturating_sub(1),
+                generation: 0,
+                closed_generation: 0,
+            }),
+            wake: Notify::new(),
+            backlog_bytes: AtomicU64::new(0),
+            max_bytes: AtomicU64::new(u64::MAX),
+            removed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain numbers behind: still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Everything below this position is settled; (position, highest handed over).
+    pub fn position(&self) -> (u64, u64) {
+        let state = self.lock();
+        let low = state
+            .outstanding
+            .first()
+            .copied()
+            .unwrap_or(state.read_pos)
+            .min(state.read_pos);
+        (low, state.handed_through)
+    }
+
+    pub fn set_max_bytes(&self, max_bytes: u64) {
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+    }
+
+    pub fn over_budget(&self) -> bool {
+        self.backlog_bytes.load(Ordering::Relaxed) > self.max_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn backlog_bytes(&self) -> u64 {
+        self.backlog_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn add_backlog(&self, bytes: u64) {
+        self.backlog_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn take_backlog(&self, bytes: u64) {
+        let _ = self
+            .backlog_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(bytes))
+            });
+    }
+
+    pub(super) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Hands a just-committed event to the destination's window if it is live and has
+    /// room; otherwise the destination is behind and its reader will find the event on
+    /// disk. Called in commit order.
+    pub fn offer_live(
+        &self,
+        seq: u64,
+        event: Arc<Event>,
+        bytes: u64,
+        window: &mpsc::Sender<Arc<Event>>,
+    ) {
+        let mut state = self.lock();
+        if !state.behind {
+            match window.try_send(event) {
+                Ok(()) => {
+                    state.outstanding.insert(seq);
+                    state.read_pos = seq + 1;
+                    state.handed_through = state.handed_through.max(seq);
+                    return;
+                }
+                Err(_) => {
+                    state.behind = true;
+                    state.read_pos = seq;
+                }
+            }
+        }
+        drop(state);
+        self.add_backlog(bytes);
+        self.wake.notify_one();
+    }
+
+    /// After a commit: a live destination is past every committed event, its or not.
+    pub(super) fn passed(&self, next_seq: u64) {
+        let mut state = self.lock();
+        if !state.behind && state.read_pos < next_seq {
+            state.read_pos = next_seq;
+        }
+    }
+
+    /// Starts a reader for a (new or rebuilt) worker: the previous reader stops, and
+    /// this one checks the disk before the destination counts as live again.
+    pub fn attach(&self) -> u64 {
+        let mut state = self.lock();
+        state.generation += 1;
+        state.behind = true;
+        drop(state);
+        self.wake.notify_one();
+        self.lock().generation
+    }
+
+    /// Waits until the destination is behind, closed or removed; false once this
+    /// reader is replaced.
+    pub async fn wait_behind(&self, generation: u64) -> bool {
+        loop {
+            let notified = self.wake.notified();
+            {
+                let state = self.lock();
+                if state.generation != generation {
+                    return false;
+                }
+                if state.behind || state.closed_generation == generation || self.is_removed() {
+                    return true;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The destination of `generation` takes no more live events (shutdown, removal).
+    pub fn close(&self, generation: u64) {
+        self.lock().closed_generation = generation;
+        self.wake.notify_one();
+    }
+
+    pub fn is_closed(&self, generation: u64) -> bool {
+        self.lock().closed_generation == generation
+    }
+
+    /// Where the destination's unread backlog starts: what a removed one still owes.
+    pub fn unread_from(&self) -> u64 {
+        self.lock().read_pos
+    }
+
+    /// The next records on disk from the read position, or the news that there are
+    /// none: then, checked again while offers wait, the destination is live.
+    pub fn read_ahead(
+        &self,
+        generation: u64,
+        limit: usize,
+    ) -> Result<ReadAhead, super::SpoolError> {
+        let from = {
+            let state = self.lock();
+            if state.generation != generation {
+                return Ok(ReadAhead::Superseded);
+            }
+            state.read_pos
+        };
+        let records = self.store.scan(from, limit)?;
+        if let Some(last) = records.last() {
+            let next = last.seq + 1;
+            return Ok(ReadAhead::Records(records, next));
+        }
+        let mut state = self.lock();
+        if state.generation != generation {
+            return Ok(ReadAhead::Superseded);
+        }
+        // Offers take this lock after their commit: nothing can be committed and
+        // skipped between this look and going live.
+        let again = self.store.scan(state.read_pos, 1)?;
+        if again.is_empty() {
+            state.behind = false;
+            return Ok(ReadAhead::CaughtUp);
+        }
+        Ok(ReadAhead::Records(Vec::new(), state.read_pos))
+    }
+
+    /// The reader is about to hand `seq` to the destination.
+    pub fn hand_out(&self, seq: u64) {
+        let mut state = self.lock();
+        state.outstanding.insert(seq);
+        state.handed_through = state.handed_through.max(seq);
+    }
+
+    /// The reader has dealt with everything below `next`.
+    pub fn advance(&self, generation: u64, next: u64) {
+        let mut state = self.lock();
+        if state.generation == generation && state.read_pos < next {
+            state.read_pos = next;
+        }
+    }
+
+    /// Acknowledges settled events.
+    pub fn settle(&self, seqs: impl Iterator<Item = u64>) {
+        let mut state = self.lock();
+        for seq in seqs {
+            state.outstanding.remove(&seq);
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! The disk spool: a `2xx` means the events are on disk and reach every destination at
+//! least once, whatever happens to the process. Real binaries killed with SIGKILL, real
+//! files, vendor stand-ins on 127.0.0.1.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+/// The `i`-th event id of batch `prefix`: a UUID, as player-event/1 asks.
+fn id(prefix: &str, i: usize) -> String {
+    let batch = xxhash_rust::xxh3::xxh3_64(prefix.as_bytes()) as u32;
+    format!("{batch:08x}-0000-4000-8000-{i:012x}")
+}
+
+/// `n` fixture events with fresh ids `id(prefix, i)`.
+fn events(prefix: &str, n: usize) -> Vec<Value> {
+    let fixture = fixture_events();
+    (0..n)
+        .map(|i| {
+            let mut event = fixture[i % fixture.len()].clone();
+            event["event_id"] = json!(id(prefix, i));
+            event
+        })
+        .collect()
+}
+
+fn ndjson(events: &[Value]) -> String {
+    events.iter().map(|e| format!("{e}\n")).collect()
+}
+
+fn two_webhooks(spool: &Path, dead: &Path, fast: &str, slow: &str, extra: &str) -> String {
+    format!(
+        r#"
+[spool]
+dir = {spool:?}
+
+[server]
+listen = "127.0.0.1:0"
+dead_letter_dir = {dead:?}
+drain_timeout_ms = 500
+
+[destinations.fast]
+type = "webhook"
+endpoint = "{fast}"
+batch = {{ max_events = 50, max_wait_ms = 5 }}
+retry = {{ max_attempts = 50, initial_backoff_ms = 5, max_backoff_ms = 50, max_elapsed_ms = 60000 }}
+
+[destinations.slow]
+type = "webhook"
+endpoint = "{slow}"
+batch = {{ max_events = 20, max_wait_ms = 5 }}
+concurrency = 1
+retry = {{ max_attempts = 50, initial_backoff_ms = 5, max_backoff_ms = 50, max_elapsed_ms = 60000 }}
+{extra}
+
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["fast", "slow"]
+"#,
+        spool = spool.display().to_string(),
+        dead = dead.display().to_string(),
+    )
+}
+
+fn delivered_ids(vendor: &StandIn) -> HashSet<String> {
+    vendor
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .flat_map(|r| body_events(&r.body))
+        .filter_map(|e| e["event_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn wait_for_ids(vendor: &StandIn, ids: &HashSet<String>, within: Duration, who: &str) {
+    wait_until(
+        &format!("{} accepted events at {who}", ids.len()),
+        within,
+        || delivered_ids(vendor).is_superset(ids),
+    )
+    .await;
+}
+
+// The child process runs in real time; nothing here reads the relay's clock.
+#[allow(clippy::disallowed_types, clippy::disallowed_methods)]
+mod binary {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Child, Command, Stdio};
+
+    const BIN: &str = env!("CARGO_BIN_EXE_playrelay");
+
+    /// The real relay as a child process; killed (SIGKILL) when dropped.
+    pub struct Relay {
+        pub child: Child,
+        pub addr: String,
+    }
+
+    impl Relay {
+        pub fn start(dir: &Path, config: &str) -> Relay {
+            std::fs::write(dir.join("routes.toml"), config).expect("write config");
+            let mut child = Command::new(BIN)
+                .args(["run", "--config", "routes.toml", "--log-format", "json"])
+                .current_dir(dir)
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start playrelay");
+            let stderr = child.stderr.take().expect("stderr");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                    if log["message"] == "relay ready" {
+                        let _ = tx.send(log["listen"].as_str().unwrap_or("").to_string());
+                    }
+                }
+            });
+            let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(addr) => addr,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("relay not ready in 30 s");
+                }
+            };
+            Relay { child, addr }
+        }
+
+        pub fn kill(mut self) {
+            // `Child::kill` is SIGKILL: no drain, no cursor saved, no goodbye.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+
+        pub fn get(&self, path: &str) -> String {
+            let mut stream = std::net::TcpStream::connect(&self.addr).expect("connect");
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .expect("send");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).expect("read");
+            answer
+        }
+
+        pub fn rss_kib(&self) -> u64 {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+                .expect("proc status");
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .expect("VmRSS")
+        }
+    }
+
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_that_got_a_2xx_arrives_everywhere_despite_sigkills() {
+    let fast = StandIn::ok().await;
+    let slow = StandIn::start(|_| Reply::After(Duration::from_millis(40), 200)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = two_webhooks(
+        &dir.path().join("spool"),
+        &dir.path().join("dead"),
+        &fast.url("/"),
+        &slow.url("/"),
+        "",
+    );
+    let mut acknowledged = HashSet::new();
+    let mut refused = 0;
+    for round in 0..3 {
+        let relay = binary::Relay::start(dir.path(), &config);
+        let addr = relay.addr.parse().expect("address");
+        for batch in 0..20 {
+            let sent = events(&format!("r{round}-b{batch}"), 50);
+            let answer = post_ndjson(addr, ndjson(&sent)).await;
+            if answer.status == 202 {
+                acknowledged.extend(
+                    sent.iter()
+                        .map(|e| e["event_id"].as_str().expect("id").to_string()),
+                );
+            } else {
+                refused += 1;
+            }
+        }
+        // Mid-stream: the slow vendor is far behind, requests are in flight.
+        relay.kill();
+    }
+    assert_eq!(refused, 0, "a healthy relay refused requests");
+    assert_eq!(acknowledged.len(), 3 * 20 * 50);
+    let relay = binary::Relay::start(dir.path(), &config);
+    wait_for_ids(&fast, &acknowledged, Duration::from_secs(60), "fast").await;
+    wait_for_ids(&slow, &acknowledged, Duration::from_secs(90), "slow").await;
+    let text = relay.get("/metrics");
+    // What was in flight at a kill is sent again, and said so.
+    assert!(
+        metric(
+            &text,
+            "playrelay_destination_recovered_total{destination=\"slow\"}"
+        ) > 0.0,
+        "{text}"
+    );
+    assert!(dead_letter_files_are_empty(&dir.path().join("dead")));
+}
+
+fn dead_letter_files_are_empty(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .all(|e| e.metadata().map(|m| m.len() == 0).unwrap_or(true)),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_destination_keeps_its_backlog_on_disk_and_memory_flat() {
+    let healthy = StandIn::ok().await;
+    let hung = StandIn::start(|_| Reply::Hang).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = two_webhooks(
+        &dir.path().join("spool"),
+        &dir.path().join("dead"),
+        &healthy.url("/"),
+        &hung.url("/"),
+        "timeout_ms = 600000",
+    );
+    let relay = binary::Relay::start(dir.path(), &config);
+    let addr = relay.addr.parse().expect("address");
+    const TOTAL: usize = 200_000;
+    const PER_REQUEST: usize = 1_000;
+    let mut peak = 0;
+    for batch in 0..TOTAL / PER_REQUEST {
+        let answer = post_ndjson(addr, ndjson(&events(&format!("b{batch}"), PER_REQUEST))).await;
+        assert_eq!(answer.status, 202, "{:?}", answer.body);
+        peak = peak.max(relay.rss_kib());
+    }
+    let all: HashSet<String> = (0..TOTAL / PER_REQUEST)
+        .flat_map(|b| (0..PER_REQUEST).map(move |i| id(&format!("b{b}"), i)))
+        .collect();
+    // The healthy destination stays current while the other holds 200,000 on disk.
+    wait_for_ids(&healthy, &all, Duration::from_secs(120), "healthy").await;
+    peak = peak.max(relay.rss_kib());
+    let text = relay.get("/metrics");
+    let hung_accounts = Accounts::read(&text, "slow");
+    assert_eq!(hung_accounts.received, TOTAL as f64);
+    assert!(
+        hung_accounts.queued >= (TOTAL - 2_000) as f64,
+        "the backlog is counted: {hung_accounts:?}"
+    );
+    hung_accounts.assert_balanced();
+    assert!(
+        metric(
+            &text,
+            "playrelay_destination_backlog_bytes{destination=\"slow\"}"
+        ) > 50e6,
+        "the backlog is on disk:\n{text}"
+    );
+    assert!(
+        peak <= 64 * 1024,
+        "relay RSS peaked at {} MiB with a 200,000-event backlog",
+        peak / 1024
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
+    let (gate, gate_rx) = tokio::sync::watch::channel(false);
+    let gated = StandIn::start(move |_| Reply::UntilOpen(gate_rx.clone(), 200)).await;
+    let fast = StandIn::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = two_webhooks(
+        &dir.path().join("spool"),
+        &dir.path().join("dead"),
+        &fast.url("/"),
+        &gated.url("/"),
+        "",
+    );
+    let relay = start_relay(&config).await;
+    let sent = events("restart", 500);
+    let answer = post_ndjson(relay.local_addr, ndjson(&sent)).await;
+    assert_eq!(answer.status, 202);
+    let ids: HashSet<String> = sent
+        .iter()
+        .map(|e| e["event_id"].as_str().expect("id").to_string())
+        .collect();
+    wait_for_ids(&fast, &ids, Duration::from_secs(10), "fast").await;
+    // The gated vendor holds its first request; shutdown gives up on the rest.
+    let report = relay.shutdown().await;
+    assert!(!report.drained);
+    assert!(
+        dead_letter_files_are_empty(&dir.path().join("dead")),
+        "with the disk spool, shutdown leaves what is owed in the spool"
+    );
+    let _ = gate.send(true);
+    let relay = start_relay(&config).await;
+    wait_for_ids(&gated, &ids, Duration::from_secs(20), "the gated vendor").await;
+    let text = relay.relay.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            "playrelay_destination_recovered_total{destination=\"slow\"}"
+        ),
+        500.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "playrelay_destination_recovered_total{destination=\"fast\"}"
+        ),
+        0.0,
+        "the current destination owed nothing"
+    );
+    wait_until(
+        "the slow destination settles",
+        Duration::from_secs(10),
+        || {
+            let accounts = Accounts::read(&relay.relay.metrics.encode(), "slow");
+            accounts.queued + accounts.in_flight == 0.0
+        },
+    )
+    .await;
+    Accounts::read(&relay.relay.metrics.encode(), "slow").assert_balanced();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_torn_or_garbled_spool_tail_is_cut_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let hung = StandIn::start(|_| Reply::Hang).await;
+    let config = |url: &str| {
+        two_webhooks(
+            &spool,
+            &dir.path().join("dead"),
+            url,
+            url,
+            "timeout_ms = 600000",
+        )
+    };
+    let relay = start_relay(&config(&hung.url("/"))).await;
+    let sent = events("torn", 300);
+    assert_eq!(
+        post_ndjson(relay.local_addr, ndjson(&sent)).await.status,
+        202
+    );
+    relay.shutdown().await;
+    // A crash mid-write: half a record of garbage at the end of every journal file.
+    let mut torn = 0;
+    for entry in walk(&spool) {
+        if entry.extension().is_some_and(|e| e == "jnl")
+            || entry.to_string_lossy().contains("journal")
+        {
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&entry)
+                .expect("open journal");
+            std::io::Write::write_all(&mut file, &[0xA5; 97]).expect("tear");
+            torn += 1;
+        }
+    }
+    assert!(torn > 0, "no journal file found under {}", spool.display());
+    let ok = StandIn::ok().await;
+    let relay = start_relay(&config(&ok.url("/"))).await;
+    let ids: HashSet<String> = sent
+        .iter()
+        .map(|e| e["event_id"].as_str().expect("id").to_string())
+        .collect();
+    wait_for_ids(
+        &ok,
+        &ids,
+        Duration::from_secs(20),
+        "the vendor after the tear",
+    )
+    .await;
+    relay.shutdown().await;
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_reload_with_a_backlog_loses_nothing() {
+    let (gate, gate_rx) = tokio::sync::watch::channel(false);
+    let gated = StandIn::start(move |_| Reply::UntilOpen(gate_rx.clone(), 200)).await;
+    let fast = StandIn::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |extra: &str| {
+        two_webhooks(
+            &dir.path().join("spool"),
+            &dir.path().join("dead"),
+            &fast.url("/"),
+            &gated.url("/"),
+            extra,
+        )
+    };
+    let relay = start_relay(&config("")).await;
+    let sent = events("reload", 3_000);
+    for chunk in sent.chunks(500) {
+        assert_eq!(
+            post_ndjson(relay.local_addr, ndjson(chunk)).await.status,
+            202
+        );
+    }
+    // Rebuild the gated destination while its backlog waits on disk.
+    let new = playrelay::config::load_str(
+        &config("timeout_ms = 45000"),
+        Path::new("test.toml"),
+        &|_| None,
+    )
+    .expect("valid");
+    let outcome = relay.reloader().apply(new).await;
+    assert_eq!(outcome.rebuilt, vec!["slow".to_string()], "{outcome:?}");
+    let _ = gate.send(true);
+    let ids: HashSet<String> = sent
+        .iter()
+        .map(|e| e["event_id"].as_str().expect("id").to_string())
+        .collect();
+    wait_for_ids(
+        &gated,
+        &ids,
+        Duration::from_secs(30),
+        "the rebuilt destination",
+    )
+    .await;
+    wait_for_ids(&fast, &ids, Duration::from_secs(10), "the kept destination").await;
+    let counts = id_counts(&gated.delivered_events());
+    let twice = counts.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "a reload sends nothing twice");
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_backlog_blocks_ingest_when_asked_and_sheds_its_oldest_otherwise() {
+    let hung = StandIn::start(|_| Reply::Hang).await;
+    let ok = StandIn::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Blocking: once the hung destination's backlog passes 200 kB, ingest says 503.
+    let blocking = two_webhooks(
+        &dir.path().join("spool-block"),
+        &dir.path().join("dead-block"),
+        &ok.url("/"),
+        &hung.url("/"),
+        "timeout_ms = 600000\nqueue = { max_events = 100, max_bytes = 200000, when_full = \"block\" }",
+    );
+    let relay = start_relay(&blocking).await;
+    let mut statuses = HashMap::new();
+    let mut blocked_answer = None;
+    for batch in 0..20 {
+        let answer =
+            post_ndjson(relay.local_addr, ndjson(&events(&format!("k{batch}"), 200))).await;
+        *statuses.entry(answer.status).or_insert(0) += 1;
+        if answer.status == 503 {
+            blocked_answer = Some(answer);
+        }
+    }
+    let blocked = blocked_answer.expect("ingest blocked once the backlog was full");
+    assert_eq!(blocked.headers["retry-after"], "1");
+    let message = blocked.body["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("\"slow\"") && message.contains("block"),
+        "{message}"
+    );
+    assert!(statuses[&202] >= 1, "{statuses:?}");
+    relay.shutdown().await;
+
+    // Dead-lettering: the oldest backlog goes to the dead-letter file; nothing is lost.
+    let shedding = two_webhooks(
+        &dir.path().join("spool-shed"),
+        &dir.path().join("dead-shed"),
+        &ok.url("/"),
+        &hung.url("/"),
+        "timeout_ms = 600000\nqueue = { max_events = 100, max_bytes = 200000 }",
+    );
+    let relay = start_relay(&shedding).await;
+    for batch in 0..20 {
+        let answer =
+            post_ndjson(relay.local_addr, ndjson(&events(&format!("d{batch}"), 200))).await;
+        assert_eq!(answer.status, 202);
+    }
+    wait_until(
+        "the oldest backlog is dead-lettered",
+        Duration::from_secs(10),
+        || Accounts::read(&relay.relay.metrics.encode(), "slow").dead_lettered > 0.0,
+    )
+    .await;
+    let text = relay.relay.metrics.encode();
+    let accounts = Accounts::read(&text, "slow");
+    accounts.assert_balanced();
+    assert_eq!(accounts.received, 4_000.0);
+    let records = dead_letters(&dir.path().join("dead-shed"), "slow");
+    assert!(records.iter().all(|r| r["reason"] == "backlog_full"));
+    // Oldest first: the first events sent are among those set aside.
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"]["event_id"] == id("d0", 150).as_str()),
+        "the oldest went first"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_removed_destination_hands_its_backlog_to_the_dead_letter_file() {
+    let hung = StandIn::start(|_| Reply::Hang).await;
+    let ok = StandIn::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = two_webhooks(
+        &dir.path().join("spool"),
+        &dir.path().join("dead"),
+        &ok.url("/"),
+        &hung.url("/"),
+        "timeout_ms = 600000\nqueue = { max_events = 100 }",
+    );
+    let relay = start_relay(&config).await;
+    for batch in 0..5 {
+        let answer =
+            post_ndjson(relay.local_addr, ndjson(&events(&format!("x{batch}"), 400))).await;
+        assert_eq!(answer.status, 202);
+    }
+    let without_slow = config
+        .replace("to = [\"fast\", \"slow\"]", "to = [\"fast\"]")
+        .split("[destinations.slow]")
+        .next()
+        .expect("head")
+        .to_string()
+        + "[[routes]]\nname = \"all\"\nmatch = { types = [\"*\"] }\nto = [\"fast\"]\n";
+    let new = playrelay::config::load_str(&without_slow, Path::new("test.toml"), &|_| None)
+        .expect("valid");
+    let outcome = relay.reloader().apply(new).await;
+    assert_eq!(outcome.removed, vec!["slow".to_string()], "{outcome:?}");
+    let records = dead_letters(&dir.path().join("dead"), "slow");
+    assert!(
+        records.len() >= 2_000 - 200,
+        "the backlog on disk went to the dead-letter file: {}",
+        records.len()
+    );
+    assert!(records.iter().all(|r| r["reason"] == "removed"));
+    relay.shutdown().await;
+}
