@@ -336,7 +336,8 @@ export class Core {
     if (this.session.over) return;
     if (type === 'ad.break_started') this.session.inAdBreak = true;
     if (type === 'ad.break_ended') this.session.inAdBreak = false;
-    this.send(type, { ad, ...extra });
+    const error = extra?.error ? { ...extra.error, phase: this.session.firstFrame ? ('playback' as const) : ('startup' as const) } : undefined;
+    this.send(type, { ad, data: extra?.data, error });
   }
 
   // ---- heartbeats ------------------------------------------------------------------------
