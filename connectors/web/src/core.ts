@@ -89,12 +89,17 @@ export class Core {
   private readonly playerSessionId = uuidv7();
   private heartbeat: ReturnType<typeof setInterval> | undefined;
   private content: Content;
+  private lastRate: number | undefined;
+  private lastVolume: string | undefined;
 
   constructor(
     private readonly adapter: Adapter,
     private readonly options: CoreOptions,
   ) {
     this.content = { ...options.content };
+    const snap = adapter.snapshot();
+    this.lastRate = snap.rate;
+    this.lastVolume = `${snap.volume}/${snap.muted}`;
   }
 
   get sessionId(): string {
@@ -301,11 +306,20 @@ export class Core {
     this.send('playback.interrupted', { data: { method } });
   }
 
+  /** Players fire `ratechange` when a source loads or fails without the rate changing: only a new rate is reported. */
   rateChanged(): void {
+    const rate = this.adapter.snapshot().rate;
+    if (rate === this.lastRate) return;
+    this.lastRate = rate;
     if (this.active()) this.send('playback.rate_changed');
   }
 
+  /** Only a new volume or mute state is reported (`volumechange` also fires without one). */
   volumeChanged(): void {
+    const snap = this.adapter.snapshot();
+    const volume = `${snap.volume}/${snap.muted}`;
+    if (volume === this.lastVolume) return;
+    this.lastVolume = volume;
     if (this.active()) this.send('volume.changed');
   }
 
