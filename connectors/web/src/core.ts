@@ -306,25 +306,28 @@ export class Core {
     this.send('playback.interrupted', { data: { method } });
   }
 
-  /** Players fire `ratechange` when a source loads or fails without the rate changing: only a new rate is reported. */
+  // Rate, volume and presentation changes are reported from the first frame on, and only
+  // when the value changed. Before it, players set up and tear down: THEOplayer refusing a
+  // source drops the rate to 0 and unmutes; pages mute before autoplay. Those values still
+  // show in the `playback` block of every later event.
+
   rateChanged(): void {
     const rate = this.adapter.snapshot().rate;
     if (rate === this.lastRate) return;
     this.lastRate = rate;
-    if (this.active()) this.send('playback.rate_changed');
+    if (this.watching()) this.send('playback.rate_changed');
   }
 
-  /** Only a new volume or mute state is reported (`volumechange` also fires without one). */
   volumeChanged(): void {
     const snap = this.adapter.snapshot();
     const volume = `${snap.volume}/${snap.muted}`;
     if (volume === this.lastVolume) return;
     this.lastVolume = volume;
-    if (this.active()) this.send('volume.changed');
+    if (this.watching()) this.send('volume.changed');
   }
 
   presentationChanged(): void {
-    if (this.active()) this.send('presentation.changed');
+    if (this.watching()) this.send('presentation.changed');
   }
 
   /** The video rendition changed; the first one seen is recorded, not reported. */
@@ -377,6 +380,11 @@ export class Core {
 
   private active(): boolean {
     return this.session.started && !this.session.over;
+  }
+
+  /** Active and past the first frame. */
+  private watching(): boolean {
+    return this.active() && this.session.firstFrame;
   }
 
   private start(url: string | undefined): void {

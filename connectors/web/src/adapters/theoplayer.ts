@@ -35,6 +35,16 @@ function ms(seconds: number | undefined): number | undefined {
   return typeof seconds === 'number' && Number.isFinite(seconds) && seconds >= 0 ? Math.round(seconds * 1000) : undefined;
 }
 
+/** A source as the page gave it (`/media/clip.m3u8`) made absolute, as HTML5's `currentSrc` is. */
+function absolute(url: string | undefined): string | undefined {
+  if (!url || typeof document === 'undefined') return url;
+  try {
+    return new URL(url, document.baseURI).href;
+  } catch {
+    return url;
+  }
+}
+
 function firstSourceUrl(source: THEOSourceDescription | undefined): string | undefined {
   const sources = source?.sources;
   if (!sources) return undefined;
@@ -103,7 +113,7 @@ export class TheoAdapter implements Adapter {
       droppedFrames: p.metrics?.droppedVideoFrames,
       autoplay: p.autoplay,
       ended: p.ended,
-      sourceUrl: p.src || firstSourceUrl(p.source),
+      sourceUrl: absolute(p.src || firstSourceUrl(p.source)),
     };
   }
 
@@ -143,7 +153,7 @@ export class TheoAdapter implements Adapter {
     const p = this.player;
     const on = <E>(target: any, type: string, fn: (e: E) => void) => this.listeners.on(target, type, fn);
     on(p, 'sourcechange', (e: THEOSourceChangeEvent) => {
-      const url = firstSourceUrl(e?.source ?? p.source) ?? (p.src || undefined);
+      const url = absolute(firstSourceUrl(e?.source ?? p.source) ?? (p.src || undefined));
       if (!e?.source && !p.source) core.sourceRemoved();
       else core.sourceChanged(url);
     });
@@ -216,7 +226,7 @@ export class TheoAdapter implements Adapter {
     }
 
     // A source already set before attach.
-    const url = p.src || firstSourceUrl(p.source);
+    const url = absolute(p.src || firstSourceUrl(p.source));
     if (url) core.sourceChanged(url);
     if (!p.paused && !p.ended && p.currentTime > 0) {
       core.play();

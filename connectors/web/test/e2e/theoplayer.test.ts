@@ -1,9 +1,10 @@
 /**
  * THEOplayer in a real browser. The npm `theoplayer` package refuses local media without
- * a license (error 2002 on localhost, 2000 on 127.0.0.1), so this runs only when
- * THEOPLAYER_LICENSE holds a THEOportal license string that allows http://localhost;
- * otherwise it says plainly that it is skipped. The adapter's event mapping is covered
- * without a license by test/unit/theoplayer.test.ts.
+ * a license (error 2002 on localhost, 2000 on 127.0.0.1). Without one, the refusal itself
+ * is tested: the real player, detected and wired, gives one fatal startup error and never
+ * a `completed`. The full viewing runs only when THEOPLAYER_LICENSE holds a THEOportal
+ * license string that allows http://localhost; otherwise it says plainly that it is
+ * skipped. The mapping of every event is covered by test/unit/theoplayer.test.ts.
  */
 
 import { existsSync } from 'node:fs';
@@ -18,9 +19,9 @@ const CLIP_SECONDS = 6;
 const THEO_FILES = ['THEOplayer.chromeless.js', 'theoplayer.d.js', 'theoplayer.e.js', 'theoplayer.p.js', 'THEOplayer.transmux.js', 'THEOplayer.transmux.asmjs.js', 'THEOplayer.transmux.wasm', 'theoplayer.sw.js'];
 
 if (!LICENSE) {
-  console.warn('\n*** SKIPPED: the THEOplayer real-browser test: THEOPLAYER_LICENSE is not set (the theoplayer package refuses local media without a license). ***\n');
+  console.warn('\n*** SKIPPED: the licensed THEOplayer real-browser test (play, pause, seek, end): THEOPLAYER_LICENSE is not set. ***\n');
 }
-const missing = LICENSE ? missingPrerequisites() : '';
+const missing = missingPrerequisites();
 
 let relay: Relay;
 let server: PageServer;
@@ -39,7 +40,7 @@ function pageHtml(): string {
   window.seen = [];
   window.theoErrors = [];
   var player = new THEOplayer.ChromelessPlayer(document.getElementById('player'), {
-    license: options.license,
+    license: options.license || undefined,
     libraryLocation: location.origin + '/theoplayer/',
   });
   player.addEventListener('error', function (e) { window.theoErrors.push(e.errorObject ? e.errorObject.code + ' ' + e.errorObject.message : String(e.error)); });
@@ -48,17 +49,18 @@ function pageHtml(): string {
   window.tracker = playrelay.attach(player, {
     endpoint: options.endpoint,
     key: options.key,
-    content: { asset_id: 'theo-viewer', title: 'testsrc' },
+    content: { asset_id: options.asset, title: 'testsrc' },
     heartbeatIntervalMs: 400,
     flushIntervalMs: 250,
     onEvent: function (e) { window.seen.push(e); },
   });
   player.source = { sources: [{ src: '/clip.mp4', type: 'video/mp4' }] };
+  if (options.playAtOnce) player.play();
 </script>
 </body></html>`;
 }
 
-describe.skipIf(!LICENSE || missing !== '')('THEOplayer in Chromium, through the relay (THEOPLAYER_LICENSE set)', () => {
+describe.skipIf(missing !== '')('THEOplayer in Chromium, through the relay', () => {
   beforeAll(async () => {
     const dir = tempDir();
     const clip = makeClip(dir, CLIP_SECONDS);
@@ -78,10 +80,41 @@ describe.skipIf(!LICENSE || missing !== '')('THEOplayer in Chromium, through the
 
   afterAll(stopAll);
 
-  it('plays, pauses, resumes, seeks and ends: one session, the exact lifecycle, all valid', async () => {
+  it('without a license: the refusal is one fatal startup error, never a completed', async () => {
     const context = await browser.newContext();
     const page = await context.newPage();
-    const options = { endpoint: relay.url, key: relay.key, license: LICENSE };
+    // The page plays as it sets the source, as a site with autoplay does.
+    const options = { endpoint: relay.url, key: relay.key, license: '', asset: 'theo-unlicensed', playAtOnce: true };
+    await page.goto(`${origin}/index.html#${encodeURIComponent(JSON.stringify(options))}`);
+    await page.evaluate(async () => {
+      const w = window as any;
+      const deadline = Date.now() + 20_000;
+      while (!w.seen.some((e: any) => e.type === 'playback.error')) {
+        if (Date.now() > deadline) throw new Error(`page: no playback.error; THEOplayer errors: [${w.theoErrors.join('; ')}]; seen ${w.seen.map((e: any) => e.type).join(', ')}`);
+        await new Promise((r) => setTimeout(r, 15));
+      }
+      await new Promise((r) => setTimeout(r, 500)); // anything the player fires after the error
+      await w.tracker.flush();
+    });
+    const events = await waitFor('playback.error in the file destination', 15_000, () => {
+      const got = relay.events().filter((e) => e.content?.asset_id === 'theo-unlicensed');
+      return got.some((e) => e.type === 'playback.error') && got;
+    });
+    expect(events.map((e) => e.type)).toEqual(['session.started', 'playback.requested', 'playback.error']);
+    expect(events[2].error).toMatchObject({ code: 2002, category: 'LICENSE', fatal: true, source: 'player', phase: 'startup' });
+    expect(events[2].playback.state).toBe('error');
+    expect(events[0].context.player).toMatchObject({ name: 'THEOplayer', platform: 'web' });
+    expect(events[0].context.player.version).toMatch(/^11\./);
+    expect(events[0].content.url).toBe(`${origin}/clip.mp4`);
+    expect(new Set(events.map((e) => e.session.id)).size).toBe(1);
+    for (const e of events) assertValid(e);
+    await context.close();
+  });
+
+  it.skipIf(!LICENSE)('licensed (THEOPLAYER_LICENSE): plays, pauses, resumes, seeks and ends: one session, the exact lifecycle, all valid', async () => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const options = { endpoint: relay.url, key: relay.key, license: LICENSE, asset: 'theo-viewer' };
     await page.goto(`${origin}/index.html#${encodeURIComponent(JSON.stringify(options))}`);
     const report = await page.evaluate(async (seekTo) => {
       const w = window as any;

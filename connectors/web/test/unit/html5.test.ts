@@ -187,6 +187,21 @@ describe('HTML5 video', () => {
     checkContract(events);
   });
 
+  it('volume and rate set up before the first frame are not changes; they show in the playback block', () => {
+    start();
+    video.src = video.currentSrc = 'http://media.test/clip.mp4';
+    video.fire('loadstart');
+    video.muted = true; // a page muting before autoplay
+    video.fire('volumechange');
+    video.playbackRate = 1.25;
+    video.fire('ratechange');
+    chromiumStart();
+    expect(types(events)).toEqual(['session.started', 'playback.requested', 'playback.started']);
+    expect(events[2].playback).toMatchObject({ muted: true, playback_rate: 1.25 });
+    video.fire('volumechange', 'ratechange'); // no change: nothing to report
+    expect(events).toHaveLength(3);
+  });
+
   it('destroy exits and detaches: later player events send nothing', async () => {
     start();
     chromiumStart();

@@ -60,17 +60,27 @@ describe('THEOplayer', () => {
     checkContract(events);
   });
 
+  it('a relative source is reported as an absolute URL', () => {
+    start();
+    player.setSource('/media/clip.m3u8');
+    expect(events[0].content?.url).toBe(`${location.origin}/media/clip.m3u8`);
+  });
+
   it('the unlicensed sequence (play and waiting before sourcechange, then pause, ended, error 2002) is one fatal startup error', () => {
-    // What theoplayer 11.4 does in Chromium on localhost without a license (seen in the e2e harness).
+    // What theoplayer 11.4 does in Chromium on localhost without a license (test/e2e sees it).
+    player.muted = true;
     start();
     player.src = CLIP;
     player.paused = false;
     player.fire('play', 'waiting');
     player.setSource(CLIP);
+    // Seen in Chromium with theoplayer 11.4: tearing down drops the rate to 0 and unmutes.
     player.paused = true;
-    player.fire('pause', 'ratechange'); // seen in Chromium: the rate does not change
+    player.playbackRate = 0;
+    player.muted = false;
+    player.fire('pause', 'ratechange');
     player.ended = true;
-    player.fire('ended', 'volumechange'); // nor does the volume
+    player.fire('ended', 'volumechange');
     player.emit('error', {
       error: 'The provided video source is incompatible with the license',
       errorObject: Object.assign(new Error('The provided video source is incompatible with the license'), { code: 2002, category: 2, cause: undefined }),
