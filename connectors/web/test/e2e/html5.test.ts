@@ -11,7 +11,7 @@ import type { Browser, Page } from 'playwright-core';
 import { WEB_DIR, assertValid, launchChromium, makeClip, missingPrerequisites, startPageServer, startRelay, stopAll, tempDir, waitFor, type PageServer, type Relay } from './harness';
 
 const missing = missingPrerequisites();
-const CLIP_SECONDS = 6;
+const CLIP_SECONDS = 10;
 
 let relay: Relay;
 let server: PageServer;
@@ -72,6 +72,7 @@ describe.skipIf(missing !== '')('HTML5 <video> in Chromium, through the relay', 
     const clip = makeClip(dir, CLIP_SECONDS);
     server = await startPageServer();
     server.route('/index.html', { text: pageHtml(), type: 'text/html; charset=utf-8' });
+    server.route('/blank.html', { text: '<!doctype html><title>blank</title>', type: 'text/html; charset=utf-8' });
     server.route('/playrelay.umd.js', { file: join(WEB_DIR, 'dist/playrelay.umd.js') });
     server.route('/clip.mp4', { file: clip });
     relay = await startRelay(dir, [server.origin]);
@@ -174,6 +175,21 @@ describe.skipIf(missing !== '')('HTML5 <video> in Chromium, through the relay', 
       return w.tracker.sessionId as string;
     });
     expect(written(asset)).toEqual([]);
+    // Count what leaves by sendBeacon and by fetch in localStorage, which outlives the page.
+    await page.evaluate(() => {
+      const count = (name: string) => localStorage.setItem(name, String(Number(localStorage.getItem(name) ?? 0) + 1));
+      const beacon = navigator.sendBeacon.bind(navigator);
+      navigator.sendBeacon = (url, body) => {
+        count('beacons');
+        return beacon(url, body);
+      };
+      const fetch = window.fetch.bind(window);
+      window.fetch = (input, init) => {
+        count('fetches');
+        return fetch(input, init);
+      };
+    });
+    const context = page.context();
     await page.close({ runBeforeUnload: true });
 
     const events = await waitFor('playback.exited from the closed page', 15_000, () => {
@@ -187,5 +203,11 @@ describe.skipIf(missing !== '')('HTML5 <video> in Chromium, through the relay', 
     expect(new Set(events.map((e) => e.session.id))).toEqual(new Set([sessionId]));
     expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i));
     for (const e of events) assertValid(e);
+    const after = await context.newPage();
+    await after.goto(`${server.origin}/blank.html`);
+    const sent = await after.evaluate(() => ({ beacons: Number(localStorage.getItem('beacons') ?? 0), fetches: Number(localStorage.getItem('fetches') ?? 0) }));
+    expect(sent.beacons).toBeGreaterThan(0);
+    expect(sent.fetches).toBe(0);
+    await context.close();
   });
 });
