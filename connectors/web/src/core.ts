@@ -240,6 +240,12 @@ export class Core {
     const s = this.session;
     if (!s.started || s.over || s.inAdBreak) return;
     const to = this.adapter.snapshot().positionMs;
+    // Before the first frame a seek is the start position (a resume point, a live edge),
+    // not the viewer's: `playback.started` carries where playback began.
+    if (!s.firstFrame) {
+      if (to !== undefined) s.lastPositionMs = to;
+      return;
+    }
     if (s.seeking) return; // scrubbing: one seek until `seeked`
     this.endRebuffer();
     s.seeking = true;
@@ -364,7 +370,8 @@ export class Core {
     this.heartbeat = setInterval(() => {
       try {
         const s = this.session;
-        if (s.started && !s.over && s.firstFrame && !s.paused) this.send('playback.heartbeat');
+        // Content heartbeats: none while an ad break plays.
+        if (s.started && !s.over && s.firstFrame && !s.paused && !s.inAdBreak) this.send('playback.heartbeat');
       } catch {
         /* never throw into the page */
       }

@@ -244,14 +244,17 @@ describe('THEOplayer', () => {
     checkContract(events);
   });
 
-  it('a midroll from a server-side integration is ssai; a bare aderror is a non-fatal ad error', () => {
-    start();
+  it('a midroll from a server-side integration is ssai; a bare aderror is a non-fatal ad error; no content heartbeats during the break', () => {
+    start({ heartbeatIntervalMs: 1_000 });
     theoStart();
     const brk = adBreak({ id: 'mid', timeOffset: 60, integration: 'theoads' });
     player.ads.currentAdBreak = brk;
     player.emitAd('adbreakbegin', { adBreak: brk });
     player.emitAd('aderror'); // 11.x types it as a bare Event<'aderror'>
+    vi.advanceTimersByTime(5_000);
     player.emitAd('adbreakend', { adBreak: brk });
+    vi.advanceTimersByTime(1_000);
+    expect(types(after('playback.started'))).toEqual(['ad.break_started', 'ad.error', 'ad.break_ended', 'playback.heartbeat']);
     player.ads.currentAdBreak = null;
     const [begin, error] = after('playback.started');
     expect(begin.ad).toMatchObject({ insertion: 'ssai', pod: { id: 'mid', position: 'midroll' } });
