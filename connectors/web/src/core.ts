@@ -89,12 +89,17 @@ export class Core {
   private readonly playerSessionId = uuidv7();
   private heartbeat: ReturnType<typeof setInterval> | undefined;
   private content: Content;
+  private lastRate: number | undefined;
+  private lastVolume: string | undefined;
 
   constructor(
     private readonly adapter: Adapter,
     private readonly options: CoreOptions,
   ) {
     this.content = { ...options.content };
+    const snap = adapter.snapshot();
+    this.lastRate = snap.rate;
+    this.lastVolume = `${snap.volume}/${snap.muted}`;
   }
 
   get sessionId(): string {
@@ -235,6 +240,12 @@ export class Core {
     const s = this.session;
     if (!s.started || s.over || s.inAdBreak) return;
     const to = this.adapter.snapshot().positionMs;
+    // Before the first frame a seek is the start position (a resume point, a live edge),
+    // not the viewer's: `playback.started` carries where playback began.
+    if (!s.firstFrame) {
+      if (to !== undefined) s.lastPositionMs = to;
+      return;
+    }
     if (s.seeking) return; // scrubbing: one seek until `seeked`
     this.endRebuffer();
     s.seeking = true;
@@ -301,16 +312,28 @@ export class Core {
     this.send('playback.interrupted', { data: { method } });
   }
 
+  // Rate, volume and presentation changes are reported from the first frame on, and only
+  // when the value changed. Before it, players set up and tear down: THEOplayer refusing a
+  // source drops the rate to 0 and unmutes; pages mute before autoplay. Those values still
+  // show in the `playback` block of every later event.
+
   rateChanged(): void {
-    if (this.active()) this.send('playback.rate_changed');
+    const rate = this.adapter.snapshot().rate;
+    if (rate === this.lastRate) return;
+    this.lastRate = rate;
+    if (this.watching()) this.send('playback.rate_changed');
   }
 
   volumeChanged(): void {
-    if (this.active()) this.send('volume.changed');
+    const snap = this.adapter.snapshot();
+    const volume = `${snap.volume}/${snap.muted}`;
+    if (volume === this.lastVolume) return;
+    this.lastVolume = volume;
+    if (this.watching()) this.send('volume.changed');
   }
 
   presentationChanged(): void {
-    if (this.active()) this.send('presentation.changed');
+    if (this.watching()) this.send('presentation.changed');
   }
 
   /** The video rendition changed; the first one seen is recorded, not reported. */
@@ -336,7 +359,8 @@ export class Core {
     if (this.session.over) return;
     if (type === 'ad.break_started') this.session.inAdBreak = true;
     if (type === 'ad.break_ended') this.session.inAdBreak = false;
-    this.send(type, { ad, ...extra });
+    const error = extra?.error ? { ...extra.error, phase: this.session.firstFrame ? ('playback' as const) : ('startup' as const) } : undefined;
+    this.send(type, { ad, data: extra?.data, error });
   }
 
   // ---- heartbeats ------------------------------------------------------------------------
@@ -346,7 +370,8 @@ export class Core {
     this.heartbeat = setInterval(() => {
       try {
         const s = this.session;
-        if (s.started && !s.over && s.firstFrame && !s.paused) this.send('playback.heartbeat');
+        // Content heartbeats: none while an ad break plays.
+        if (s.started && !s.over && s.firstFrame && !s.paused && !s.inAdBreak) this.send('playback.heartbeat');
       } catch {
         /* never throw into the page */
       }
@@ -362,6 +387,11 @@ export class Core {
 
   private active(): boolean {
     return this.session.started && !this.session.over;
+  }
+
+  /** Active and past the first frame. */
+  private watching(): boolean {
+    return this.active() && this.session.firstFrame;
   }
 
   private start(url: string | undefined): void {

@@ -9,8 +9,14 @@
 
 import type { PlayerEvent } from './event';
 
-/** Beacon and keepalive bodies are capped at 64 KiB in flight; stay under with margin. */
+/**
+ * Browsers cap the bodies of all beacons and keepalive requests in flight together at
+ * 64 KiB (Fetch: "inflight keepalive bytes"); stay under it with margin.
+ */
 export const MAX_BEACON_BYTES = 60_000;
+
+/** The longest a `Retry-After` is honoured (and below what `setTimeout` can hold). */
+export const MAX_RETRY_AFTER_MS = 3_600_000;
 
 export interface TransportOptions {
   endpoint: string;
@@ -31,12 +37,19 @@ export interface TransportStats {
   sent: number;
   /** Events the relay answered as invalid (202 with `rejected`, or a 4xx for the batch). */
   rejected: number;
-  /** Events dropped because the queue was full (oldest first). */
+  /** Events dropped: queue full (oldest first), over the beacon limit on the way out, or not serializable. */
   dropped: number;
   /** Events handed to `sendBeacon` / keepalive on the way out (no answer is seen). */
   beaconed: number;
   /** Requests retried after 429/503/network failure. */
   retries: number;
+}
+
+/** A queued event, serialized once when it is queued. */
+interface Entry {
+  type: string;
+  text: string;
+  bytes: number;
 }
 
 const encoder = typeof TextEncoder !== 'undefined' ? new TextEncoder() : undefined;
@@ -49,52 +62,51 @@ function byteLength(text: string): number {
 export function parseRetryAfter(value: string | null, nowMs: number): number | undefined {
   if (value == null) return undefined;
   const trimmed = value.trim();
-  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
-  const date = Date.parse(trimmed);
+  if (/^\d+$/.test(trimmed)) return Math.min(Number(trimmed) * 1000, MAX_RETRY_AFTER_MS);
+  // An HTTP date names its day and month; anything else (`-1`, `1.5`) is not one.
+  const date = /[a-z]/i.test(trimmed) ? Date.parse(trimmed) : NaN;
   if (Number.isNaN(date)) return undefined;
-  return Math.max(0, date - nowMs);
+  return Math.min(Math.max(0, date - nowMs), MAX_RETRY_AFTER_MS);
 }
 
-/**
- * Splits events into JSON-array bodies of at most `maxBytes` (UTF-8) and `maxEvents`.
- * An event bigger than `maxBytes` on its own gets a body of its own.
- */
-export function chunkBodies(events: PlayerEvent[], maxBytes: number, maxEvents: number): { body: string; count: number }[] {
-  const out: { body: string; count: number }[] = [];
-  let parts: string[] = [];
-  let size = 2;
-  for (const event of events) {
-    const text = JSON.stringify(event);
-    const len = byteLength(text) + 1;
-    if (parts.length > 0 && (size + len > maxBytes || parts.length >= maxEvents)) {
-      out.push({ body: `[${parts.join(',')}]`, count: parts.length });
-      parts = [];
-      size = 2;
-    }
-    parts.push(text);
-    size += len;
+function body(entries: Entry[]): string {
+  return `[${entries.map((e) => e.text).join(',')}]`;
+}
+
+/** The ingest URL for `endpoint` (absolute, or relative to the page), key in the query. */
+export function ingestUrl(endpoint: string, key: string | undefined): string {
+  const base = typeof location !== 'undefined' ? location.href : undefined;
+  let url: URL;
+  try {
+    url = new URL(endpoint, base);
+  } catch {
+    const path = `${endpoint.replace(/\/+$/, '')}/v1/events`;
+    return key ? `${path}?key=${encodeURIComponent(key)}` : path;
   }
-  if (parts.length > 0) out.push({ body: `[${parts.join(',')}]`, count: parts.length });
-  return out;
+  if (!/\/v1\/events$/.test(url.pathname)) url.pathname = `${url.pathname.replace(/\/+$/, '')}/v1/events`;
+  if (key) url.searchParams.set('key', key);
+  return url.toString();
 }
 
 export class Transport {
-  private queue: PlayerEvent[] = [];
+  private queue: Entry[] = [];
   private inFlight: Promise<void> | undefined;
+  /** Body bytes of our keepalive request in flight: they count against the beacon limit. */
+  private inFlightKeepaliveBytes = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private retryAt = 0;
   private attempt = 0;
   private closed = false;
   private readonly stats: Omit<TransportStats, 'queued'> = { sent: 0, rejected: 0, dropped: 0, beaconed: 0, retries: 0 };
+  private readonly endpointUrl: string;
 
-  constructor(private readonly options: TransportOptions) {}
+  constructor(private readonly options: TransportOptions) {
+    this.endpointUrl = ingestUrl(options.endpoint, options.key);
+  }
 
   /** The ingest URL, key in the query (sendBeacon cannot set headers). */
   url(): string {
-    const base = this.options.endpoint.replace(/\/+$/, '');
-    const path = /\/v1\/events$/.test(base) ? base : `${base}/v1/events`;
-    if (!this.options.key) return path;
-    return `${path}${path.includes('?') ? '&' : '?'}key=${encodeURIComponent(this.options.key)}`;
+    return this.endpointUrl;
   }
 
   getStats(): TransportStats {
@@ -103,69 +115,68 @@ export class Transport {
 
   enqueue(event: PlayerEvent): void {
     if (this.closed) return;
-    this.queue.push(event);
-    const over = this.queue.length - this.options.maxQueueEvents;
-    if (over > 0) {
-      this.queue.splice(0, over);
-      this.stats.dropped += over;
-      this.diagnostic(`queue full: dropped ${over} oldest event(s)`);
+    let text: string;
+    try {
+      text = JSON.stringify(event);
+    } catch (error) {
+      this.stats.dropped++;
+      this.diagnostic(`dropped ${event?.type}: not serializable as JSON (${String(error)})`);
+      return;
     }
+    this.queue.push({ type: event.type, text, bytes: byteLength(text) });
+    this.trimQueue();
     if (this.queue.length >= this.options.maxBatchEvents) this.schedule(0);
     else this.schedule(this.options.flushIntervalMs);
   }
 
   /** Sends everything queued now; resolves when the relay has answered (never rejects). */
   async flush(): Promise<void> {
-    this.clearTimer();
-    for (let guard = 0; guard < 10_000; guard++) {
-      if (this.inFlight) {
-        await this.inFlight;
-        continue;
+    try {
+      this.clearTimer();
+      for (let guard = 0; guard < 10_000; guard++) {
+        if (this.inFlight) {
+          await this.inFlight;
+          continue;
+        }
+        if (this.queue.length === 0 || Date.now() < this.retryAt) break;
+        const before = this.stats.sent + this.stats.rejected + this.stats.dropped;
+        await this.sendOne();
+        // Stop when a request made no progress (it is queued again for a retry).
+        if (this.stats.sent + this.stats.rejected + this.stats.dropped === before) break;
       }
-      if (this.queue.length === 0 || Date.now() < this.retryAt) break;
-      const before = this.stats.sent + this.stats.rejected + this.stats.dropped;
-      await this.sendOne();
-      // Stop when a request made no progress (it is queued again for a retry).
-      if (this.stats.sent + this.stats.rejected + this.stats.dropped === before) break;
+      if (this.queue.length > 0) this.schedule(Math.max(0, this.retryAt - Date.now()));
+    } catch (error) {
+      this.diagnostic(`flush failed: ${String(error)}`);
     }
-    if (this.queue.length > 0) this.schedule(Math.max(0, this.retryAt - Date.now()));
   }
 
   /**
-   * The page is going away (or the tracker is destroyed): hand everything queued to
-   * `sendBeacon`, in bodies under the beacon limit, else to `fetch` with `keepalive`.
+   * The page is going away (or the tracker is destroyed): hand what is queued to
+   * `sendBeacon` in one body, else to `fetch` with `keepalive`. The browser allows
+   * 64 KiB in flight for all of them together, our own keepalive request included, so
+   * the newest events that fit go (an exit is the newest) and older ones are dropped and
+   * counted, as the queue drops its oldest when full.
    */
   flushFinal(): void {
-    this.clearTimer();
-    const events = this.queue.splice(0, this.queue.length);
-    if (events.length === 0) return;
-    for (const { body, count } of chunkBodies(events, MAX_BEACON_BYTES, 1000)) {
-      let handed = false;
-      try {
-        const nav = typeof navigator !== 'undefined' ? navigator : undefined;
-        if (nav && typeof nav.sendBeacon === 'function') handed = nav.sendBeacon(this.url(), body);
-      } catch {
-        handed = false;
+    try {
+      this.clearTimer();
+      const entries = this.queue.splice(0, this.queue.length);
+      if (entries.length === 0) return;
+      const budget = MAX_BEACON_BYTES - this.inFlightKeepaliveBytes;
+      let size = 2;
+      let first = entries.length;
+      while (first > 0 && size + entries[first - 1].bytes + 1 <= budget) {
+        size += entries[first - 1].bytes + 1;
+        first--;
       }
-      if (!handed) {
-        try {
-          void fetch(this.url(), {
-            method: 'POST',
-            body,
-            headers: { 'Content-Type': 'text/plain;charset=UTF-8' },
-            keepalive: true,
-            credentials: 'omit',
-          }).catch(() => undefined);
-          handed = true;
-        } catch {
-          handed = false;
-        }
+      if (first > 0) {
+        this.stats.dropped += first;
+        this.diagnostic(`page leaving: ${first} older event(s) over the ${MAX_BEACON_BYTES}-byte beacon limit dropped`);
       }
-      if (handed) this.stats.beaconed += count;
-      else {
-        this.stats.dropped += count;
-        this.diagnostic(`could not hand ${count} event(s) to sendBeacon or fetch`);
-      }
+      const sending = entries.slice(first);
+      if (sending.length > 0) this.beacon(body(sending), sending.length);
+    } catch (error) {
+      this.diagnostic(`final flush failed: ${String(error)}`);
     }
   }
 
@@ -174,9 +185,49 @@ export class Transport {
     this.clearTimer();
   }
 
+  private beacon(text: string, count: number): void {
+    let handed = false;
+    try {
+      const nav = typeof navigator !== 'undefined' ? navigator : undefined;
+      if (nav && typeof nav.sendBeacon === 'function') handed = nav.sendBeacon(this.url(), text) === true;
+    } catch {
+      handed = false;
+    }
+    if (handed) {
+      this.stats.beaconed += count;
+      return;
+    }
+    const lost = (why: unknown) => {
+      this.stats.beaconed -= count;
+      this.stats.dropped += count;
+      this.diagnostic(`could not hand ${count} event(s) to sendBeacon or fetch: ${String(why)}`);
+    };
+    try {
+      this.stats.beaconed += count;
+      fetch(this.url(), {
+        method: 'POST',
+        body: text,
+        headers: { 'Content-Type': 'text/plain;charset=UTF-8' },
+        keepalive: true,
+        credentials: 'omit',
+      }).catch(lost);
+    } catch (error) {
+      lost(error);
+    }
+  }
+
+  private trimQueue(): void {
+    const over = this.queue.length - this.options.maxQueueEvents;
+    if (over > 0) {
+      this.queue.splice(0, over);
+      this.stats.dropped += over;
+      this.diagnostic(`queue full (${this.options.maxQueueEvents}): dropped ${over} oldest event(s)`);
+    }
+  }
+
   private schedule(delayMs: number): void {
     if (this.closed) return;
-    const wait = Math.max(delayMs, this.retryAt - Date.now(), 0);
+    const wait = Math.min(Math.max(delayMs, this.retryAt - Date.now(), 0), MAX_RETRY_AFTER_MS);
     if (this.timer !== undefined) {
       if (delayMs > 0) return; // a flush is already due
       this.clearTimer();
@@ -192,36 +243,45 @@ export class Transport {
     this.timer = undefined;
   }
 
+  /** One request: up to `maxBatchEvents` events within the keepalive limit (at least one). */
   private sendOne(): Promise<void> {
-    const batch = this.queue.splice(0, this.options.maxBatchEvents);
-    const [first] = chunkBodies(batch, MAX_BEACON_BYTES, this.options.maxBatchEvents);
-    // What did not fit under the keepalive limit goes back to the front of the queue.
-    if (first.count < batch.length) this.queue.unshift(...batch.slice(first.count));
-    const sending = batch.slice(0, first.count);
-    const run = this.post(first.body, sending).finally(() => {
+    let count = 0;
+    let size = 2;
+    while (count < this.queue.length && count < this.options.maxBatchEvents) {
+      const len = this.queue[count].bytes + 1;
+      if (count > 0 && size + len > MAX_BEACON_BYTES) break;
+      size += len;
+      count++;
+    }
+    const sending = this.queue.splice(0, count);
+    // A lone event over the limit cannot use keepalive (the browser would refuse it).
+    const keepalive = size <= MAX_BEACON_BYTES;
+    this.inFlightKeepaliveBytes = keepalive ? size : 0;
+    const run = this.post(body(sending), sending, keepalive).finally(() => {
       this.inFlight = undefined;
+      this.inFlightKeepaliveBytes = 0;
     });
     this.inFlight = run;
     return run;
   }
 
-  private async post(body: string, events: PlayerEvent[]): Promise<void> {
+  private async post(text: string, entries: Entry[], keepalive: boolean): Promise<void> {
     let response: Response;
     try {
       response = await fetch(this.url(), {
         method: 'POST',
-        body,
+        body: text,
         headers: { 'Content-Type': 'text/plain;charset=UTF-8' },
-        keepalive: true,
+        keepalive,
         credentials: 'omit',
       });
     } catch (error) {
-      this.retryLater(events, undefined, `network error: ${String(error)}`);
+      this.retryLater(entries, undefined, `network error: ${String(error)}`);
       return;
     }
-    if (response.status === 429 || response.status === 503 || response.status >= 500 || response.status === 408) {
+    if (response.status === 429 || response.status === 408 || response.status >= 500) {
       const retryAfter = parseRetryAfter(response.headers.get('Retry-After'), Date.now());
-      this.retryLater(events, retryAfter, `relay answered ${response.status}`);
+      this.retryLater(entries, retryAfter, `relay answered ${response.status}`);
       return;
     }
     this.attempt = 0;
@@ -231,38 +291,34 @@ export class Transport {
       try {
         const answer = (await response.json()) as { accepted?: number; rejected?: { index: number; error: string }[] };
         rejected = Array.isArray(answer.rejected) ? answer.rejected.length : 0;
-        for (const r of answer.rejected ?? []) this.diagnostic(`event ${events[r.index]?.type ?? r.index} rejected: ${r.error}`);
+        for (const r of answer.rejected ?? []) this.diagnostic(`event ${entries[r.index]?.type ?? r.index} rejected: ${r.error}`);
       } catch {
         rejected = 0;
       }
       this.stats.rejected += rejected;
-      this.stats.sent += events.length - rejected;
+      this.stats.sent += entries.length - rejected;
       return;
     }
     // 400, 401, 403, 413, 415: sending the same batch again cannot succeed.
-    this.stats.rejected += events.length;
+    this.stats.rejected += entries.length;
     let detail = '';
     try {
       detail = await response.text();
     } catch {
       detail = '';
     }
-    this.diagnostic(`relay refused a batch of ${events.length} with ${response.status} ${detail}`);
+    this.diagnostic(`relay refused a batch of ${entries.length} with ${response.status} ${detail}`);
   }
 
-  private retryLater(events: PlayerEvent[], retryAfterMs: number | undefined, why: string): void {
-    this.queue.unshift(...events);
-    const over = this.queue.length - this.options.maxQueueEvents;
-    if (over > 0) {
-      this.queue.splice(0, over);
-      this.stats.dropped += over;
-    }
+  private retryLater(entries: Entry[], retryAfterMs: number | undefined, why: string): void {
+    this.queue.unshift(...entries);
+    this.trimQueue();
     this.stats.retries++;
-    const cap = Math.min(this.options.maxBackoffMs, this.options.minBackoffMs * 2 ** this.attempt);
+    const cap = Math.min(this.options.maxBackoffMs, this.options.minBackoffMs * 2 ** Math.min(this.attempt, 30));
     this.attempt++;
-    // Full jitter on the backoff; Retry-After is a floor.
-    const backoff = Math.random() * cap;
-    const wait = Math.max(retryAfterMs ?? 0, backoff, this.options.minBackoffMs / 2);
+    // Full jitter on the backoff, never under half the first delay; Retry-After is a floor.
+    const backoff = Math.max(Math.random() * cap, this.options.minBackoffMs / 2);
+    const wait = Math.min(Math.max(retryAfterMs ?? 0, backoff), MAX_RETRY_AFTER_MS);
     this.retryAt = Date.now() + wait;
     this.diagnostic(`${why}; retrying in ${Math.round(wait)} ms`);
     this.schedule(wait);

@@ -10,21 +10,20 @@ export interface THEOEvent<T extends string = string> {
 }
 
 export interface THEOEventDispatcher {
-  addEventListener(type: string | string[], listener: (event: any) => void): void;
-  removeEventListener(type: string | string[], listener: (event: any) => void): void;
+  addEventListener(type: string | readonly string[], listener: (event: any) => void): void;
+  removeEventListener(type: string | readonly string[], listener: (event: any) => void): void;
 }
 
-export interface THEOTypedSource {
-  src?: string;
-  type?: string;
-}
+/** A source: a URL, a typed source (`src`), or an integration source (Uplynk, THEOlive, ...) without one. */
+export type THEOSource = string | object;
 
 export interface THEOSourceDescription {
-  sources?: THEOTypedSource | THEOTypedSource[] | string;
+  sources?: THEOSource | THEOSource[];
 }
 
 export interface THEOError {
   code: number;
+  /** `ErrorCategory`: 1 configuration, 2 license, 3 source, 4 manifest, 5 media, 6 network, 7 content protection, 8 subtitle, 9 VR, 10 ad, 11 fullscreen, 12 cache, 13 THEOlive. */
   category: number;
   message?: string;
   cause?: unknown;
@@ -78,11 +77,16 @@ export interface THEOAd {
 
 export interface THEOAds extends THEOEventDispatcher {
   playing?: boolean;
-  currentAdBreak?: THEOAdBreak;
+  currentAdBreak?: THEOAdBreak | null;
   currentAds?: THEOAd[];
 }
 
-export type THEOPresentationMode = 'inline' | 'fullscreen' | 'picture-in-picture';
+export type THEOPresentationMode = 'inline' | 'fullscreen' | 'picture-in-picture' | 'native-picture-in-picture';
+
+/** `player.presentation`: the mode, and (11.x) the `presentationmodechange` event. */
+export interface THEOPresentation extends Partial<THEOEventDispatcher> {
+  readonly currentMode?: THEOPresentationMode;
+}
 
 export interface THEOPlayer extends THEOEventDispatcher {
   readonly version?: string | { version?: string };
@@ -100,6 +104,32 @@ export interface THEOPlayer extends THEOEventDispatcher {
   buffered?: { length: number; start(i: number): number; end(i: number): number };
   videoTracks?: THEOTrackList<THEOVideoTrack>;
   metrics?: { droppedVideoFrames?: number };
-  presentation?: { currentMode?: THEOPresentationMode };
+  presentation?: THEOPresentation;
   ads?: THEOAds;
+}
+
+// ---- the event payloads the adapter reads (each a supertype of the 11.x event) ----------
+
+export interface THEOSourceChangeEvent extends THEOEvent<'sourcechange'> {
+  source?: THEOSourceDescription;
+}
+
+export interface THEOAdEvent<T extends string = string> extends THEOEvent<T> {
+  ad?: THEOAd;
+}
+
+export interface THEOAdBreakEvent<T extends string = string> extends THEOEvent<T> {
+  adBreak?: THEOAdBreak;
+}
+
+export interface THEOQualityEvent extends THEOEvent<'activequalitychanged'> {
+  quality?: THEOVideoQuality;
+}
+
+export interface THEOAddTrackEvent extends THEOEvent<'addtrack'> {
+  track?: THEOVideoTrack | object;
+}
+
+export interface THEOPresentationModeChangeEvent extends THEOEvent<'presentationmodechange'> {
+  presentationMode?: THEOPresentationMode;
 }

@@ -7,7 +7,22 @@
 import type { Adapter, Core, PlayerSnapshot } from '../core';
 import type { Ad, PlayerError, PresentationMode, Rendition } from '../event';
 import { Listeners } from './listeners';
-import type { THEOAd, THEOAdBreak, THEOErrorEvent, THEOPlayer, THEOSourceDescription, THEOVideoQuality, THEOVideoTrack } from './theoplayer-types';
+import type {
+  THEOAd,
+  THEOAdBreak,
+  THEOAdBreakEvent,
+  THEOAdEvent,
+  THEOAddTrackEvent,
+  THEOErrorEvent,
+  THEOPlayer,
+  THEOPresentationMode,
+  THEOPresentationModeChangeEvent,
+  THEOQualityEvent,
+  THEOSourceChangeEvent,
+  THEOSourceDescription,
+  THEOVideoQuality,
+  THEOVideoTrack,
+} from './theoplayer-types';
 
 export function isTheoPlayer(target: unknown): target is THEOPlayer {
   const t = target as Record<string, unknown> | null;
@@ -20,12 +35,24 @@ function ms(seconds: number | undefined): number | undefined {
   return typeof seconds === 'number' && Number.isFinite(seconds) && seconds >= 0 ? Math.round(seconds * 1000) : undefined;
 }
 
+/** A source as the page gave it (`/media/clip.m3u8`) made absolute, as HTML5's `currentSrc` is. */
+function absolute(url: string | undefined): string | undefined {
+  if (!url || typeof document === 'undefined') return url;
+  try {
+    return new URL(url, document.baseURI).href;
+  } catch {
+    return url;
+  }
+}
+
 function firstSourceUrl(source: THEOSourceDescription | undefined): string | undefined {
   const sources = source?.sources;
   if (!sources) return undefined;
   if (typeof sources === 'string') return sources;
-  const first = Array.isArray(sources) ? sources[0] : sources;
-  return first?.src || undefined;
+  const first: unknown = Array.isArray(sources) ? sources[0] : sources;
+  if (typeof first === 'string') return first || undefined;
+  const src = (first as { src?: unknown } | undefined)?.src;
+  return typeof src === 'string' && src !== '' ? src : undefined;
 }
 
 function rendition(q: THEOVideoQuality | undefined): Rendition | undefined {
@@ -73,8 +100,7 @@ export class TheoAdapter implements Adapter {
     } catch {
       bufferMs = undefined;
     }
-    const mode = p.presentation?.currentMode;
-    const presentationMode: PresentationMode | undefined = mode === 'picture-in-picture' ? 'pip' : mode === 'fullscreen' ? 'fullscreen' : mode === 'inline' ? 'inline' : undefined;
+    const presentationMode = presentationModeOf(p.presentation?.currentMode);
     return {
       positionMs: ms(p.currentTime),
       durationMs: p.duration === Infinity ? null : ms(p.duration),
@@ -87,7 +113,7 @@ export class TheoAdapter implements Adapter {
       droppedFrames: p.metrics?.droppedVideoFrames,
       autoplay: p.autoplay,
       ended: p.ended,
-      sourceUrl: p.src || firstSourceUrl(p.source),
+      sourceUrl: absolute(p.src || firstSourceUrl(p.source)),
     };
   }
 
@@ -102,7 +128,7 @@ export class TheoAdapter implements Adapter {
   }
 
   private ad(ad: THEOAd | undefined, adBreak?: THEOAdBreak): Ad {
-    const brk = adBreak ?? ad?.adBreak ?? this.player.ads?.currentAdBreak;
+    const brk = adBreak ?? ad?.adBreak ?? this.player.ads?.currentAdBreak ?? undefined;
     const integration = ad?.integration ?? brk?.integration;
     const ads = brk?.ads;
     const index = ad && ads ? ads.indexOf(ad) : -1;
@@ -125,9 +151,9 @@ export class TheoAdapter implements Adapter {
 
   attach(core: Core): void {
     const p = this.player;
-    const on = (target: any, type: string, fn: (e: any) => void) => this.listeners.on(target, type, fn);
-    on(p, 'sourcechange', (e: { source?: THEOSourceDescription }) => {
-      const url = firstSourceUrl(e?.source ?? p.source) ?? (p.src || undefined);
+    const on = <E>(target: any, type: string, fn: (e: E) => void) => this.listeners.on(target, type, fn);
+    on(p, 'sourcechange', (e: THEOSourceChangeEvent) => {
+      const url = absolute(firstSourceUrl(e?.source ?? p.source) ?? (p.src || undefined));
       if (!e?.source && !p.source) core.sourceRemoved();
       else core.sourceChanged(url);
     });
@@ -141,18 +167,28 @@ export class TheoAdapter implements Adapter {
     on(p, 'ended', () => core.ended());
     on(p, 'ratechange', () => core.rateChanged());
     on(p, 'volumechange', () => core.volumeChanged());
-    on(p, 'presentationmodechange', () => core.presentationChanged());
+    // 11.x dispatches `presentationmodechange` on `player.presentation`; older players on
+    // the player itself. Listen on both and report a mode once per change.
+    let lastMode = presentationModeOf(p.presentation?.currentMode);
+    const modeChanged = (e: THEOPresentationModeChangeEvent) => {
+      const mode = presentationModeOf(e?.presentationMode ?? p.presentation?.currentMode);
+      if (mode === lastMode) return;
+      lastMode = mode;
+      core.presentationChanged();
+    };
+    on(p.presentation, 'presentationmodechange', modeChanged);
+    on(p, 'presentationmodechange', modeChanged);
     on(p, 'error', (e: THEOErrorEvent) => {
       const err = e?.errorObject;
       core.error({
         code: err?.code,
-        category: err?.category !== undefined ? String(err.category) : undefined,
-        message: err?.message ?? e?.error,
+        category: categoryName(err?.category),
+        message: err?.message || e?.error || undefined,
         fatal: true,
-        source: errorSource(err?.code),
+        source: errorSource(err),
       });
     });
-    on(p, 'segmentnotfound', (e: { error?: string; retryCount?: number }) => {
+    on(p, 'segmentnotfound', (e: { error?: string }) => {
       core.error({ code: 'segmentnotfound', message: e?.error, fatal: false, source: 'network' });
     });
     on(p, 'destroy', () => core.destroy());
@@ -160,34 +196,37 @@ export class TheoAdapter implements Adapter {
     const tracks = p.videoTracks;
     const watchTrack = (track: THEOVideoTrack | undefined) => {
       if (!track) return;
-      this.trackListeners.on(track, 'activequalitychanged', (e: { quality?: THEOVideoQuality }) => {
+      this.trackListeners.on(track, 'activequalitychanged', (e: THEOQualityEvent) => {
         const r = rendition(e?.quality ?? track.activeQuality);
         if (r) core.qualityChanged(r);
       });
     };
     if (tracks) {
       for (let i = 0; i < tracks.length; i++) watchTrack(tracks[i] ?? tracks.item?.(i));
-      on(tracks, 'addtrack', (e: { track?: THEOVideoTrack }) => watchTrack(e?.track));
+      on(tracks, 'addtrack', (e: THEOAddTrackEvent) => watchTrack(e?.track as THEOVideoTrack | undefined));
     }
 
     const ads = p.ads;
     if (ads) {
-      on(ads, 'adbreakbegin', (e: { adBreak?: THEOAdBreak }) => core.adEvent('ad.break_started', this.ad(undefined, e?.adBreak)));
-      on(ads, 'adbreakend', (e: { adBreak?: THEOAdBreak }) => core.adEvent('ad.break_ended', this.ad(undefined, e?.adBreak)));
-      on(ads, 'adbegin', (e: { ad?: THEOAd }) => core.adEvent('ad.started', this.ad(e?.ad)));
-      on(ads, 'adend', (e: { ad?: THEOAd }) => core.adEvent('ad.completed', this.ad(e?.ad)));
-      on(ads, 'adskip', (e: { ad?: THEOAd }) => core.adEvent('ad.skipped', this.ad(e?.ad)));
-      on(ads, 'adimpression', (e: { ad?: THEOAd }) => core.adEvent('ad.impression', this.ad(e?.ad)));
-      on(ads, 'adfirstquartile', (e: { ad?: THEOAd }) => core.adEvent('ad.quartile', this.ad(e?.ad), { data: { quartile: 1 } }));
-      on(ads, 'admidpoint', (e: { ad?: THEOAd }) => core.adEvent('ad.quartile', this.ad(e?.ad), { data: { quartile: 2 } }));
-      on(ads, 'adthirdquartile', (e: { ad?: THEOAd }) => core.adEvent('ad.quartile', this.ad(e?.ad), { data: { quartile: 3 } }));
-      on(ads, 'aderror', (e: { ad?: THEOAd; error?: string }) =>
+      const ad = (type: string, theoType: string, data?: { quartile: number }) =>
+        on(ads, theoType, (e: THEOAdEvent) => core.adEvent(type, this.ad(e?.ad), data ? { data } : undefined));
+      on(ads, 'adbreakbegin', (e: THEOAdBreakEvent) => core.adEvent('ad.break_started', this.ad(undefined, e?.adBreak)));
+      on(ads, 'adbreakend', (e: THEOAdBreakEvent) => core.adEvent('ad.break_ended', this.ad(undefined, e?.adBreak)));
+      ad('ad.started', 'adbegin');
+      ad('ad.completed', 'adend');
+      ad('ad.skipped', 'adskip');
+      ad('ad.impression', 'adimpression');
+      ad('ad.quartile', 'adfirstquartile', { quartile: 1 });
+      ad('ad.quartile', 'admidpoint', { quartile: 2 });
+      ad('ad.quartile', 'adthirdquartile', { quartile: 3 });
+      // 11.x types `aderror` as a bare event; an integration may add `ad` and `error`.
+      on(ads, 'aderror', (e: THEOAdEvent & { error?: string }) =>
         core.adEvent('ad.error', this.ad(e?.ad), { error: { message: e?.error, fatal: false, source: 'ad' } }),
       );
     }
 
     // A source already set before attach.
-    const url = p.src || firstSourceUrl(p.source);
+    const url = absolute(p.src || firstSourceUrl(p.source));
     if (url) core.sourceChanged(url);
     if (!p.paused && !p.ended && p.currentTime > 0) {
       core.play();
@@ -201,11 +240,40 @@ export class TheoAdapter implements Adapter {
   }
 }
 
-/** THEOplayer error codes are grouped by thousands (its ErrorCategory): 4xxx network, 6xxx content protection. */
-function errorSource(code: number | undefined): PlayerError['source'] {
-  if (typeof code !== 'number') return 'player';
-  const category = Math.floor(code / 1000);
-  if (category === 4) return 'network';
-  if (category === 6) return 'drm';
+function presentationModeOf(mode: THEOPresentationMode | undefined): PresentationMode | undefined {
+  if (mode === 'picture-in-picture' || mode === 'native-picture-in-picture') return 'pip';
+  if (mode === 'fullscreen' || mode === 'inline') return mode;
+  return undefined;
+}
+
+/** THEOplayer's `ErrorCategory` values by name (an error code's thousands are its category). */
+const ERROR_CATEGORIES: Record<number, string> = {
+  1: 'CONFIGURATION',
+  2: 'LICENSE',
+  3: 'SOURCE',
+  4: 'MANIFEST',
+  5: 'MEDIA',
+  6: 'NETWORK',
+  7: 'CONTENT_PROTECTION',
+  8: 'SUBTITLE',
+  9: 'VR',
+  10: 'AD',
+  11: 'FULLSCREEN',
+  12: 'CACHE',
+  13: 'THEOLIVE',
+};
+
+function categoryName(category: number | undefined): string | undefined {
+  if (typeof category !== 'number') return undefined;
+  return ERROR_CATEGORIES[category] ?? String(category);
+}
+
+/** Where an error came from: NETWORK (6xxx) and manifest loading (4000, 4001 CORS) are the network, CONTENT_PROTECTION (7xxx) is DRM. */
+function errorSource(err: { code?: number; category?: number } | undefined): PlayerError['source'] {
+  const code = err?.code;
+  const category = err?.category ?? (typeof code === 'number' ? Math.floor(code / 1000) : undefined);
+  if (category === 6 || code === 4000 || code === 4001) return 'network';
+  if (category === 7) return 'drm';
+  if (category === 10) return 'ad';
   return 'player';
 }

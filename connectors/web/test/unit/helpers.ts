@@ -1,6 +1,7 @@
 import Ajv2020 from 'ajv/dist/2020';
 import addFormats from 'ajv-formats';
 import { vi } from 'vitest';
+import type { Ad, AdBreak, AdsEventMap, PlayerEventMap, PresentationEventMap, PresentationMode, SourceDescription, VideoQuality } from 'theoplayer/chromeless';
 import type { PlayerEvent } from '../../src/event';
 import schema from '../../../../schema/player-event-1.schema.json';
 
@@ -73,7 +74,13 @@ export class Dispatcher {
 
 export class FakeVideoTrack extends Dispatcher {
   enabled = true;
-  activeQuality: Record<string, unknown> | undefined;
+  activeQuality: Partial<VideoQuality> | undefined;
+
+  /** ABR switched: `activequalitychanged` with the new quality, as on a 11.x `MediaTrack`. */
+  switchTo(quality: Partial<VideoQuality>): void {
+    this.activeQuality = quality;
+    this.dispatch('activequalitychanged', { date: new Date(), quality });
+  }
 }
 
 export class FakeTrackList extends Dispatcher {
@@ -88,11 +95,18 @@ export class FakeTrackList extends Dispatcher {
   }
 }
 
-/** A THEOplayer 11.x player as far as its typings go: properties plus player/ads/track events. */
+/** A payload as THEOplayer 11.x types it for event `K` of `Map`, without `type`/`date`. */
+type Payload<Map, K extends keyof Map> = Partial<Omit<Map[K], 'type' | 'date'>>;
+
+/**
+ * A THEOplayer 11.x player as far as its typings go: the properties the adapter reads,
+ * and events whose payloads are type-checked against the real `PlayerEventMap`,
+ * `AdsEventMap` and `PresentationEventMap` from the `theoplayer` package.
+ */
 export class FakeTheo extends Dispatcher {
-  version = '11.2.0';
-  src = '';
-  source: { sources: { src: string; type?: string }[] } | undefined;
+  version = '11.4.0';
+  src: string | undefined = undefined;
+  source: SourceDescription | undefined;
   currentTime = 0;
   duration = NaN;
   paused = true;
@@ -104,18 +118,71 @@ export class FakeTheo extends Dispatcher {
   autoplay = false;
   videoTracks = new FakeTrackList();
   metrics = { droppedVideoFrames: 0 };
-  presentation = { currentMode: 'inline' as 'inline' | 'fullscreen' | 'picture-in-picture' };
-  ads = Object.assign(new Dispatcher(), { playing: false, currentAdBreak: undefined as unknown });
+  presentation = Object.assign(new Dispatcher(), { currentMode: 'inline' as PresentationMode });
+  ads = Object.assign(new Dispatcher(), { playing: false, currentAdBreak: null as AdBreak | null, currentAds: [] as Ad[] });
 
-  fire(...types: string[]): void {
-    for (const type of types) this.dispatch(type);
+  /** Player events, typed by `PlayerEventMap`. */
+  emit<K extends keyof PlayerEventMap>(type: K, payload: Payload<PlayerEventMap, K> = {}): void {
+    this.dispatch(type, { date: new Date(), ...payload });
   }
 
-  setSource(url: string): void {
-    this.source = { sources: [{ src: url, type: 'application/x-mpegurl' }] };
+  fire(...types: (keyof PlayerEventMap)[]): void {
+    for (const type of types) this.emit(type);
+  }
+
+  /** `player.ads` events, typed by `AdsEventMap`. */
+  emitAd<K extends keyof AdsEventMap>(type: K, payload: Payload<AdsEventMap, K> = {}): void {
+    this.ads.dispatch(type, { date: new Date(), ...payload });
+  }
+
+  /** `player.presentation` events, typed by `PresentationEventMap`. */
+  emitPresentation<K extends keyof PresentationEventMap>(type: K, payload: Payload<PresentationEventMap, K> = {}): void {
+    this.presentation.dispatch(type, { date: new Date(), ...payload });
+  }
+
+  /** `player.source = ...`: sets `src` and fires `sourcechange` as THEOplayer does. */
+  setSource(url: string | undefined): void {
+    this.source = url === undefined ? undefined : { sources: [{ src: url, type: 'application/x-mpegurl' }] };
     this.src = url;
-    this.dispatch('sourcechange', { source: this.source });
+    this.emit('sourcechange', { source: this.source });
   }
+
+  /** Every listener the connector added, on the player and its sub-APIs. */
+  listenerCount(): number {
+    let n = this.count() + this.ads.count() + this.presentation.count() + this.videoTracks.count();
+    for (let i = 0; i < this.videoTracks.length; i++) n += this.videoTracks[i].count();
+    return n;
+  }
+}
+
+/** An `AdBreak` as 11.x types it. */
+export function adBreak(init: Partial<AdBreak> & { timeOffset: number }): AdBreak {
+  return { id: undefined, integration: 'csai', ads: undefined, maxDuration: undefined, maxRemainingDuration: undefined, customData: undefined, ...init };
+}
+
+/** An `Ad` as 11.x types it, added to its break's `ads`. */
+export function ad(brk: AdBreak, init: Partial<Ad> = {}): Ad {
+  const made: Ad = {
+    adSystem: undefined,
+    integration: brk.integration,
+    type: 'linear',
+    id: undefined,
+    adBreak: brk,
+    duration: undefined,
+    width: undefined,
+    height: undefined,
+    resourceURI: undefined,
+    clickThrough: undefined,
+    companions: [],
+    skipOffset: undefined,
+    creativeId: undefined,
+    universalAdIds: [],
+    customData: undefined,
+    isSlate: false,
+    ...init,
+  };
+  brk.ads = [...(brk.ads ?? []), made];
+  return made;
 }
 
 /** A `fetch` that records every body and answers with the given statuses (then 202). */

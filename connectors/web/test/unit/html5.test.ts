@@ -82,6 +82,23 @@ describe('HTML5 video', () => {
     checkContract(events);
   });
 
+  it('a seek before the first frame is the start position, not a seek', () => {
+    start();
+    video.src = video.currentSrc = 'http://media.test/clip.mp4';
+    video.fire('loadstart');
+    video.currentTime = 30; // the page resumes where the viewer left off
+    video.fire('seeking', 'waiting', 'seeked');
+    chromiumStart();
+    expect(types(events)).toEqual(['session.started', 'playback.requested', 'playback.started']);
+    expect(events[2].playback.position_ms).toBe(30_000);
+    video.currentTime = 31;
+    video.fire('timeupdate');
+    video.currentTime = 50;
+    video.fire('seeking');
+    expect(events[events.length - 1]).toMatchObject({ type: 'playback.seek_started', data: { from_ms: 31_000, to_ms: 50_000 } });
+    checkContract(events);
+  });
+
   it('pause right before ended is the end, not a pause; completed carries state ended', () => {
     start();
     chromiumStart();
@@ -185,6 +202,21 @@ describe('HTML5 video', () => {
     expect(events[5].playback.presentation_mode).toBe('fullscreen');
     Object.defineProperty(document, 'fullscreenElement', { value: null, configurable: true });
     checkContract(events);
+  });
+
+  it('volume and rate set up before the first frame are not changes; they show in the playback block', () => {
+    start();
+    video.src = video.currentSrc = 'http://media.test/clip.mp4';
+    video.fire('loadstart');
+    video.muted = true; // a page muting before autoplay
+    video.fire('volumechange');
+    video.playbackRate = 1.25;
+    video.fire('ratechange');
+    chromiumStart();
+    expect(types(events)).toEqual(['session.started', 'playback.requested', 'playback.started']);
+    expect(events[2].playback).toMatchObject({ muted: true, playback_rate: 1.25 });
+    video.fire('volumechange', 'ratechange'); // no change: nothing to report
+    expect(events).toHaveLength(3);
   });
 
   it('destroy exits and detaches: later player events send nothing', async () => {
