@@ -42,6 +42,7 @@ pub fn spawn(
                 shared,
                 reclaimed_from: first,
                 saved: HashMap::new(),
+                failed: false,
             };
             committer.run(commands);
         })
@@ -53,9 +54,46 @@ struct Committer {
     /// Every record below this is deleted.
     reclaimed_from: u64,
     saved: HashMap<String, SavedCursor>,
+    /// A write failed: the database must be reopened before the next one.
+    failed: bool,
 }
 
 impl Committer {
+    /// Reopens the database after a failed write; true when it is usable again.
+    fn recover(&mut self) -> bool {
+        if !self.failed {
+            return true;
+        }
+        match self.store.reopen().and_then(|()| self.store.head()) {
+            Ok(head) => {
+                // A batch whose sync failed may still have reached the disk: never
+                // reuse its positions.
+                let next = self.shared.next_seq.load(Ordering::Acquire).max(head);
+                self.shared.next_seq.store(next, Ordering::Release);
+                self.failed = false;
+                self.saved.clear();
+                self.shared.set_failure(None);
+                tracing::info!("the spool is writable again");
+                true
+            }
+            Err(error) => {
+                self.shared
+                    .set_failure(Some(format!("cannot write to the spool ({error})")));
+                false
+            }
+        }
+    }
+
+    fn fail(&mut self, message: String, replies: Vec<oneshot::Sender<Result<(), SpoolError>>>) {
+        self.failed = true;
+        self.shared.metrics.spool.write_errors.inc();
+        tracing::error!(error = %message, "spool commit failed: ingest answers 503 until the spool can write again");
+        self.shared.set_failure(Some(message.clone()));
+        for reply in replies {
+            let _ = reply.send(Err(SpoolError::Unwritable(message.clone())));
+        }
+    }
+
     fn run(&mut self, commands: Receiver<Command>) {
         let mut since_housekeeping = 0usize;
         loop {
@@ -98,7 +136,26 @@ impl Committer {
         #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
         // A plain thread, outside tokio's clock: real time is what this measures.
         let started = std::time::Instant::now();
-        let mut batch = self.store.batch();
+        if !self.recover() {
+            let message = self.shared.failure_text();
+            let replies = group
+                .into_iter()
+                .map(|Command::Append { reply, .. }| reply)
+                .collect();
+            self.fail(message, replies);
+            return;
+        }
+        let mut batch = match self.store.batch() {
+            Ok(batch) => batch,
+            Err(error) => {
+                let replies = group
+                    .into_iter()
+                    .map(|Command::Append { reply, .. }| reply)
+                    .collect();
+                self.fail(format!("cannot write to the spool ({error})"), replies);
+                return;
+            }
+        };
         let mut seq = self.shared.next_seq.load(Ordering::Acquire);
         let first_seq = seq;
         let mut accepted = Vec::with_capacity(group.len());
@@ -143,18 +200,12 @@ impl Committer {
             return;
         }
         let written = batch.commit().and_then(|()| self.store.sync());
-        let metrics = &self.shared.metrics.spool;
         if let Err(error) = written {
-            metrics.write_errors.inc();
-            let message = format!("cannot write to the spool: {error}");
-            tracing::error!(error = %message, "spool commit failed: ingest answers 503 until a commit succeeds");
-            self.shared.set_failure(Some(message.clone()));
-            for (_, _, reply) in accepted {
-                let _ = reply.send(Err(SpoolError::Engine(message.clone())));
-            }
+            let replies = accepted.into_iter().map(|(_, _, reply)| reply).collect();
+            self.fail(format!("cannot write to the spool ({error})"), replies);
             return;
         }
-        self.shared.set_failure(None);
+        let metrics = &self.shared.metrics.spool;
         self.shared.next_seq.store(seq, Ordering::Release);
         self.shared.bytes.fetch_add(group_bytes, Ordering::Relaxed);
         metrics.commits.inc();
@@ -184,9 +235,14 @@ impl Committer {
 
     /// Saves moved cursors and deletes what every destination is past.
     fn housekeeping(&mut self) {
+        if !self.recover() {
+            return;
+        }
         let cursors: Vec<_> = self.shared.lock().cursors.values().cloned().collect();
         let head = self.shared.next_seq.load(Ordering::Acquire);
-        let mut batch = self.store.batch();
+        let Ok(mut batch) = self.store.batch() else {
+            return;
+        };
         let mut low = head;
         for cursor in &cursors {
             let (position, handed_through) = cursor.position();

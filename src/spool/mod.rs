@@ -91,6 +91,8 @@ pub enum SpoolError {
     Locked(PathBuf),
     #[error("spool storage: {0}")]
     Engine(String),
+    #[error("{0}")]
+    Unwritable(String),
     #[error("the spool is full ({bytes} bytes held, spool.max_bytes = {max_bytes}): destinations are behind")]
     Full { bytes: u64, max_bytes: u64 },
     #[error("more than {0} destinations have used this spool")]
@@ -108,7 +110,10 @@ impl SpoolError {
     }
 
     fn engine(error: fjall::Error) -> SpoolError {
-        SpoolError::Engine(error.to_string())
+        match error {
+            fjall::Error::Io(e) => SpoolError::Engine(e.to_string()),
+            other => SpoolError::Engine(format!("{other:?}")),
+        }
     }
 }
 
@@ -158,6 +163,14 @@ pub struct Recovered {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.cursors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failure_text(&self) -> String {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "the spool cannot write".into())
     }
 
     fn set_failure(&self, failure: Option<String>) {
@@ -248,7 +261,7 @@ impl DiskSpool {
                 let Some(id) = next else {
                     return Err(SpoolError::TooManyDestinations(u16::MAX as usize));
                 };
-                let mut batch = self.store.batch();
+                let mut batch = self.store.batch()?;
                 batch.save_id(name, id);
                 batch.commit()?;
                 registry.ids.insert(name.to_string(), id);
@@ -308,7 +321,7 @@ impl DiskSpool {
                 }
             }
         }
-        let mut batch = self.store.batch();
+        let mut batch = self.store.batch()?;
         batch.forget_cursor(name);
         batch.commit()?;
         self.shared

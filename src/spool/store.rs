@@ -7,6 +7,7 @@ use super::record;
 use super::SpoolError;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 const EVENTS: &str = "events";
 const META: &str = "meta";
@@ -14,6 +15,12 @@ const ID_PREFIX: &[u8] = b"id/";
 const CURSOR_PREFIX: &[u8] = b"cursor/";
 
 pub struct Store {
+    dir: PathBuf,
+    /// `None` between closing a failed database and opening it again.
+    inner: RwLock<Option<Arc<Inner>>>,
+}
+
+struct Inner {
     db: Database,
     events: Keyspace,
     meta: Keyspace,
@@ -67,6 +74,31 @@ impl Store {
     }
 
     fn open_in(dir: &Path) -> Result<Store, SpoolError> {
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            inner: RwLock::new(Some(Arc::new(Store::open_inner(dir)?))),
+        })
+    }
+
+    fn inner(&self) -> Result<Arc<Inner>, SpoolError> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| SpoolError::Engine("the spool is being reopened".into()))
+    }
+
+    /// After a failed write fjall refuses every later one (it cannot know what reached
+    /// the disk): close the database and open it again, which replays its journal.
+    /// Fails (to be tried again later) while the disk is still unwell.
+    pub fn reopen(&self) -> Result<(), SpoolError> {
+        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        *guard = None;
+        *guard = Some(Arc::new(Store::open_inner(&self.dir)?));
+        Ok(())
+    }
+
+    fn open_inner(dir: &Path) -> Result<Inner, SpoolError> {
         // Small memtables and cache: the spool is a queue read soon after it is
         // written, and the relay's memory must stay flat however large the backlog.
         // (fjall marks the write-buffer cap deprecated, "todo", with no replacement yet.)
@@ -81,12 +113,12 @@ impl Store {
         let meta = db
             .keyspace(META, KeyspaceCreateOptions::default)
             .map_err(SpoolError::engine)?;
-        Ok(Store { db, events, meta })
+        Ok(Inner { db, events, meta })
     }
 
     /// The position after the last record (1 for an empty spool: 0 means "none").
     pub fn head(&self) -> Result<u64, SpoolError> {
-        match self.events.last_key_value() {
+        match self.inner()?.events.last_key_value() {
             Some(guard) => {
                 let key = guard.key().map_err(SpoolError::engine)?;
                 Ok(seq_of(&key).map_or(1, |s| s + 1))
@@ -98,7 +130,8 @@ impl Store {
     /// Up to `limit` records from position `from` on.
     pub fn scan(&self, from: u64, limit: usize) -> Result<Vec<Scanned>, SpoolError> {
         let mut out = Vec::new();
-        for guard in self.events.range(key(from)..).take(limit) {
+        let inner = self.inner()?;
+        for guard in inner.events.range(key(from)..).take(limit) {
             let (k, v) = guard.into_inner().map_err(SpoolError::engine)?;
             if let Some(seq) = seq_of(&k) {
                 out.push(Scanned { seq, bytes: v });
@@ -109,7 +142,8 @@ impl Store {
 
     pub fn ids(&self) -> Result<Vec<(String, u16)>, SpoolError> {
         let mut out = Vec::new();
-        for guard in self.meta.prefix(ID_PREFIX) {
+        let inner = self.inner()?;
+        for guard in inner.meta.prefix(ID_PREFIX) {
             let (k, v) = guard.into_inner().map_err(SpoolError::engine)?;
             let name = String::from_utf8_lossy(&k[ID_PREFIX.len()..]).into_owned();
             if let Ok(bytes) = <[u8; 2]>::try_from(&v[..]) {
@@ -121,6 +155,7 @@ impl Store {
 
     pub fn saved_cursor(&self, name: &str) -> Result<Option<SavedCursor>, SpoolError> {
         let value = self
+            .inner()?
             .meta
             .get(cursor_key(name))
             .map_err(SpoolError::engine)?;
@@ -140,23 +175,26 @@ impl Store {
     /// Names with a saved cursor.
     pub fn cursor_names(&self) -> Result<Vec<String>, SpoolError> {
         let mut out = Vec::new();
-        for guard in self.meta.prefix(CURSOR_PREFIX) {
+        let inner = self.inner()?;
+        for guard in inner.meta.prefix(CURSOR_PREFIX) {
             let k = guard.key().map_err(SpoolError::engine)?;
             out.push(String::from_utf8_lossy(&k[CURSOR_PREFIX.len()..]).into_owned());
         }
         Ok(out)
     }
 
-    pub fn batch(&self) -> Batch<'_> {
-        Batch {
-            store: self,
-            batch: self.db.batch(),
-        }
+    pub fn batch(&self) -> Result<Batch, SpoolError> {
+        let inner = self.inner()?;
+        Ok(Batch {
+            batch: inner.db.batch(),
+            inner,
+        })
     }
 
     /// Makes every committed batch durable: one fdatasync for the whole group.
     pub fn sync(&self) -> Result<(), SpoolError> {
-        self.db
+        self.inner()?
+            .db
             .persist(PersistMode::SyncData)
             .map_err(SpoolError::engine)
     }
@@ -172,7 +210,8 @@ impl Store {
         if from >= below {
             return Ok(out);
         }
-        for guard in self.events.range(key(from)..key(below)).take(limit) {
+        let inner = self.inner()?;
+        for guard in inner.events.range(key(from)..key(below)).take(limit) {
             let (k, v) = guard.into_inner().map_err(SpoolError::engine)?;
             if let Some(seq) = seq_of(&k) {
                 out.push((seq, v.len() as u64));
@@ -182,40 +221,43 @@ impl Store {
     }
 
     pub fn disk_bytes(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+        self.inner()
+            .ok()
+            .and_then(|inner| inner.db.disk_space().ok())
+            .unwrap_or(0)
     }
 }
 
-pub struct Batch<'a> {
-    store: &'a Store,
+pub struct Batch {
+    inner: Arc<Inner>,
     batch: fjall::OwnedWriteBatch,
 }
 
-impl Batch<'_> {
+impl Batch {
     pub fn insert_event(&mut self, seq: u64, bytes: Vec<u8>) {
-        self.batch.insert(&self.store.events, key(seq), bytes);
+        self.batch.insert(&self.inner.events, key(seq), bytes);
     }
 
     pub fn remove_event(&mut self, seq: u64) {
-        self.batch.remove(&self.store.events, key(seq));
+        self.batch.remove(&self.inner.events, key(seq));
     }
 
     pub fn save_id(&mut self, name: &str, id: u16) {
         let mut k = ID_PREFIX.to_vec();
         k.extend_from_slice(name.as_bytes());
         self.batch
-            .insert(&self.store.meta, k, id.to_be_bytes().to_vec());
+            .insert(&self.inner.meta, k, id.to_be_bytes().to_vec());
     }
 
     pub fn save_cursor(&mut self, name: &str, saved: SavedCursor) {
         let mut v = Vec::with_capacity(16);
         v.extend_from_slice(&saved.position.to_be_bytes());
         v.extend_from_slice(&saved.handed_through.to_be_bytes());
-        self.batch.insert(&self.store.meta, cursor_key(name), v);
+        self.batch.insert(&self.inner.meta, cursor_key(name), v);
     }
 
     pub fn forget_cursor(&mut self, name: &str) {
-        self.batch.remove(&self.store.meta, cursor_key(name));
+        self.batch.remove(&self.inner.meta, cursor_key(name));
     }
 
     pub fn is_empty(&self) -> bool {
