@@ -97,6 +97,16 @@ impl Destination {
             dropped.inc();
             return;
         }
+        if self.cursor.as_ref().is_some_and(|c| c.is_removed()) {
+            // Routed by a table from before the destination was removed: its worker
+            // still drains the window; past that the event has nowhere to wait.
+            if self.queue.try_send(event).is_ok() {
+                self.metrics.queue_depth.inc();
+            } else {
+                self.metrics.dropped("removed", 1);
+            }
+            return;
+        }
         self.metrics.queue_depth.inc();
         match &self.cursor {
             Some(cursor) => cursor.offer_live(event.spool_seq, event, bytes, &self.queue),
