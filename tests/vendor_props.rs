@@ -141,7 +141,7 @@ fn ids(event: &Event) -> (Option<String>, Option<String>) {
 
 fn check_ga4(events: &[Event], limits: BatchLimits) -> Result<(), TestCaseError> {
     let config: Ga4Config =
-        serde_json::from_value(json!({"measurement_id": "G-1", "api_secret": "s"}))
+        serde_json::from_value(json!({"measurement_id": "G-1", "api_secret": "api-secret-1"}))
             .expect("config");
     let t = Ga4Translator::new(&config, EventNames::default(), true, limits).expect("valid");
     let refs: Vec<&Event> = events.iter().collect();
@@ -252,7 +252,8 @@ fn check_tealium(events: &[Event], limits: BatchLimits) -> Result<(), TestCaseEr
 }
 
 fn check_segment(events: &[Event], limits: BatchLimits) -> Result<(), TestCaseError> {
-    let config: SegmentConfig = serde_json::from_value(json!({"write_key": "k"})).expect("config");
+    let config: SegmentConfig =
+        serde_json::from_value(json!({"write_key": "wk-12345678"})).expect("config");
     let t = SegmentTranslator::new(&config, EventNames::default(), true, limits).expect("valid");
     let refs: Vec<&Event> = events.iter().collect();
     let translation = t.translate(&refs, SENT_AT);

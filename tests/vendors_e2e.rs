@@ -54,7 +54,7 @@ fn fixture_ids() -> HashSet<String> {
 async fn segment_gets_basic_auth_json_batches_with_message_ids() {
     let vendor = StandIn::ok().await;
     send_fixture(&format!(
-        "[destinations.vendor]\ntype = \"segment\"\nwrite_key = \"wk_123\"\nendpoint = \"{}\"",
+        "[destinations.vendor]\ntype = \"segment\"\nwrite_key = \"wk_12345678\"\nendpoint = \"{}\"",
         vendor.url("")
     ))
     .await;
@@ -62,7 +62,7 @@ async fn segment_gets_basic_auth_json_batches_with_message_ids() {
     assert!(!requests.is_empty());
     let auth = format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("wk_123:")
+        base64::engine::general_purpose::STANDARD.encode("wk_12345678:")
     );
     let mut message_ids = HashSet::new();
     for request in &requests {
@@ -102,7 +102,7 @@ async fn ga4_gets_measurement_protocol_requests_and_validation_findings_are_coun
     })
     .await;
     let handle = send_fixture(&format!(
-        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nvalidate = true\nendpoint = \"{}\"",
+        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t-value\"\nvalidate = true\nendpoint = \"{}\"",
         vendor.url("")
     ))
     .await;
@@ -113,7 +113,7 @@ async fn ga4_gets_measurement_protocol_requests_and_validation_findings_are_coun
         assert_eq!(request.uri.path(), "/debug/mp/collect");
         assert_eq!(
             request.uri.query(),
-            Some("measurement_id=G-TEST123&api_secret=s3cr3t")
+            Some("measurement_id=G-TEST123&api_secret=s3cr3t-value")
         );
         assert_eq!(request.headers["content-type"], "application/json");
         let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
@@ -133,7 +133,7 @@ async fn ga4_gets_measurement_protocol_requests_and_validation_findings_are_coun
         ),
         requests.len() as f64
     );
-    assert!(!text.contains("s3cr3t"));
+    assert!(!text.contains("s3cr3t-value"));
     Accounts::read(&text, "vendor").assert_balanced();
 }
 
@@ -178,7 +178,7 @@ async fn dry_run_writes_requests_with_secrets_hidden_and_sends_nothing() {
     let vendor = StandIn::ok().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = config(&format!(
-        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nendpoint = \"{}\"\ndry_run = true",
+        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t-value\"\nendpoint = \"{}\"\ndry_run = true",
         vendor.url("")
     ))
     .replace(
@@ -192,7 +192,7 @@ async fn dry_run_writes_requests_with_secrets_hidden_and_sends_nothing() {
     let written = std::fs::read_to_string(dir.path().join("vendor.http")).expect("dry-run file");
     assert!(written.starts_with("POST http://"));
     assert!(written.contains("/mp/collect?measurement_id=G-TEST123&api_secret=***"));
-    assert!(!written.contains("s3cr3t"));
+    assert!(!written.contains("s3cr3t-value"));
 }
 
 #[test]
@@ -231,7 +231,7 @@ async fn types_a_vendor_only_drops_are_counted_and_never_queued() {
     let hung = StandIn::start(|_| Reply::Hang).await;
     let relay = start_relay_with(
         &config(&format!(
-            "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nendpoint = \"{}\"\nevents = {{ \"playback.paused\" = false }}\ntimeout_ms = 60000",
+            "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t-value\"\nendpoint = \"{}\"\nevents = {{ \"playback.paused\" = false }}\ntimeout_ms = 60000",
             hung.url("")
         ))
         .replace("[server]", "[server]\ndrain_timeout_ms = 100"),
@@ -272,7 +272,7 @@ async fn events_a_vendor_refuses_are_dead_lettered_with_the_reason() {
     let vendor = StandIn::ok().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = config(&format!(
-        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nendpoint = \"{}\"",
+        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t-value\"\nendpoint = \"{}\"",
         vendor.url("")
     ))
     .replace(
@@ -300,7 +300,7 @@ async fn events_a_vendor_refuses_are_dead_lettered_with_the_reason() {
             .as_str()
             .unwrap_or("")
             .contains("more than 72 h"));
-        assert!(!record.to_string().contains("s3cr3t"));
+        assert!(!record.to_string().contains("s3cr3t-value"));
     }
     Accounts::read(&metrics.metrics.encode(), "vendor").assert_balanced();
 }

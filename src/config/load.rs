@@ -646,6 +646,17 @@ impl Loader<'_> {
                 }
             }
         }
+        for (key, secret) in crate::dest::configured_secrets(kind) {
+            if !secret.is_empty() && secret.chars().count() < crate::dest::MIN_SECRET_CHARS {
+                problems.push((
+                    key,
+                    format!(
+                        "a secret here must be at least {} characters: a shorter one is not a real credential and cannot be told apart from ordinary text",
+                        crate::dest::MIN_SECRET_CHARS
+                    ),
+                ));
+            }
+        }
         if let DestinationKind::File(file) = kind {
             if file.path.as_os_str().is_empty() {
                 problems.push(("path", "must not be empty".to_string()));

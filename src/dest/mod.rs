@@ -5,11 +5,13 @@
 pub mod file;
 pub mod ga4;
 pub mod names;
+pub mod secrets;
 pub mod segment;
 pub mod tealium;
 pub mod webhook;
 
 pub use names::{EventNames, NameOverride};
+pub use secrets::{redact, redact_url, MIN_SECRET_CHARS};
 
 use crate::config::{DestinationConfig, DestinationKind};
 
@@ -200,16 +202,17 @@ pub fn build_translator(config: &DestinationConfig) -> Result<Box<dyn Translate>
     })
 }
 
-/// A request as text: method and URL, headers, blank line, body; secrets as `***`.
-/// What `playrelay translate` prints and `dry_run` writes.
+/// A request as text: method and URL, headers, blank line, body; secrets as `***`,
+/// found by position (query values, URL credentials, header values), never by
+/// searching the text. What `playrelay translate` prints and `dry_run` writes.
 pub fn render_request(request: &VendorRequest, secrets: &[String]) -> String {
-    let mut out = format!("{} {}\n", request.method, redact(&request.url, secrets));
+    let mut out = format!(
+        "{} {}\n",
+        request.method,
+        secrets::redact_url(&request.url, secrets)
+    );
     for (name, value) in &request.headers {
-        let shown = if value.is_sensitive() || name == http::header::AUTHORIZATION {
-            "***".to_string()
-        } else {
-            redact(&String::from_utf8_lossy(value.as_bytes()), secrets)
-        };
+        let shown = secrets::redact_header(name.as_str(), value, secrets);
         out.push_str(&format!("{name}: {shown}\n"));
     }
     out.push('\n');
@@ -233,18 +236,23 @@ pub fn render_request(request: &VendorRequest, secrets: &[String]) -> String {
     } else {
         request.body.to_vec()
     };
-    out.push_str(&redact(&String::from_utf8_lossy(&body), secrets));
+    out.push_str(&secrets::redact_json_strings(
+        &String::from_utf8_lossy(&body),
+        secrets,
+    ));
     out.push_str("\n\n");
     out
 }
 
-/// Replaces every secret in `text` by `***`.
-pub fn redact(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(secret.as_str(), "***");
+/// The secrets a destination's config holds, each with the key that holds it, for
+/// the length check at config load (see [`MIN_SECRET_CHARS`]).
+pub fn configured_secrets(kind: &DestinationKind) -> Vec<(&'static str, String)> {
+    match kind {
+        DestinationKind::Segment(c) => vec![("write_key", c.write_key.clone())],
+        DestinationKind::Ga4(c) => vec![("api_secret", c.api_secret.clone())],
+        DestinationKind::Webhook(c) => webhook::configured_secrets(c),
+        DestinationKind::Tealium(_) | DestinationKind::File(_) => Vec::new(),
     }
-    out
 }
 
 #[cfg(test)]
@@ -263,12 +271,12 @@ mod tests {
 listen = "127.0.0.1:0"
 [destinations.segment]
 type = "segment"
-write_key = "k"
+write_key = "wk-12345678"
 events = { "playback.heartbeat" = false }
 [destinations.ga4]
 type = "ga4"
 measurement_id = "G-1"
-api_secret = "s"
+api_secret = "api-secret-1"
 events = { "session.started" = "video_session" }
 [destinations.tealium]
 type = "tealium"

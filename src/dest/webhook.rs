@@ -1,6 +1,7 @@
 //! `type = "webhook"`: the events as they came (plus `received_at`), batched as a JSON
 //! array or NDJSON, to any URL.
 
+use super::secrets::{is_secret_name, url_secrets};
 use super::{
     BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
     Verdict,
@@ -87,16 +88,19 @@ impl WebhookTranslator {
                 .map_err(|_| WebhookError::HeaderName(name.clone()))?;
             let mut header_value = HeaderValue::from_str(value)
                 .map_err(|_| WebhookError::HeaderValue(name.clone()))?;
-            header_value.set_sensitive(true);
+            // Headers named like secrets carry tokens: never shown, never indexed by
+            // HTTP/2 header compression. Others (`X-Team`) show as they are.
+            let secret = is_secret_name(name);
+            header_value.set_sensitive(secret);
             headers.insert(header_name, header_value);
-            // Header values often carry tokens; never show them.
-            if is_secret_header(name) {
+            if secret {
                 secrets.push(value.clone());
                 if let Some((_, token)) = value.split_once(' ') {
                     secrets.push(token.to_string());
                 }
             }
         }
+        secrets.extend(url_secrets(&config.endpoint).into_iter().map(|(_, v)| v));
         let method = match config.method {
             WebhookMethod::Post => Method::POST,
             WebhookMethod::Put => Method::PUT,
@@ -138,13 +142,21 @@ fn estimated_body(events: &[&Event], limits: BatchLimits) -> usize {
     (bytes + 2).min(limits.max_bytes.saturating_add(1))
 }
 
-fn is_secret_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name == "authorization"
-        || name.contains("token")
-        || name.contains("key")
-        || name.contains("secret")
-        || name.contains("signature")
+/// The secrets in a webhook's config, with the key holding each: header values named
+/// like secrets (the token after a scheme such as `Bearer`), the endpoint's
+/// credentials and secret-named query values.
+pub fn configured_secrets(config: &WebhookConfig) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for (name, value) in &config.headers {
+        if is_secret_name(name) {
+            let token = value.split_once(' ').map_or(value.as_str(), |(_, t)| t);
+            out.push(("headers", token.trim().to_string()));
+        }
+    }
+    for (_, value) in url_secrets(&config.endpoint) {
+        out.push(("endpoint", value));
+    }
+    out
 }
 
 impl Translate for WebhookTranslator {
