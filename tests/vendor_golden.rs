@@ -14,9 +14,11 @@ use playrelay::dest::{
 use playrelay::event::Event;
 use serde::Serialize;
 use serde_json::json;
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use support::*;
+use time::macros::datetime;
 use time::OffsetDateTime;
 
 const WIDE: BatchLimits = BatchLimits {
@@ -259,6 +261,98 @@ fn override_events() -> Vec<Event> {
     .collect()
 }
 
+/// One web session as an analytics engineer would check it against each vendor's docs:
+/// the device clock 16 minutes fast (the client gave its send time), the viewer's IP
+/// known to the relay, consent and page context, a login mid-session, heartbeats
+/// between the events GA4 gets, a non-fatal error, the completion; then a second
+/// session that ends in a fatal startup error.
+fn fidelity_events() -> Vec<Event> {
+    let context = json!({
+        "player": {"name": "THEOplayer", "version": "9.2.0", "platform": "web"},
+        "device": {"type": "desktop", "manufacturer": "Apple", "model": "MacBookPro18,3",
+            "os_name": "macOS", "os_version": "15.1"},
+        "locale": "en-GB", "user_agent": "Mozilla/5.0 (Test)",
+        "page": {"url": "https://www.example.com/watch/A-100?utm_source=news",
+            "referrer": "https://news.example.com/", "title": "Seasonal Forests | Example TV"},
+        "consent": {"analytics": true, "advertising": false},
+        "ga_client_id": "1234567890.1761990000"
+    });
+    let anonymous = json!({"anonymous_id": "anon-1"});
+    let known = json!({"anonymous_id": "anon-1", "user_id": "user-1"});
+    let steps: [(&str, &str, u64, Value); 9] = [
+        (
+            "playback.requested",
+            "20:13:00.000",
+            0,
+            json!({"state": "starting"}),
+        ),
+        (
+            "playback.started",
+            "20:13:01.500",
+            0,
+            json!({"data": {"startup_ms": 1500}}),
+        ),
+        ("playback.heartbeat", "20:13:11.500", 10_000, json!({})),
+        ("playback.heartbeat", "20:13:21.500", 20_000, json!({})),
+        (
+            "playback.error",
+            "20:13:25.000",
+            23_500,
+            json!({"error": {"code": "3016",
+            "category": "network", "message": "segment retry", "fatal": false, "phase": "playback"}}),
+        ),
+        ("playback.paused", "20:13:30.000", 28_500, json!({})),
+        ("playback.resumed", "20:14:30.000", 28_500, json!({})),
+        ("playback.heartbeat", "20:14:40.000", 38_500, json!({})),
+        ("playback.completed", "20:15:00.000", 60_000, json!({})),
+    ];
+    let mut events: Vec<Event> = steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, (ty, time, position, extra))| {
+            let mut value = base_event(
+                700 + i as u32,
+                ty,
+                &format!("2026-11-01T{time}Z"),
+                json!({"user": if i < 4 { anonymous.clone() } else { known.clone() },
+                    "context": context.clone()}),
+            );
+            value["content"]["duration_ms"] = json!(60_000);
+            value["playback"]["position_ms"] = json!(position);
+            value["playback"]["visible"] = json!(true);
+            if let Value::Object(extra) = extra {
+                for (k, v) in extra {
+                    if k == "state" {
+                        value["playback"]["state"] = v;
+                    } else {
+                        value[k] = v;
+                    }
+                }
+            }
+            event_from_value(&value)
+        })
+        .collect();
+    let mut fatal = base_event(
+        720,
+        "playback.error",
+        "2026-11-01T19:58:40.000Z",
+        json!({"session": {"id": "s-fatal"}, "user": anonymous,
+            "error": {"code": "4001", "category": "decode", "message": "unsupported codec",
+                "fatal": true, "phase": "startup"}}),
+    );
+    fatal["playback"]["position_ms"] = json!(0);
+    events.push(event_from_value(&fatal));
+    for event in &mut events {
+        event.client_ip = Some("203.0.113.77".parse().expect("ip"));
+    }
+    // The web session's device clock is 16 minutes 5 seconds fast; the second session
+    // gave no send time and its clock is right.
+    for event in events.iter_mut().take(9) {
+        event.client_sent_at = Some(datetime!(2026-11-01 20:15:05 UTC));
+    }
+    events
+}
+
 // ---------------------------------------------------------------- Segment
 
 fn segment(names: EventNames, pass_properties: bool, limits: BatchLimits) -> SegmentTranslator {
@@ -284,6 +378,19 @@ fn segment_handmade_events_with_properties() {
         "segment",
         "handmade",
         &golden(&t, &handmade_events(), SENT_AT),
+    );
+}
+
+/// Content Completed before Playback Completed, `content_asset_ids` on playback events,
+/// only fatal errors as interruptions, consent, the relay-seen IP, and timestamps
+/// corrected for the device clock with `originalTimestamp` kept.
+#[test]
+fn segment_fidelity_session() {
+    let t = segment(EventNames::default(), false, WIDE);
+    check(
+        "segment",
+        "fidelity_session",
+        &golden(&t, &fidelity_events(), SENT_AT),
     );
 }
 

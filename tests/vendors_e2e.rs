@@ -53,11 +53,29 @@ fn fixture_ids() -> HashSet<String> {
 #[tokio::test]
 async fn segment_gets_basic_auth_json_batches_with_message_ids() {
     let vendor = StandIn::ok().await;
-    send_fixture(&format!(
-        "[destinations.vendor]\ntype = \"segment\"\nwrite_key = \"wk_12345678\"\nendpoint = \"{}\"",
-        vendor.url("")
-    ))
+    // The client says it sent at 21:05 by its clock; the relay's clock says 21:00: the
+    // device is 5 minutes fast, and Segment gets corrected timestamps.
+    let relay = start_relay_with(
+        &config(&format!(
+            "[destinations.vendor]\ntype = \"segment\"\nwrite_key = \"wk_12345678\"\nendpoint = \"{}\"",
+            vendor.url("")
+        )),
+        fixture_clock(),
+    )
     .await;
+    let answer = send(
+        relay.local_addr,
+        "POST",
+        "/v1/events",
+        &[
+            ("content-type", "application/x-ndjson"),
+            ("x-sent-at", "2026-11-01T21:05:00Z"),
+        ],
+        FIXTURE,
+    )
+    .await;
+    assert_eq!(answer.status, 202);
+    relay.shutdown().await;
     let requests = vendor.requests();
     assert!(!requests.is_empty());
     let auth = format!(
@@ -65,6 +83,7 @@ async fn segment_gets_basic_auth_json_batches_with_message_ids() {
         base64::engine::general_purpose::STANDARD.encode("wk_12345678:")
     );
     let mut message_ids = HashSet::new();
+    let mut completed_contents = HashSet::new();
     for request in &requests {
         assert_eq!(request.method, "POST");
         assert_eq!(request.uri.path(), "/v1/batch");
@@ -78,9 +97,39 @@ async fn segment_gets_basic_auth_json_batches_with_message_ids() {
             assert!(item["event"].as_str().unwrap_or("").starts_with("Video "));
             assert!(item["anonymousId"].is_string() || item["userId"].is_string());
             assert_eq!(item["context"]["library"]["name"], "playrelay");
-            message_ids.insert(item["messageId"].as_str().unwrap_or("").to_string());
+            // The viewer's address as the relay saw it.
+            assert_eq!(item["context"]["ip"], "127.0.0.1");
+            let at = |key: &str| {
+                time::OffsetDateTime::parse(
+                    item[key].as_str().unwrap_or(""),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .expect("RFC 3339")
+            };
+            assert_eq!(
+                at("originalTimestamp") - at("timestamp"),
+                time::Duration::minutes(5)
+            );
+            let id = item["messageId"].as_str().unwrap_or("").to_string();
+            match id.strip_suffix(":content") {
+                Some(event_id) => {
+                    assert_eq!(item["event"], "Video Content Completed");
+                    completed_contents.insert(event_id.to_string());
+                }
+                None => {
+                    message_ids.insert(id);
+                }
+            }
         }
     }
+    // Every completion closed its content first.
+    let completions: HashSet<String> = fixture_events()
+        .iter()
+        .filter(|e| e["type"] == "playback.completed")
+        .map(|e| e["event_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(!completions.is_empty());
+    assert_eq!(completed_contents, completions);
     // Every Segment-mapped event arrived once, keyed by its event_id.
     let mapped = fixture_events()
         .iter()

@@ -939,7 +939,7 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Config, ConfigErrors> {
-        let env = |name: &str| (name == "TOKEN").then(|| "t0k".to_string());
+        let env = |name: &str| (name == "TOKEN").then(|| "t0k-12345678".to_string());
         load_str(text, Path::new("r.toml"), &env)
     }
 
@@ -974,7 +974,7 @@ sample = 0.25
         let DestinationKind::Webhook(webhook) = &warehouse.kind else {
             panic!("webhook expected");
         };
-        assert_eq!(webhook.headers["Authorization"], "Bearer t0k");
+        assert_eq!(webhook.headers["Authorization"], "Bearer t0k-12345678");
         assert_eq!(warehouse.common.batch.max_events, 20);
         assert_eq!(warehouse.common.batch.max_wait_ms, 1000);
         assert_eq!(config.routes[0].sample, Some(0.25));
@@ -985,7 +985,7 @@ sample = 0.25
     fn env_values_cannot_inject_structure() {
         let env = |_: &str| Some("x\"\n[server]\nlisten = \"0.0.0.0:1\"".to_string());
         let text = GOOD.replace("path = \"out.ndjson\"", "path = \"${TOKEN}\"");
-        let text = text.replace("Bearer ${TOKEN}", "Bearer fixed");
+        let text = text.replace("Bearer ${TOKEN}", "Bearer fixed-token");
         let config = load_str(&text, Path::new("r.toml"), &env).expect("valid");
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         let DestinationKind::File(file) = &config.destinations["local"].kind else {
@@ -1097,7 +1097,7 @@ to = ["local"]
         assert_eq!(server.json.max_array_items, 1_000);
         assert_eq!(server.admin_listen, None);
         let web = &config.sources["web"];
-        assert_eq!(web.keys[0].expose(), "t0k-0123456789abcdef");
+        assert_eq!(web.keys[0].expose(), "t0k-12345678-0123456789abcdef");
         assert_eq!(web.allowed_origins, vec!["https://player.example.com"]);
         assert!(config.sources["open"].keys.is_empty());
         assert_eq!(config.routes[0].types, vec!["*"]);

@@ -1,10 +1,12 @@
 //! `player-event/1`: the typed event, its validation, and how request bodies become events.
 
+mod client;
 mod limits;
 mod parse;
 mod schema;
 mod types;
 
+pub use client::{client_sent_at, stamp_client, SENT_AT_HEADER, SENT_AT_QUERY};
 pub use limits::JsonLimits;
 pub use parse::{parse_body, BodyError, BodyFormat, BodyLimits, ParsedBody, Rejection};
 pub use schema::{event_type_description, player_event_schema, player_event_schema_json};
@@ -26,6 +28,12 @@ pub struct Event {
     pub received_at: OffsetDateTime,
     /// The ingest source the event came through, when sources are configured.
     pub source: Option<Arc<str>>,
+    /// The viewer's address as the relay saw it (the peer, or the client end of a
+    /// trusted proxy's `X-Forwarded-For`), stamped at ingest like `received_at`.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// When the client sent the request, by its own clock (`X-Sent-At`, or `?sent_at=`
+    /// for `sendBeacon`): with `received_at` it measures the device clock's skew.
+    pub client_sent_at: Option<OffsetDateTime>,
 }
 
 /// Why one event was refused. The text names the field so a player developer can fix it.
@@ -100,7 +108,20 @@ impl Event {
             timestamp,
             received_at,
             source: None,
+            client_ip: None,
+            client_sent_at: None,
         })
+    }
+
+    /// The event's time on the relay's clock: the device time moved by the device
+    /// clock's skew (`received_at` − `client_sent_at`) when the client gave its send
+    /// time; else the device time, but never later than `received_at`, since no event
+    /// happens after the relay received it.
+    pub fn corrected_timestamp(&self) -> OffsetDateTime {
+        match self.client_sent_at {
+            Some(sent) => self.timestamp + (self.received_at - sent),
+            None => self.timestamp.min(self.received_at),
+        }
     }
 
     pub fn event_type(&self) -> &str {
