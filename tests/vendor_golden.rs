@@ -655,6 +655,29 @@ fn tealium_media_vocabulary() {
     );
 }
 
+/// One visitor per device through a login (`tealium_visitor_id` from the anonymous
+/// id, the user as `user_id`), in both vocabularies; the media one with the media
+/// module's event names and keys only.
+#[test]
+fn tealium_fidelity_session() {
+    let basic = tealium(json!({}), EventNames::default(), false);
+    let events = fidelity_events();
+    check(
+        "tealium",
+        "fidelity_session",
+        &golden(&basic, &events, SENT_AT),
+    );
+    let media = tealium(json!({"vocabulary": "media"}), EventNames::default(), false);
+    let text = golden(&media, &events, SENT_AT);
+    for line in text.lines() {
+        assert!(
+            !line.contains("\"video_"),
+            "a basic key in the media vocabulary: {line}"
+        );
+    }
+    check("tealium", "fidelity_session_media", &text);
+}
+
 #[test]
 fn tealium_whole_fixture_summary() {
     let t = tealium(json!({}), EventNames::default(), false);

@@ -228,13 +228,8 @@ fn check_tealium(events: &[Event], limits: BatchLimits) -> Result<(), TestCaseEr
         prop_assert!(r.body.len() <= 1_000_000 && r.body.len() <= limits.max_bytes);
         let body = parse_ordered(&r.body).map_err(TestCaseError::fail)?;
         period_free(&body)?;
-        let visitor = |e: &Event| {
-            e.body
-                .user
-                .user_id
-                .clone()
-                .or(e.body.user.anonymous_id.clone())
-        };
+        // Stable per device: the anonymous id first, so a login does not split it.
+        let visitor = |e: &Event| playrelay::dest::tealium::visitor_id(e).map(str::to_string);
         let first = visitor(&events[r.events[0]]);
         for &i in &r.events {
             prop_assert_eq!(visitor(&events[i]), first.clone());

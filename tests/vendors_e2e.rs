@@ -204,11 +204,18 @@ async fn tealium_gets_bulk_events_of_one_visitor_with_flat_keys() {
         if request.uri.path() == "/bulk-event" {
             assert_eq!(body["shared"]["tealium_account"], "acme");
             assert_eq!(body["shared"]["tealium_profile"], "main");
-            assert!(body["shared"]["tealium_visitor_id"].is_string());
+            let visitor = &body["shared"]["tealium_visitor_id"];
+            assert!(visitor.is_string());
             let events = body["events"].as_array().expect("events");
             assert!(events.len() <= 10);
             for event in events {
                 assert!(event["tealium_event"].is_string());
+                // One visitor per device: the anonymous id, whoever is logged in.
+                if event.get("anonymous_id").is_some() {
+                    assert_eq!(&event["anonymous_id"], visitor);
+                }
+                // The viewer's address as the relay saw it, unless the player gave one.
+                assert!(event["ip"].is_string(), "{event}");
                 assert!(event
                     .as_object()
                     .expect("object")
