@@ -157,6 +157,7 @@ async fn ga4_gets_measurement_protocol_requests_and_validation_findings_are_coun
     .await;
     let requests = vendor.requests();
     assert!(!requests.is_empty());
+    let mut engaged_ms = 0;
     for request in &requests {
         assert_eq!(request.method, "POST");
         assert_eq!(request.uri.path(), "/debug/mp/collect");
@@ -169,11 +170,19 @@ async fn ga4_gets_measurement_protocol_requests_and_validation_findings_are_coun
         let events = body["events"].as_array().expect("events");
         assert!(!events.is_empty() && events.len() <= 25);
         assert!(body["client_id"].is_string());
+        // The viewer's address as the relay saw it, for GA4's geography.
+        assert_eq!(body["ip_override"], "127.0.0.1");
         for event in events {
             assert!(event["params"]["session_id"].is_number());
-            assert!(event["params"]["engagement_time_msec"].is_number());
+            let engagement = event["params"]["engagement_time_msec"]
+                .as_u64()
+                .expect("engagement");
+            assert!((1..=30 * 60 * 1000).contains(&engagement));
+            engaged_ms += engagement;
         }
     }
+    // The fixture's sessions play for minutes, not 100 ms per event as before.
+    assert!(engaged_ms > 60_000 * 10, "{engaged_ms}");
     let text = handle.metrics.encode();
     assert_eq!(
         metric(

@@ -2,6 +2,7 @@
 //! the vendor's HTTP requests, plus how to read the vendor's answer. No I/O here: the
 //! delivery layer (`crate::deliver`) sends what these functions build.
 
+pub mod engagement;
 pub mod file;
 pub mod ga4;
 pub mod names;
@@ -89,12 +90,25 @@ impl Refusal {
     }
 }
 
+/// Something left out of an event that was still sent (GA4's params past 25): the
+/// event is delivered, and what it lost is counted and shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub index: usize,
+    /// A short metric label: `params_cut`.
+    pub reason: &'static str,
+    /// How many things were left out (params), for `dropped_params_total`.
+    pub count: usize,
+    pub detail: String,
+}
+
 /// The result of translating a batch: every input index ends up in exactly one request
-/// or in exactly one refusal.
+/// or in exactly one refusal; `notes` say what sent events lost on the way.
 #[derive(Debug, Clone, Default)]
 pub struct Translation {
     pub requests: Vec<VendorRequest>,
     pub refused: Vec<Refusal>,
+    pub notes: Vec<Note>,
 }
 
 /// What the vendor's answer means for the events of the request.

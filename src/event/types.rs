@@ -254,6 +254,9 @@ pub struct Playback {
     /// Whether playback started without a user gesture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoplay: Option<bool>,
+    /// Whether the player is visible (in the viewport of a visible page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible: Option<bool>,
 }
 
 /// What the player is doing.
@@ -451,6 +454,13 @@ pub struct Context {
     /// The viewer's consent choices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent: Option<Consent>,
+    /// The gtag.js client id of the page (the `_ga` cookie, `GA1.1.<random>.<time>`, or
+    /// just `<random>.<time>`), so GA4 counts a web viewer once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ga_client_id: Option<String>,
+    /// The Firebase app instance id (`app_instance_id`), for GA4 app streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firebase_app_instance_id: Option<String>,
 }
 
 /// The player.
