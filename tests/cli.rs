@@ -438,3 +438,57 @@ headers = { "X-Api-Key" = "key-0123456789", "X-Team" = "video" }
         assert!(!stdout.contains(secret), "{secret} shown in:\n{stdout}");
     }
 }
+
+/// A webhook's `fields` are JSON pointers checked at load: each bad one is reported
+/// at its own line; an envelope needs a JSON array body; a signing secret is a secret.
+#[test]
+fn validate_reports_bad_webhook_fields_at_their_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        r#"[server]
+listen = "127.0.0.1:8080"
+
+[destinations.hook]
+type = "webhook"
+endpoint = "https://hooks.example.com/in"
+encoding = "ndjson"
+envelope = true
+signing_secret = "short"
+
+[destinations.hook.fields]
+id = "/event_id"
+position = "playback/position_ms"
+odd = "/a~2b"
+"#,
+    )
+    .expect("write config");
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .expect("run playrelay");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for (line, field, words) in [
+        (8, "destinations.hook.envelope", "json_array"),
+        (
+            9,
+            "destinations.hook.signing_secret",
+            "at least 8 characters",
+        ),
+        (13, "destinations.hook.fields.position", "must start with /"),
+        (14, "destinations.hook.fields.odd", "~0"),
+    ] {
+        let expected = format!("{file}:{line}:");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&expected) && l.contains(field) && l.contains(words)),
+            "missing {expected} {field} {words} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("4 error(s)"), "{stderr}");
+}

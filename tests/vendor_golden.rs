@@ -8,6 +8,7 @@ mod support;
 use playrelay::dest::ga4::{Ga4Config, Ga4Translator};
 use playrelay::dest::segment::{SegmentConfig, SegmentTranslator};
 use playrelay::dest::tealium::{TealiumConfig, TealiumTranslator};
+use playrelay::dest::webhook::{WebhookConfig, WebhookTranslator};
 use playrelay::dest::{
     redact, BatchLimits, Disposition, EventNames, NameOverride, Translate, Translation,
 };
@@ -849,4 +850,89 @@ fn tealium_events_override_renames_and_disables() {
         "events_override",
         &golden(&t, &override_events(), SENT_AT),
     );
+}
+
+// ---------------------------------------------------------------- Webhook
+
+fn webhook(config: Value) -> WebhookTranslator {
+    let config: WebhookConfig = serde_json::from_value(config).expect("config");
+    WebhookTranslator::new(&config, EventNames::default(), true, WIDE).expect("valid config")
+}
+
+/// The fidelity events with an ingest source on the first half.
+fn sourced_events() -> Vec<Event> {
+    let mut events = fidelity_events();
+    for event in events.iter_mut().take(5) {
+        event.source = Some("web".into());
+    }
+    events
+}
+
+/// Every event carries `schema` and its ingest `source`; the opt-in envelope, the batch
+/// id header (the same as the envelope's), the Stripe-style signature over
+/// `<t>.<body>` (the body before gzip), and gzip.
+#[test]
+fn webhook_envelope_signed_gzipped() {
+    let secret = "whsec-test-0123456789";
+    let t = webhook(
+        json!({"endpoint": "https://hooks.example.com/in", "envelope": true,
+        "signing_secret": secret, "gzip": true}),
+    );
+    let events = sourced_events();
+    check("webhook", "envelope_signed", &golden(&t, &events, SENT_AT));
+    let refs: Vec<&Event> = events.iter().collect();
+    let translation = t.translate(&refs, SENT_AT);
+    assert_eq!(translation.requests.len(), 1);
+    let request = &translation.requests[0];
+    assert_eq!(request.headers["content-encoding"], "gzip");
+    let body = plain_body(&request.headers, &request.body);
+    let value: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        value["batch_id"].as_str(),
+        request.headers["x-playrelay-batch-id"].to_str().ok()
+    );
+    assert_eq!(
+        request.headers["idempotency-key"],
+        request.headers["x-playrelay-batch-id"]
+    );
+    assert_eq!(value["events"][0]["source"], "web");
+    assert!(value["events"][9].get("source").is_none());
+    assert_eq!(value["events"][9]["schema"], "player-event/1");
+    // The receiver's check, as docs/vendor-mappings.md shows it.
+    use hmac::Mac;
+    let header = request.headers["x-playrelay-signature"]
+        .to_str()
+        .expect("ascii");
+    let (t_part, v1_part) = header.split_once(',').expect("t=…,v1=…");
+    let timestamp = t_part.strip_prefix("t=").expect("t=");
+    assert_eq!(timestamp, SENT_AT.unix_timestamp().to_string());
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(&body);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v1_part.strip_prefix("v1=").expect("v1="), expected);
+    // The same events give the same batch id: a receiver can drop a retried batch.
+    let again = t.translate(&refs, SENT_AT + time::Duration::minutes(1));
+    assert_eq!(
+        again.requests[0].headers["x-playrelay-batch-id"],
+        request.headers["x-playrelay-batch-id"]
+    );
+}
+
+/// A flat shape for receivers that want one: each key the value at its JSON pointer
+/// (into the event as it would otherwise be sent), null where there is none.
+#[test]
+fn webhook_fields_select_and_rename() {
+    let t = webhook(json!({"endpoint": "https://hooks.example.com/in",
+        "fields": {"id": "/event_id", "type": "/type", "at": "/timestamp",
+            "received": "/received_at", "session": "/session/id", "user": "/user/user_id",
+            "position_ms": "/playback/position_ms", "error_code": "/error/code",
+            "source": "/source", "schema": "/schema"}}));
+    check("webhook", "fields", &golden(&t, &sourced_events(), SENT_AT));
 }

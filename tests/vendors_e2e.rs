@@ -369,3 +369,79 @@ async fn events_a_vendor_refuses_are_dead_lettered_with_the_reason() {
     }
     Accounts::read(&metrics.metrics.encode(), "vendor").assert_balanced();
 }
+
+/// A webhook as a data engineer sets it up: events from a named ingest source, in an
+/// envelope, signed, gzipped; the stand-in checks the signature the documented way.
+#[tokio::test]
+async fn webhook_gets_signed_gzipped_envelopes_with_schema_source_and_batch_id() {
+    use hmac::Mac;
+    use std::io::Read;
+    let secret = "whsec-e2e-0123456789";
+    let vendor = StandIn::ok().await;
+    let relay = start_relay_with(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[sources.web]
+[destinations.vendor]
+type = "webhook"
+endpoint = "{}"
+envelope = true
+signing_secret = "{secret}"
+gzip = true
+batch = {{ max_wait_ms = 5 }}
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["vendor"]
+"#,
+            vendor.url("/hook")
+        ),
+        fixture_clock(),
+    )
+    .await;
+    post_ndjson(relay.local_addr, FIXTURE).await;
+    relay.shutdown().await;
+    let requests = vendor.requests();
+    assert!(!requests.is_empty());
+    let mut ids = HashSet::new();
+    for request in &requests {
+        assert_eq!(request.uri.path(), "/hook");
+        assert_eq!(request.headers["content-type"], "application/json");
+        assert_eq!(request.headers["content-encoding"], "gzip");
+        let mut body = Vec::new();
+        flate2::read::GzDecoder::new(&request.body[..])
+            .read_to_end(&mut body)
+            .expect("gzip");
+        // Verify: HMAC-SHA-256(secret, "<t>.<body>") against v1, and t is recent.
+        let signature = request.headers["x-playrelay-signature"]
+            .to_str()
+            .expect("ascii");
+        let (t, v1) = signature.split_once(",v1=").expect("t=…,v1=…");
+        let t = t.strip_prefix("t=").expect("t=");
+        assert_eq!(t, "1793566800"); // 2026-11-01T21:00:00Z, the relay's clock
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(&body);
+        let expected: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(v1, expected);
+        let envelope: Value = serde_json::from_slice(&body).expect("JSON envelope");
+        assert_eq!(
+            envelope["batch_id"].as_str(),
+            request.headers["x-playrelay-batch-id"].to_str().ok()
+        );
+        assert_eq!(envelope["sent_at"], "2026-11-01T21:00:00.000Z");
+        for event in envelope["events"].as_array().expect("events") {
+            assert_eq!(event["schema"], "player-event/1");
+            assert_eq!(event["source"], "web");
+            ids.insert(event["event_id"].as_str().unwrap_or("").to_string());
+        }
+    }
+    assert_eq!(ids, fixture_ids());
+}

@@ -561,6 +561,11 @@ impl Loader<'_> {
         {
             let text = error.to_string();
             let (key, message) = text.split_once(": ").unwrap_or(("", text.as_str()));
+            // Already reported at its own line by `check_destination`.
+            let full = join(field, key);
+            if self.errors.iter().any(|e| e.field == full) {
+                return Some(destination);
+            }
             let key = key.split(['.', '[', ' ']).next().unwrap_or(key);
             let span = self.find_key_span(field, key).unwrap_or(type_span);
             self.error_at(span, &join(field, key), message.to_string());
@@ -635,6 +640,17 @@ impl Loader<'_> {
             if let Err(message) = check_http_url(&webhook.endpoint) {
                 problems.push(("endpoint", message));
             }
+            // Each bad `fields` entry at its own line: found by its pointer's text.
+            for (key, pointer) in webhook.fields.iter().flatten() {
+                if let Some(problem) = crate::dest::webhook::field_problem(key, pointer) {
+                    let quoted = toml::Value::String(pointer.clone()).to_string();
+                    let span = self
+                        .find_after_header(field, &quoted)
+                        .or_else(|| self.find_key_span(field, "fields"))
+                        .unwrap_or_else(|| at.clone());
+                    self.error_at(span, &format!("{field}.fields.{key}"), problem);
+                }
+            }
             for (header, value) in &webhook.headers {
                 if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                     problems.push(("headers", format!("{header:?} is not a valid header name")));
@@ -681,6 +697,14 @@ impl Loader<'_> {
             let span = self.find_key_span(field, key).unwrap_or_else(|| at.clone());
             self.error_at(span, &format!("{field}.{key}"), message);
         }
+    }
+
+    /// Finds `text` after the destination's table header (its own or a sub-table's).
+    fn find_after_header(&self, field: &str, text: &str) -> Option<Range<usize>> {
+        let name = field.strip_prefix("destinations.")?;
+        let start = self.text.find(&format!("[destinations.{name}"))?;
+        let at = start + self.text[start..].find(text)?;
+        Some(at..at)
     }
 
     /// Finds `key` textually after the destination's table header, for errors found

@@ -22,7 +22,11 @@ const SECRET_NAME_PARTS: &[&str] = &[
 ];
 
 /// Names that contain a secret-looking word but carry nothing secret.
-const NOT_SECRET_NAMES: &[&str] = &["idempotency-key", "x-playrelay-batch-id"];
+const NOT_SECRET_NAMES: &[&str] = &[
+    "idempotency-key",
+    "x-playrelay-batch-id",
+    "x-playrelay-signature",
+];
 
 /// Whether a query parameter or header of this name holds a secret (`token`,
 /// `api_key`, `X-Signature`, `Authorization`, `access_token`, …).
