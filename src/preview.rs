@@ -43,6 +43,15 @@ pub fn preview(
         },
         sent_at,
     )?;
+    let mut parsed = parsed;
+    // As ingest stamps them; there is no request here, so only the events' own
+    // `sent_at` can say when the client sent them.
+    crate::event::stamp_client(
+        &mut parsed.events,
+        None,
+        &http::HeaderMap::new(),
+        &http::Uri::from_static("/"),
+    );
     let mut out = String::new();
     for rejection in &parsed.rejected {
         let _ = writeln!(

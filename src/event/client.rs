@@ -1,5 +1,6 @@
 //! What the relay knows about the request an event came in, stamped on each event at
-//! ingest like `received_at`: the viewer's address and the client's send time.
+//! ingest like `received_at`: the viewer's address and the client's send time (the
+//! `X-Sent-At` header, the `sent_at` query parameter, or the event's `sent_at` field).
 
 use super::Event;
 use http::{HeaderMap, Uri};
@@ -13,12 +14,19 @@ pub const SENT_AT_HEADER: &str = "x-sent-at";
 /// headers (as `?key=` does for the ingest key).
 pub const SENT_AT_QUERY: &str = "sent_at";
 
-/// Stamps every event of one request with the client's address and send time.
+/// Stamps every event of one request with the client's address and send time (the
+/// request's, else the event's own `sent_at`).
 pub fn stamp_client(events: &mut [Event], ip: Option<IpAddr>, headers: &HeaderMap, uri: &Uri) {
     let sent_at = client_sent_at(headers, uri);
     for event in events {
         event.client_ip = ip;
-        event.client_sent_at = sent_at;
+        event.client_sent_at = sent_at.or_else(|| {
+            event
+                .body
+                .sent_at
+                .as_deref()
+                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        });
     }
 }
 
@@ -62,5 +70,20 @@ mod tests {
         assert_eq!(from_header.unix_timestamp(), 1_768_472_431);
         headers.insert(SENT_AT_HEADER, "yesterday".parse().expect("value"));
         assert_eq!(client_sent_at(&headers, &uri), None);
+    }
+
+    #[test]
+    fn an_events_own_sent_at_is_taken_when_the_request_gives_none() {
+        let text = r#"{"event_id":"0190f6d2-7c3a-7b1e-9a1e-3f2c8d1e4b55","type":"playback.paused","timestamp":"2026-01-15T10:25:30.000Z","sent_at":"2026-01-15T10:25:31.000Z","session":{"id":"s1"},"user":{"anonymous_id":"a-1"}}"#;
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(text).expect("json");
+        let received = OffsetDateTime::parse("2026-01-15T10:20:31Z", &Rfc3339).expect("time");
+        let mut events = vec![Event::from_json(&raw, received).expect("valid")];
+        let uri = Uri::from_static("/v1/events");
+        stamp_client(&mut events, None, &HeaderMap::new(), &uri);
+        // The device clock is 5 minutes fast: the event happened at 10:20:30.
+        assert_eq!(
+            events[0].corrected_timestamp(),
+            OffsetDateTime::parse("2026-01-15T10:20:30Z", &Rfc3339).expect("time")
+        );
     }
 }

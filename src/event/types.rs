@@ -63,6 +63,12 @@ pub struct PlayerEvent {
     /// Client wall-clock time of the event, RFC 3339 (UTC recommended, e.g. `2026-01-15T10:20:30.123Z`).
     #[schemars(extend("format" = "date-time"))]
     pub timestamp: String,
+    /// When the client sent the request carrying the event, by the same clock as
+    /// `timestamp` (RFC 3339): with the relay's receive time it gives the device clock's
+    /// skew. For `sendBeacon`, which cannot set the `X-Sent-At` header; the header wins
+    /// when both are given; a value that is not RFC 3339 is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
     /// Per-session counter from 0, one per event, for ordering and gap detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<u64>,
