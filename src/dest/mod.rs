@@ -130,8 +130,10 @@ pub struct VendorResponse {
 }
 
 pub trait Translate: Send + Sync + 'static {
-    /// Builds the requests for a batch. Pure: the send time is passed in, nothing is read
-    /// from the clock, the network or the disk.
+    /// Builds the requests for a batch. Nothing is read from the clock, the network or
+    /// the disk: the send time is passed in. A translator may remember what it sent
+    /// before (GA4's engagement clock, `engagement.rs`), so one destination keeps one
+    /// translator for its life and `translate` uses one for its whole input.
     fn translate(&self, events: &[&Event], sent_at: OffsetDateTime) -> Translation;
 
     /// Whether events of this type can make a request at all, from the type alone
