@@ -427,6 +427,19 @@ fn segment_fidelity_session() {
         "fidelity_session",
         &golden(&t, &fidelity_events(), SENT_AT),
     );
+    // Segment keys the choices by the workspace's category ids (OneTrust's here).
+    let config: SegmentConfig = serde_json::from_value(json!({"write_key": "wk_SECRET_123",
+        "consent_categories": {"analytics": "C0002", "advertising": "C0004"}}))
+    .expect("config");
+    let onetrust =
+        SegmentTranslator::new(&config, EventNames::default(), false, WIDE).expect("valid");
+    let events = fidelity_events();
+    let translation = onetrust.translate(&[&events[0]], SENT_AT);
+    let body: Value = serde_json::from_slice(&translation.requests[0].body).expect("json");
+    assert_eq!(
+        body["batch"][0]["context"]["consent"],
+        json!({"categoryPreferences": {"C0002": true, "C0004": false}})
+    );
 }
 
 #[test]

@@ -49,6 +49,38 @@ pub struct SegmentConfig {
     /// Base URL override (tests, proxies); replaces the region's host.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// The workspace's consent category ids (Segment keys `categoryPreferences` by
+    /// them) for `context.consent.analytics` and `.advertising`.
+    #[serde(default)]
+    pub consent_categories: ConsentCategories,
+}
+
+/// Segment consent category ids, as configured in the workspace (e.g. OneTrust's
+/// `C0002`); default `Analytics` and `Advertising`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentCategories {
+    #[serde(default = "default_analytics")]
+    pub analytics: String,
+    #[serde(default = "default_advertising")]
+    pub advertising: String,
+}
+
+fn default_analytics() -> String {
+    "Analytics".into()
+}
+
+fn default_advertising() -> String {
+    "Advertising".into()
+}
+
+impl Default for ConsentCategories {
+    fn default() -> Self {
+        ConsentCategories {
+            analytics: default_analytics(),
+            advertising: default_advertising(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,9 +91,12 @@ pub enum SegmentError {
     WriteKeyCharacters,
     #[error("endpoint: {0:?} is not an http:// or https:// URL")]
     Endpoint(String),
+    #[error("consent_categories: ids must not be empty and must differ")]
+    ConsentCategories,
 }
 
 pub struct SegmentTranslator {
+    categories: ConsentCategories,
     url: String,
     headers: HeaderMap,
     names: EventNames,
@@ -118,6 +153,13 @@ impl SegmentTranslator {
         if config.write_key.chars().any(char::is_control) {
             return Err(SegmentError::WriteKeyCharacters);
         }
+        let categories = &config.consent_categories;
+        if categories.analytics.is_empty()
+            || categories.advertising.is_empty()
+            || categories.analytics == categories.advertising
+        {
+            return Err(SegmentError::ConsentCategories);
+        }
         let base = match &config.endpoint {
             Some(endpoint) => {
                 if !is_http_url(endpoint) {
@@ -139,6 +181,7 @@ impl SegmentTranslator {
         headers.insert(AUTHORIZATION, auth_value);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(SegmentTranslator {
+            categories: config.consent_categories.clone(),
             url: format!("{base}/v1/batch"),
             headers,
             names,
@@ -210,14 +253,14 @@ impl Translate for SegmentTranslator {
                     event,
                     CONTENT_COMPLETED,
                     CONTENT_COMPLETED_ID_SUFFIX,
-                    self.pass_properties,
+                    self,
                     &mut item,
                 );
                 largest = item.len();
                 item.push(b',');
             }
             let start = item.len();
-            write_item(event, &name, "", self.pass_properties, &mut item);
+            write_item(event, &name, "", self, &mut item);
             largest = largest.max(item.len() - start);
             if largest > MAX_EVENT_BYTES || item.len() + framing > self.max_bytes {
                 translation.refused.push(Refusal::refused(
@@ -670,23 +713,35 @@ struct SegmentContext<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     page: Option<&'a crate::event::PageInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    consent: Option<SegmentConsent>,
+    consent: Option<SegmentConsent<'a>>,
     library: Library,
 }
 
 /// Segment's consent object: `context.consent.categoryPreferences`.
 #[derive(Serialize)]
-struct SegmentConsent {
+struct SegmentConsent<'a> {
     #[serde(rename = "categoryPreferences")]
-    category_preferences: CategoryPreferences,
+    category_preferences: CategoryPreferences<'a>,
 }
 
-#[derive(Serialize)]
-struct CategoryPreferences {
-    #[serde(rename = "Analytics", skip_serializing_if = "Option::is_none")]
+/// The choices the event has, keyed by the workspace's category ids.
+struct CategoryPreferences<'a> {
+    categories: &'a ConsentCategories,
     analytics: Option<bool>,
-    #[serde(rename = "Advertising", skip_serializing_if = "Option::is_none")]
     advertising: Option<bool>,
+}
+
+impl Serialize for CategoryPreferences<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        if let Some(v) = self.analytics {
+            map.serialize_entry(&self.categories.analytics, &v)?;
+        }
+        if let Some(v) = self.advertising {
+            map.serialize_entry(&self.categories.advertising, &v)?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -717,9 +772,10 @@ fn write_item(
     event: &Event,
     name: &str,
     id_suffix: &str,
-    pass_properties: bool,
+    translator: &SegmentTranslator,
     out: &mut Vec<u8>,
 ) {
+    let pass_properties = translator.pass_properties;
     let body = &event.body;
     let ctx = body.context.as_ref();
     let device = ctx.and_then(|c| c.device.as_ref());
@@ -763,6 +819,7 @@ fn write_item(
                 .filter(|c| c.analytics.is_some() || c.advertising.is_some())
                 .map(|c| SegmentConsent {
                     category_preferences: CategoryPreferences {
+                        categories: &translator.categories,
                         analytics: c.analytics,
                         advertising: c.advertising,
                     },
@@ -804,6 +861,7 @@ mod tests {
             write_key: " ".into(),
             region: SegmentRegion::Us,
             endpoint: None,
+            consent_categories: ConsentCategories::default(),
         };
         let err = SegmentTranslator::new(&config, EventNames::default(), false, limits)
             .err()
@@ -847,6 +905,7 @@ mod tests {
                 write_key: "k".into(),
                 region: SegmentRegion::Us,
                 endpoint: Some("http://127.0.0.1:9/".into()),
+                consent_categories: ConsentCategories::default(),
             },
             EventNames::default(),
             false,
