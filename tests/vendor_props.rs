@@ -147,6 +147,13 @@ fn check_ga4(events: &[Event], limits: BatchLimits) -> Result<(), TestCaseError>
     let refs: Vec<&Event> = events.iter().collect();
     let translation = t.translate(&refs, SENT_AT);
     assert_accounted(events.len(), &translation);
+    for note in &translation.notes {
+        prop_assert!(translation
+            .requests
+            .iter()
+            .any(|r| r.events.contains(&note.index)));
+        prop_assert!(note.count > 0);
+    }
     let oldest = (SENT_AT - ga4::MAX_AGE).unix_timestamp_nanos() / 1000;
     let newest = SENT_AT.unix_timestamp_nanos() / 1000;
     for r in &translation.requests {
@@ -185,6 +192,15 @@ fn check_ga4(events: &[Event], limits: BatchLimits) -> Result<(), TestCaseError>
                 .and_then(Node::as_object)
                 .expect("params");
             prop_assert!(params.len() <= 25);
+            let engagement = params
+                .iter()
+                .find(|(k, _)| k == "engagement_time_msec")
+                .and_then(|(_, v)| match v {
+                    Node::Number(n) => n.as_u64(),
+                    _ => None,
+                });
+            // Time watched since the session's previous GA4 event: positive, capped.
+            prop_assert!(engagement.is_some_and(|ms| (1..=30 * 60 * 1000).contains(&ms)));
             for (k, v) in params {
                 prop_assert_eq!(ga4::name_problem(k, false), None, "param name {}", k);
                 match v {
