@@ -949,3 +949,53 @@ fn webhook_fields_select_and_rename() {
             "source": "/source", "schema": "/schema"}}));
     check("webhook", "fields", &golden(&t, &sourced_events(), SENT_AT));
 }
+
+// ---------------------------------------------------------------- Secrets
+
+/// What `translate` and dry-run files show: secrets hidden by position. A one-letter
+/// api_secret (refused at config load, but possible through the library) no longer
+/// turns the URL into `http***://www.google-analytic***.com`.
+#[test]
+fn rendered_requests_hide_secrets_by_position_only() {
+    let config: Ga4Config =
+        serde_json::from_value(json!({"measurement_id": "G-TEST123", "api_secret": "s"}))
+            .expect("config");
+    let t = Ga4Translator::new(&config, EventNames::default(), false, WIDE).expect("valid");
+    let events = fidelity_events();
+    let translation = t.translate(&[&events[1]], SENT_AT);
+    let text = playrelay::dest::render_request(&translation.requests[0], &t.secrets());
+    assert!(
+        text.starts_with(
+            "POST https://www.google-analytics.com/mp/collect?measurement_id=G-TEST123&api_secret=***\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"session_id\""),
+        "the body is untouched: {text}"
+    );
+
+    let hook = webhook(json!({
+        "endpoint": "https://relay:pa55word-1@hooks.example.com/in/T0KEN-PATH-1?token=tok-123456789&team=video",
+        "headers": {"X-Api-Key": "key-0123456789", "X-Team": "video"},
+        "signing_secret": "whsec-test-0123456789"}));
+    let translation = hook.translate(&[&events[1]], SENT_AT);
+    let text = playrelay::dest::render_request(&translation.requests[0], &hook.secrets());
+    assert!(
+        text.starts_with(
+            "POST https://relay:***@hooks.example.com/in/T0KEN-PATH-1?token=***&team=video\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("x-api-key: ***\n"), "{text}");
+    assert!(text.contains("x-team: video\n"), "{text}");
+    assert!(text.contains("x-playrelay-signature: t="), "{text}");
+    for secret in [
+        "pa55word-1",
+        "tok-123456789",
+        "key-0123456789",
+        "whsec-test-0123456789",
+    ] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+}
