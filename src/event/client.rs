@@ -73,6 +73,22 @@ mod tests {
     }
 
     #[test]
+    fn an_absurd_send_time_does_not_overflow() {
+        let text = r#"{"event_id":"0190f6d2-7c3a-7b1e-9a1e-3f2c8d1e4b55","type":"playback.paused","timestamp":"9999-12-31T23:59:59Z","session":{"id":"s1"},"user":{"anonymous_id":"a-1"}}"#;
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(text).expect("json");
+        let received = OffsetDateTime::parse("2026-01-15T10:20:31Z", &Rfc3339).expect("time");
+        let mut events = vec![Event::from_json(&raw, received).expect("valid")];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            SENT_AT_HEADER,
+            "0000-01-01T00:00:00Z".parse().expect("value"),
+        );
+        stamp_client(&mut events, None, &headers, &Uri::from_static("/"));
+        assert!(events[0].client_sent_at.is_some());
+        assert_eq!(events[0].corrected_timestamp(), received);
+    }
+
+    #[test]
     fn an_events_own_sent_at_is_taken_when_the_request_gives_none() {
         let text = r#"{"event_id":"0190f6d2-7c3a-7b1e-9a1e-3f2c8d1e4b55","type":"playback.paused","timestamp":"2026-01-15T10:25:30.000Z","sent_at":"2026-01-15T10:25:31.000Z","session":{"id":"s1"},"user":{"anonymous_id":"a-1"}}"#;
         let raw: Box<serde_json::value::RawValue> = serde_json::from_str(text).expect("json");

@@ -119,7 +119,11 @@ impl Event {
     /// happens after the relay received it.
     pub fn corrected_timestamp(&self) -> OffsetDateTime {
         match self.client_sent_at {
-            Some(sent) => self.timestamp + (self.received_at - sent),
+            // A send time absurd enough to leave the calendar: the receive time.
+            Some(sent) => self
+                .timestamp
+                .checked_add(self.received_at - sent)
+                .unwrap_or(self.received_at),
             None => self.timestamp.min(self.received_at),
         }
     }
