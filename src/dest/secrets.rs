@@ -8,18 +8,28 @@ use percent_encoding::percent_decode_str;
 /// is this short, and a short one would be found inside ordinary words.
 pub const MIN_SECRET_CHARS: usize = 8;
 
-/// Query parameter and header names whose values are secrets whatever they hold.
-const SECRET_NAME_PARTS: &[&str] = &[
+/// Words that make a query parameter or header name a secret's (`X-Api-Key`,
+/// `api_secret`, `access_token`, `X-Hub-Signature-256`, `Authorization`).
+const SECRET_WORDS: &[&str] = &[
     "token",
     "key",
+    "apikey",
     "secret",
     "sig",
+    "signature",
     "password",
     "passwd",
+    "passphrase",
     "pwd",
     "auth",
+    "authorization",
     "credential",
+    "credentials",
+    "jwt",
 ];
+
+/// Endings of run-together words that are secrets' (`accesstoken`, `clientsecret`).
+const SECRET_ENDINGS: &[&str] = &["token", "secret", "password", "apikey", "passwd"];
 
 /// Names that contain a secret-looking word but carry nothing secret.
 const NOT_SECRET_NAMES: &[&str] = &[
@@ -28,14 +38,33 @@ const NOT_SECRET_NAMES: &[&str] = &[
     "x-playrelay-signature",
 ];
 
-/// Whether a query parameter or header of this name holds a secret (`token`,
-/// `api_key`, `X-Signature`, `Authorization`, `access_token`, …).
+/// Whether a query parameter or header of this name holds a secret: one of its words
+/// (split at `-`, `_`, `.` and lower-to-upper case changes) is a secret's word
+/// (`token`, `key`, `secret`, `signature`, `auth`, …) or ends like one
+/// (`accesstoken`). `X-Keyword` or `X-Author` are not secrets.
 pub fn is_secret_name(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    if NOT_SECRET_NAMES.contains(&name.as_str()) {
+    if NOT_SECRET_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
         return false;
     }
-    SECRET_NAME_PARTS.iter().any(|part| name.contains(part))
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut previous_lower = false;
+    for c in name.chars() {
+        if !c.is_ascii_alphanumeric() {
+            words.push(std::mem::take(&mut word));
+            previous_lower = false;
+            continue;
+        }
+        if c.is_ascii_uppercase() && previous_lower {
+            words.push(std::mem::take(&mut word));
+        }
+        previous_lower = c.is_ascii_lowercase();
+        word.push(c.to_ascii_lowercase());
+    }
+    words.push(word);
+    words.iter().filter(|w| !w.is_empty()).any(|w| {
+        SECRET_WORDS.contains(&w.as_str()) || SECRET_ENDINGS.iter().any(|e| w.ends_with(e))
+    })
 }
 
 /// The secrets a URL carries in itself: the password (or a lone user name, which
@@ -284,6 +313,35 @@ mod tests {
             redact(text, &secrets),
             "error sending request for url (http://127.0.0.1:9/x?key=***): keyboard ***"
         );
+    }
+
+    #[test]
+    fn secret_names_are_judged_by_their_words() {
+        for name in [
+            "Authorization",
+            "X-Api-Key",
+            "api_secret",
+            "access_token",
+            "accessToken",
+            "X-Hub-Signature-256",
+            "sig",
+            "apikey",
+            "X-Auth-Token",
+            "client_secret",
+        ] {
+            assert!(is_secret_name(name), "{name}");
+        }
+        for name in [
+            "X-Keyword",
+            "X-Author",
+            "team",
+            "measurement_id",
+            "Idempotency-Key",
+            "monkey",
+            "design",
+        ] {
+            assert!(!is_secret_name(name), "{name}");
+        }
     }
 
     #[test]
