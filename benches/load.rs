@@ -85,9 +85,9 @@ impl Kind {
 
     fn toml(self, name: &str, base: &str, hang: bool, queue: Option<usize>) -> String {
         let own = match self {
-            Kind::Segment => format!("type = \"segment\"\nwrite_key = \"bench\"\nendpoint = \"{base}\""),
+            Kind::Segment => format!("type = \"segment\"\nwrite_key = \"bench-write-key\"\nendpoint = \"{base}\""),
             Kind::Ga4 => format!(
-                "type = \"ga4\"\nmeasurement_id = \"G-BENCH\"\napi_secret = \"bench\"\nendpoint = \"{base}\""
+                "type = \"ga4\"\nmeasurement_id = \"G-BENCH\"\napi_secret = \"bench-api-secret\"\nendpoint = \"{base}\""
             ),
             Kind::Tealium => format!(
                 "type = \"tealium\"\naccount = \"bench\"\nprofile = \"main\"\nendpoint = \"{base}\""

@@ -86,6 +86,8 @@ pub struct Metrics {
     pub dest_request_duration: Family<DestinationLabel, Histogram, fn() -> Histogram>,
     pub dest_breaker_state: Family<DestinationLabel, Gauge>,
     pub dest_findings: Family<DestinationLabel, Counter>,
+    /// Parts of events a translator left out to fit a vendor limit (GA4's 25 params).
+    pub dest_dropped_params: Family<DestinationReasonLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
     pub config_last_reload_success: Gauge,
     pub config_last_reload_timestamp: Gauge,
@@ -154,6 +156,7 @@ impl Metrics {
             ),
             dest_breaker_state: Family::default(),
             dest_findings: Family::default(),
+            dest_dropped_params: Family::default(),
             config_reloads: Family::default(),
             config_last_reload_success: Gauge::default(),
             config_last_reload_timestamp: Gauge::default(),
@@ -312,6 +315,11 @@ impl Metrics {
             "Client connections closed on an error, by reason",
             m.ingest_connection_errors.clone(),
         );
+        registry.register(
+            "destination_dropped_params",
+            "Event parameters a translator cut to fit a vendor limit, by reason (params_cut)",
+            m.dest_dropped_params.clone(),
+        );
         let spool = &m.spool;
         registry.register(
             "spool_bytes",
@@ -396,6 +404,7 @@ impl Metrics {
             request_duration: self.dest_request_duration.get_or_create(&label).clone(),
             breaker_state: self.dest_breaker_state.get_or_create(&label).clone(),
             findings: self.dest_findings.get_or_create(&label).clone(),
+            dropped_params: self.dest_dropped_params.clone(),
             responses: self.dest_responses.clone(),
             dropped: self.dest_dropped.clone(),
             dropped_cache: Mutex::default(),
@@ -464,6 +473,7 @@ pub struct DestinationMetrics {
     pub request_duration: Histogram,
     pub breaker_state: Gauge,
     pub findings: Counter,
+    dropped_params: Family<DestinationReasonLabel, Counter>,
     responses: Family<DestinationStatusLabel, Counter>,
     dropped: Family<DestinationReasonLabel, Counter>,
     dropped_cache: Mutex<Vec<(&'static str, Counter)>>,
@@ -515,6 +525,16 @@ impl DestinationMetrics {
             .clone();
         counter.inc();
         cache.push((status.into(), counter));
+    }
+
+    /// Parameters cut from events to fit a vendor limit.
+    pub fn dropped_params(&self, reason: &str, count: u64) {
+        self.dropped_params
+            .get_or_create(&DestinationReasonLabel {
+                destination: self.name.clone(),
+                reason: reason.to_string(),
+            })
+            .inc_by(count);
     }
 
     pub fn dropped(&self, reason: &'static str, count: u64) {

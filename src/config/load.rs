@@ -592,6 +592,11 @@ impl Loader<'_> {
         {
             let text = error.to_string();
             let (key, message) = text.split_once(": ").unwrap_or(("", text.as_str()));
+            // Already reported at its own line by `check_destination`.
+            let full = join(field, key);
+            if self.errors.iter().any(|e| e.field == full) {
+                return Some(destination);
+            }
             let key = key.split(['.', '[', ' ']).next().unwrap_or(key);
             let span = self.find_key_span(field, key).unwrap_or(type_span);
             self.error_at(span, &join(field, key), message.to_string());
@@ -669,6 +674,17 @@ impl Loader<'_> {
             if let Err(message) = check_http_url(&webhook.endpoint) {
                 problems.push(("endpoint", message));
             }
+            // Each bad `fields` entry at its own line: found by its pointer's text.
+            for (key, pointer) in webhook.fields.iter().flatten() {
+                if let Some(problem) = crate::dest::webhook::field_problem(key, pointer) {
+                    let quoted = toml::Value::String(pointer.clone()).to_string();
+                    let span = self
+                        .find_after_header(field, &quoted)
+                        .or_else(|| self.find_key_span(field, "fields"))
+                        .unwrap_or_else(|| at.clone());
+                    self.error_at(span, &format!("{field}.fields.{key}"), problem);
+                }
+            }
             for (header, value) in &webhook.headers {
                 if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                     problems.push(("headers", format!("{header:?} is not a valid header name")));
@@ -678,6 +694,17 @@ impl Loader<'_> {
                         format!("the value of {header} is not a valid header value"),
                     ));
                 }
+            }
+        }
+        for (key, secret) in crate::dest::configured_secrets(kind) {
+            if !secret.is_empty() && secret.chars().count() < crate::dest::MIN_SECRET_CHARS {
+                problems.push((
+                    key,
+                    format!(
+                        "a secret here must be at least {} characters: a shorter one is not a real credential and cannot be told apart from ordinary text",
+                        crate::dest::MIN_SECRET_CHARS
+                    ),
+                ));
             }
         }
         if let DestinationKind::File(file) = kind {
@@ -704,6 +731,14 @@ impl Loader<'_> {
             let span = self.find_key_span(field, key).unwrap_or_else(|| at.clone());
             self.error_at(span, &format!("{field}.{key}"), message);
         }
+    }
+
+    /// Finds `text` after the destination's table header (its own or a sub-table's).
+    fn find_after_header(&self, field: &str, text: &str) -> Option<Range<usize>> {
+        let name = field.strip_prefix("destinations.")?;
+        let start = self.text.find(&format!("[destinations.{name}"))?;
+        let at = start + self.text[start..].find(text)?;
+        Some(at..at)
     }
 
     /// Finds `key` textually after the destination's table header, for errors found
@@ -962,7 +997,7 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Config, ConfigErrors> {
-        let env = |name: &str| (name == "TOKEN").then(|| "t0k".to_string());
+        let env = |name: &str| (name == "TOKEN").then(|| "t0k-12345678".to_string());
         load_str(text, Path::new("r.toml"), &env)
     }
 
@@ -997,7 +1032,7 @@ sample = 0.25
         let DestinationKind::Webhook(webhook) = &warehouse.kind else {
             panic!("webhook expected");
         };
-        assert_eq!(webhook.headers["Authorization"], "Bearer t0k");
+        assert_eq!(webhook.headers["Authorization"], "Bearer t0k-12345678");
         assert_eq!(warehouse.common.batch.max_events, 20);
         assert_eq!(warehouse.common.batch.max_wait_ms, 1000);
         assert_eq!(config.routes[0].sample, Some(0.25));
@@ -1008,7 +1043,7 @@ sample = 0.25
     fn env_values_cannot_inject_structure() {
         let env = |_: &str| Some("x\"\n[server]\nlisten = \"0.0.0.0:1\"".to_string());
         let text = GOOD.replace("path = \"out.ndjson\"", "path = \"${TOKEN}\"");
-        let text = text.replace("Bearer ${TOKEN}", "Bearer fixed");
+        let text = text.replace("Bearer ${TOKEN}", "Bearer fixed-token");
         let config = load_str(&text, Path::new("r.toml"), &env).expect("valid");
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         let DestinationKind::File(file) = &config.destinations["local"].kind else {
@@ -1120,7 +1155,7 @@ to = ["local"]
         assert_eq!(server.json.max_array_items, 1_000);
         assert_eq!(server.admin_listen, None);
         let web = &config.sources["web"];
-        assert_eq!(web.keys[0].expose(), "t0k-0123456789abcdef");
+        assert_eq!(web.keys[0].expose(), "t0k-12345678-0123456789abcdef");
         assert_eq!(web.allowed_origins, vec!["https://player.example.com"]);
         assert!(config.sources["open"].keys.is_empty());
         assert_eq!(config.routes[0].types, vec!["*"]);

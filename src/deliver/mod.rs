@@ -609,6 +609,9 @@ async fn dispatch(
     };
     let translation = translator.translate(&events, (stack.clock)());
     settle_refusals(stack, &originals, &translation.refused).await;
+    for note in &translation.notes {
+        stack.metrics.dropped_params(note.reason, note.count as u64);
+    }
     for request in translation.requests {
         let held: Vec<Arc<Event>> = request.events.iter().map(|i| batch[*i].clone()).collect();
         let stack = stack.clone();

@@ -63,6 +63,12 @@ pub struct PlayerEvent {
     /// Client wall-clock time of the event, RFC 3339 (UTC recommended, e.g. `2026-01-15T10:20:30.123Z`).
     #[schemars(extend("format" = "date-time"))]
     pub timestamp: String,
+    /// When the client sent the request carrying the event, by the same clock as
+    /// `timestamp` (RFC 3339): with the relay's receive time it gives the device clock's
+    /// skew. For `sendBeacon`, which cannot set the `X-Sent-At` header; the header wins
+    /// when both are given; a value that is not RFC 3339 is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
     /// Per-session counter from 0, one per event, for ordering and gap detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<u64>,
@@ -254,6 +260,9 @@ pub struct Playback {
     /// Whether playback started without a user gesture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoplay: Option<bool>,
+    /// Whether the player is visible (in the viewport of a visible page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible: Option<bool>,
 }
 
 /// What the player is doing.
@@ -451,6 +460,13 @@ pub struct Context {
     /// The viewer's consent choices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent: Option<Consent>,
+    /// The gtag.js client id of the page (the `_ga` cookie, `GA1.1.<random>.<time>`, or
+    /// just `<random>.<time>`), so GA4 counts a web viewer once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ga_client_id: Option<String>,
+    /// The Firebase app instance id (`app_instance_id`), for GA4 app streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firebase_app_instance_id: Option<String>,
 }
 
 /// The player.

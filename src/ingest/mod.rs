@@ -294,7 +294,7 @@ async fn ingest_inner(
         max_events: server.max_events_per_request,
         json: server.json,
     };
-    let parsed = parse_body(&bytes, format, limits, received_at).map_err(|e| match e {
+    let mut parsed = parse_body(&bytes, format, limits, received_at).map_err(|e| match e {
         BodyError::TooManyEvents { .. } => {
             Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).counted("limit_exceeded")
         }
@@ -303,6 +303,7 @@ async fn ingest_inner(
         }
         _ => Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
     })?;
+    crate::event::stamp_client(&mut parsed.events, client, headers, &parts.uri);
     let metrics = &relay.metrics;
     let total = (parsed.events.len() + parsed.rejected.len()) as u64;
     metrics.events_received.inc_by(total);
