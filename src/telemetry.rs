@@ -113,6 +113,7 @@ pub struct SpoolMetrics {
     pub redelivered: Family<DestinationLabel, Counter>,
     pub recovered: Family<DestinationLabel, Counter>,
     pub backlog_bytes: Family<DestinationLabel, Gauge>,
+    pub backlog_read: Family<DestinationLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,6 +177,7 @@ impl Metrics {
                 redelivered: Family::default(),
                 recovered: Family::default(),
                 backlog_bytes: Family::default(),
+                backlog_read: Family::default(),
             },
             registry: Registry::default(),
         };
@@ -375,6 +377,11 @@ impl Metrics {
             "destination_backlog_bytes",
             "Bytes of the destination's backlog on disk not yet read into memory",
             spool.backlog_bytes.clone(),
+        );
+        registry.register(
+            "destination_backlog_read",
+            "Events a destination read back from the disk spool because it had fallen behind",
+            spool.backlog_read.clone(),
         );
         Metrics { registry, ..m }
     }

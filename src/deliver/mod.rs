@@ -315,6 +315,7 @@ pub fn start(
         privacy: crate::privacy::Policy::new(&config.common, env.hash_salt.as_ref()),
         settle,
         cursor: cursor.clone(),
+        metrics_root: env.metrics.clone(),
         skipped: skipped_types.keys().copied().collect(),
     });
     let window = match &cursor {
@@ -393,6 +394,8 @@ struct Stack {
     privacy: Option<crate::privacy::Policy>,
     settle: Arc<Settle>,
     cursor: Option<Arc<Cursor>>,
+    /// The relay's metrics, for the spool's per-destination series.
+    metrics_root: Arc<Metrics>,
     /// Types counted as dropped at offer time.
     skipped: std::collections::HashSet<&'static str>,
 }
