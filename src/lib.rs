@@ -13,6 +13,7 @@ pub mod event;
 pub mod ingest;
 pub mod preview;
 pub mod privacy;
+pub mod qoe;
 pub mod reload;
 pub mod replay;
 pub mod route;
@@ -57,6 +58,8 @@ pub struct Relay {
     /// Read as one snapshot per request, so a request is routed by one table.
     pub routing: ArcSwap<Routing>,
     pub reload_status: reload::StatusCell,
+    /// Per-session QoE beside the event path (`[qoe]`); kept across reloads.
+    pub qoe: qoe::Qoe,
     state: AtomicU8,
 }
 
@@ -148,6 +151,7 @@ pub async fn start(
     let server_config = config.server.clone();
     let (controller, relay) = Controller::start(config, metrics, options.clock, abandon_rx)?;
     let (stop_accepting, stopped) = oneshot::channel::<()>();
+    qoe::spawn(&relay);
     let app = ingest::app(relay.clone());
     // Listener settings are read once: a reload reports changes to them as restart-only.
     let serve_options = ingest::serve::ServeOptions {
@@ -210,6 +214,7 @@ pub async fn start(
 impl Relay {
     fn new(metrics: Arc<Metrics>, clock: Clock, routing: Routing) -> Relay {
         Relay {
+            qoe: qoe::Qoe::new(metrics.qoe.clone()),
             metrics,
             clock,
             routing: ArcSwap::from_pointee(routing),
@@ -255,6 +260,8 @@ impl RunningRelay {
         {
             tracing::warn!("in-flight requests did not finish in time");
         }
+        // No event comes in any more: open sessions are summarized into the queues.
+        qoe::close_all(&self.relay);
         // Dropping every sender closes the queues: workers finish what is queued.
         let workers = self.controller.close().await;
         let all = join_all(workers);

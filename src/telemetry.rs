@@ -95,6 +95,8 @@ pub struct Metrics {
     pub ingest_open_connections: Gauge,
     /// Connections closed on a failed TLS handshake or a client too slow to send headers.
     pub ingest_connection_errors: Family<ReasonLabel, Counter>,
+    /// `playrelay_qoe_*`: fleet QoE from session summaries.
+    pub qoe: crate::qoe::QoeMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,6 +147,7 @@ impl Metrics {
             ingest_refused: Family::default(),
             ingest_open_connections: Gauge::default(),
             ingest_connection_errors: Family::default(),
+            qoe: crate::qoe::QoeMetrics::default(),
             registry: Registry::default(),
         };
         // Both outcomes exist from the start: "no reload yet" reads 0, not a missing series.
@@ -153,6 +156,7 @@ impl Metrics {
                 result: result.to_string(),
             });
         }
+        m.qoe.register(&mut registry);
         registry.register(
             "events_received",
             "Events found in ingest request bodies",

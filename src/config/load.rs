@@ -6,6 +6,7 @@ use super::{
     Config, DestinationCommon, DestinationConfig, DestinationKind, RouteConfig, ServerConfig,
     SourceConfig, COMMON_KEYS, DESTINATION_TYPES, PROTECTED_FIELDS,
 };
+use crate::qoe::QoeConfig;
 use crate::route::compile_glob;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -208,6 +209,7 @@ impl Loader<'_> {
         let mut destinations = None;
         let mut routes = None;
         let mut sources = None;
+        let mut qoe = None;
         let mut server_span = 0..0;
         for (key, value) in root {
             match key.get_ref().as_ref() {
@@ -218,10 +220,11 @@ impl Loader<'_> {
                 "destinations" => destinations = Some(value),
                 "routes" => routes = Some(value),
                 "sources" => sources = Some(value),
+                "qoe" => qoe = Some(value),
                 other => self.error_at(
                     key.span(),
                     other,
-                    "unknown section (expected server, sources, destinations or routes)",
+                    "unknown section (expected server, sources, destinations, routes or qoe)",
                 ),
             }
         }
@@ -260,6 +263,15 @@ impl Loader<'_> {
             Some(value) => self.read_routes(value, &declared, &source_names),
             None => Vec::new(),
         };
+        let qoe = match qoe {
+            Some(value) => {
+                let span = value.span();
+                let qoe = self.read::<QoeConfig>("qoe", value).unwrap_or_default();
+                self.check_qoe(&qoe, span);
+                qoe
+            }
+            None => QoeConfig::default(),
+        };
         if let Some(server) = &server {
             self.check_server(server);
             if server.hash_salt.is_none() {
@@ -282,7 +294,28 @@ impl Loader<'_> {
             destinations,
             routes,
             sources,
+            qoe,
         })
+    }
+
+    fn check_qoe(&mut self, qoe: &QoeConfig, span: Range<usize>) {
+        let mut problems: Vec<(&str, &str)> = Vec::new();
+        if qoe.max_sessions == 0 {
+            problems.push(("max_sessions", "must be greater than 0"));
+        }
+        if qoe.idle_timeout_ms == 0 {
+            problems.push(("idle_timeout_ms", "must be greater than 0"));
+        }
+        if qoe.end_grace_ms > qoe.idle_timeout_ms {
+            problems.push(("end_grace_ms", "must be at most qoe.idle_timeout_ms"));
+        }
+        for (key, message) in problems {
+            // At the key when it is written in the section, else at the section.
+            let at = self.text[span.clone()]
+                .find(&format!("\n{key}"))
+                .map_or(span.start, |i| span.start + i + 1);
+            self.error_at(at..at, &format!("qoe.{key}"), message);
+        }
     }
 
     fn check_server(&mut self, server: &ServerConfig) {

@@ -31,6 +31,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[sources.NAME]`: ingest keys, allowed origins, rate limits. Empty: open ingest.
     pub sources: BTreeMap<String, SourceConfig>,
+    /// `[qoe]`: per-session QoE and `session.summary` events.
+    pub qoe: crate::qoe::QoeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

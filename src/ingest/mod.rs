@@ -13,7 +13,7 @@ pub mod serve;
 pub mod tls;
 
 use crate::config::Config;
-use crate::event::{parse_body, BodyError, BodyLimits, Rejection};
+use crate::event::{parse_body, BodyError, BodyLimits, Event, Rejection};
 use crate::route::Decision;
 use crate::{Relay, Routing};
 use auth::{Identity, Sources};
@@ -317,23 +317,30 @@ async fn ingest_inner(
     let mut decision = Decision::default();
     for mut event in parsed.events {
         event.source = source_name.clone();
-        routing.table.decide(&event, &mut decision);
-        for route in &decision.sampled_out {
-            routing.route_sampled_out[*route].inc();
-        }
-        if decision.destinations.is_empty() {
-            metrics.events_unrouted.inc();
-            continue;
-        }
-        let event = Arc::new(event);
-        for index in &decision.destinations {
-            routing.destinations[*index].offer(event.clone());
-        }
+        relay.qoe.observe(&event);
+        accept(relay, routing, event, &mut decision);
     }
     Ok(Accepted {
         accepted,
         rejected: parsed.rejected,
     })
+}
+
+/// Routes one accepted event and offers it to its destinations' queues: the one way
+/// in for clients' events and for the relay's own (`session.summary`, see `crate::qoe`).
+pub fn accept(relay: &Relay, routing: &Routing, event: Event, decision: &mut Decision) {
+    routing.table.decide(&event, decision);
+    for route in &decision.sampled_out {
+        routing.route_sampled_out[*route].inc();
+    }
+    if decision.destinations.is_empty() {
+        relay.metrics.events_unrouted.inc();
+        return;
+    }
+    let event = Arc::new(event);
+    for index in &decision.destinations {
+        routing.destinations[*index].offer(event.clone());
+    }
 }
 
 /// `OPTIONS /v1/events`: CORS preflight. Judged by the source of `?key=` when the URL
