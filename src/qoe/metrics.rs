@@ -235,9 +235,10 @@ pub fn compute_sorted(facts: &[Fact], otherwise: SessionEnd) -> Metrics {
     let paused_ms = measure(&paused_in);
     let watched_ms = window.map_or(0, |(from, to)| span_ms(from, to).saturating_sub(paused_ms));
     let rebuffer_ms = measure(&rebuffer_in);
+    // A rebuffer counts when some of it is a stall (outside seeks and pauses).
     let rebuffer_count = rebuffers
         .iter()
-        .filter(|(from, _)| !not_stalls.iter().any(|(a, b)| a <= from && from < b))
+        .filter(|span| measure(&minus(&clip(&vec![**span]), &not_stalls)) > 0)
         .count() as u32;
     let rebuffer_ratio = if watched_ms == 0 {
         0.0
@@ -246,7 +247,9 @@ pub fn compute_sorted(facts: &[Fact], otherwise: SessionEnd) -> Metrics {
     };
     let playing_ms = match started {
         Some(s) => {
-            let from = facts[s].at_ms;
+            // Within the watched window, even when clocks put the first frame before
+            // the request.
+            let from = facts[s].at_ms.max(begin.unwrap_or(i64::MIN));
             let to = last_at.max(from);
             let stopped =
                 union([paused_in.clone(), rebuffer_in.clone(), seeks_in.clone()].concat());
