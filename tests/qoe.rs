@@ -63,10 +63,30 @@ fn expect(events: &[Event], expected: Value) {
 fn preroll_before_startup_is_not_startup_time() {
     let events = [
         at(0, "playback.requested", 0, state("starting", 0)),
-        at(1, "ad.break_started", 200, json!({"ad": {"pod": {"position": "preroll"}}, "playback": {"state": "starting"}})),
-        at(2, "ad.started", 300, json!({"ad": {"ad_id": "ad-1"}, "playback": {"state": "starting"}})),
-        at(3, "ad.completed", 15_300, json!({"ad": {"ad_id": "ad-1"}, "playback": {"state": "starting"}})),
-        at(4, "ad.break_ended", 15_400, json!({"ad": {"pod": {"position": "preroll"}}, "playback": {"state": "starting"}})),
+        at(
+            1,
+            "ad.break_started",
+            200,
+            json!({"ad": {"pod": {"position": "preroll"}}, "playback": {"state": "starting"}}),
+        ),
+        at(
+            2,
+            "ad.started",
+            300,
+            json!({"ad": {"ad_id": "ad-1"}, "playback": {"state": "starting"}}),
+        ),
+        at(
+            3,
+            "ad.completed",
+            15_300,
+            json!({"ad": {"ad_id": "ad-1"}, "playback": {"state": "starting"}}),
+        ),
+        at(
+            4,
+            "ad.break_ended",
+            15_400,
+            json!({"ad": {"pod": {"position": "preroll"}}, "playback": {"state": "starting"}}),
+        ),
         at(5, "playback.started", 16_000, state("playing", 2_000_000)),
         at(6, "playback.heartbeat", 26_000, state("playing", 2_000_000)),
         at(7, "playback.completed", 36_000, state("ended", 2_000_000)),
@@ -88,10 +108,30 @@ fn a_rebuffer_during_a_seek_counts_only_after_the_seek() {
     let events = [
         at(0, "playback.requested", 0, state("starting", 0)),
         at(1, "playback.started", 1_000, state("playing", 1_000_000)),
-        at(2, "playback.seek_started", 10_000, state("seeking", 1_000_000)),
-        at(3, "playback.rebuffer_started", 10_500, state("rebuffering", 1_000_000)),
-        at(4, "playback.seek_ended", 12_000, state("rebuffering", 1_000_000)),
-        at(5, "playback.rebuffer_ended", 13_000, state("playing", 1_000_000)),
+        at(
+            2,
+            "playback.seek_started",
+            10_000,
+            state("seeking", 1_000_000),
+        ),
+        at(
+            3,
+            "playback.rebuffer_started",
+            10_500,
+            state("rebuffering", 1_000_000),
+        ),
+        at(
+            4,
+            "playback.seek_ended",
+            12_000,
+            state("rebuffering", 1_000_000),
+        ),
+        at(
+            5,
+            "playback.rebuffer_ended",
+            13_000,
+            state("playing", 1_000_000),
+        ),
         at(6, "playback.exited", 20_000, state("playing", 1_000_000)),
     ];
     expect(
@@ -152,12 +192,32 @@ fn a_live_stream_weighs_bitrate_by_time_played() {
     };
     let events = [
         at(0, "playback.requested", 0, live(state("starting", 0))),
-        at(1, "playback.started", 2_000, live(state("playing", 1_000_000))),
-        at(2, "playback.heartbeat", 12_000, live(state("playing", 1_000_000))),
-        at(3, "playback.heartbeat", 22_000, live(state("playing", 1_000_000))),
+        at(
+            1,
+            "playback.started",
+            2_000,
+            live(state("playing", 1_000_000)),
+        ),
+        at(
+            2,
+            "playback.heartbeat",
+            12_000,
+            live(state("playing", 1_000_000)),
+        ),
+        at(
+            3,
+            "playback.heartbeat",
+            22_000,
+            live(state("playing", 1_000_000)),
+        ),
         at(4, "quality.changed", 30_000, quality(1_000_000, 3_000_000)),
         at(5, "quality.changed", 40_000, quality(3_000_000, 1_500_000)),
-        at(6, "playback.exited", 50_000, live(state("playing", 1_500_000))),
+        at(
+            6,
+            "playback.exited",
+            50_000,
+            live(state("playing", 1_500_000)),
+        ),
     ];
     // 28 s at 1 Mbps, 10 s at 3 Mbps, 10 s at 1.5 Mbps.
     let average = (28_000u64 * 1_000_000 + 10_000 * 3_000_000 + 10_000 * 1_500_000) / 48_000;
@@ -169,7 +229,10 @@ fn a_live_stream_weighs_bitrate_by_time_played() {
         }),
     );
     let summaries = summarize_events(&events, SessionEnd::IdleTimeout, RECEIVED_AT);
-    assert_eq!(summaries[0].to_json_value()["content"]["stream_type"], "live");
+    assert_eq!(
+        summaries[0].to_json_value()["content"]["stream_type"],
+        "live"
+    );
 }
 
 fn fatal(code: &str) -> Value {
@@ -197,7 +260,12 @@ fn a_fatal_error_after_the_first_frame_is_a_playback_failure() {
     let events = [
         at(0, "playback.requested", 0, state("starting", 0)),
         at(1, "playback.started", 1_000, state("playing", 1_000_000)),
-        at(2, "playback.error", 20_000, json!({"error": {"code": "NET_1", "fatal": false}})),
+        at(
+            2,
+            "playback.error",
+            20_000,
+            json!({"error": {"code": "NET_1", "fatal": false}}),
+        ),
         at(3, "playback.error", 20_500, fatal("NET_502")),
     ];
     expect(
@@ -231,9 +299,16 @@ fn a_session_no_event_closed_says_why_it_ended() {
         at(0, "playback.requested", 0, state("starting", 0)),
         at(1, "playback.started", 1_000, state("playing", 1_000_000)),
     ];
-    for end in [SessionEnd::IdleTimeout, SessionEnd::Evicted, SessionEnd::Shutdown] {
+    for end in [
+        SessionEnd::IdleTimeout,
+        SessionEnd::Evicted,
+        SessionEnd::Shutdown,
+    ] {
         let summaries = summarize_events(&events, end, RECEIVED_AT);
-        assert_eq!(summaries[0].to_json_value()["data"]["ended_by"], end.as_str());
+        assert_eq!(
+            summaries[0].to_json_value()["data"]["ended_by"],
+            end.as_str()
+        );
     }
 }
 
@@ -251,9 +326,16 @@ fn the_summary_carries_the_sessions_envelope_and_a_stable_id() {
     assert_eq!(value["user"]["user_id"], "user-1");
     assert_eq!(value["content"]["asset_id"], "A-100");
     assert_eq!(value["context"]["player"]["platform"], "web");
-    assert_eq!(value["timestamp"], "2026-11-01T19:00:09.000Z", "the last event's time");
+    assert_eq!(
+        value["timestamp"], "2026-11-01T19:00:09.000Z",
+        "the last event's time"
+    );
     assert!(value.get("playback").is_none());
-    assert_eq!(a[0].event_id(), b[0].event_id(), "the same session, the same id");
+    assert_eq!(
+        a[0].event_id(),
+        b[0].event_id(),
+        "the same session, the same id"
+    );
 }
 
 // ------------------------------------------------------------ the fixture's sessions
@@ -312,7 +394,10 @@ fn fixture_summaries_are_valid_against_the_published_schema() {
     let validator = jsonschema::validator_for(&schema).expect("valid schema");
     for summary in fixture_summaries() {
         let value = summary.to_json_value();
-        let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
         assert!(errors.is_empty(), "{errors:?}\n{value:#}");
     }
 }
@@ -374,9 +459,15 @@ fn ga4_sends_summaries_within_its_param_limits() {
         for event in value["events"].as_array().expect("events") {
             assert_eq!(event["name"], "video_session_summary");
             let params = event["params"].as_object().expect("params");
-            assert!(params.len() <= playrelay::dest::ga4::MAX_PARAMS, "{params:?}");
+            assert!(
+                params.len() <= playrelay::dest::ga4::MAX_PARAMS,
+                "{params:?}"
+            );
             for (name, value) in params {
-                assert!(playrelay::dest::ga4::name_problem(name, false).is_none(), "{name}");
+                assert!(
+                    playrelay::dest::ga4::name_problem(name, false).is_none(),
+                    "{name}"
+                );
                 assert!(
                     value.is_number() || value.as_str().is_some_and(|s| s.chars().count() <= 100),
                     "{name}: {value}"
@@ -438,7 +529,14 @@ const KINDS: &[&str] = &[
 
 fn fact_strategy() -> impl Strategy<Value = Vec<Fact>> {
     prop::collection::vec(
-        (0..KINDS.len(), 0i64..20_000, any::<bool>(), 0u32..4, any::<bool>(), any::<bool>()),
+        (
+            0..KINDS.len(),
+            0i64..20_000,
+            any::<bool>(),
+            0u32..4,
+            any::<bool>(),
+            any::<bool>(),
+        ),
         1..40,
     )
     .prop_map(|items| {
@@ -516,10 +614,164 @@ fn shuffled_and_repeated_fixture_events_give_the_same_summaries() {
             delivered.push(events[i].clone());
         }
         rng.shuffle(&mut delivered);
-        let actual: Vec<String> = summarize_events(&delivered, SessionEnd::IdleTimeout, RECEIVED_AT)
-            .iter()
-            .map(|e| e.raw_json().to_string())
-            .collect();
+        let actual: Vec<String> =
+            summarize_events(&delivered, SessionEnd::IdleTimeout, RECEIVED_AT)
+                .iter()
+                .map(|e| e.raw_json().to_string())
+                .collect();
         assert_eq!(actual, expected, "seed {seed}");
     }
+}
+
+// ------------------------------------------------------- the relay, in paused time
+
+fn ndjson(events: &[Event]) -> String {
+    let mut out = Vec::new();
+    for event in events {
+        out.extend_from_slice(event.raw_json().as_bytes());
+        out.push(b'\n');
+    }
+    String::from_utf8(out).expect("utf8")
+}
+
+fn session(id: &str, first: u32, types: &[&str]) -> Vec<Event> {
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| {
+            let n = first + i as u32;
+            let mut value = base_event(
+                n,
+                ty,
+                &format!("2026-11-01T19:00:{:02}.000Z", i * 5),
+                json!({}),
+            );
+            value["session"] = json!({"id": id});
+            value["sequence"] = json!(i);
+            event_from_value(&value)
+        })
+        .collect()
+}
+
+async fn post(app: &axum::Router, body: String) {
+    use tower::ServiceExt;
+    let request = http::Request::post("/v1/events")
+        .header("content-type", "application/x-ndjson")
+        .body(axum::body::Body::from(body))
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("answer");
+    assert_eq!(response.status(), 202);
+}
+
+fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Grace, idle timeout and shutdown on the real relay, with tokio's clock paused: the
+/// summaries come out at the right moments and reach a destination like any event.
+#[tokio::test(start_paused = true)]
+async fn the_relay_summarizes_after_the_grace_the_idle_timeout_and_at_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+dead_letter_dir = "{dir}/dead"
+
+[qoe]
+enabled = true
+idle_timeout_ms = 60000
+end_grace_ms = 2000
+
+[destinations.out]
+type = "file"
+path = "{dir}/out.ndjson"
+
+[[routes]]
+name = "summaries"
+match = {{ types = ["session.summary"] }}
+to = ["out"]
+"#,
+        dir = dir.path().display()
+    );
+    let config = playrelay::config::load_str(&toml, std::path::Path::new("qoe.toml"), &|_| None)
+        .expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let options = playrelay::RelayOptions {
+        clock: std::sync::Arc::new(|| RECEIVED_AT),
+    };
+    let running = playrelay::start(config, listener, options)
+        .await
+        .expect("starts");
+    let app = playrelay::ingest::app(running.relay.clone());
+    let ended = |ended_by: &str| {
+        metric_value(
+            &running.relay.metrics.encode(),
+            &format!("playrelay_qoe_sessions_ended_total{{ended_by=\"{ended_by}\"}}"),
+        )
+    };
+    let mut completed = session(
+        "done",
+        100,
+        &[
+            "playback.requested",
+            "playback.started",
+            "playback.completed",
+        ],
+    );
+    // The completion arrives first and a retry of it comes too: the grace waits for the rest.
+    completed.rotate_right(1);
+    completed.push(completed[0].clone());
+    post(&app, ndjson(&completed[..2])).await;
+    post(
+        &app,
+        ndjson(&session(
+            "idle",
+            200,
+            &["playback.requested", "playback.started"],
+        )),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    post(&app, ndjson(&completed[2..])).await;
+    assert_eq!(ended("completed"), None, "still within the grace");
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(ended("completed"), Some(1.0));
+    assert_eq!(ended("idle_timeout"), None);
+    tokio::time::sleep(std::time::Duration::from_secs(58)).await;
+    assert_eq!(ended("idle_timeout"), Some(1.0));
+    post(&app, ndjson(&session("open", 300, &["playback.requested"]))).await;
+    let report = running.shutdown().await;
+    assert!(report.drained);
+    let text = std::fs::read_to_string(dir.path().join("out.ndjson")).expect("output");
+    let summaries: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let by_session: Vec<(String, String, u64)> = summaries
+        .iter()
+        .map(|s| {
+            (
+                s["session"]["id"].as_str().unwrap_or("").to_string(),
+                s["data"]["ended_by"].as_str().unwrap_or("").to_string(),
+                s["data"]["events"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_session,
+        vec![
+            ("done".to_string(), "completed".to_string(), 3),
+            ("idle".to_string(), "idle_timeout".to_string(), 2),
+            ("open".to_string(), "shutdown".to_string(), 1),
+        ]
+    );
+    assert!(summaries
+        .iter()
+        .all(|s| s["received_at"] == "2026-11-01T19:59:00.000Z"));
 }

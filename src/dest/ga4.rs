@@ -578,7 +578,10 @@ fn summary_params<'a>(event: &'a Event, p: &mut Params<'a>) {
         ("seek_time_msec", d.seek_ms),
         ("avg_bitrate", d.avg_bitrate_bps.map(kbps)),
         ("bitrate_upswitches", d.bitrate_upswitches.map(u64::from)),
-        ("bitrate_downswitches", d.bitrate_downswitches.map(u64::from)),
+        (
+            "bitrate_downswitches",
+            d.bitrate_downswitches.map(u64::from),
+        ),
         ("ad_breaks", d.ad_breaks.map(u64::from)),
         ("ads_started", d.ads_started.map(u64::from)),
         ("ads_completed", d.ads_completed.map(u64::from)),

@@ -617,7 +617,10 @@ fn summary_properties<'a>(d: &'a crate::event::EventData, f: &mut Vec<(&'static 
         f.push(("rebuffer_ratio", V::F(v)));
     }
     // The average of the time played; null when it never played.
-    f.push(("average_bitrate", d.avg_bitrate_bps.map_or(V::Null, |v| V::U(kbps(v)))));
+    f.push((
+        "average_bitrate",
+        d.avg_bitrate_bps.map_or(V::Null, |v| V::U(kbps(v))),
+    ));
     if let Some(v) = &d.error_code {
         f.push(("error_code", V::Str(v)));
     }

@@ -244,3 +244,138 @@ fn error_code(event: &Event) -> Box<str> {
         .unwrap_or("")
         .into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn event(session: &str, n: u32, ty: &str) -> Event {
+        let extra = if ty == "playback.error" {
+            r#","error":{"code":"E1","fatal":true}"#
+        } else {
+            ""
+        };
+        let text = format!(
+            r#"{{"event_id":"00000000-0000-4000-8000-{n:012}","type":"{ty}","timestamp":"2026-11-01T19:00:{:02}.000Z","sequence":{n},"session":{{"id":"{session}"}},"user":{{"anonymous_id":"a"}}{extra}}}"#,
+            n % 60
+        );
+        let raw: Box<RawValue> = serde_json::from_str(&text).expect("json");
+        Event::from_json(&raw, time::OffsetDateTime::UNIX_EPOCH).expect("valid")
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_sessions: 3,
+            idle_timeout: Duration::from_secs(60),
+            end_grace: Duration::from_secs(5),
+        }
+    }
+
+    fn observe(s: &mut Sessionizer, e: &Event) -> Observed {
+        s.observe(e, Fact::of(e), Instant::now())
+    }
+
+    fn ids(closed: &[Closed]) -> Vec<(&str, SessionEnd)> {
+        closed
+            .iter()
+            .map(|c| (&*c.session_id, c.otherwise))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_closes_after_the_idle_timeout_not_before() {
+        let mut s = Sessionizer::new(limits());
+        observe(&mut s, &event("a", 0, "playback.requested"));
+        tokio::time::advance(Duration::from_secs(40)).await;
+        // An event restarts the idle clock.
+        observe(&mut s, &event("a", 1, "playback.started"));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(s.expire(Instant::now()).is_empty());
+        assert_eq!(
+            s.next_deadline(),
+            Some(Instant::now() + Duration::from_secs(1))
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let closed = s.expire(Instant::now());
+        assert_eq!(ids(&closed), vec![("a", SessionEnd::IdleTimeout)]);
+        assert_eq!(closed[0].open.facts.len(), 2);
+        assert!(s.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stragglers_within_the_grace_join_the_session_and_duplicates_do_not() {
+        let mut s = Sessionizer::new(limits());
+        observe(&mut s, &event("a", 0, "playback.requested"));
+        observe(&mut s, &event("a", 2, "playback.completed"));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // A late event and a retry of one already seen, inside the grace.
+        assert_eq!(
+            observe(&mut s, &event("a", 1, "playback.started")),
+            Observed::Added
+        );
+        assert_eq!(
+            observe(&mut s, &event("a", 2, "playback.completed")),
+            Observed::Duplicate
+        );
+        tokio::time::advance(Duration::from_millis(1_999)).await;
+        assert!(
+            s.expire(Instant::now()).is_empty(),
+            "stragglers do not extend the grace"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let closed = s.expire(Instant::now());
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].open.facts.len(), 3);
+        let m = super::super::metrics::compute(&closed[0].open.facts, closed[0].otherwise);
+        assert_eq!(m.ended_by, SessionEnd::Completed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fatal_error_closes_with_its_code_after_the_grace() {
+        let mut s = Sessionizer::new(limits());
+        observe(&mut s, &event("a", 0, "playback.requested"));
+        observe(&mut s, &event("a", 1, "playback.error"));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let closed = s.expire(Instant::now());
+        assert_eq!(closed.len(), 1);
+        assert_eq!(&*closed[0].open.fatal_codes[0].1, "E1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beyond_max_sessions_the_soonest_to_close_is_evicted_and_kept_for_its_summary() {
+        let mut s = Sessionizer::new(limits());
+        observe(&mut s, &event("a", 0, "playback.requested"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        observe(&mut s, &event("b", 1, "playback.requested"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        observe(&mut s, &event("c", 2, "playback.requested"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // `a` is touched again, so `b` is now the longest idle.
+        observe(&mut s, &event("a", 3, "playback.started"));
+        assert!(!s.has_evicted());
+        observe(&mut s, &event("d", 4, "playback.requested"));
+        assert_eq!(s.len(), 3);
+        assert!(s.has_evicted());
+        let closed = s.expire(Instant::now());
+        assert_eq!(ids(&closed), vec![("b", SessionEnd::Evicted)]);
+        // A lower limit on reload evicts down to it.
+        s.set_limits(Limits {
+            max_sessions: 1,
+            ..limits()
+        });
+        let closed = s.expire(Instant::now());
+        assert_eq!(
+            ids(&closed),
+            vec![("c", SessionEnd::Evicted), ("a", SessionEnd::Evicted)]
+        );
+        assert_eq!(s.len(), 1);
+        let rest = s.drain();
+        assert_eq!(ids(&rest), vec![("d", SessionEnd::Shutdown)]);
+    }
+
+    #[test]
+    fn a_fact_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Fact>(), 32);
+    }
+}
