@@ -311,7 +311,7 @@ impl Loader<'_> {
         }
         for (key, message) in problems {
             // At the key when it is written in the section, else at the section.
-            let at = self.text[span.clone()]
+            let at = self.text[span.start..]
                 .find(&format!("\n{key}"))
                 .map_or(span.start, |i| span.start + i + 1);
             self.error_at(at..at, &format!("qoe.{key}"), message);
@@ -1183,5 +1183,33 @@ to = ["local"]
         let errors = load(&small).expect_err("invalid").0;
         assert_eq!(errors[0].field, "server.max_header_bytes");
         assert_eq!(errors[0].line, 6);
+    }
+
+    #[test]
+    fn qoe_is_off_by_default_and_its_mistakes_are_located() {
+        let config = load(GOOD).expect("valid");
+        assert_eq!(config.qoe, QoeConfig::default());
+        assert!(!config.qoe.enabled);
+        assert_eq!(config.qoe.idle_timeout_ms, 30 * 60 * 1000);
+        let on = format!("{GOOD}\n[qoe]\nenabled = true\nmax_sessions = 10\n");
+        let config = load(&on).expect("valid");
+        assert!(config.qoe.enabled);
+        assert_eq!(config.qoe.max_sessions, 10);
+        assert_eq!(config.qoe.end_grace_ms, 5_000);
+        let bad =
+            format!("{GOOD}\n[qoe]\nenabled = true\nmax_sessions = 0\nend_grace_ms = 99999999\n");
+        let errors = load(&bad).expect_err("invalid").0;
+        let summary: Vec<(usize, &str)> =
+            errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+        assert_eq!(
+            summary,
+            vec![(24, "qoe.max_sessions"), (25, "qoe.end_grace_ms")],
+            "{}",
+            ConfigErrors(errors.clone())
+        );
+        let unknown = format!("{GOOD}\n[qoe]\nenable = true\n");
+        let errors = load(&unknown).expect_err("invalid").0;
+        assert_eq!(errors[0].line, 23, "{}", errors[0]);
+        assert!(errors[0].to_string().contains("enable"), "{}", errors[0]);
     }
 }
