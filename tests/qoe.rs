@@ -670,12 +670,27 @@ fn metric_value(text: &str, sample: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Grace, idle timeout and shutdown on the real relay, with tokio's clock paused: the
-/// summaries come out at the right moments and reach a destination like any event.
-#[tokio::test(start_paused = true)]
-async fn the_relay_summarizes_after_the_grace_the_idle_timeout_and_at_shutdown() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let toml = format!(
+/// A relay whose summaries go to `dir/out.ndjson`, with `more` added to its config.
+async fn start_paused_relay(dir: &tempfile::TempDir, more: &str) -> playrelay::RunningRelay {
+    let config = playrelay::config::load_str(
+        &relay_toml(dir, more),
+        std::path::Path::new("qoe.toml"),
+        &|_| None,
+    )
+    .expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let options = playrelay::RelayOptions {
+        clock: std::sync::Arc::new(|| RECEIVED_AT),
+    };
+    playrelay::start(config, listener, options)
+        .await
+        .expect("starts")
+}
+
+fn relay_toml(dir: &tempfile::TempDir, more: &str) -> String {
+    format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -694,20 +709,67 @@ path = "{dir}/out.ndjson"
 name = "summaries"
 match = {{ types = ["session.summary"] }}
 to = ["out"]
+{more}
 "#,
         dir = dir.path().display()
+    )
+}
+
+fn summaries_in(dir: &tempfile::TempDir) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.path().join("out.ndjson")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+/// A reload (here one that adds a destination and a route) keeps open sessions: the
+/// summary counts the events from before and after it, and reaches the new route too.
+#[tokio::test(start_paused = true)]
+async fn a_reload_keeps_open_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = start_paused_relay(&dir, "").await;
+    let app = playrelay::ingest::app(running.relay.clone());
+    let events = session(
+        "kept",
+        400,
+        &[
+            "playback.requested",
+            "playback.started",
+            "playback.paused",
+            "playback.completed",
+        ],
     );
-    let config = playrelay::config::load_str(&toml, std::path::Path::new("qoe.toml"), &|_| None)
-        .expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let options = playrelay::RelayOptions {
-        clock: std::sync::Arc::new(|| RECEIVED_AT),
-    };
-    let running = playrelay::start(config, listener, options)
-        .await
-        .expect("starts");
+    post(&app, ndjson(&events[..2])).await;
+    let more = format!(
+        "\n[destinations.copy]\ntype = \"file\"\npath = \"{}/copy.ndjson\"\n\n[[routes]]\nname = \"copy\"\nmatch = {{ types = [\"session.*\"] }}\nto = [\"copy\"]\n",
+        dir.path().display()
+    );
+    let config = playrelay::config::load_str(
+        &relay_toml(&dir, &more),
+        std::path::Path::new("qoe.toml"),
+        &|_| None,
+    )
+    .expect("config");
+    let outcome = running.reloader().apply(config).await;
+    assert!(outcome.applied, "{outcome:?}");
+    assert_eq!(outcome.added, vec!["copy".to_string()]);
+    post(&app, ndjson(&events[2..])).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    running.shutdown().await;
+    let summaries = summaries_in(&dir);
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(summaries[0]["data"]["events"], 4);
+    assert_eq!(summaries[0]["data"]["ended_by"], "completed");
+    let copy = std::fs::read_to_string(dir.path().join("copy.ndjson")).expect("copy");
+    assert_eq!(copy.lines().count(), 1, "{copy}");
+}
+
+/// Grace, idle timeout and shutdown on the real relay, with tokio's clock paused: the
+/// summaries come out at the right moments and reach a destination like any event.
+#[tokio::test(start_paused = true)]
+async fn the_relay_summarizes_after_the_grace_the_idle_timeout_and_at_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = start_paused_relay(&dir, "").await;
     let app = playrelay::ingest::app(running.relay.clone());
     let ended = |ended_by: &str| {
         metric_value(
@@ -748,11 +810,7 @@ to = ["out"]
     post(&app, ndjson(&session("open", 300, &["playback.requested"]))).await;
     let report = running.shutdown().await;
     assert!(report.drained);
-    let text = std::fs::read_to_string(dir.path().join("out.ndjson")).expect("output");
-    let summaries: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    let summaries = summaries_in(&dir);
     let by_session: Vec<(String, String, u64)> = summaries
         .iter()
         .map(|s| {
