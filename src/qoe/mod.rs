@@ -311,6 +311,16 @@ impl Qoe {
         self.metrics.open_sessions.set(state.sessions.len() as i64);
     }
 
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.state().sessions.len()
+    }
+
+    /// Heap bytes held for open sessions, approximately (benchmarks, capacity planning).
+    pub fn approximate_bytes(&self) -> usize {
+        self.state().sessions.approximate_bytes()
+    }
+
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
     }
