@@ -68,7 +68,8 @@ pub const PLAYING: u8 = 8;
 /// Sequence of an event that has none: after every numbered one, ordered by time.
 pub const NO_SEQUENCE: u32 = u32::MAX;
 
-/// What the metrics need of one event (32 bytes).
+/// What the metrics need of one event (32 bytes), or of a run of events that change
+/// nothing but the session's length (see [`add`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fact {
     /// xxh3 of `event_id`: the de-duplication key.
@@ -79,6 +80,10 @@ pub struct Fact {
     pub sequence: u32,
     /// `playback.rendition.bitrate_bps`, saturated; 0 when unknown.
     pub bitrate_bps: u32,
+    /// Events folded into this one: sequences `sequence + 1 ..= sequence + run`.
+    pub run: u16,
+    /// From this event's time to the last folded one's, in ms.
+    pub span_ms: u32,
     pub kind: Kind,
     pub flags: u8,
 }
@@ -122,9 +127,26 @@ impl Fact {
                 .sequence
                 .map_or(NO_SEQUENCE, |s| s.min(u64::from(NO_SEQUENCE) - 1) as u32),
             bitrate_bps: bitrate.map_or(0, |b| b.min(u64::from(u32::MAX)) as u32),
+            run: 0,
+            span_ms: 0,
             kind,
             flags,
         }
+    }
+
+    /// The time of the last event this fact stands for.
+    pub fn end_ms(&self) -> i64 {
+        self.at_ms.saturating_add(i64::from(self.span_ms))
+    }
+
+    /// The sequence of the last event this fact stands for.
+    pub fn end_sequence(&self) -> u32 {
+        self.sequence.saturating_add(u32::from(self.run))
+    }
+
+    /// Whether `sequence` is one of the events folded into this fact.
+    fn folds(&self, sequence: u32) -> bool {
+        self.run > 0 && self.sequence < sequence && sequence <= self.end_sequence()
     }
 
     /// The order of a session's events: `sequence`, then `timestamp` (then the id, so
@@ -162,6 +184,50 @@ pub struct Metrics {
     pub ads_completed: u32,
     /// [`Fact::id`] of the last fatal error, whose code the session keeps apart.
     pub last_fatal: Option<u64>,
+}
+
+/// Adds one event's fact to a session's facts (kept in arrival order); false when the
+/// session already has the event.
+///
+/// An event whose only effect on the metrics is to be one more event and to lengthen
+/// the session — a `playback.heartbeat`, milestone, volume change or any other type
+/// with no span of its own, in the `playing` state, at the bitrate of the event right
+/// before it by `sequence` (consecutive numbers, so nothing can arrive between them),
+/// which is playing too — is folded into that event's fact: the time-weighted bitrate
+/// is the same with or without it. This keeps a long session's memory proportional to
+/// what happened in it, not to its length. A later copy of a folded event is known by
+/// its `sequence`, since its id is no longer kept.
+pub fn add(facts: &mut Vec<Fact>, fact: Fact) -> bool {
+    let mut before = None;
+    for (i, f) in facts.iter().enumerate().rev() {
+        if f.id == fact.id || (fact.sequence != NO_SEQUENCE && f.folds(fact.sequence)) {
+            return false;
+        }
+        if before.is_none()
+            && fact.sequence != NO_SEQUENCE
+            && f.sequence != NO_SEQUENCE
+            && f.end_sequence().checked_add(1) == Some(fact.sequence)
+        {
+            before = Some(i);
+        }
+    }
+    let foldable = fact.kind == Kind::Other && fact.flags == PLAYING && fact.run == 0;
+    if let Some(previous) = before.filter(|_| foldable).map(|i| &mut facts[i]) {
+        let span = fact.at_ms.checked_sub(previous.at_ms).map(u32::try_from);
+        if previous.flags & PLAYING != 0
+            && previous.bitrate_bps == fact.bitrate_bps
+            && previous.run < u16::MAX
+            && fact.at_ms >= previous.end_ms()
+        {
+            if let Some(Ok(span)) = span {
+                previous.run += 1;
+                previous.span_ms = span;
+                return true;
+            }
+        }
+    }
+    facts.push(fact);
+    true
 }
 
 /// Sorts `facts` into the session's order and removes repeated event ids.
@@ -215,7 +281,7 @@ pub fn compute_sorted(facts: &[Fact], otherwise: SessionEnd) -> Metrics {
         SessionOutcome::ExitBeforeStart
     };
     let playback_failure = started.is_some_and(|s| fatal_positions().any(|(i, _)| i >= s));
-    let last_at = facts.last().map_or(0, |f| f.at_ms);
+    let last_at = facts.last().map_or(0, Fact::end_ms);
     // Watching begins at the play request (or the first frame when no request was sent).
     let begin = requested.or(started).map(|i| facts[i].at_ms);
     let window = begin.map(|b| (b, last_at.max(b)));
@@ -268,11 +334,13 @@ pub fn compute_sorted(facts: &[Fact], otherwise: SessionEnd) -> Metrics {
     };
     // Time-weighted bitrate: each stretch from a playing event to the next one counts at
     // the rendition the earlier event reports.
+    // A folded run counts its own stretches (its times only go forward), then the one
+    // from its last event to the next.
     let (mut weighted, mut weight) = (0u128, 0u128);
-    for pair in facts.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
+    for (i, a) in facts.iter().enumerate() {
         if a.flags & PLAYING != 0 && a.bitrate_bps > 0 {
-            let ms = u128::from(span_ms(a.at_ms, b.at_ms));
+            let next = facts.get(i + 1).map_or(0, |b| span_ms(a.end_ms(), b.at_ms));
+            let ms = u128::from(a.span_ms) + u128::from(next);
             weighted += ms * u128::from(a.bitrate_bps);
             weight += ms;
         }
@@ -284,7 +352,7 @@ pub fn compute_sorted(facts: &[Fact], otherwise: SessionEnd) -> Metrics {
         outcome,
         playback_failure,
         ended_by: closing(facts).unwrap_or(otherwise),
-        events: facts.len() as u32,
+        events: facts.iter().map(|f| 1 + u32::from(f.run)).sum(),
         startup_ms,
         watched_ms,
         playing_ms,
@@ -392,9 +460,37 @@ mod tests {
             at_ms,
             sequence,
             bitrate_bps,
+            run: 0,
+            span_ms: 0,
             kind,
             flags,
         }
+    }
+
+    #[test]
+    fn heartbeats_that_change_nothing_fold_and_their_copies_are_known() {
+        let p = PLAYING;
+        let mut facts = Vec::new();
+        assert!(add(&mut facts, fact(0, 0, Kind::Requested, 0, 0)));
+        assert!(add(&mut facts, fact(1, 1_000, Kind::Started, p, 1_000)));
+        for n in 2..10 {
+            assert!(add(
+                &mut facts,
+                fact(n, i64::from(n) * 10_000, Kind::Other, p, 1_000)
+            ));
+        }
+        // Another bitrate, or not playing: kept apart.
+        assert!(add(&mut facts, fact(10, 100_000, Kind::Other, p, 2_000)));
+        assert!(add(&mut facts, fact(11, 110_000, Kind::Other, 0, 2_000)));
+        assert_eq!(facts.len(), 4);
+        assert_eq!((facts[1].run, facts[1].span_ms), (8, 89_000));
+        assert!(
+            !add(&mut facts, fact(5, 50_000, Kind::Other, p, 1_000)),
+            "a copy"
+        );
+        let m = compute(&facts, SessionEnd::IdleTimeout);
+        assert_eq!(m.events, 12);
+        assert_eq!(m.watched_ms, 110_000);
     }
 
     #[test]
@@ -435,5 +531,10 @@ mod tests {
             Some((10 * 1_000_000 + 8 * 2_000_000) / 18)
         );
         assert_eq!(m.events, 6);
+    }
+
+    #[test]
+    fn a_fact_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Fact>(), 32);
     }
 }

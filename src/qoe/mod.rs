@@ -338,14 +338,18 @@ impl Qoe {
         }
         let before = state.sessions.next_deadline();
         let observed = state.sessions.observe(event, fact, now);
-        let after = state.sessions.next_deadline();
-        let wake = state.sessions.has_evicted() || before.is_none_or(|b| after < Some(b));
+        // The emitter sleeps until the earliest deadline: wake it when that moved up.
+        let mut wake = state.sessions.has_evicted();
         match observed {
             Observed::Duplicate => {
                 self.metrics.duplicates.inc();
             }
-            Observed::Opened => {
-                self.metrics.open_sessions.set(state.sessions.len() as i64);
+            Observed::Opened | Observed::Closing => {
+                if observed == Observed::Opened {
+                    self.metrics.open_sessions.set(state.sessions.len() as i64);
+                }
+                let after = state.sessions.next_deadline();
+                wake |= before.is_none_or(|b| after < Some(b));
             }
             Observed::Added => {}
         }

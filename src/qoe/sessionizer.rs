@@ -3,7 +3,7 @@
 //! shutdown. Time is passed in (tokio's `Instant`, pausable in tests); nothing here
 //! sleeps or does I/O: [`super::Qoe`] drives it.
 
-use super::metrics::{closing_of, Fact, Kind};
+use super::metrics::{add, closing_of, Fact, Kind};
 use super::summary::Envelope;
 use crate::event::{Event, SessionEnd};
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +27,12 @@ pub struct Open {
     pub fatal_codes: Vec<(u64, Box<str>)>,
     /// A closing event was seen: the deadline is the grace's end, not the idle timeout.
     closing: bool,
-    deadline: (Instant, u64),
+    /// When the session closes.
+    deadline: Instant,
+    /// Its entry in the deadline index: at or before `deadline`. Moving the entry on
+    /// every event would cost a tree update per event; a stale entry is moved when it
+    /// comes due instead.
+    key: (Instant, u64),
 }
 
 /// A session taken out of the sessionizer, to be summarized.
@@ -44,6 +49,8 @@ pub enum Observed {
     /// The first event of a session.
     Opened,
     Added,
+    /// A closing event: the session now closes sooner (after the grace).
+    Closing,
     /// An `event_id` the session already had.
     Duplicate,
 }
@@ -51,7 +58,8 @@ pub enum Observed {
 pub struct Sessionizer {
     limits: Limits,
     open: HashMap<Arc<str>, Open>,
-    /// Every open session by its deadline (the `u64` makes keys unique).
+    /// Every open session by a time at or before its deadline (the `u64` makes keys
+    /// unique); see [`Open::key`].
     deadlines: BTreeMap<(Instant, u64), Arc<str>>,
     next_key: u64,
     /// Sessions evicted on the request path, waiting for the emitter.
@@ -90,7 +98,7 @@ impl Sessionizer {
         self.open.is_empty()
     }
 
-    /// When the next session closes, if any is open.
+    /// When the next session may close (never later than it does), if any is open.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.keys().next().map(|(at, _)| *at)
     }
@@ -100,55 +108,59 @@ impl Sessionizer {
         !self.evicted.is_empty()
     }
 
-    /// Adds an event to its session. `make_envelope` is called only when the event
-    /// becomes the session's envelope (its first event in order).
+    fn new_key(&mut self, at: Instant) -> (Instant, u64) {
+        self.next_key += 1;
+        (at, self.next_key)
+    }
+
+    /// Adds an event to its session, opening the session with it if needed.
     pub fn observe(&mut self, event: &Event, fact: Fact, now: Instant) -> Observed {
         let limits = self.limits;
         let session_id = event.body.session.id.as_str();
+        let closes = closing_of(&fact).is_some();
         if let Some(open) = self.open.get_mut(session_id) {
-            if open.facts.iter().any(|f| f.id == fact.id) {
+            if !add(&mut open.facts, fact) {
                 return Observed::Duplicate;
             }
-            open.facts.push(fact);
-            if fact.kind == Kind::Error && closing_of(&fact).is_some() {
+            if closes && fact.kind == Kind::Error {
                 open.fatal_codes.push((fact.id, error_code(event)));
             }
             if fact.order() < open.envelope.order {
                 open.envelope = Envelope::of(event, &fact);
             }
-            let deadline = if open.closing {
-                open.deadline.0
-            } else if closing_of(&fact).is_some() {
-                open.closing = true;
-                now + limits.end_grace
-            } else {
-                now + limits.idle_timeout
-            };
-            let old = open.deadline;
-            if deadline != old.0 {
-                let key = (deadline, self.next_key);
+            if open.closing {
+                // Stragglers do not extend the grace.
+                return Observed::Added;
+            }
+            if !closes {
+                open.deadline = now + limits.idle_timeout;
+                return Observed::Added;
+            }
+            open.closing = true;
+            open.deadline = now + limits.end_grace;
+            if open.deadline < open.key.0 {
+                let old = open.key;
                 self.next_key += 1;
-                open.deadline = key;
+                let key = (open.deadline, self.next_key);
+                open.key = key;
                 if let Some(id) = self.deadlines.remove(&old) {
                     self.deadlines.insert(key, id);
                 }
             }
-            return Observed::Added;
+            return Observed::Closing;
         }
         if self.open.len() >= limits.max_sessions.max(1) {
             self.evict_one();
         }
-        let closing = closing_of(&fact).is_some();
         let deadline = now
-            + if closing {
+            + if closes {
                 limits.end_grace
             } else {
                 limits.idle_timeout
             };
-        let key = (deadline, self.next_key);
-        self.next_key += 1;
+        let key = self.new_key(deadline);
         let mut fatal_codes = Vec::new();
-        if closing && fact.kind == Kind::Error {
+        if closes && fact.kind == Kind::Error {
             fatal_codes.push((fact.id, error_code(event)));
         }
         let id: Arc<str> = Arc::from(session_id);
@@ -159,8 +171,9 @@ impl Sessionizer {
                 facts: vec![fact],
                 envelope: Envelope::of(event, &fact),
                 fatal_codes,
-                closing,
-                deadline: key,
+                closing: closes,
+                deadline,
+                key,
             },
         );
         Observed::Opened
@@ -174,6 +187,19 @@ impl Sessionizer {
                 break;
             }
             let id = entry.remove();
+            let Some(open) = self.open.get(&id) else {
+                continue;
+            };
+            if open.deadline > now {
+                // Events came since the entry was made: it moves to the real deadline.
+                let deadline = open.deadline;
+                let key = self.new_key(deadline);
+                if let Some(open) = self.open.get_mut(&id) {
+                    open.key = key;
+                }
+                self.deadlines.insert(key, id);
+                continue;
+            }
             if let Some(open) = self.open.remove(&id) {
                 out.push(Closed {
                     session_id: id,
@@ -200,15 +226,27 @@ impl Sessionizer {
     /// Makes room: the session closest to its deadline goes (one in its grace first,
     /// then the longest idle), summarized like any other.
     fn evict_one(&mut self) {
-        let Some((_, id)) = self.deadlines.pop_first() else {
+        while let Some((key, id)) = self.deadlines.pop_first() {
+            let Some(open) = self.open.get(&id) else {
+                continue;
+            };
+            if open.deadline > key.0 {
+                // A stale entry: put it at its real deadline and look again.
+                let key = self.new_key(open.deadline);
+                if let Some(open) = self.open.get_mut(&id) {
+                    open.key = key;
+                }
+                self.deadlines.insert(key, id);
+                continue;
+            }
+            if let Some(open) = self.open.remove(&id) {
+                self.evicted.push(Closed {
+                    session_id: id,
+                    open,
+                    otherwise: SessionEnd::Evicted,
+                });
+            }
             return;
-        };
-        if let Some(open) = self.open.remove(&id) {
-            self.evicted.push(Closed {
-                session_id: id,
-                open,
-                otherwise: SessionEnd::Evicted,
-            });
         }
     }
 
@@ -372,10 +410,5 @@ mod tests {
         assert_eq!(s.len(), 1);
         let rest = s.drain();
         assert_eq!(ids(&rest), vec![("d", SessionEnd::Shutdown)]);
-    }
-
-    #[test]
-    fn a_fact_is_32_bytes() {
-        assert_eq!(std::mem::size_of::<Fact>(), 32);
     }
 }

@@ -142,9 +142,12 @@ struct Data<'a> {
 /// the same session summarized again (a replay) has the same id and vendors that
 /// de-duplicate (Segment's `messageId`) count it once.
 pub fn summary_event_id(session_id: &str, metrics: &Metrics, last: &Fact) -> String {
+    // The last event's sequence and time, not its id: a folded last event has none kept.
     let key = format!(
-        "{SUMMARY_TYPE}|{session_id}|{}|{:x}",
-        metrics.events, last.id
+        "{SUMMARY_TYPE}|{session_id}|{}|{}|{}",
+        metrics.events,
+        last.end_sequence(),
+        last.end_ms()
     );
     uuid::Builder::from_custom_bytes(xxh3_128(key.as_bytes()).to_be_bytes())
         .into_uuid()
@@ -167,11 +170,14 @@ pub fn build(
         at_ms: received_at.unix_timestamp() * 1000,
         sequence: 0,
         bitrate_bps: 0,
+        run: 0,
+        span_ms: 0,
         kind: super::metrics::Kind::Other,
         flags: 0,
     });
-    let timestamp = OffsetDateTime::from_unix_timestamp_nanos(i128::from(last.at_ms) * 1_000_000)
-        .unwrap_or(received_at);
+    let timestamp =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(last.end_ms()) * 1_000_000)
+            .unwrap_or(received_at);
     let data = Data {
         outcome: metrics.outcome.as_str(),
         playback_failure: metrics.playback_failure,
