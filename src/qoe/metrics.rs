@@ -119,10 +119,11 @@ impl Fact {
                 _ => {}
             }
         }
-        let millis = event.timestamp.unix_timestamp_nanos() / 1_000_000;
+        let t = event.timestamp;
+        let millis = t.unix_timestamp().saturating_mul(1000) + i64::from(t.millisecond());
         Fact {
             id: xxh3_64(body.event_id.as_bytes()),
-            at_ms: i64::try_from(millis).unwrap_or(i64::MAX),
+            at_ms: millis,
             sequence: body
                 .sequence
                 .map_or(NO_SEQUENCE, |s| s.min(u64::from(NO_SEQUENCE) - 1) as u32),
@@ -225,6 +226,10 @@ pub fn add(facts: &mut Vec<Fact>, fact: Fact) -> bool {
                 return true;
             }
         }
+    }
+    if facts.len() == facts.capacity() {
+        // Grow by half, not double: an open session's memory is the relay's.
+        facts.reserve_exact(facts.len() / 2 + 2);
     }
     facts.push(fact);
     true

@@ -270,6 +270,9 @@ struct State {
 pub struct Qoe {
     enabled: AtomicBool,
     state: Mutex<State>,
+    /// Held while closed sessions are summarized and handed on, so shutdown's
+    /// [`close_all`] waits for the emitter instead of closing the queues under it.
+    emitting: Mutex<()>,
     wake: Arc<Notify>,
     metrics: QoeMetrics,
 }
@@ -283,6 +286,7 @@ impl Qoe {
                 sessions: Sessionizer::new(QoeConfig::default().limits()),
                 closed: false,
             }),
+            emitting: Mutex::new(()),
             wake: Arc::new(Notify::new()),
             metrics,
         }
@@ -359,6 +363,10 @@ impl Qoe {
         }
     }
 
+    fn emitting(&self) -> MutexGuard<'_, ()> {
+        self.emitting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn take_expired(&self, now: Instant) -> Vec<Closed> {
         let mut state = self.state();
         let closed = state.sessions.expire(now);
@@ -395,6 +403,7 @@ pub fn spawn(relay: &Arc<Relay>) -> JoinHandle<()> {
                 None => wake.notified().await,
             }
             let Some(relay) = weak.upgrade() else { return };
+            let _emitting = relay.qoe.emitting();
             let closed = relay.qoe.take_expired(Instant::now());
             emit(&relay, closed);
         }
@@ -405,6 +414,7 @@ pub fn spawn(relay: &Arc<Relay>) -> JoinHandle<()> {
 /// it) and stops observing. Called once ingest is closed and before the queues close,
 /// so the summaries are delivered with the rest.
 pub fn close_all(relay: &Relay) {
+    let _emitting = relay.qoe.emitting();
     let closed = {
         let mut state = relay.qoe.state();
         state.closed = true;
