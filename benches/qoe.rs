@@ -208,7 +208,11 @@ fn relay(quick: bool) {
         .enable_all()
         .build()
         .expect("runtime");
-    let rounds = if quick { 2 } else { 4 };
+    let rounds = std::env::args()
+        .skip_while(|a| a != "--rounds")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if quick { 2 } else { 4 });
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         off.push(runtime.block_on(relay_events_per_second(false, &bodies, lines.len())));
@@ -230,8 +234,11 @@ fn relay(quick: bool) {
     std::thread::sleep(Duration::from_millis(10));
 }
 
+/// `-- [--quick] [--relay-only] [--rounds N]`
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    sessionizer(quick);
+    if !std::env::args().any(|a| a == "--relay-only") {
+        sessionizer(quick);
+    }
     relay(quick);
 }

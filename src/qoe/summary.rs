@@ -213,8 +213,16 @@ pub fn build(
         summary_event_id(session_id, metrics, &last),
         Rfc3339Millis(timestamp),
     );
-    let raw: Box<RawValue> = serde_json::from_str(&text).map_err(|_| EventError::NotAnObject)?;
-    let mut event = Event::from_json(&raw, received_at)?;
+    // The fast path takes it (it is well-formed by construction); the checked one says
+    // what is wrong if it ever does not.
+    let mut event = match Event::from_text_fast(&text, received_at) {
+        Some(parsed) => parsed?,
+        None => {
+            let raw: Box<RawValue> =
+                serde_json::from_str(&text).map_err(|_| EventError::NotAnObject)?;
+            Event::from_json(&raw, received_at)?
+        }
+    };
     event.source = envelope.source.clone();
     Ok(event)
 }
