@@ -98,6 +98,8 @@ pub struct Metrics {
     /// Connections closed on a failed TLS handshake or a client too slow to send headers.
     pub ingest_connection_errors: Family<ReasonLabel, Counter>,
     pub spool: SpoolMetrics,
+    /// `playrelay_qoe_*`: fleet QoE from session summaries.
+    pub qoe: crate::qoe::QoeMetrics,
 }
 
 /// The disk spool: what it holds and what durability costs.
@@ -179,6 +181,7 @@ impl Metrics {
                 backlog_bytes: Family::default(),
                 backlog_read: Family::default(),
             },
+            qoe: crate::qoe::QoeMetrics::default(),
             registry: Registry::default(),
         };
         // Both outcomes exist from the start: "no reload yet" reads 0, not a missing series.
@@ -187,6 +190,7 @@ impl Metrics {
                 result: result.to_string(),
             });
         }
+        m.qoe.register(&mut registry);
         registry.register(
             "events_received",
             "Events found in ingest request bodies",

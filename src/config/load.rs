@@ -6,6 +6,7 @@ use super::{
     Config, DestinationCommon, DestinationConfig, DestinationKind, RouteConfig, ServerConfig,
     SourceConfig, COMMON_KEYS, DESTINATION_TYPES, PROTECTED_FIELDS,
 };
+use crate::qoe::QoeConfig;
 use crate::route::compile_glob;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -209,6 +210,7 @@ impl Loader<'_> {
         let mut routes = None;
         let mut sources = None;
         let mut spool = None;
+        let mut qoe = None;
         let mut server_span = 0..0;
         for (key, value) in root {
             match key.get_ref().as_ref() {
@@ -220,10 +222,11 @@ impl Loader<'_> {
                 "routes" => routes = Some(value),
                 "sources" => sources = Some(value),
                 "spool" => spool = Some(value),
+                "qoe" => qoe = Some(value),
                 other => self.error_at(
                     key.span(),
                     other,
-                    "unknown section (expected server, spool, sources, destinations or routes)",
+                    "unknown section (expected server, spool, sources, destinations, routes or qoe)",
                 ),
             }
         }
@@ -290,6 +293,15 @@ impl Loader<'_> {
                 self.error_at(span, &format!("{field}.queue.when_full"), message);
             }
         }
+        let qoe = match qoe {
+            Some(value) => {
+                let span = value.span();
+                let qoe = self.read::<QoeConfig>("qoe", value).unwrap_or_default();
+                self.check_qoe(&qoe, span);
+                qoe
+            }
+            None => QoeConfig::default(),
+        };
         if let Some(server) = &server {
             self.check_server(server);
             if server.hash_salt.is_none() {
@@ -313,7 +325,28 @@ impl Loader<'_> {
             routes,
             sources,
             spool,
+            qoe,
         })
+    }
+
+    fn check_qoe(&mut self, qoe: &QoeConfig, span: Range<usize>) {
+        let mut problems: Vec<(&str, &str)> = Vec::new();
+        if qoe.max_sessions == 0 {
+            problems.push(("max_sessions", "must be greater than 0"));
+        }
+        if qoe.idle_timeout_ms == 0 {
+            problems.push(("idle_timeout_ms", "must be greater than 0"));
+        }
+        if qoe.end_grace_ms > qoe.idle_timeout_ms {
+            problems.push(("end_grace_ms", "must be at most qoe.idle_timeout_ms"));
+        }
+        for (key, message) in problems {
+            // At the key when it is written in the section, else at the section.
+            let at = self.text[span.start..]
+                .find(&format!("\n{key}"))
+                .map_or(span.start, |i| span.start + i + 1);
+            self.error_at(at..at, &format!("qoe.{key}"), message);
+        }
     }
 
     fn check_server(&mut self, server: &ServerConfig) {
@@ -1219,5 +1252,33 @@ to = ["local"]
         let errors = load(&small).expect_err("invalid").0;
         assert_eq!(errors[0].field, "server.max_header_bytes");
         assert_eq!(errors[0].line, 6);
+    }
+
+    #[test]
+    fn qoe_is_off_by_default_and_its_mistakes_are_located() {
+        let config = load(GOOD).expect("valid");
+        assert_eq!(config.qoe, QoeConfig::default());
+        assert!(!config.qoe.enabled);
+        assert_eq!(config.qoe.idle_timeout_ms, 30 * 60 * 1000);
+        let on = format!("{GOOD}\n[qoe]\nenabled = true\nmax_sessions = 10\n");
+        let config = load(&on).expect("valid");
+        assert!(config.qoe.enabled);
+        assert_eq!(config.qoe.max_sessions, 10);
+        assert_eq!(config.qoe.end_grace_ms, 5_000);
+        let bad =
+            format!("{GOOD}\n[qoe]\nenabled = true\nmax_sessions = 0\nend_grace_ms = 99999999\n");
+        let errors = load(&bad).expect_err("invalid").0;
+        let summary: Vec<(usize, &str)> =
+            errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+        assert_eq!(
+            summary,
+            vec![(24, "qoe.max_sessions"), (25, "qoe.end_grace_ms")],
+            "{}",
+            ConfigErrors(errors.clone())
+        );
+        let unknown = format!("{GOOD}\n[qoe]\nenable = true\n");
+        let errors = load(&unknown).expect_err("invalid").0;
+        assert_eq!(errors[0].line, 23, "{}", errors[0]);
+        assert!(errors[0].to_string().contains("enable"), "{}", errors[0]);
     }
 }

@@ -183,6 +183,8 @@ pub fn default_name(event_type: &str) -> Option<&'static str> {
         "ad.clicked" => "video_ad_click",
         "ad.impression" => "video_ad_impression",
         "ad.error" => "video_ad_error",
+        // The relay's per-session QoE summary; GA4 has no recommended counterpart.
+        "session.summary" => "video_session_summary",
         // Unmapped on purpose: session.started and playback.requested (no GA4 meaning
         // before the first frame), playback.heartbeat (every 10 s would spend the
         // property's event quota), playback.rate_changed, volume.changed,
@@ -392,6 +394,10 @@ impl Serialize for Params<'_> {
 fn params<'a>(event: &'a Event, engagement_msec: u64, pass_properties: bool) -> Params<'a> {
     let body = &event.body;
     let mut p = Params(Vec::with_capacity(40));
+    if event.event_type() == crate::qoe::summary::SUMMARY_TYPE {
+        summary_params(event, &mut p);
+        return p;
+    }
     match body.session.app_session_id.as_deref() {
         Some(id) if !id.is_empty() => match id.parse::<u64>() {
             Ok(n) => p.push("session_id", P::U(n)),
@@ -551,6 +557,83 @@ fn params<'a>(event: &'a Event, engagement_msec: u64, pass_properties: bool) -> 
         }
     }
     p
+}
+
+/// `session.summary` within GA4's 25 params: the session, 4 dimensions to slice by and
+/// its 19 metrics, all numbers (times in msec like `startup_time_msec`, the bitrate in
+/// kbps like `video_bitrate`, `playback_failure` 0 or 1 so it sums as a custom metric)
+/// except outcome, ended_by and error_code. Custom properties do not fit and are left out.
+fn summary_params<'a>(event: &'a Event, p: &mut Params<'a>) {
+    let body = &event.body;
+    let key = body
+        .session
+        .player_session_id
+        .as_deref()
+        .unwrap_or(&body.session.id);
+    match body.session.app_session_id.as_deref() {
+        Some(id) if !id.is_empty() => match id.parse::<u64>() {
+            Ok(n) => p.push("session_id", P::U(n)),
+            Err(_) => p.push("session_id", P::Str(id)),
+        },
+        _ => p.push("session_id", P::U(derived_session_id(key))),
+    }
+    // The session's watching was counted by its own events: the summary adds none
+    // (GA4 wants the param present and above 0).
+    p.push("engagement_time_msec", P::U(1));
+    let content = body.content.as_ref();
+    if let Some(c) = content {
+        p.str("video_id", &c.asset_id);
+        p.str("video_title", &c.title);
+    }
+    p.push(
+        "video_stream_type",
+        P::Str(crate::qoe::summary::stream_type_label(
+            content.and_then(|c| c.stream_type),
+        )),
+    );
+    if let Some(pl) = body.context.as_ref().and_then(|c| c.player.as_ref()) {
+        p.str("player_platform", &pl.platform);
+    }
+    let Some(d) = body.data.as_deref() else {
+        return;
+    };
+    if let Some(v) = d.outcome {
+        p.push("qoe_outcome", P::Str(v.as_str()));
+    }
+    if let Some(v) = d.ended_by {
+        p.push("ended_by", P::Str(v.as_str()));
+    }
+    if let Some(v) = d.playback_failure {
+        p.push("playback_failure", P::U(u64::from(v)));
+    }
+    let numbers = [
+        ("startup_time_msec", d.startup_ms),
+        ("watched_time_msec", d.watched_ms),
+        ("playing_time_msec", d.playing_ms),
+        ("paused_time_msec", d.paused_ms),
+        ("rebuffer_count", d.rebuffer_count.map(u64::from)),
+        ("rebuffer_time_msec", d.rebuffer_ms),
+        ("seek_count", d.seek_count.map(u64::from)),
+        ("seek_time_msec", d.seek_ms),
+        ("avg_bitrate", d.avg_bitrate_bps.map(kbps)),
+        ("bitrate_upswitches", d.bitrate_upswitches.map(u64::from)),
+        (
+            "bitrate_downswitches",
+            d.bitrate_downswitches.map(u64::from),
+        ),
+        ("ad_breaks", d.ad_breaks.map(u64::from)),
+        ("ads_started", d.ads_started.map(u64::from)),
+        ("ads_completed", d.ads_completed.map(u64::from)),
+    ];
+    for (k, v) in numbers {
+        if let Some(v) = v {
+            p.push(k, P::U(v));
+        }
+    }
+    if let Some(v) = d.rebuffer_ratio {
+        p.push("rebuffer_ratio", P::F(v));
+    }
+    p.str("error_code", &d.error_code);
 }
 
 /// Custom properties as params: names made legal, strings and numbers only (booleans as

@@ -133,6 +133,10 @@ pub fn default_name(event_type: &str) -> Option<&'static str> {
         "ad.completed" => "Video Ad Completed",
         "ad.skipped" => "Video Ad Skipped",
         "ad.clicked" => "Video Ad Clicked",
+        // The relay's own per-session QoE summary. The Video Spec has no such event; this
+        // follows its Object-Action naming with the object its session events use
+        // ("Video Playback Started" … "Completed"), so it sits beside them in Segment.
+        "session.summary" => "Video Playback Summarized",
         // No Video Spec counterpart: session.started, playback.milestone,
         // playback.rate_changed, volume.changed, presentation.changed, ad.impression,
         // ad.error. Rename them in the `events` table to send them anyway.
@@ -630,6 +634,11 @@ fn properties<'a>(event: &'a Event, name: &str, pass_properties: bool) -> Proper
             f.push(("previous_bitrate", V::U(kbps(v))));
         }
     }
+    if event.event_type() == crate::qoe::summary::SUMMARY_TYPE {
+        if let Some(d) = &body.data {
+            summary_properties(d, &mut f);
+        }
+    }
     if let Some(e) = &body.error {
         // Errors travel as Video Playback Interrupted with `method` = the error.
         if !f.iter().any(|(k, _)| *k == "method") {
@@ -661,6 +670,59 @@ fn properties<'a>(event: &'a Event, name: &str, pass_properties: bool) -> Proper
         } else {
             None
         },
+    }
+}
+
+/// `session.summary`'s metrics, named as in `data` but with the unit the Video Spec's
+/// other properties use: durations as `*_time_ms` (like `startup_time_ms`), the bitrate
+/// in kbps like `bitrate`.
+fn summary_properties<'a>(d: &'a crate::event::EventData, f: &mut Vec<(&'static str, V<'a>)>) {
+    if let Some(v) = d.outcome {
+        f.push(("outcome", V::Str(v.as_str())));
+    }
+    if let Some(v) = d.playback_failure {
+        f.push(("playback_failure", V::B(v)));
+    }
+    if let Some(v) = d.ended_by {
+        f.push(("ended_by", V::Str(v.as_str())));
+    }
+    let counts = [
+        ("session_events", d.events),
+        ("rebuffer_count", d.rebuffer_count),
+        ("seek_count", d.seek_count),
+        ("bitrate_upswitches", d.bitrate_upswitches),
+        ("bitrate_downswitches", d.bitrate_downswitches),
+        ("ad_breaks", d.ad_breaks),
+        ("ads_started", d.ads_started),
+        ("ads_completed", d.ads_completed),
+    ];
+    let times = [
+        ("watched_time_ms", d.watched_ms),
+        ("playing_time_ms", d.playing_ms),
+        ("paused_time_ms", d.paused_ms),
+        ("rebuffer_time_ms", d.rebuffer_ms),
+        ("seek_time_ms", d.seek_ms),
+    ];
+    for (k, v) in times {
+        if let Some(v) = v {
+            f.push((k, V::U(v)));
+        }
+    }
+    for (k, v) in counts {
+        if let Some(v) = v {
+            f.push((k, V::U(v.into())));
+        }
+    }
+    if let Some(v) = d.rebuffer_ratio {
+        f.push(("rebuffer_ratio", V::F(v)));
+    }
+    // The average of the time played; null when it never played.
+    f.push((
+        "average_bitrate",
+        d.avg_bitrate_bps.map_or(V::Null, |v| V::U(kbps(v))),
+    ));
+    if let Some(v) = &d.error_code {
+        f.push(("error_code", V::Str(v)));
     }
 }
 

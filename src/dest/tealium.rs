@@ -135,6 +135,8 @@ pub fn default_name_for(vocabulary: Vocabulary, event_type: &str) -> Option<&'st
         "ad.clicked" => ("video_ad_click", "media_ad_click"),
         "ad.impression" => ("video_ad_impression", ""),
         "ad.error" => ("video_ad_error", ""),
+        // The relay's per-session QoE summary (no media-module counterpart: its own name).
+        "session.summary" => ("video_session_summary", "media_session_summary"),
         // Unmapped in both: playback.requested, playback.rate_changed, volume.changed,
         // presentation.changed. Rename them in the `events` table to send them.
         _ => return None,
@@ -677,6 +679,53 @@ fn flatten_value<'a>(key: String, value: &'a Value, out: &mut Vec<(String, &'a V
     }
 }
 
+/// `session.summary`'s metrics as flat `video_*` keys (times in ms like
+/// `video_startup_time_ms`, the bitrate in kbps like `video_bitrate`).
+fn summary_fields<'a>(d: &'a crate::event::EventData, f: &mut Vec<(&'static str, T<'a>)>) {
+    if let Some(v) = d.outcome {
+        f.push(("video_qoe_outcome", T::Str(v.as_str())));
+    }
+    if let Some(v) = d.playback_failure {
+        f.push(("video_playback_failure", T::B(v)));
+    }
+    if let Some(v) = d.ended_by {
+        f.push(("video_ended_by", T::Str(v.as_str())));
+    }
+    let numbers = [
+        ("video_session_events", d.events.map(u64::from)),
+        ("video_watched_time_ms", d.watched_ms),
+        ("video_playing_time_ms", d.playing_ms),
+        ("video_paused_time_ms", d.paused_ms),
+        ("video_rebuffer_count", d.rebuffer_count.map(u64::from)),
+        ("video_rebuffer_time_ms", d.rebuffer_ms),
+        ("video_seek_count", d.seek_count.map(u64::from)),
+        ("video_seek_time_ms", d.seek_ms),
+        ("video_average_bitrate", d.avg_bitrate_bps.map(kbps)),
+        (
+            "video_bitrate_upswitches",
+            d.bitrate_upswitches.map(u64::from),
+        ),
+        (
+            "video_bitrate_downswitches",
+            d.bitrate_downswitches.map(u64::from),
+        ),
+        ("video_ad_breaks", d.ad_breaks.map(u64::from)),
+        ("video_ads_started", d.ads_started.map(u64::from)),
+        ("video_ads_completed", d.ads_completed.map(u64::from)),
+    ];
+    for (k, v) in numbers {
+        if let Some(v) = v {
+            f.push((k, T::U(v)));
+        }
+    }
+    if let Some(v) = d.rebuffer_ratio {
+        f.push(("video_rebuffer_ratio", T::F(v)));
+    }
+    if let Some(v) = d.error_code.as_deref() {
+        f.push(("video_error_code", T::Str(v)));
+    }
+}
+
 fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
     let body = &event.body;
     let mut f: Vec<(&'static str, T<'a>)> = Vec::with_capacity(64);
@@ -825,6 +874,11 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
         }
         if let Some(v) = d.quartile {
             f.push(("video_ad_quartile", T::U(v.into())));
+        }
+    }
+    if event.event_type() == crate::qoe::summary::SUMMARY_TYPE {
+        if let Some(d) = &body.data {
+            summary_fields(d, &mut f);
         }
     }
     if let Some(ad) = &body.ad {
