@@ -268,6 +268,7 @@ async fn a_hung_destination_keeps_its_backlog_on_disk_and_memory_flat() {
         ) > 50e6,
         "the backlog is on disk:\n{text}"
     );
+    eprintln!("relay peak RSS with a 200,000-event backlog: {} KiB", peak);
     assert!(
         peak <= 64 * 1024,
         "relay RSS peaked at {} MiB with a 200,000-event backlog",

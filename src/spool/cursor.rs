@@ -283,7 +283,7 @@ mod tests {
 
     fn store_with(seqs: std::ops::Range<u64>, id: u16) -> (tempfile::TempDir, Arc<Store>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, _) = Store::open(&dir.path().join("spool")).expect("open");
+        let (store, _) = Store::open(&dir.path().join("spool"), 4 << 20).expect("open");
         let mut batch = store.batch().expect("batch");
         for seq in seqs {
             let mut bytes = Vec::new();

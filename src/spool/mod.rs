@@ -37,6 +37,11 @@ pub struct SpoolConfig {
     /// Disk budget: past it, ingest answers 503 until destinations catch up.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
+    /// Memory for the newest records before they are written out as tables. Larger:
+    /// records that are delivered quickly are deleted before they ever leave memory,
+    /// and group commits wait less on the disk; smaller: a smaller relay.
+    #[serde(default = "default_write_buffer_bytes")]
+    pub write_buffer_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -57,12 +62,17 @@ fn default_max_bytes() -> u64 {
     1 << 30
 }
 
+fn default_write_buffer_bytes() -> u64 {
+    16 << 20
+}
+
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             backend: Backend::default(),
             dir: default_dir(),
             max_bytes: default_max_bytes(),
+            write_buffer_bytes: default_write_buffer_bytes(),
         }
     }
 }
@@ -72,6 +82,12 @@ impl SpoolConfig {
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if self.max_bytes < 1 << 20 {
             return Err(("max_bytes", "must be at least 1048576 (1 MiB)".into()));
+        }
+        if self.write_buffer_bytes < 4 << 20 {
+            return Err((
+                "write_buffer_bytes",
+                "must be at least 4194304 (4 MiB)".into(),
+            ));
         }
         if self.backend == Backend::Disk && self.dir.as_os_str().is_empty() {
             return Err(("dir", "must not be empty".into()));
@@ -187,7 +203,7 @@ impl DiskSpool {
         metrics: Arc<Metrics>,
         clock: crate::Clock,
     ) -> Result<DiskSpool, SpoolError> {
-        let (store, aside) = Store::open(&config.dir)?;
+        let (store, aside) = Store::open(&config.dir, config.write_buffer_bytes)?;
         if let Some(aside) = aside {
             metrics.spool.corrupt_records.inc();
             tracing::error!(aside = %aside.display(), "the previous spool was set aside");

@@ -16,6 +16,7 @@ const CURSOR_PREFIX: &[u8] = b"cursor/";
 
 pub struct Store {
     dir: PathBuf,
+    write_buffer_bytes: u64,
     /// `None` between closing a failed database and opening it again.
     inner: RwLock<Option<Arc<Inner>>>,
 }
@@ -58,9 +59,12 @@ impl Store {
     /// Opens (or creates) the spool in `dir`. A spool that cannot be opened is moved
     /// aside, said loudly, and a fresh one started: a corrupt file must never keep the
     /// relay from starting (and so from taking events) again and again.
-    pub fn open(dir: &Path) -> Result<(Store, Option<PathBuf>), SpoolError> {
+    pub fn open(
+        dir: &Path,
+        write_buffer_bytes: u64,
+    ) -> Result<(Store, Option<PathBuf>), SpoolError> {
         std::fs::create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
-        match Store::open_in(dir) {
+        match Store::open_in(dir, write_buffer_bytes) {
             Ok(store) => Ok((store, None)),
             Err(error @ (SpoolError::Locked(_) | SpoolError::Io { .. })) => Err(error),
             Err(error) => {
@@ -68,15 +72,16 @@ impl Store {
                 tracing::error!(dir = %dir.display(), aside = %aside.display(), %error, "the spool cannot be opened: moving it aside and starting an empty one; its events can be inspected there");
                 std::fs::rename(dir, &aside).map_err(|e| SpoolError::io(dir, e))?;
                 std::fs::create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
-                Ok((Store::open_in(dir)?, Some(aside)))
+                Ok((Store::open_in(dir, write_buffer_bytes)?, Some(aside)))
             }
         }
     }
 
-    fn open_in(dir: &Path) -> Result<Store, SpoolError> {
+    fn open_in(dir: &Path, write_buffer_bytes: u64) -> Result<Store, SpoolError> {
         Ok(Store {
             dir: dir.to_path_buf(),
-            inner: RwLock::new(Some(Arc::new(Store::open_inner(dir)?))),
+            write_buffer_bytes,
+            inner: RwLock::new(Some(Arc::new(Store::open_inner(dir, write_buffer_bytes)?))),
         })
     }
 
@@ -94,25 +99,29 @@ impl Store {
     pub fn reopen(&self) -> Result<(), SpoolError> {
         let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
         *guard = None;
-        *guard = Some(Arc::new(Store::open_inner(&self.dir)?));
+        *guard = Some(Arc::new(Store::open_inner(
+            &self.dir,
+            self.write_buffer_bytes,
+        )?));
         Ok(())
     }
 
-    fn open_inner(dir: &Path) -> Result<Inner, SpoolError> {
-        // Small memtables and cache: the spool is a queue read soon after it is
-        // written, and the relay's memory must stay flat however large the backlog.
-        // (fjall marks the write-buffer cap deprecated, "todo", with no replacement yet.)
+    fn open_inner(dir: &Path, write_buffer_bytes: u64) -> Result<Inner, SpoolError> {
+        // Memory is bounded by the write buffer (memtables) and a small cache, however
+        // large the backlog; two memtables fit the buffer, so one fills while the other
+        // is written out. (fjall marks the write-buffer cap deprecated, "todo", with no
+        // replacement yet.)
         #[allow(deprecated)]
         let db = Database::builder(dir)
-            .cache_size(8 << 20)
-            .max_write_buffer_size(Some(12 << 20))
+            .cache_size(4 << 20)
+            .max_write_buffer_size(Some(write_buffer_bytes))
             .open()
             .map_err(|e| classify_open_error(dir, e))?;
         // Records live milliseconds to minutes: compressing them costs CPU on every
         // flush for disk the budget does not count anyway.
         let options = || {
             KeyspaceCreateOptions::default()
-                .max_memtable_size(4 << 20)
+                .max_memtable_size(write_buffer_bytes / 2)
                 .data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
         };
         let events = db.keyspace(EVENTS, options).map_err(SpoolError::engine)?;
