@@ -225,12 +225,7 @@ impl JetStreamSpool {
         let context = jetstream::ContextBuilder::new()
             .timeout(Duration::from_millis(config.publish_timeout_ms))
             .build(client.clone());
-        context.query_account().await.map_err(|e| {
-            js_error(
-                &format!("the NATS server at {servers} does not offer JetStream (run nats-server with -js)"),
-                e,
-            )
-        })?;
+        check_jetstream(&client, &servers).await?;
         let stream = stream_config(config);
         context
             .get_or_create_stream(stream.clone())
@@ -398,6 +393,30 @@ impl JetStreamSpool {
             tracing::warn!(%error, "NATS flush at shutdown timed out");
         }
     }
+}
+
+/// The account's JetStream info: no answer means the server runs without JetStream.
+async fn check_jetstream(client: &async_nats::Client, servers: &str) -> Result<(), SpoolError> {
+    let no_jetstream = || {
+        SpoolError::JetStream(format!(
+            "the NATS server at {servers} does not offer JetStream (run nats-server with -js, or enable JetStream for this account)"
+        ))
+    };
+    let answer = client
+        .request("$JS.API.INFO", bytes::Bytes::new())
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => no_jetstream(),
+            _ => js_error(&format!("asking {servers} for JetStream"), e),
+        })?;
+    let info: serde_json::Value = serde_json::from_slice(&answer.payload)
+        .map_err(|e| js_error("JetStream account info", e))?;
+    if let Some(error) = info.get("error") {
+        return Err(SpoolError::JetStream(format!(
+            "the NATS server at {servers} refuses JetStream for this account: {error}"
+        )));
+    }
+    Ok(())
 }
 
 pub fn durable_name(destination: &str) -> String {
