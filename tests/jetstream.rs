@@ -645,8 +645,16 @@ async fn a_relay_killed_mid_stream_loses_nothing_another_relay_or_its_restart_de
 
 /// Three `nats-server`s clustered on loopback with JetStream.
 fn cluster(dir: &Path) -> Vec<Nats> {
-    let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    // Six distinct ports: every listener is held until all are chosen.
+    let held: Vec<std::net::TcpListener> = (0..6)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let ports: Vec<u16> = held
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect();
+    drop(held);
+    let (client, routes) = ports.split_at(3);
     let all_routes: Vec<String> = routes
         .iter()
         .map(|p| format!("nats://127.0.0.1:{p}"))
@@ -712,10 +720,21 @@ async fn a_three_node_cluster_losing_a_node_mid_stream_loses_nothing() {
     assert_eq!(refused, 0);
     // One node dies mid-stream: the relay may be connected to it.
     nodes[0].kill();
+    // Posting goes on: refusals (503) while the cluster fails over are allowed, and
+    // the client retries; what was accepted must all arrive.
     let mut refused_total = 0;
-    for round in 0..30 {
+    let mut accepted_after = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    while accepted_after < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay accepted nothing for 60 s after a node died"
+        );
         let (more, refused) =
             post_at_random(&addrs, &format!("cluster-after-{round}"), 1, &mut rng).await;
+        round += 1;
+        accepted_after += usize::from(!more.is_empty());
         accepted.extend(more);
         refused_total += refused;
         if refused > 0 {
@@ -725,10 +744,6 @@ async fn a_three_node_cluster_losing_a_node_mid_stream_loses_nothing() {
     eprintln!(
         "cluster: {} accepted, {refused_total} requests refused while the cluster failed over",
         accepted.len()
-    );
-    assert!(
-        accepted.len() >= 20 * 25 + 10 * 25,
-        "too few accepted after the failover"
     );
     wait_for_all(&fast, &accepted, Duration::from_secs(90), "fast").await;
     wait_for_all(&slow, &accepted, Duration::from_secs(120), "slow").await;

@@ -31,6 +31,8 @@ const SOURCE: &str = "Playrelay-Source";
 /// Session buckets in the subject: what a deployment partitions on when one relay must
 /// see all of a session's events (docs/scale-out.md).
 pub const BUCKETS: u64 = 16;
+/// How long past its own expiry a pull may go unanswered.
+const PULL_GRACE: Duration = Duration::from_secs(3);
 /// How often the consumer's pending counts are read for `/metrics`.
 const INFO_EVERY: Duration = Duration::from_secs(2);
 
@@ -544,8 +546,11 @@ impl Lease {
             None => self.consumer.fetch().max_messages(max).messages().await,
         };
         let mut batch = batch.map_err(|e| js_error(&format!("pulling for {}", self.name), e))?;
+        // A pull request lost with a connection (a node failing over) is never answered:
+        // give up on it rather than wait for ever.
+        let deadline = tokio::time::Instant::now() + wait.unwrap_or(Duration::ZERO) + PULL_GRACE;
         let mut out = Vec::new();
-        while let Some(message) = batch.next().await {
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, batch.next()).await {
             let message = match message {
                 Ok(message) => message,
                 Err(error) => {
