@@ -299,7 +299,10 @@ async fn an_unreachable_server_or_one_without_jetstream_stops_the_start_with_why
     let vendor = StandIn::ok().await;
     let unreachable = format!("nats://127.0.0.1:{}", closed_port());
     let text = config(
-        &spool(&[unreachable.clone()], "connect_timeout_ms = 500"),
+        &spool(
+            std::slice::from_ref(&unreachable),
+            "connect_timeout_ms = 500",
+        ),
         &vendor.url("/"),
         &vendor.url("/"),
         "",
