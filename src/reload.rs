@@ -394,9 +394,10 @@ fn edge_settings_changed(old: &Config, new: &Config) -> bool {
         || old.server.max_in_flight_requests != new.server.max_in_flight_requests
 }
 
-/// A removed destination's JetStream consumer: once this relay's workers settled what
-/// they held (bounded wait), what the consumer still has goes to the dead-letter file
-/// with reason `removed` (replayable), and the consumer is deleted.
+/// A removed destination's JetStream consumer: once its reader stopped (and handed back
+/// its last pull), what the consumer still has goes to the dead-letter file with reason
+/// `removed` (replayable), and the consumer is deleted. What the old worker holds is
+/// its to settle, as with the disk spool.
 async fn retire_consumer(
     js: Arc<JetStreamSpool>,
     lease: Arc<crate::spool::Lease>,
@@ -405,8 +406,8 @@ async fn retire_consumer(
     clock: Clock,
 ) {
     let name = lease.name.clone();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while lease.holding() > 0 && tokio::time::Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lease.readers() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let mut owed = 0usize;

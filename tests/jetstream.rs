@@ -757,3 +757,118 @@ async fn a_three_node_cluster_losing_a_node_mid_stream_loses_nothing() {
     );
     relay.shutdown().await;
 }
+
+/// Whether the stream has the destination's consumer, asked of the server directly.
+async fn has_consumer(url: &str, destination: &str) -> bool {
+    let client = async_nats::connect(url).await.expect("connect to nats");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("PLAYER_EVENTS").await.expect("stream");
+    stream
+        .consumer_info(format!("playrelay-{destination}"))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_a_consumer_and_a_removed_destination_hands_its_backlog_to_dead_letters() {
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(&dir.path().join("nats"));
+    let fast = StandIn::ok().await;
+    let hung = StandIn::start(|_| Reply::Hang).await;
+    let dead = dir.path().join("dead");
+    let server = format!("dead_letter_dir = {:?}", dead.display().to_string());
+    let both = config(
+        &spool(&[nats.url()], ""),
+        &fast.url("/"),
+        &hung.url("/"),
+        &server,
+    )
+    .replace(
+        "concurrency = 1",
+        "concurrency = 1\ntimeout_ms = 600000\nqueue = { max_events = 100 }",
+    );
+    let only_fast = both
+        .replace("to = [\"fast\", \"slow\"]", "to = [\"fast\"]")
+        .split("[destinations.slow]")
+        .next()
+        .expect("head")
+        .to_string()
+        + "[[routes]]\nname = \"all\"\nmatch = { types = [\"*\"] }\nto = [\"fast\"]\n";
+    let load = |text: &str| {
+        playrelay::config::load_str(text, Path::new("t.toml"), &|_| None).expect("valid")
+    };
+    let relay = start_relay(&only_fast).await;
+    assert!(!has_consumer(&nats.url(), "slow").await);
+    let outcome = relay.reloader().apply(load(&both)).await;
+    assert_eq!(outcome.added, vec!["slow".to_string()], "{outcome:?}");
+    assert!(has_consumer(&nats.url(), "slow").await);
+    let sent = events("reload", 1000);
+    assert_eq!(
+        post_ndjson(relay.local_addr, ndjson(&sent)).await.status,
+        202
+    );
+    let ids: HashSet<String> = ids_of(&sent).collect();
+    wait_for_all(&fast, &ids, Duration::from_secs(30), "fast").await;
+    // The hung vendor holds one request; its window holds 100; the rest waits on the server.
+    let outcome = relay.reloader().apply(load(&only_fast)).await;
+    assert_eq!(outcome.removed, vec!["slow".to_string()], "{outcome:?}");
+    let path = dead.join("slow.ndjson");
+    wait_until("the consumer is deleted", Duration::from_secs(20), || {
+        std::fs::metadata(&path).is_ok_and(|m| m.len() > 0)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while has_consumer(&nats.url(), "slow").await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumer never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = dead_letters(&dead, "slow");
+    assert!(records.iter().all(|r| r["reason"] == "removed"));
+    assert!(
+        records.len() >= 1000 - 200,
+        "the backlog on the server went to the dead-letter file: {}",
+        records.len()
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_longer_than_ack_wait_is_not_handed_to_another_relay() {
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(&dir.path().join("nats"));
+    let fast = StandIn::ok().await;
+    // Each request takes 2.5 s; ack_wait is 1 s: only "still working" keeps them.
+    let slow = StandIn::start(|_| Reply::After(Duration::from_millis(2500), 200)).await;
+    let text = config(
+        &spool(&[nats.url()], "").replace("ack_wait_ms = 2000", "ack_wait_ms = 1000"),
+        &fast.url("/"),
+        &slow.url("/"),
+        "",
+    )
+    .replace("max_events = 20", "max_events = 100");
+    let relays = fleet(2, &text).await;
+    let sent = events("progress", 100);
+    assert_eq!(
+        post_ndjson(relays[0].local_addr, ndjson(&sent))
+            .await
+            .status,
+        202
+    );
+    let ids: HashSet<String> = ids_of(&sent).collect();
+    wait_for_all(&slow, &ids, Duration::from_secs(30), "slow").await;
+    // Past several ack waits: a redelivery would have shown by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(duplicates(&slow, &ids), 0);
+    for relay in relays {
+        relay.shutdown().await;
+    }
+}

@@ -189,6 +189,7 @@ pub async fn read_stream(
     window: mpsc::Sender<Arc<Event>>,
     generation: u64,
 ) {
+    let _running = lease.reader();
     while lease.is_current(generation) {
         let room = loop {
             let room = window.capacity();

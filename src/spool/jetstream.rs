@@ -296,6 +296,7 @@ impl JetStreamSpool {
             wake: Notify::new(),
             ack_wait: Duration::from_millis(self.config.ack_wait_ms),
             metrics: self.metrics.clone(),
+            readers: AtomicU64::new(0),
         });
         tokio::spawn(keep_alive(Arc::downgrade(&lease)));
         leases.insert(name.to_string(), lease.clone());
@@ -477,6 +478,17 @@ pub struct Lease {
     wake: Notify,
     ack_wait: Duration,
     metrics: Arc<Metrics>,
+    /// Readers still running (a stopped one may be handing back its last pull).
+    readers: AtomicU64,
+}
+
+/// Counts a running reader while it lives.
+pub struct ReaderGuard(Arc<Lease>);
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What a reader pulled.
@@ -521,8 +533,14 @@ impl Lease {
         }
     }
 
-    pub fn holding(&self) -> usize {
-        self.held().len()
+    /// Held for as long as a reader runs.
+    pub fn reader(self: &Arc<Self>) -> ReaderGuard {
+        self.readers.fetch_add(1, Ordering::AcqRel);
+        ReaderGuard(self.clone())
+    }
+
+    pub fn readers(&self) -> u64 {
+        self.readers.load(Ordering::Acquire)
     }
 
     /// Pulls up to `max` events, waiting at most `wait`; each one is held until
