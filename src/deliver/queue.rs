@@ -209,6 +209,8 @@ pub async fn read_stream(
         // What is there now; when nothing is, wait on the server for the next one.
         let mut pulled = lease.pull(room, None).await;
         if matches!(&pulled, Ok(p) if p.is_empty()) {
+            // Cut short when the destination closes: a cancelled pull holds nothing, and
+            // the one event it may have brought goes to a relay after ack_wait.
             pulled = tokio::select! {
                 biased;
                 _ = stack.abandoned() => return,

@@ -568,6 +568,9 @@ impl Lease {
         // give up on it rather than wait for ever.
         let deadline = tokio::time::Instant::now() + wait.unwrap_or(Duration::ZERO) + PULL_GRACE;
         let mut out = Vec::new();
+        // Held only once the pull is complete: a pull cancelled half-way holds nothing,
+        // and the server sends its events again after ack_wait.
+        let mut replies = Vec::new();
         while let Ok(Some(message)) = tokio::time::timeout_at(deadline, batch.next()).await {
             let message = match message {
                 Ok(message) => message,
@@ -600,7 +603,7 @@ impl Lease {
             match decode(&message.message) {
                 Ok(mut event) => {
                     event.spool_seq = seq;
-                    self.held().insert(seq, reply);
+                    replies.push((seq, reply));
                     out.push(Pulled::Event(Box::new(event)));
                 }
                 Err(error) => {
@@ -612,6 +615,7 @@ impl Lease {
                 }
             }
         }
+        self.held().extend(replies);
         Ok(out)
     }
 
