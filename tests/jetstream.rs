@@ -601,7 +601,7 @@ async fn a_relay_killed_mid_stream_loses_nothing_another_relay_or_its_restart_de
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start(&dir.path().join("nats"));
     let fast = StandIn::ok().await;
-    let slow = StandIn::start(|_| Reply::After(Duration::from_millis(20), 200)).await;
+    let slow = StandIn::start(|_| Reply::After(Duration::from_millis(80), 200)).await;
     let relay_dir = |i: usize| dir.path().join(format!("relay{i}"));
     let text = |i: usize| {
         config(
