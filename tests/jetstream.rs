@@ -881,3 +881,49 @@ async fn a_request_longer_than_ack_wait_is_not_handed_to_another_relay() {
         relay.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_token_protected_server_takes_the_right_token_and_refuses_a_wrong_one() {
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut args = Nats::args(port, dir.path(), true);
+    args.extend(["--auth".to_string(), "s3cret-token".into()]);
+    let nats = Nats::with_args(port, args);
+    let vendor = StandIn::ok().await;
+    let start = |token: &str| {
+        let text = config(
+            &spool(&[nats.url()], &format!("token = {token:?}")),
+            &vendor.url("/"),
+            &vendor.url("/"),
+            "",
+        );
+        playrelay::config::load_str(&text, Path::new("t.toml"), &|_| None).expect("valid")
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let error = playrelay::start(start("wrong"), listener, Default::default())
+        .await
+        .err()
+        .expect("a wrong token is refused")
+        .to_string();
+    assert!(error.contains("cannot connect"), "{error}");
+    assert!(!error.contains("wrong"), "the token leaked into: {error}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let relay = playrelay::start(start("s3cret-token"), listener, Default::default())
+        .await
+        .expect("the right token connects");
+    let sent = events("token", 10);
+    assert_eq!(
+        post_ndjson(relay.local_addr, ndjson(&sent)).await.status,
+        202
+    );
+    let ids: HashSet<String> = ids_of(&sent).collect();
+    wait_for_all(&vendor, &ids, Duration::from_secs(20), "vendor").await;
+    relay.shutdown().await;
+}
