@@ -927,3 +927,54 @@ async fn a_token_protected_server_takes_the_right_token_and_refuses_a_wrong_one(
     wait_for_all(&vendor, &ids, Duration::from_secs(20), "vendor").await;
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_shutting_down_hands_what_it_holds_to_another_relay_at_once() {
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(&dir.path().join("nats"));
+    let fast = StandIn::ok().await;
+    let (gate, gate_rx) = tokio::sync::watch::channel(false);
+    let slow = StandIn::start(move |_| Reply::UntilOpen(gate_rx.clone(), 200)).await;
+    // A long ack wait: only the hand-back (NAK) at shutdown can move the events in time.
+    let text = config(
+        &spool(&[nats.url()], "").replace("ack_wait_ms = 2000", "ack_wait_ms = 60000"),
+        &fast.url("/"),
+        &slow.url("/"),
+        "",
+    );
+    let first = start_relay(&text).await;
+    let sent = events("handback", 200);
+    assert_eq!(
+        post_ndjson(first.local_addr, ndjson(&sent)).await.status,
+        202
+    );
+    let ids: HashSet<String> = ids_of(&sent).collect();
+    wait_for_all(&fast, &ids, Duration::from_secs(20), "fast").await;
+    // The first relay holds all of the slow destination's events (one request waits at
+    // the vendor, the rest in its window) when the second one starts.
+    let metrics = first.relay.metrics.clone();
+    wait_until(
+        "the first relay holds the events",
+        Duration::from_secs(10),
+        || {
+            let accounts = Accounts::read(&metrics.encode(), "slow");
+            accounts.received == 200.0
+        },
+    )
+    .await;
+    let second = start_relay(&text).await;
+    let report = first.shutdown().await;
+    assert!(!report.drained, "the gated vendor cannot have drained");
+    gate.send(true).expect("open the gate");
+    wait_for_all(&slow, &ids, Duration::from_secs(20), "slow").await;
+    let text = second.relay.metrics.encode();
+    assert!(
+        Accounts::read(&text, "slow").sent >= 180.0,
+        "the second relay sent what the first handed back: {:?}",
+        Accounts::read(&text, "slow")
+    );
+    second.shutdown().await;
+}
