@@ -978,3 +978,50 @@ async fn a_relay_shutting_down_hands_what_it_holds_to_another_relay_at_once() {
     );
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_makes_ingest_answer_503_and_keeps_what_it_accepted() {
+    if !nats_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(&dir.path().join("nats"));
+    let fast = StandIn::ok().await;
+    let hung = StandIn::start(|_| Reply::Hang).await;
+    let text = config(
+        &spool(&[nats.url()], "max_bytes = 1048576"),
+        &fast.url("/"),
+        &hung.url("/"),
+        "",
+    )
+    .replace("concurrency = 1", "concurrency = 1\ntimeout_ms = 600000");
+    let relay = start_relay(&text).await;
+    let mut accepted = HashSet::new();
+    let mut refusal = None;
+    for batch in 0..40 {
+        let sent = events(&format!("full-{batch}"), 200);
+        let answer = post_ndjson(relay.local_addr, ndjson(&sent)).await;
+        match answer.status {
+            202 => accepted.extend(ids_of(&sent)),
+            503 => {
+                refusal = Some(answer.body.to_string());
+                break;
+            }
+            other => panic!("unexpected {other}: {:?}", answer.body),
+        }
+    }
+    let refusal = refusal.expect("a 1 MiB stream never filled up");
+    eprintln!("full stream: {refusal}");
+    assert!(refusal.contains("stream is full"), "{refusal}");
+    let text = relay.relay.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            "playrelay_ingest_refused_total{reason=\"spool_full\"}"
+        ),
+        1.0
+    );
+    assert!(!accepted.is_empty());
+    wait_for_all(&fast, &accepted, Duration::from_secs(30), "fast").await;
+    relay.shutdown().await;
+}

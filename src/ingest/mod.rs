@@ -373,7 +373,7 @@ async fn spool_events(spool: &Spool, events: Vec<Routed>) -> Result<(), Refusal>
     }
     spool.append(events).await.map_err(|error| {
         let reason = match error {
-            SpoolError::Full { .. } => "spool_full",
+            SpoolError::Full { .. } | SpoolError::StreamFull(_) => "spool_full",
             _ => "spool_unavailable",
         };
         Refusal {

@@ -355,7 +355,12 @@ impl JetStreamSpool {
         if self.client.connection_state() != State::Connected {
             return SpoolError::Disconnected;
         }
-        js_error("publish not acknowledged", error)
+        let text = error.to_string();
+        // JetStream's "maximum bytes exceeded" (10077): the stream is at max_bytes.
+        if text.contains("10077") || text.contains("maximum bytes exceeded") {
+            return SpoolError::StreamFull(text);
+        }
+        js_error("publish not acknowledged", text)
     }
 
     pub fn unhealthy(&self) -> Option<String> {

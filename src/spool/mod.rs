@@ -188,6 +188,8 @@ pub enum SpoolError {
     Closed,
     #[error("NATS JetStream: {0}")]
     JetStream(String),
+    #[error("the JetStream stream is full (spool.max_bytes): destinations are behind ({0})")]
+    StreamFull(String),
     #[error("the NATS connection is lost: events cannot be made durable")]
     Disconnected,
 }
