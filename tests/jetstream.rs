@@ -1025,3 +1025,26 @@ async fn a_full_stream_makes_ingest_answer_503_and_keeps_what_it_accepted() {
     wait_for_all(&fast, &accepted, Duration::from_secs(30), "fast").await;
     relay.shutdown().await;
 }
+
+#[test]
+fn url_takes_one_server_or_a_list_and_the_defaults_are_the_documented_ones() {
+    let base = "[destinations.w]\ntype = \"webhook\"\nendpoint = \"http://127.0.0.1:1/\"\n[[routes]]\nname = \"r\"\nmatch = { types = [\"*\"] }\nto = [\"w\"]\n";
+    let load = |spool: &str| {
+        playrelay::config::load_str(
+            &format!("[spool]\nbackend = \"jetstream\"\n{spool}\n{base}"),
+            Path::new("t.toml"),
+            &|_| None,
+        )
+        .expect("valid")
+        .spool
+    };
+    let one = load("url = \"nats://a:4222\"");
+    assert_eq!(one.url, vec!["nats://a:4222".to_string()]);
+    assert_eq!(one.stream, "PLAYER_EVENTS");
+    assert_eq!(one.replicas, 1);
+    assert_eq!(one.duplicate_window_ms, 120_000);
+    assert_eq!(one.max_ack_pending, 1_000);
+    let many = load("url = [\"nats://a:4222\", \"tls://b:4222\"]\nreplicas = 3");
+    assert_eq!(many.url.len(), 2);
+    assert_eq!(many.replicas, 3);
+}
