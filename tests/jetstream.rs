@@ -1028,7 +1028,7 @@ async fn a_full_stream_makes_ingest_answer_503_and_keeps_what_it_accepted() {
 
 #[test]
 fn url_takes_one_server_or_a_list_and_the_defaults_are_the_documented_ones() {
-    let base = "[destinations.w]\ntype = \"webhook\"\nendpoint = \"http://127.0.0.1:1/\"\n[[routes]]\nname = \"r\"\nmatch = { types = [\"*\"] }\nto = [\"w\"]\n";
+    let base = "[server]\nlisten = \"127.0.0.1:0\"\n[destinations.w]\ntype = \"webhook\"\nendpoint = \"http://127.0.0.1:1/\"\n[[routes]]\nname = \"r\"\nmatch = { types = [\"*\"] }\nto = [\"w\"]\n";
     let load = |spool: &str| {
         playrelay::config::load_str(
             &format!("[spool]\nbackend = \"jetstream\"\n{spool}\n{base}"),
