@@ -16,13 +16,13 @@ listen = "127.0.0.1:0"
 
 [destinations.segment]
 type = "segment"
-write_key = "bench"
+write_key = "bench-write-key"
 endpoint = "http://127.0.0.1:9"
 
 [destinations.ga4]
 type = "ga4"
 measurement_id = "G-BENCH"
-api_secret = "bench"
+api_secret = "bench-api-secret"
 endpoint = "http://127.0.0.1:9"
 
 [destinations.tealium]

@@ -13,6 +13,7 @@ pub mod event;
 pub mod ingest;
 pub mod preview;
 pub mod privacy;
+pub mod qoe;
 pub mod reload;
 pub mod replay;
 pub mod route;
@@ -60,6 +61,8 @@ pub struct Relay {
     pub reload_status: reload::StatusCell,
     /// The disk or JetStream spool; `None` with `backend = "memory"`.
     pub spool: Option<spool::Spool>,
+    /// Per-session QoE beside the event path (`[qoe]`); kept across reloads.
+    pub qoe: qoe::Qoe,
     state: AtomicU8,
 }
 
@@ -154,6 +157,7 @@ pub async fn start(
     let (controller, relay) = Controller::start(config, metrics, options.clock, abandon_rx).await?;
     controller.retire_unconfigured().await;
     let (stop_accepting, stopped) = oneshot::channel::<()>();
+    qoe::spawn(&relay);
     let app = ingest::app(relay.clone());
     // Listener settings are read once: a reload reports changes to them as restart-only.
     let serve_options = ingest::serve::ServeOptions {
@@ -221,6 +225,7 @@ impl Relay {
         spool: Option<spool::Spool>,
     ) -> Relay {
         Relay {
+            qoe: qoe::Qoe::new(metrics.qoe.clone()),
             metrics,
             clock,
             routing: ArcSwap::from_pointee(routing),
@@ -267,6 +272,8 @@ impl RunningRelay {
         {
             tracing::warn!("in-flight requests did not finish in time");
         }
+        // No event comes in any more: open sessions are summarized into the queues.
+        qoe::close_all(&self.relay).await;
         // Dropping every sender closes the queues: workers finish what is queued.
         let workers = self.controller.close().await;
         let all = join_all(workers);

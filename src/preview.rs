@@ -43,6 +43,15 @@ pub fn preview(
         },
         sent_at,
     )?;
+    let mut parsed = parsed;
+    // As ingest stamps them; there is no request here, so only the events' own
+    // `sent_at` can say when the client sent them.
+    crate::event::stamp_client(
+        &mut parsed.events,
+        None,
+        &http::HeaderMap::new(),
+        &http::Uri::from_static("/"),
+    );
     let mut out = String::new();
     for rejection in &parsed.rejected {
         let _ = writeln!(
@@ -82,10 +91,16 @@ pub fn preview(
     }
     let events: Vec<&Event> = visible.iter().collect();
     let chunk = dest.common.batch.max_events.max(1);
+    // One translator for the whole input, as a destination has one for its life: what
+    // it remembers across batches (GA4's engagement clock) then shows here too.
+    let translator = match &dest.kind {
+        DestinationKind::File(_) => None,
+        _ => Some(build_translator(dest)?),
+    };
     for (batch_index, batch) in events.chunks(chunk).enumerate() {
         let offset = batch_index * chunk;
-        let refused: Vec<Refusal> = match &dest.kind {
-            DestinationKind::File(file) => {
+        let refused: Vec<Refusal> = match (&dest.kind, &translator) {
+            (DestinationKind::File(file), _) => {
                 let names = EventNames::new(dest.common.events.clone());
                 let (body, _, refused) = encode_lines(batch, &names, dest.common.properties);
                 let _ = writeln!(
@@ -96,12 +111,24 @@ pub fn preview(
                 );
                 refused
             }
-            _ => {
-                let translator = build_translator(dest)?;
+            (_, None) => Vec::new(),
+            (_, Some(translator)) => {
                 let translation = translator.translate(batch, sent_at);
                 let secrets = translator.secrets();
                 for request in &translation.requests {
                     out.push_str(&render_request(request, &secrets));
+                }
+                for note in &translation.notes {
+                    let event = batch[note.index];
+                    let _ = writeln!(
+                        out,
+                        "# event {} ({} {}): sent, {}: {}",
+                        offset + note.index,
+                        event.event_type(),
+                        event.event_id(),
+                        note.reason,
+                        note.detail
+                    );
                 }
                 translation.refused
             }

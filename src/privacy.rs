@@ -113,6 +113,15 @@ impl Policy {
         let raw = serde_json::value::RawValue::from_string(text)?;
         let mut rebuilt = Event::from_json(&raw, event.received_at)?;
         rebuilt.source = event.source.clone();
+        rebuilt.client_sent_at = event.client_sent_at;
+        rebuilt.client_ip = match self.ip {
+            IpPolicy::Keep => event.client_ip,
+            IpPolicy::Drop => None,
+            IpPolicy::Anonymize => event
+                .client_ip
+                .and_then(|ip| anonymize_ip(&ip.to_string()))
+                .and_then(|text| text.parse().ok()),
+        };
         Ok(rebuilt)
     }
 }
@@ -282,6 +291,19 @@ mod tests {
             .apply(&event(json!({"context": {"ip": "somewhere"}})))
             .expect("ok");
         assert!(out.to_json_value()["context"].get("ip").is_none());
+    }
+
+    #[test]
+    fn the_relay_seen_address_follows_the_ip_rule_and_the_send_time_is_kept() {
+        let mut seen = event(json!({"context": {"locale": "en"}}));
+        seen.client_ip = Some("203.0.113.77".parse().expect("ip"));
+        seen.client_sent_at = Some(time::OffsetDateTime::UNIX_EPOCH);
+        let anonymize = Policy::new(&common("ip = \"anonymize\""), None).expect("policy");
+        let out = anonymize.apply(&seen).expect("ok");
+        assert_eq!(out.client_ip, Some("203.0.113.0".parse().expect("ip")));
+        assert_eq!(out.client_sent_at, seen.client_sent_at);
+        let drop = Policy::new(&common("ip = \"drop\""), None).expect("policy");
+        assert_eq!(drop.apply(&seen).expect("ok").client_ip, None);
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl Controller {
             .collect();
         let routing = build_routing(&config, &routed, Arc::new(Edge::new(&config)), &metrics)?;
         let relay = Arc::new(Relay::new(metrics, clock, routing, spool));
+        relay.qoe.configure(&config.qoe);
         let controller = Arc::new(Controller {
             relay: relay.clone(),
             abandon,
@@ -235,6 +236,7 @@ impl Controller {
         };
         // The swap: requests that loaded the old routing finish with it.
         self.relay.routing.store(Arc::new(routing));
+        self.relay.qoe.configure(&new.qoe);
         let mut slots = started;
         for (name, old) in std::mem::take(&mut state.slots) {
             if outcome.kept.contains(&name) {

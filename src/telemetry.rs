@@ -86,6 +86,8 @@ pub struct Metrics {
     pub dest_request_duration: Family<DestinationLabel, Histogram, fn() -> Histogram>,
     pub dest_breaker_state: Family<DestinationLabel, Gauge>,
     pub dest_findings: Family<DestinationLabel, Counter>,
+    /// Parts of events a translator left out to fit a vendor limit (GA4's 25 params).
+    pub dest_dropped_params: Family<DestinationReasonLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
     pub config_last_reload_success: Gauge,
     pub config_last_reload_timestamp: Gauge,
@@ -96,6 +98,8 @@ pub struct Metrics {
     /// Connections closed on a failed TLS handshake or a client too slow to send headers.
     pub ingest_connection_errors: Family<ReasonLabel, Counter>,
     pub spool: SpoolMetrics,
+    /// `playrelay_qoe_*`: fleet QoE from session summaries.
+    pub qoe: crate::qoe::QoeMetrics,
 }
 
 /// The disk spool: what it holds and what durability costs.
@@ -119,6 +123,7 @@ pub struct SpoolMetrics {
     pub stream_pending: Family<DestinationLabel, Gauge>,
     /// JetStream: events handed to a relay and not yet acknowledged (fleet-wide).
     pub stream_ack_pending: Family<DestinationLabel, Gauge>,
+    pub backlog_read: Family<DestinationLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,6 +167,7 @@ impl Metrics {
             ),
             dest_breaker_state: Family::default(),
             dest_findings: Family::default(),
+            dest_dropped_params: Family::default(),
             config_reloads: Family::default(),
             config_last_reload_success: Gauge::default(),
             config_last_reload_timestamp: Gauge::default(),
@@ -185,7 +191,9 @@ impl Metrics {
                 duplicates: Counter::default(),
                 stream_pending: Family::default(),
                 stream_ack_pending: Family::default(),
+                backlog_read: Family::default(),
             },
+            qoe: crate::qoe::QoeMetrics::default(),
             registry: Registry::default(),
         };
         // Both outcomes exist from the start: "no reload yet" reads 0, not a missing series.
@@ -194,6 +202,7 @@ impl Metrics {
                 result: result.to_string(),
             });
         }
+        m.qoe.register(&mut registry);
         registry.register(
             "events_received",
             "Events found in ingest request bodies",
@@ -324,6 +333,11 @@ impl Metrics {
             "Client connections closed on an error, by reason",
             m.ingest_connection_errors.clone(),
         );
+        registry.register(
+            "destination_dropped_params",
+            "Event parameters a translator cut to fit a vendor limit, by reason (params_cut)",
+            m.dest_dropped_params.clone(),
+        );
         let spool = &m.spool;
         registry.register(
             "spool_bytes",
@@ -400,6 +414,11 @@ impl Metrics {
             "JetStream spool: the destination's events handed to relays and not yet acknowledged",
             spool.stream_ack_pending.clone(),
         );
+        registry.register(
+            "destination_backlog_read",
+            "Events a destination read back from the disk spool because it had fallen behind",
+            spool.backlog_read.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -428,6 +447,7 @@ impl Metrics {
             request_duration: self.dest_request_duration.get_or_create(&label).clone(),
             breaker_state: self.dest_breaker_state.get_or_create(&label).clone(),
             findings: self.dest_findings.get_or_create(&label).clone(),
+            dropped_params: self.dest_dropped_params.clone(),
             responses: self.dest_responses.clone(),
             dropped: self.dest_dropped.clone(),
             dropped_cache: Mutex::default(),
@@ -496,6 +516,7 @@ pub struct DestinationMetrics {
     pub request_duration: Histogram,
     pub breaker_state: Gauge,
     pub findings: Counter,
+    dropped_params: Family<DestinationReasonLabel, Counter>,
     responses: Family<DestinationStatusLabel, Counter>,
     dropped: Family<DestinationReasonLabel, Counter>,
     dropped_cache: Mutex<Vec<(&'static str, Counter)>>,
@@ -547,6 +568,16 @@ impl DestinationMetrics {
             .clone();
         counter.inc();
         cache.push((status.into(), counter));
+    }
+
+    /// Parameters cut from events to fit a vendor limit.
+    pub fn dropped_params(&self, reason: &str, count: u64) {
+        self.dropped_params
+            .get_or_create(&DestinationReasonLabel {
+                destination: self.name.clone(),
+                reason: reason.to_string(),
+            })
+            .inc_by(count);
     }
 
     pub fn dropped(&self, reason: &'static str, count: u64) {

@@ -347,3 +347,148 @@ to = ["warehouse"]
     }
     assert!(stderr.contains("3 error(s)"), "{stderr}");
 }
+
+/// Secrets are refused when too short to be real, and hidden by position: a webhook's
+/// `?token=` and URL password never print, and hiding them leaves the rest of the URL
+/// as it was.
+#[test]
+fn translate_hides_url_secrets_by_position_and_validate_refuses_short_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = dir.path().join("short.toml");
+    std::fs::write(
+        &short,
+        r#"[server]
+listen = "127.0.0.1:8080"
+
+[destinations.ga4]
+type = "ga4"
+measurement_id = "G-1"
+api_secret = "s"
+
+[destinations.hook]
+type = "webhook"
+endpoint = "https://hooks.example.com/in?token=abc"
+"#,
+    )
+    .expect("write config");
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&short)
+        .output()
+        .expect("run playrelay");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = short.display().to_string();
+    for (line, field) in [
+        (7, "destinations.ga4.api_secret"),
+        (11, "destinations.hook.endpoint"),
+    ] {
+        let expected = format!("{file}:{line}:");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&expected)
+                && l.contains(field)
+                && l.contains("at least 8 characters")),
+            "missing {expected} {field} in:\n{stderr}"
+        );
+    }
+
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        r#"[server]
+listen = "127.0.0.1:8080"
+
+[destinations.hook]
+type = "webhook"
+endpoint = "https://relay:pa55word-1@hooks.example.com/in?token=tok-123456789&team=video"
+headers = { "X-Api-Key" = "key-0123456789", "X-Team" = "video" }
+"#,
+    )
+    .expect("write config");
+    let mut child = Command::new(BIN)
+        .args(["translate", "--config"])
+        .arg(&config)
+        .args(["--destination", "hook", "--sent-at", "2026-11-01T19:00:00Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start playrelay");
+    let first = common::FIXTURE.lines().next().expect("a fixture event");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(first.as_bytes())
+        .expect("feed");
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("POST https://relay:***@hooks.example.com/in?token=***&team=video\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("x-api-key: ***\n"), "{stdout}");
+    assert!(stdout.contains("x-team: video\n"), "{stdout}");
+    for secret in ["pa55word-1", "tok-123456789", "key-0123456789"] {
+        assert!(!stdout.contains(secret), "{secret} shown in:\n{stdout}");
+    }
+}
+
+/// A webhook's `fields` are JSON pointers checked at load: each bad one is reported
+/// at its own line; an envelope needs a JSON array body; a signing secret is a secret.
+#[test]
+fn validate_reports_bad_webhook_fields_at_their_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        r#"[server]
+listen = "127.0.0.1:8080"
+
+[destinations.hook]
+type = "webhook"
+endpoint = "https://hooks.example.com/in"
+encoding = "ndjson"
+envelope = true
+signing_secret = "short"
+
+[destinations.hook.fields]
+id = "/event_id"
+position = "playback/position_ms"
+odd = "/a~2b"
+"#,
+    )
+    .expect("write config");
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .expect("run playrelay");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for (line, field, words) in [
+        (8, "destinations.hook.envelope", "json_array"),
+        (
+            9,
+            "destinations.hook.signing_secret",
+            "at least 8 characters",
+        ),
+        (13, "destinations.hook.fields.position", "must start with /"),
+        (14, "destinations.hook.fields.odd", "~0"),
+    ] {
+        let expected = format!("{file}:{line}:");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&expected) && l.contains(field) && l.contains(words)),
+            "missing {expected} {field} {words} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("4 error(s)"), "{stderr}");
+}

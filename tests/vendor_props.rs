@@ -141,12 +141,19 @@ fn ids(event: &Event) -> (Option<String>, Option<String>) {
 
 fn check_ga4(events: &[Event], limits: BatchLimits) -> Result<(), TestCaseError> {
     let config: Ga4Config =
-        serde_json::from_value(json!({"measurement_id": "G-1", "api_secret": "s"}))
+        serde_json::from_value(json!({"measurement_id": "G-1", "api_secret": "api-secret-1"}))
             .expect("config");
     let t = Ga4Translator::new(&config, EventNames::default(), true, limits).expect("valid");
     let refs: Vec<&Event> = events.iter().collect();
     let translation = t.translate(&refs, SENT_AT);
     assert_accounted(events.len(), &translation);
+    for note in &translation.notes {
+        prop_assert!(translation
+            .requests
+            .iter()
+            .any(|r| r.events.contains(&note.index)));
+        prop_assert!(note.count > 0);
+    }
     let oldest = (SENT_AT - ga4::MAX_AGE).unix_timestamp_nanos() / 1000;
     let newest = SENT_AT.unix_timestamp_nanos() / 1000;
     for r in &translation.requests {
@@ -185,6 +192,15 @@ fn check_ga4(events: &[Event], limits: BatchLimits) -> Result<(), TestCaseError>
                 .and_then(Node::as_object)
                 .expect("params");
             prop_assert!(params.len() <= 25);
+            let engagement = params
+                .iter()
+                .find(|(k, _)| k == "engagement_time_msec")
+                .and_then(|(_, v)| match v {
+                    Node::Number(n) => n.as_u64(),
+                    _ => None,
+                });
+            // Time watched since the session's previous GA4 event: positive, capped.
+            prop_assert!(engagement.is_some_and(|ms| (1..=30 * 60 * 1000).contains(&ms)));
             for (k, v) in params {
                 prop_assert_eq!(ga4::name_problem(k, false), None, "param name {}", k);
                 match v {
@@ -228,13 +244,8 @@ fn check_tealium(events: &[Event], limits: BatchLimits) -> Result<(), TestCaseEr
         prop_assert!(r.body.len() <= 1_000_000 && r.body.len() <= limits.max_bytes);
         let body = parse_ordered(&r.body).map_err(TestCaseError::fail)?;
         period_free(&body)?;
-        let visitor = |e: &Event| {
-            e.body
-                .user
-                .user_id
-                .clone()
-                .or(e.body.user.anonymous_id.clone())
-        };
+        // Stable per device: the anonymous id first, so a login does not split it.
+        let visitor = |e: &Event| playrelay::dest::tealium::visitor_id(e).map(str::to_string);
         let first = visitor(&events[r.events[0]]);
         for &i in &r.events {
             prop_assert_eq!(visitor(&events[i]), first.clone());
@@ -252,17 +263,25 @@ fn check_tealium(events: &[Event], limits: BatchLimits) -> Result<(), TestCaseEr
 }
 
 fn check_segment(events: &[Event], limits: BatchLimits) -> Result<(), TestCaseError> {
-    let config: SegmentConfig = serde_json::from_value(json!({"write_key": "k"})).expect("config");
+    let config: SegmentConfig =
+        serde_json::from_value(json!({"write_key": "wk-12345678"})).expect("config");
     let t = SegmentTranslator::new(&config, EventNames::default(), true, limits).expect("valid");
     let refs: Vec<&Event> = events.iter().collect();
     let translation = t.translate(&refs, SENT_AT);
     assert_accounted(events.len(), &translation);
     for r in &translation.requests {
         prop_assert!(r.body.len() <= 480 * 1024 && r.body.len() <= limits.max_bytes);
-        prop_assert!(r.events.len() <= 2500 && r.events.len() <= limits.max_events);
+        prop_assert!(r.events.len() <= limits.max_events);
         let body = parse_ordered(&r.body).map_err(TestCaseError::fail)?;
         let items = body.get("batch").and_then(Node::as_array).expect("batch");
-        prop_assert_eq!(items.len(), r.events.len());
+        prop_assert!(items.len() <= 2500);
+        // A completion is sent as Video Content Completed then Video Playback Completed.
+        let completions = r
+            .events
+            .iter()
+            .filter(|&&i| events[i].event_type() == "playback.completed")
+            .count();
+        prop_assert_eq!(items.len(), r.events.len() + completions);
     }
     Ok(())
 }

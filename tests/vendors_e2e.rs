@@ -53,18 +53,37 @@ fn fixture_ids() -> HashSet<String> {
 #[tokio::test]
 async fn segment_gets_basic_auth_json_batches_with_message_ids() {
     let vendor = StandIn::ok().await;
-    send_fixture(&format!(
-        "[destinations.vendor]\ntype = \"segment\"\nwrite_key = \"wk_123\"\nendpoint = \"{}\"",
-        vendor.url("")
-    ))
+    // The client says it sent at 21:05 by its clock; the relay's clock says 21:00: the
+    // device is 5 minutes fast, and Segment gets corrected timestamps.
+    let relay = start_relay_with(
+        &config(&format!(
+            "[destinations.vendor]\ntype = \"segment\"\nwrite_key = \"wk_12345678\"\nendpoint = \"{}\"",
+            vendor.url("")
+        )),
+        fixture_clock(),
+    )
     .await;
+    let answer = send(
+        relay.local_addr,
+        "POST",
+        "/v1/events",
+        &[
+            ("content-type", "application/x-ndjson"),
+            ("x-sent-at", "2026-11-01T21:05:00Z"),
+        ],
+        FIXTURE,
+    )
+    .await;
+    assert_eq!(answer.status, 202);
+    relay.shutdown().await;
     let requests = vendor.requests();
     assert!(!requests.is_empty());
     let auth = format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("wk_123:")
+        base64::engine::general_purpose::STANDARD.encode("wk_12345678:")
     );
     let mut message_ids = HashSet::new();
+    let mut completed_contents = HashSet::new();
     for request in &requests {
         assert_eq!(request.method, "POST");
         assert_eq!(request.uri.path(), "/v1/batch");
@@ -78,9 +97,39 @@ async fn segment_gets_basic_auth_json_batches_with_message_ids() {
             assert!(item["event"].as_str().unwrap_or("").starts_with("Video "));
             assert!(item["anonymousId"].is_string() || item["userId"].is_string());
             assert_eq!(item["context"]["library"]["name"], "playrelay");
-            message_ids.insert(item["messageId"].as_str().unwrap_or("").to_string());
+            // The viewer's address as the relay saw it.
+            assert_eq!(item["context"]["ip"], "127.0.0.1");
+            let at = |key: &str| {
+                time::OffsetDateTime::parse(
+                    item[key].as_str().unwrap_or(""),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .expect("RFC 3339")
+            };
+            assert_eq!(
+                at("originalTimestamp") - at("timestamp"),
+                time::Duration::minutes(5)
+            );
+            let id = item["messageId"].as_str().unwrap_or("").to_string();
+            match id.strip_suffix(":content") {
+                Some(event_id) => {
+                    assert_eq!(item["event"], "Video Content Completed");
+                    completed_contents.insert(event_id.to_string());
+                }
+                None => {
+                    message_ids.insert(id);
+                }
+            }
         }
     }
+    // Every completion closed its content first.
+    let completions: HashSet<String> = fixture_events()
+        .iter()
+        .filter(|e| e["type"] == "playback.completed")
+        .map(|e| e["event_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(!completions.is_empty());
+    assert_eq!(completed_contents, completions);
     // Every Segment-mapped event arrived once, keyed by its event_id.
     let mapped = fixture_events()
         .iter()
@@ -102,29 +151,38 @@ async fn ga4_gets_measurement_protocol_requests_and_validation_findings_are_coun
     })
     .await;
     let handle = send_fixture(&format!(
-        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nvalidate = true\nendpoint = \"{}\"",
+        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t-value\"\nvalidate = true\nendpoint = \"{}\"",
         vendor.url("")
     ))
     .await;
     let requests = vendor.requests();
     assert!(!requests.is_empty());
+    let mut engaged_ms = 0;
     for request in &requests {
         assert_eq!(request.method, "POST");
         assert_eq!(request.uri.path(), "/debug/mp/collect");
         assert_eq!(
             request.uri.query(),
-            Some("measurement_id=G-TEST123&api_secret=s3cr3t")
+            Some("measurement_id=G-TEST123&api_secret=s3cr3t-value")
         );
         assert_eq!(request.headers["content-type"], "application/json");
         let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
         let events = body["events"].as_array().expect("events");
         assert!(!events.is_empty() && events.len() <= 25);
         assert!(body["client_id"].is_string());
+        // The viewer's address as the relay saw it, for GA4's geography.
+        assert_eq!(body["ip_override"], "127.0.0.1");
         for event in events {
             assert!(event["params"]["session_id"].is_number());
-            assert!(event["params"]["engagement_time_msec"].is_number());
+            let engagement = event["params"]["engagement_time_msec"]
+                .as_u64()
+                .expect("engagement");
+            assert!((1..=30 * 60 * 1000).contains(&engagement));
+            engaged_ms += engagement;
         }
     }
+    // The fixture's sessions play for minutes, not 100 ms per event as before.
+    assert!(engaged_ms > 60_000 * 10, "{engaged_ms}");
     let text = handle.metrics.encode();
     assert_eq!(
         metric(
@@ -133,7 +191,7 @@ async fn ga4_gets_measurement_protocol_requests_and_validation_findings_are_coun
         ),
         requests.len() as f64
     );
-    assert!(!text.contains("s3cr3t"));
+    assert!(!text.contains("s3cr3t-value"));
     Accounts::read(&text, "vendor").assert_balanced();
 }
 
@@ -155,11 +213,18 @@ async fn tealium_gets_bulk_events_of_one_visitor_with_flat_keys() {
         if request.uri.path() == "/bulk-event" {
             assert_eq!(body["shared"]["tealium_account"], "acme");
             assert_eq!(body["shared"]["tealium_profile"], "main");
-            assert!(body["shared"]["tealium_visitor_id"].is_string());
+            let visitor = &body["shared"]["tealium_visitor_id"];
+            assert!(visitor.is_string());
             let events = body["events"].as_array().expect("events");
             assert!(events.len() <= 10);
             for event in events {
                 assert!(event["tealium_event"].is_string());
+                // One visitor per device: the anonymous id, whoever is logged in.
+                if event.get("anonymous_id").is_some() {
+                    assert_eq!(&event["anonymous_id"], visitor);
+                }
+                // The viewer's address as the relay saw it, unless the player gave one.
+                assert!(event["ip"].is_string(), "{event}");
                 assert!(event
                     .as_object()
                     .expect("object")
@@ -178,7 +243,7 @@ async fn dry_run_writes_requests_with_secrets_hidden_and_sends_nothing() {
     let vendor = StandIn::ok().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = config(&format!(
-        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nendpoint = \"{}\"\ndry_run = true",
+        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t-value\"\nendpoint = \"{}\"\ndry_run = true",
         vendor.url("")
     ))
     .replace(
@@ -192,7 +257,7 @@ async fn dry_run_writes_requests_with_secrets_hidden_and_sends_nothing() {
     let written = std::fs::read_to_string(dir.path().join("vendor.http")).expect("dry-run file");
     assert!(written.starts_with("POST http://"));
     assert!(written.contains("/mp/collect?measurement_id=G-TEST123&api_secret=***"));
-    assert!(!written.contains("s3cr3t"));
+    assert!(!written.contains("s3cr3t-value"));
 }
 
 #[test]
@@ -231,7 +296,7 @@ async fn types_a_vendor_only_drops_are_counted_and_never_queued() {
     let hung = StandIn::start(|_| Reply::Hang).await;
     let relay = start_relay_with(
         &config(&format!(
-            "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nendpoint = \"{}\"\nevents = {{ \"playback.paused\" = false }}\ntimeout_ms = 60000",
+            "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t-value\"\nendpoint = \"{}\"\nevents = {{ \"playback.paused\" = false }}\ntimeout_ms = 60000",
             hung.url("")
         ))
         .replace("[server]", "[server]\ndrain_timeout_ms = 100"),
@@ -272,7 +337,7 @@ async fn events_a_vendor_refuses_are_dead_lettered_with_the_reason() {
     let vendor = StandIn::ok().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = config(&format!(
-        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t\"\nendpoint = \"{}\"",
+        "[destinations.vendor]\ntype = \"ga4\"\nmeasurement_id = \"G-TEST123\"\napi_secret = \"s3cr3t-value\"\nendpoint = \"{}\"",
         vendor.url("")
     ))
     .replace(
@@ -300,7 +365,83 @@ async fn events_a_vendor_refuses_are_dead_lettered_with_the_reason() {
             .as_str()
             .unwrap_or("")
             .contains("more than 72 h"));
-        assert!(!record.to_string().contains("s3cr3t"));
+        assert!(!record.to_string().contains("s3cr3t-value"));
     }
     Accounts::read(&metrics.metrics.encode(), "vendor").assert_balanced();
+}
+
+/// A webhook as a data engineer sets it up: events from a named ingest source, in an
+/// envelope, signed, gzipped; the stand-in checks the signature the documented way.
+#[tokio::test]
+async fn webhook_gets_signed_gzipped_envelopes_with_schema_source_and_batch_id() {
+    use hmac::Mac;
+    use std::io::Read;
+    let secret = "whsec-e2e-0123456789";
+    let vendor = StandIn::ok().await;
+    let relay = start_relay_with(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[sources.web]
+[destinations.vendor]
+type = "webhook"
+endpoint = "{}"
+envelope = true
+signing_secret = "{secret}"
+gzip = true
+batch = {{ max_wait_ms = 5 }}
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["vendor"]
+"#,
+            vendor.url("/hook")
+        ),
+        fixture_clock(),
+    )
+    .await;
+    post_ndjson(relay.local_addr, FIXTURE).await;
+    relay.shutdown().await;
+    let requests = vendor.requests();
+    assert!(!requests.is_empty());
+    let mut ids = HashSet::new();
+    for request in &requests {
+        assert_eq!(request.uri.path(), "/hook");
+        assert_eq!(request.headers["content-type"], "application/json");
+        assert_eq!(request.headers["content-encoding"], "gzip");
+        let mut body = Vec::new();
+        flate2::read::GzDecoder::new(&request.body[..])
+            .read_to_end(&mut body)
+            .expect("gzip");
+        // Verify: HMAC-SHA-256(secret, "<t>.<body>") against v1, and t is recent.
+        let signature = request.headers["x-playrelay-signature"]
+            .to_str()
+            .expect("ascii");
+        let (t, v1) = signature.split_once(",v1=").expect("t=…,v1=…");
+        let t = t.strip_prefix("t=").expect("t=");
+        assert_eq!(t, "1793566800"); // 2026-11-01T21:00:00Z, the relay's clock
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(&body);
+        let expected: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(v1, expected);
+        let envelope: Value = serde_json::from_slice(&body).expect("JSON envelope");
+        assert_eq!(
+            envelope["batch_id"].as_str(),
+            request.headers["x-playrelay-batch-id"].to_str().ok()
+        );
+        assert_eq!(envelope["sent_at"], "2026-11-01T21:00:00.000Z");
+        for event in envelope["events"].as_array().expect("events") {
+            assert_eq!(event["schema"], "player-event/1");
+            assert_eq!(event["source"], "web");
+            ids.insert(event["event_id"].as_str().unwrap_or("").to_string());
+        }
+    }
+    assert_eq!(ids, fixture_ids());
 }

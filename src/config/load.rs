@@ -6,6 +6,7 @@ use super::{
     Config, DestinationCommon, DestinationConfig, DestinationKind, RouteConfig, ServerConfig,
     SourceConfig, COMMON_KEYS, DESTINATION_TYPES, PROTECTED_FIELDS,
 };
+use crate::qoe::QoeConfig;
 use crate::route::compile_glob;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -209,6 +210,7 @@ impl Loader<'_> {
         let mut routes = None;
         let mut sources = None;
         let mut spool = None;
+        let mut qoe = None;
         let mut server_span = 0..0;
         for (key, value) in root {
             match key.get_ref().as_ref() {
@@ -220,10 +222,11 @@ impl Loader<'_> {
                 "routes" => routes = Some(value),
                 "sources" => sources = Some(value),
                 "spool" => spool = Some(value),
+                "qoe" => qoe = Some(value),
                 other => self.error_at(
                     key.span(),
                     other,
-                    "unknown section (expected server, spool, sources, destinations or routes)",
+                    "unknown section (expected server, spool, sources, destinations, routes or qoe)",
                 ),
             }
         }
@@ -292,6 +295,15 @@ impl Loader<'_> {
                 self.error_at(span, &format!("{field}.queue.when_full"), message);
             }
         }
+        let qoe = match qoe {
+            Some(value) => {
+                let span = value.span();
+                let qoe = self.read::<QoeConfig>("qoe", value).unwrap_or_default();
+                self.check_qoe(&qoe, span);
+                qoe
+            }
+            None => QoeConfig::default(),
+        };
         if let Some(server) = &server {
             self.check_server(server);
             if server.hash_salt.is_none() {
@@ -315,7 +327,28 @@ impl Loader<'_> {
             routes,
             sources,
             spool,
+            qoe,
         })
+    }
+
+    fn check_qoe(&mut self, qoe: &QoeConfig, span: Range<usize>) {
+        let mut problems: Vec<(&str, &str)> = Vec::new();
+        if qoe.max_sessions == 0 {
+            problems.push(("max_sessions", "must be greater than 0"));
+        }
+        if qoe.idle_timeout_ms == 0 {
+            problems.push(("idle_timeout_ms", "must be greater than 0"));
+        }
+        if qoe.end_grace_ms > qoe.idle_timeout_ms {
+            problems.push(("end_grace_ms", "must be at most qoe.idle_timeout_ms"));
+        }
+        for (key, message) in problems {
+            // At the key when it is written in the section, else at the section.
+            let at = self.text[span.start..]
+                .find(&format!("\n{key}"))
+                .map_or(span.start, |i| span.start + i + 1);
+            self.error_at(at..at, &format!("qoe.{key}"), message);
+        }
     }
 
     fn check_server(&mut self, server: &ServerConfig) {
@@ -594,6 +627,11 @@ impl Loader<'_> {
         {
             let text = error.to_string();
             let (key, message) = text.split_once(": ").unwrap_or(("", text.as_str()));
+            // Already reported at its own line by `check_destination`.
+            let full = join(field, key);
+            if self.errors.iter().any(|e| e.field == full) {
+                return Some(destination);
+            }
             let key = key.split(['.', '[', ' ']).next().unwrap_or(key);
             let span = self.find_key_span(field, key).unwrap_or(type_span);
             self.error_at(span, &join(field, key), message.to_string());
@@ -671,6 +709,17 @@ impl Loader<'_> {
             if let Err(message) = check_http_url(&webhook.endpoint) {
                 problems.push(("endpoint", message));
             }
+            // Each bad `fields` entry at its own line: found by its pointer's text.
+            for (key, pointer) in webhook.fields.iter().flatten() {
+                if let Some(problem) = crate::dest::webhook::field_problem(key, pointer) {
+                    let quoted = toml::Value::String(pointer.clone()).to_string();
+                    let span = self
+                        .find_after_header(field, &quoted)
+                        .or_else(|| self.find_key_span(field, "fields"))
+                        .unwrap_or_else(|| at.clone());
+                    self.error_at(span, &format!("{field}.fields.{key}"), problem);
+                }
+            }
             for (header, value) in &webhook.headers {
                 if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                     problems.push(("headers", format!("{header:?} is not a valid header name")));
@@ -680,6 +729,17 @@ impl Loader<'_> {
                         format!("the value of {header} is not a valid header value"),
                     ));
                 }
+            }
+        }
+        for (key, secret) in crate::dest::configured_secrets(kind) {
+            if !secret.is_empty() && secret.chars().count() < crate::dest::MIN_SECRET_CHARS {
+                problems.push((
+                    key,
+                    format!(
+                        "a secret here must be at least {} characters: a shorter one is not a real credential and cannot be told apart from ordinary text",
+                        crate::dest::MIN_SECRET_CHARS
+                    ),
+                ));
             }
         }
         if let DestinationKind::File(file) = kind {
@@ -706,6 +766,14 @@ impl Loader<'_> {
             let span = self.find_key_span(field, key).unwrap_or_else(|| at.clone());
             self.error_at(span, &format!("{field}.{key}"), message);
         }
+    }
+
+    /// Finds `text` after the destination's table header (its own or a sub-table's).
+    fn find_after_header(&self, field: &str, text: &str) -> Option<Range<usize>> {
+        let name = field.strip_prefix("destinations.")?;
+        let start = self.text.find(&format!("[destinations.{name}"))?;
+        let at = start + self.text[start..].find(text)?;
+        Some(at..at)
     }
 
     /// Finds `key` textually after the destination's table header, for errors found
@@ -964,7 +1032,7 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Config, ConfigErrors> {
-        let env = |name: &str| (name == "TOKEN").then(|| "t0k".to_string());
+        let env = |name: &str| (name == "TOKEN").then(|| "t0k-12345678".to_string());
         load_str(text, Path::new("r.toml"), &env)
     }
 
@@ -999,7 +1067,7 @@ sample = 0.25
         let DestinationKind::Webhook(webhook) = &warehouse.kind else {
             panic!("webhook expected");
         };
-        assert_eq!(webhook.headers["Authorization"], "Bearer t0k");
+        assert_eq!(webhook.headers["Authorization"], "Bearer t0k-12345678");
         assert_eq!(warehouse.common.batch.max_events, 20);
         assert_eq!(warehouse.common.batch.max_wait_ms, 1000);
         assert_eq!(config.routes[0].sample, Some(0.25));
@@ -1010,7 +1078,7 @@ sample = 0.25
     fn env_values_cannot_inject_structure() {
         let env = |_: &str| Some("x\"\n[server]\nlisten = \"0.0.0.0:1\"".to_string());
         let text = GOOD.replace("path = \"out.ndjson\"", "path = \"${TOKEN}\"");
-        let text = text.replace("Bearer ${TOKEN}", "Bearer fixed");
+        let text = text.replace("Bearer ${TOKEN}", "Bearer fixed-token");
         let config = load_str(&text, Path::new("r.toml"), &env).expect("valid");
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         let DestinationKind::File(file) = &config.destinations["local"].kind else {
@@ -1122,7 +1190,7 @@ to = ["local"]
         assert_eq!(server.json.max_array_items, 1_000);
         assert_eq!(server.admin_listen, None);
         let web = &config.sources["web"];
-        assert_eq!(web.keys[0].expose(), "t0k-0123456789abcdef");
+        assert_eq!(web.keys[0].expose(), "t0k-12345678-0123456789abcdef");
         assert_eq!(web.allowed_origins, vec!["https://player.example.com"]);
         assert!(config.sources["open"].keys.is_empty());
         assert_eq!(config.routes[0].types, vec!["*"]);
@@ -1186,5 +1254,33 @@ to = ["local"]
         let errors = load(&small).expect_err("invalid").0;
         assert_eq!(errors[0].field, "server.max_header_bytes");
         assert_eq!(errors[0].line, 6);
+    }
+
+    #[test]
+    fn qoe_is_off_by_default_and_its_mistakes_are_located() {
+        let config = load(GOOD).expect("valid");
+        assert_eq!(config.qoe, QoeConfig::default());
+        assert!(!config.qoe.enabled);
+        assert_eq!(config.qoe.idle_timeout_ms, 30 * 60 * 1000);
+        let on = format!("{GOOD}\n[qoe]\nenabled = true\nmax_sessions = 10\n");
+        let config = load(&on).expect("valid");
+        assert!(config.qoe.enabled);
+        assert_eq!(config.qoe.max_sessions, 10);
+        assert_eq!(config.qoe.end_grace_ms, 5_000);
+        let bad =
+            format!("{GOOD}\n[qoe]\nenabled = true\nmax_sessions = 0\nend_grace_ms = 99999999\n");
+        let errors = load(&bad).expect_err("invalid").0;
+        let summary: Vec<(usize, &str)> =
+            errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+        assert_eq!(
+            summary,
+            vec![(24, "qoe.max_sessions"), (25, "qoe.end_grace_ms")],
+            "{}",
+            ConfigErrors(errors.clone())
+        );
+        let unknown = format!("{GOOD}\n[qoe]\nenable = true\n");
+        let errors = load(&unknown).expect_err("invalid").0;
+        assert_eq!(errors[0].line, 23, "{}", errors[0]);
+        assert!(errors[0].to_string().contains("enable"), "{}", errors[0]);
     }
 }

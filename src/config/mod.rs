@@ -33,6 +33,8 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     /// `[spool]`: where accepted events wait for their destinations.
     pub spool: crate::spool::SpoolConfig,
+    /// `[qoe]`: per-session QoE and `session.summary` events.
+    pub qoe: crate::qoe::QoeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

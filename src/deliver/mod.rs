@@ -116,6 +116,16 @@ impl Destination {
             dropped.inc();
             return;
         }
+        if self.cursor.as_ref().is_some_and(|c| c.is_removed()) {
+            // Routed by a table from before the destination was removed: its worker
+            // still drains the window; past that the event has nowhere to wait.
+            if self.queue.try_send(event).is_ok() {
+                self.metrics.queue_depth.inc();
+            } else {
+                self.metrics.dropped("removed", 1);
+            }
+            return;
+        }
         self.metrics.queue_depth.inc();
         match &self.cursor {
             Some(cursor) => cursor.offer_live(event.spool_seq, event, bytes, &self.queue),
@@ -327,6 +337,7 @@ pub fn start(
         privacy: crate::privacy::Policy::new(&config.common, env.hash_salt.as_ref()),
         settle,
         cursor: cursor.clone(),
+        metrics_root: env.metrics.clone(),
         skipped: skipped_types.keys().copied().collect(),
     });
     let window = if cursor.is_some() || lease.is_some() {
@@ -419,6 +430,8 @@ struct Stack {
     privacy: Option<crate::privacy::Policy>,
     settle: Arc<Settle>,
     cursor: Option<Arc<Cursor>>,
+    /// The relay's metrics, for the spool's per-destination series.
+    metrics_root: Arc<Metrics>,
     /// Types counted as dropped at offer time.
     skipped: std::collections::HashSet<&'static str>,
 }
@@ -636,6 +649,9 @@ async fn dispatch(
     };
     let translation = translator.translate(&events, (stack.clock)());
     settle_refusals(stack, &originals, &translation.refused).await;
+    for note in &translation.notes {
+        stack.metrics.dropped_params(note.reason, note.count as u64);
+    }
     for request in translation.requests {
         let held: Vec<Arc<Event>> = request.events.iter().map(|i| batch[*i].clone()).collect();
         let stack = stack.clone();

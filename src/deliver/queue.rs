@@ -85,6 +85,14 @@ pub async fn read_backlog(
     window: mpsc::Sender<Arc<Event>>,
     generation: u64,
 ) {
+    let read_back = stack
+        .metrics_root
+        .spool
+        .backlog_read
+        .get_or_create(&crate::telemetry::DestinationLabel {
+            destination: stack.name.clone(),
+        })
+        .clone();
     loop {
         tokio::select! {
             biased;
@@ -164,6 +172,7 @@ pub async fn read_backlog(
                         // an event handed out that the window did not get.
                         cursor.hand_out(record.seq);
                         permit.send(Arc::new(event));
+                        read_back.inc();
                     }
                     None => shed.push(event),
                 }

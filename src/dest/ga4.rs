@@ -7,9 +7,10 @@
 //!
 //! Units: seconds (floored) for times, percent for progress; live durations are left out.
 
+use super::engagement::EngagementClock;
 use super::segment::{is_http_url, kbps, seconds, sound};
 use super::{
-    BatchLimits, EventNames, NameOverride, Refusal, Translate, Translation, VendorRequest,
+    BatchLimits, EventNames, NameOverride, Note, Refusal, Translate, Translation, VendorRequest,
     VendorResponse, Verdict,
 };
 use crate::event::{Event, PresentationMode};
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Mutex;
 use time::{Duration, OffsetDateTime};
 
 pub const MAX_REQUEST_EVENTS: usize = 25;
@@ -35,9 +37,6 @@ pub const MAX_AGE: Duration = Duration::hours(72);
 /// Clocks a little ahead are normal: such timestamps are clamped to `sent_at`. Further
 /// ahead the time cannot be trusted and the event is refused (`in_future`).
 pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(10);
-/// What every event reports as engagement, so it shows in real-time reports; the relay
-/// does not measure engagement itself (100 ms is the value Google's examples use).
-pub const ENGAGEMENT_TIME_MSEC: u64 = 100;
 
 /// Event names GA4 reserves (Measurement Protocol reference).
 pub const RESERVED_EVENT_NAMES: &[&str] = &[
@@ -100,7 +99,13 @@ pub enum Ga4Region {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Ga4Config {
-    pub measurement_id: String,
+    /// A web stream's id (`G-…`); events are sent with a `client_id`.
+    #[serde(default)]
+    pub measurement_id: Option<String>,
+    /// An app stream's Firebase app id instead; events are sent with the app's
+    /// `app_instance_id` (`context.firebase_app_instance_id`).
+    #[serde(default)]
+    pub firebase_app_id: Option<String>,
     pub api_secret: String,
     /// `global` (default, www.google-analytics.com) or `eu` (region1.google-analytics.com).
     #[serde(default)]
@@ -118,6 +123,14 @@ pub struct Ga4Config {
 pub enum Ga4Error {
     #[error("measurement_id: must not be empty")]
     EmptyMeasurementId,
+    #[error(
+        "measurement_id: give measurement_id (a web stream) or firebase_app_id (an app stream)"
+    )]
+    NoStream,
+    #[error("firebase_app_id: give measurement_id or firebase_app_id, not both")]
+    BothStreams,
+    #[error("firebase_app_id: must not be empty")]
+    EmptyFirebaseAppId,
     #[error("api_secret: must not be empty")]
     EmptyApiSecret,
     #[error("endpoint: {0:?} is not an http:// or https:// URL")]
@@ -138,6 +151,10 @@ pub struct Ga4Translator {
     max_events: usize,
     max_bytes: usize,
     secrets: Vec<String>,
+    /// `client_id` (web stream) or `app_instance_id` (app stream).
+    app_stream: bool,
+    /// When each session's previous GA4 event was sent, for `engagement_time_msec`.
+    engagement: Mutex<EngagementClock>,
 }
 
 /// The GA4 name of each `player-event/1` type; `None` is unmapped on purpose.
@@ -166,6 +183,8 @@ pub fn default_name(event_type: &str) -> Option<&'static str> {
         "ad.clicked" => "video_ad_click",
         "ad.impression" => "video_ad_impression",
         "ad.error" => "video_ad_error",
+        // The relay's per-session QoE summary; GA4 has no recommended counterpart.
+        "session.summary" => "video_session_summary",
         // Unmapped on purpose: session.started and playback.requested (no GA4 meaning
         // before the first frame), playback.heartbeat (every 10 s would spend the
         // property's event quota), playback.rate_changed, volume.changed,
@@ -244,9 +263,14 @@ impl Ga4Translator {
         pass_properties: bool,
         limits: BatchLimits,
     ) -> Result<Self, Ga4Error> {
-        if config.measurement_id.trim().is_empty() {
-            return Err(Ga4Error::EmptyMeasurementId);
-        }
+        let (id_key, id) = match (&config.measurement_id, &config.firebase_app_id) {
+            (Some(_), Some(_)) => return Err(Ga4Error::BothStreams),
+            (None, None) => return Err(Ga4Error::NoStream),
+            (Some(m), None) if m.trim().is_empty() => return Err(Ga4Error::EmptyMeasurementId),
+            (None, Some(f)) if f.trim().is_empty() => return Err(Ga4Error::EmptyFirebaseAppId),
+            (Some(m), None) => ("measurement_id", m),
+            (None, Some(f)) => ("firebase_app_id", f),
+        };
         if config.api_secret.trim().is_empty() {
             return Err(Ga4Error::EmptyApiSecret);
         }
@@ -280,8 +304,8 @@ impl Ga4Translator {
         };
         let secret = utf8_percent_encode(&config.api_secret, QUERY_VALUE).to_string();
         let url = format!(
-            "{base}{path}?measurement_id={}&api_secret={secret}",
-            utf8_percent_encode(&config.measurement_id, QUERY_VALUE)
+            "{base}{path}?{id_key}={}&api_secret={secret}",
+            utf8_percent_encode(id, QUERY_VALUE)
         );
         let mut secrets = vec![config.api_secret.clone()];
         if secret != config.api_secret {
@@ -297,6 +321,8 @@ impl Ga4Translator {
             max_events: limits.max_events.clamp(1, MAX_REQUEST_EVENTS),
             max_bytes: limits.max_bytes.min(MAX_BODY_BYTES - 1),
             secrets,
+            app_stream: config.firebase_app_id.is_some(),
+            engagement: Mutex::new(EngagementClock::default()),
         })
     }
 
@@ -362,9 +388,16 @@ impl Serialize for Params<'_> {
     }
 }
 
-fn params<'a>(event: &'a Event, pass_properties: bool) -> Params<'a> {
+/// The params of one event, in priority order (see docs/vendor-mappings.md): session
+/// and engagement, GA4's own video params, the page, what the event type carries,
+/// the rest of the player state, then custom properties.
+fn params<'a>(event: &'a Event, engagement_msec: u64, pass_properties: bool) -> Params<'a> {
     let body = &event.body;
     let mut p = Params(Vec::with_capacity(40));
+    if event.event_type() == crate::qoe::summary::SUMMARY_TYPE {
+        summary_params(event, &mut p);
+        return p;
+    }
     match body.session.app_session_id.as_deref() {
         Some(id) if !id.is_empty() => match id.parse::<u64>() {
             Ok(n) => p.push("session_id", P::U(n)),
@@ -379,7 +412,7 @@ fn params<'a>(event: &'a Event, pass_properties: bool) -> Params<'a> {
             p.push("session_id", P::U(derived_session_id(key)));
         }
     }
-    p.push("engagement_time_msec", P::U(ENGAGEMENT_TIME_MSEC));
+    p.push("engagement_time_msec", P::U(engagement_msec));
     let content = body.content.as_ref();
     let playback = body.playback.as_ref();
     let live = content.is_none_or(|c| c.is_live());
@@ -416,6 +449,16 @@ fn params<'a>(event: &'a Event, pass_properties: bool) -> Params<'a> {
     }
     if let Some(c) = content {
         p.str("video_url", &c.url);
+    }
+    if let Some(v) = playback.and_then(|pb| pb.visible) {
+        p.push("visible", flag(v));
+    }
+    if let Some(page) = body.context.as_ref().and_then(|c| c.page.as_ref()) {
+        p.str("page_location", &page.url);
+        p.str("page_referrer", &page.referrer);
+        p.str("page_title", &page.title);
+    }
+    if let Some(c) = content {
         p.str("video_id", &c.asset_id);
     }
     if let Some(d) = &body.data {
@@ -516,13 +559,87 @@ fn params<'a>(event: &'a Event, pass_properties: bool) -> Params<'a> {
     p
 }
 
+/// `session.summary` within GA4's 25 params: the session, 4 dimensions to slice by and
+/// its 19 metrics, all numbers (times in msec like `startup_time_msec`, the bitrate in
+/// kbps like `video_bitrate`, `playback_failure` 0 or 1 so it sums as a custom metric)
+/// except outcome, ended_by and error_code. Custom properties do not fit and are left out.
+fn summary_params<'a>(event: &'a Event, p: &mut Params<'a>) {
+    let body = &event.body;
+    let key = body
+        .session
+        .player_session_id
+        .as_deref()
+        .unwrap_or(&body.session.id);
+    match body.session.app_session_id.as_deref() {
+        Some(id) if !id.is_empty() => match id.parse::<u64>() {
+            Ok(n) => p.push("session_id", P::U(n)),
+            Err(_) => p.push("session_id", P::Str(id)),
+        },
+        _ => p.push("session_id", P::U(derived_session_id(key))),
+    }
+    // The session's watching was counted by its own events: the summary adds none
+    // (GA4 wants the param present and above 0).
+    p.push("engagement_time_msec", P::U(1));
+    let content = body.content.as_ref();
+    if let Some(c) = content {
+        p.str("video_id", &c.asset_id);
+        p.str("video_title", &c.title);
+    }
+    p.push(
+        "video_stream_type",
+        P::Str(crate::qoe::summary::stream_type_label(
+            content.and_then(|c| c.stream_type),
+        )),
+    );
+    if let Some(pl) = body.context.as_ref().and_then(|c| c.player.as_ref()) {
+        p.str("player_platform", &pl.platform);
+    }
+    let Some(d) = body.data.as_deref() else {
+        return;
+    };
+    if let Some(v) = d.outcome {
+        p.push("qoe_outcome", P::Str(v.as_str()));
+    }
+    if let Some(v) = d.ended_by {
+        p.push("ended_by", P::Str(v.as_str()));
+    }
+    if let Some(v) = d.playback_failure {
+        p.push("playback_failure", P::U(u64::from(v)));
+    }
+    let numbers = [
+        ("startup_time_msec", d.startup_ms),
+        ("watched_time_msec", d.watched_ms),
+        ("playing_time_msec", d.playing_ms),
+        ("paused_time_msec", d.paused_ms),
+        ("rebuffer_count", d.rebuffer_count.map(u64::from)),
+        ("rebuffer_time_msec", d.rebuffer_ms),
+        ("seek_count", d.seek_count.map(u64::from)),
+        ("seek_time_msec", d.seek_ms),
+        ("avg_bitrate", d.avg_bitrate_bps.map(kbps)),
+        ("bitrate_upswitches", d.bitrate_upswitches.map(u64::from)),
+        (
+            "bitrate_downswitches",
+            d.bitrate_downswitches.map(u64::from),
+        ),
+        ("ad_breaks", d.ad_breaks.map(u64::from)),
+        ("ads_started", d.ads_started.map(u64::from)),
+        ("ads_completed", d.ads_completed.map(u64::from)),
+    ];
+    for (k, v) in numbers {
+        if let Some(v) = v {
+            p.push(k, P::U(v));
+        }
+    }
+    if let Some(v) = d.rebuffer_ratio {
+        p.push("rebuffer_ratio", P::F(v));
+    }
+    p.str("error_code", &d.error_code);
+}
+
 /// Custom properties as params: names made legal, strings and numbers only (booleans as
 /// "true"/"false"; null, arrays and objects left out), never replacing a standard param.
 fn push_custom<'a>(p: &mut Params<'a>, custom: &'a Map<String, Value>) {
     for (key, value) in custom {
-        if p.0.len() >= MAX_PARAMS {
-            break;
-        }
         let value = match value {
             Value::String(s) => P::Str(s),
             Value::Number(n) => P::Json(n),
@@ -551,13 +668,21 @@ fn micros(t: OffsetDateTime) -> i128 {
 impl Translate for Ga4Translator {
     fn translate(&self, events: &[&Event], sent_at: OffsetDateTime) -> Translation {
         let mut translation = Translation::default();
-        // Events grouped by (client_id, user_id) in order of first appearance; each
-        // entry is (input index, event time, encoded event).
-        type Group<'e> = (&'e str, Option<&'e str>, Vec<(usize, i128, Vec<u8>)>);
+        // Events grouped by request: identity and the request-level context (consent,
+        // IP, device), in order of first appearance; each entry is (input index, event
+        // time, encoded event).
+        type Key<'e> = (&'e str, Option<&'e str>, Vec<u8>);
+        type Group<'e> = (Key<'e>, Vec<(usize, i128, Vec<u8>)>);
         let mut groups: Vec<Group> = Vec::new();
-        let mut group_of: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+        let mut group_of: HashMap<Key, usize> = HashMap::new();
         // Only its length is needed per event: one buffer, not one allocation each.
-        let mut header = Vec::with_capacity(128);
+        let mut header = Vec::with_capacity(256);
+        // A poisoned lock only means another batch panicked mid-way: the clock is
+        // still usable (at worst one session's previous time is stale).
+        let mut clock = self
+            .engagement
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (index, event) in events.iter().enumerate() {
             let name = match self.resolve(event) {
                 Ok(name) => name,
@@ -571,17 +696,19 @@ impl Translate for Ga4Translator {
                     continue;
                 }
             };
-            let user = &event.body.user;
-            let Some(client_id) = user.anonymous_id.as_deref().filter(|s| !s.is_empty()) else {
-                translation.refused.push(Refusal::refused(
-                    index,
-                    "missing_client_id",
-                    "ga4 needs user.anonymous_id as its client_id",
-                ));
-                continue;
+            let id = match self.identity(event) {
+                Ok(id) => id,
+                Err(refusal) => {
+                    translation
+                        .refused
+                        .push(Refusal::refused(index, refusal.0, refusal.1));
+                    continue;
+                }
             };
-            let user_id = user.user_id.as_deref().filter(|s| !s.is_empty());
-            let mut time = event.timestamp;
+            let user_id = event.body.user.user_id.as_deref().filter(|s| !s.is_empty());
+            // The device clock's skew corrected first, so a clock a few minutes fast
+            // does not make every event "in the future".
+            let mut time = event.corrected_timestamp();
             if time < sent_at - MAX_AGE {
                 translation.refused.push(Refusal::refused(
                     index,
@@ -609,17 +736,33 @@ impl Translate for Ga4Translator {
             if time > sent_at {
                 time = sent_at;
             }
+            let engagement = clock.engagement_msec(event, time);
+            let params = params(event, engagement, self.pass_properties);
+            if params.0.len() > MAX_PARAMS {
+                let cut: Vec<&str> = params.0[MAX_PARAMS..].iter().map(|(k, _)| &**k).collect();
+                translation.notes.push(Note {
+                    index,
+                    reason: "params_cut",
+                    count: cut.len(),
+                    detail: format!(
+                        "ga4 takes {MAX_PARAMS} params per event; left out: {}",
+                        cut.join(", ")
+                    ),
+                });
+            }
             let mut item = Vec::with_capacity(1024);
             let encoded = Ga4Event {
                 name: &name,
-                params: params(event, self.pass_properties),
+                params,
                 timestamp_micros: micros(time),
             };
             // Serializing into a Vec cannot fail: every map key is a string.
             let _ = serde_json::to_writer(&mut item, &encoded);
+            let context = request_context(event);
             header.clear();
-            write_header(&mut header, client_id, user_id, micros(time));
+            write_header(&mut header, id, user_id, micros(time), &context);
             if header.len() + item.len() + 2 > self.max_bytes {
+                translation.notes.retain(|n| n.index != index);
                 translation.refused.push(Refusal::refused(
                     index,
                     "oversize",
@@ -631,13 +774,25 @@ impl Translate for Ga4Translator {
                 ));
                 continue;
             }
-            let slot = *group_of.entry((client_id, user_id)).or_insert_with(|| {
-                groups.push((client_id, user_id, Vec::new()));
-                groups.len() - 1
-            });
-            groups[slot].2.push((index, micros(time), item));
+            clock.sent(event, time);
+            let key = (id.1, user_id, context);
+            let slot = match group_of.get(&key) {
+                Some(slot) => *slot,
+                None => {
+                    groups.push((key.clone(), Vec::new()));
+                    group_of.insert(key, groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
+            groups[slot].1.push((index, micros(time), item));
         }
-        for (client_id, user_id, items) in groups {
+        drop(clock);
+        let id_key = if self.app_stream {
+            "app_instance_id"
+        } else {
+            "client_id"
+        };
+        for ((id, user_id, context), items) in groups {
             let mut body: Vec<u8> = Vec::new();
             let mut in_body: Vec<usize> = Vec::new();
             for (i, (index, time, item)) in items.iter().enumerate() {
@@ -659,7 +814,7 @@ impl Translate for Ga4Translator {
                         .map(|(_, _, item)| item.len() + 1)
                         .sum();
                     body = Vec::with_capacity((header.len() + estimate + 2).min(self.max_bytes));
-                    write_header(&mut body, client_id, user_id, time);
+                    write_header(&mut body, (id_key, id), user_id, time, &context);
                 } else {
                     body.push(b',');
                 }
@@ -741,18 +896,174 @@ impl Ga4Translator {
     }
 }
 
-/// `{"client_id":…,"user_id":…,"timestamp_micros":…,"events":[` — the request's time is
-/// its first event's; each event also carries its own `timestamp_micros`.
-fn write_header(out: &mut Vec<u8>, client_id: &str, user_id: Option<&str>, time: i128) {
+/// `{"client_id":…,"user_id":…,"timestamp_micros":…,<context>,"events":[` — the
+/// request's time is its first event's; each event also carries its own
+/// `timestamp_micros`. `context` is [`request_context`]'s, without braces.
+fn write_header(
+    out: &mut Vec<u8>,
+    (id_key, id): (&str, &str),
+    user_id: Option<&str>,
+    time: i128,
+    context: &[u8],
+) {
     use std::io::Write as _;
-    out.extend_from_slice(b"{\"client_id\":");
-    let _ = serde_json::to_writer(&mut *out, client_id);
+    out.push(b'{');
+    let _ = serde_json::to_writer(&mut *out, id_key);
+    out.push(b':');
+    let _ = serde_json::to_writer(&mut *out, id);
     if let Some(user_id) = user_id {
         out.extend_from_slice(b",\"user_id\":");
         let _ = serde_json::to_writer(&mut *out, user_id);
     }
     // Writing into a Vec cannot fail.
-    let _ = write!(out, ",\"timestamp_micros\":{time},\"events\":[");
+    let _ = write!(out, ",\"timestamp_micros\":{time}");
+    if !context.is_empty() {
+        out.push(b',');
+        out.extend_from_slice(context);
+    }
+    out.extend_from_slice(b",\"events\":[");
+}
+
+/// The gtag.js client id in a `_ga` cookie value (`GA1.1.1234567890.1761990000`) or
+/// as gtag gives it (`1234567890.1761990000`); `None` for anything else.
+pub fn ga_client_id(raw: &str) -> Option<&str> {
+    let raw = raw.trim();
+    let id = match raw.strip_prefix("GA") {
+        // `GA<version>.<domain depth>.<random>.<seconds>`
+        Some(rest) => rest.splitn(3, '.').nth(2)?,
+        None => raw,
+    };
+    let (random, seconds) = id.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(random) && digits(seconds)).then_some(id)
+}
+
+impl Ga4Translator {
+    /// (`client_id` or `app_instance_id`, its value), or why there is none.
+    fn identity<'e>(
+        &self,
+        event: &'e Event,
+    ) -> Result<(&'static str, &'e str), (&'static str, &'static str)> {
+        let context = event.body.context.as_ref();
+        if self.app_stream {
+            return context
+                .and_then(|c| c.firebase_app_instance_id.as_deref())
+                .filter(|s| !s.is_empty())
+                .map(|id| ("app_instance_id", id))
+                .ok_or((
+                    "missing_app_instance_id",
+                    "a ga4 app stream (firebase_app_id) needs context.firebase_app_instance_id",
+                ));
+        }
+        context
+            .and_then(|c| c.ga_client_id.as_deref())
+            .and_then(ga_client_id)
+            .or(event
+                .body
+                .user
+                .anonymous_id
+                .as_deref()
+                .filter(|s| !s.is_empty()))
+            .map(|id| ("client_id", id))
+            .ok_or((
+                "missing_client_id",
+                "ga4 needs context.ga_client_id or user.anonymous_id as its client_id",
+            ))
+    }
+}
+
+/// The request-level fields an event brings, as JSON members without braces (empty
+/// when none): `consent` from `context.consent.advertising`, `ip_override` from
+/// `context.ip` else the address the relay saw (left out when analytics consent is
+/// refused), and `device` from `context.device`, `context.locale` and the user agent.
+fn request_context(event: &Event) -> Vec<u8> {
+    let context = event.body.context.as_ref();
+    let consent = context.and_then(|c| c.consent.as_ref());
+    let mut members = Map::new();
+    if let Some(advertising) = consent.and_then(|c| c.advertising) {
+        let state = if advertising { "GRANTED" } else { "DENIED" };
+        members.insert(
+            "consent".into(),
+            serde_json::json!({"ad_user_data": state, "ad_personalization": state}),
+        );
+    }
+    if consent.and_then(|c| c.analytics) != Some(false) {
+        let ip = context
+            .and_then(|c| c.ip.clone())
+            .or_else(|| event.client_ip.map(|ip| ip.to_string()));
+        if let Some(ip) = ip {
+            members.insert("ip_override".into(), Value::String(ip));
+        }
+    }
+    let mut device = Map::new();
+    let mut put = |key: &str, value: Option<&str>| {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            device.insert(key.into(), Value::String(cut(v).to_string()));
+        }
+    };
+    if let Some(c) = context {
+        if let Some(d) = &c.device {
+            let category = d.device_type.as_deref().map(|t| match t {
+                "tv" | "ctv" | "smarttv" => "smart tv",
+                other => other,
+            });
+            put("category", category);
+        }
+        put("language", c.locale.as_deref());
+        if let Some(d) = &c.device {
+            put("operating_system", d.os_name.as_deref());
+            put("operating_system_version", d.os_version.as_deref());
+            put("model", d.model.as_deref());
+            put("brand", d.manufacturer.as_deref());
+        }
+        if let Some((browser, version)) = c.user_agent.as_deref().and_then(browser) {
+            put("browser", Some(browser));
+            put("browser_version", Some(version));
+        }
+    }
+    if !device.is_empty() {
+        members.insert("device".into(), Value::Object(device));
+    }
+    if members.is_empty() {
+        return Vec::new();
+    }
+    // Serializing a map of strings cannot fail; the braces are dropped.
+    let text = serde_json::to_vec(&members).unwrap_or_default();
+    text[1..text.len().saturating_sub(1).max(1)].to_vec()
+}
+
+/// The browser and its version from a user agent, by the product tokens browsers put
+/// in it, most specific first (Edge and Opera also say Chrome; Chrome also says
+/// Safari). `None` when no known token is there.
+pub fn browser(user_agent: &str) -> Option<(&'static str, &str)> {
+    const TOKENS: &[(&str, &str)] = &[
+        ("Edg/", "Edge"),
+        ("EdgA/", "Edge"),
+        ("EdgiOS/", "Edge"),
+        ("OPR/", "Opera"),
+        ("SamsungBrowser/", "Samsung Internet"),
+        ("CriOS/", "Chrome"),
+        ("FxiOS/", "Firefox"),
+        ("Firefox/", "Firefox"),
+        ("Chrome/", "Chrome"),
+    ];
+    let version_after = |token: &str| {
+        let at = user_agent.find(token)? + token.len();
+        let rest = &user_agent[at..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+            .unwrap_or(rest.len());
+        (end > 0).then(|| &rest[..end])
+    };
+    for (token, name) in TOKENS {
+        if let Some(version) = version_after(token) {
+            return Some((name, version));
+        }
+    }
+    if user_agent.contains("Safari/") {
+        return version_after("Version/").map(|v| ("Safari", v));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -796,6 +1107,27 @@ mod tests {
     }
 
     #[test]
+    fn gtag_client_ids_and_browsers_are_read() {
+        assert_eq!(
+            ga_client_id("GA1.1.1234567890.1761990000"),
+            Some("1234567890.1761990000")
+        );
+        assert_eq!(
+            ga_client_id("1234567890.1761990000"),
+            Some("1234567890.1761990000")
+        );
+        assert_eq!(ga_client_id("GA1.1.not-an-id"), None);
+        assert_eq!(ga_client_id("anon-1"), None);
+        let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+        assert_eq!(browser(chrome), Some(("Chrome", "131.0.0.0")));
+        let edge = "Mozilla/5.0 (Windows NT 10.0) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.2903.70";
+        assert_eq!(browser(edge), Some(("Edge", "131.0.2903.70")));
+        let safari = "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15";
+        assert_eq!(browser(safari), Some(("Safari", "18.1")));
+        assert_eq!(browser("Mozilla/5.0 (Test)"), None);
+    }
+
+    #[test]
     fn derived_session_id_is_stable_and_numeric() {
         let a = derived_session_id("p-1");
         assert_eq!(a, derived_session_id("p-1"));
@@ -806,7 +1138,8 @@ mod tests {
     fn translator(validate: bool, names: EventNames) -> Result<Ga4Translator, Ga4Error> {
         Ga4Translator::new(
             &Ga4Config {
-                measurement_id: "G-TEST".into(),
+                measurement_id: Some("G-TEST".into()),
+                firebase_app_id: None,
                 api_secret: "s e/cret".into(),
                 region: Ga4Region::Eu,
                 endpoint: None,

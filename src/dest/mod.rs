@@ -2,14 +2,17 @@
 //! the vendor's HTTP requests, plus how to read the vendor's answer. No I/O here: the
 //! delivery layer (`crate::deliver`) sends what these functions build.
 
+pub mod engagement;
 pub mod file;
 pub mod ga4;
 pub mod names;
+pub mod secrets;
 pub mod segment;
 pub mod tealium;
 pub mod webhook;
 
 pub use names::{EventNames, NameOverride};
+pub use secrets::{redact, redact_url, MIN_SECRET_CHARS};
 
 use crate::config::{DestinationConfig, DestinationKind};
 
@@ -87,12 +90,25 @@ impl Refusal {
     }
 }
 
+/// Something left out of an event that was still sent (GA4's params past 25): the
+/// event is delivered, and what it lost is counted and shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub index: usize,
+    /// A short metric label: `params_cut`.
+    pub reason: &'static str,
+    /// How many things were left out (params), for `dropped_params_total`.
+    pub count: usize,
+    pub detail: String,
+}
+
 /// The result of translating a batch: every input index ends up in exactly one request
-/// or in exactly one refusal.
+/// or in exactly one refusal; `notes` say what sent events lost on the way.
 #[derive(Debug, Clone, Default)]
 pub struct Translation {
     pub requests: Vec<VendorRequest>,
     pub refused: Vec<Refusal>,
+    pub notes: Vec<Note>,
 }
 
 /// What the vendor's answer means for the events of the request.
@@ -114,8 +130,10 @@ pub struct VendorResponse {
 }
 
 pub trait Translate: Send + Sync + 'static {
-    /// Builds the requests for a batch. Pure: the send time is passed in, nothing is read
-    /// from the clock, the network or the disk.
+    /// Builds the requests for a batch. Nothing is read from the clock, the network or
+    /// the disk: the send time is passed in. A translator may remember what it sent
+    /// before (GA4's engagement clock, `engagement.rs`), so one destination keeps one
+    /// translator for its life and `translate` uses one for its whole input.
     fn translate(&self, events: &[&Event], sent_at: OffsetDateTime) -> Translation;
 
     /// Whether events of this type can make a request at all, from the type alone
@@ -200,16 +218,17 @@ pub fn build_translator(config: &DestinationConfig) -> Result<Box<dyn Translate>
     })
 }
 
-/// A request as text: method and URL, headers, blank line, body; secrets as `***`.
-/// What `playrelay translate` prints and `dry_run` writes.
+/// A request as text: method and URL, headers, blank line, body; secrets as `***`,
+/// found by position (query values, URL credentials, header values), never by
+/// searching the text. What `playrelay translate` prints and `dry_run` writes.
 pub fn render_request(request: &VendorRequest, secrets: &[String]) -> String {
-    let mut out = format!("{} {}\n", request.method, redact(&request.url, secrets));
+    let mut out = format!(
+        "{} {}\n",
+        request.method,
+        secrets::redact_url(&request.url, secrets)
+    );
     for (name, value) in &request.headers {
-        let shown = if value.is_sensitive() || name == http::header::AUTHORIZATION {
-            "***".to_string()
-        } else {
-            redact(&String::from_utf8_lossy(value.as_bytes()), secrets)
-        };
+        let shown = secrets::redact_header(name.as_str(), value, secrets);
         out.push_str(&format!("{name}: {shown}\n"));
     }
     out.push('\n');
@@ -233,18 +252,23 @@ pub fn render_request(request: &VendorRequest, secrets: &[String]) -> String {
     } else {
         request.body.to_vec()
     };
-    out.push_str(&redact(&String::from_utf8_lossy(&body), secrets));
+    out.push_str(&secrets::redact_json_strings(
+        &String::from_utf8_lossy(&body),
+        secrets,
+    ));
     out.push_str("\n\n");
     out
 }
 
-/// Replaces every secret in `text` by `***`.
-pub fn redact(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(secret.as_str(), "***");
+/// The secrets a destination's config holds, each with the key that holds it, for
+/// the length check at config load (see [`MIN_SECRET_CHARS`]).
+pub fn configured_secrets(kind: &DestinationKind) -> Vec<(&'static str, String)> {
+    match kind {
+        DestinationKind::Segment(c) => vec![("write_key", c.write_key.clone())],
+        DestinationKind::Ga4(c) => vec![("api_secret", c.api_secret.clone())],
+        DestinationKind::Webhook(c) => webhook::configured_secrets(c),
+        DestinationKind::Tealium(_) | DestinationKind::File(_) => Vec::new(),
     }
-    out
 }
 
 #[cfg(test)]
@@ -263,12 +287,12 @@ mod tests {
 listen = "127.0.0.1:0"
 [destinations.segment]
 type = "segment"
-write_key = "k"
+write_key = "wk-12345678"
 events = { "playback.heartbeat" = false }
 [destinations.ga4]
 type = "ga4"
 measurement_id = "G-1"
-api_secret = "s"
+api_secret = "api-secret-1"
 events = { "session.started" = "video_session" }
 [destinations.tealium]
 type = "tealium"

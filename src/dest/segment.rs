@@ -49,6 +49,38 @@ pub struct SegmentConfig {
     /// Base URL override (tests, proxies); replaces the region's host.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// The workspace's consent category ids (Segment keys `categoryPreferences` by
+    /// them) for `context.consent.analytics` and `.advertising`.
+    #[serde(default)]
+    pub consent_categories: ConsentCategories,
+}
+
+/// Segment consent category ids, as configured in the workspace (e.g. OneTrust's
+/// `C0002`); default `Analytics` and `Advertising`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentCategories {
+    #[serde(default = "default_analytics")]
+    pub analytics: String,
+    #[serde(default = "default_advertising")]
+    pub advertising: String,
+}
+
+fn default_analytics() -> String {
+    "Analytics".into()
+}
+
+fn default_advertising() -> String {
+    "Advertising".into()
+}
+
+impl Default for ConsentCategories {
+    fn default() -> Self {
+        ConsentCategories {
+            analytics: default_analytics(),
+            advertising: default_advertising(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,9 +91,12 @@ pub enum SegmentError {
     WriteKeyCharacters,
     #[error("endpoint: {0:?} is not an http:// or https:// URL")]
     Endpoint(String),
+    #[error("consent_categories: ids must not be empty and must differ")]
+    ConsentCategories,
 }
 
 pub struct SegmentTranslator {
+    categories: ConsentCategories,
     url: String,
     headers: HeaderMap,
     names: EventNames,
@@ -98,6 +133,10 @@ pub fn default_name(event_type: &str) -> Option<&'static str> {
         "ad.completed" => "Video Ad Completed",
         "ad.skipped" => "Video Ad Skipped",
         "ad.clicked" => "Video Ad Clicked",
+        // The relay's own per-session QoE summary. The Video Spec has no such event; this
+        // follows its Object-Action naming with the object its session events use
+        // ("Video Playback Started" … "Completed"), so it sits beside them in Segment.
+        "session.summary" => "Video Playback Summarized",
         // No Video Spec counterpart: session.started, playback.milestone,
         // playback.rate_changed, volume.changed, presentation.changed, ad.impression,
         // ad.error. Rename them in the `events` table to send them anyway.
@@ -117,6 +156,13 @@ impl SegmentTranslator {
         }
         if config.write_key.chars().any(char::is_control) {
             return Err(SegmentError::WriteKeyCharacters);
+        }
+        let categories = &config.consent_categories;
+        if categories.analytics.is_empty()
+            || categories.advertising.is_empty()
+            || categories.analytics == categories.advertising
+        {
+            return Err(SegmentError::ConsentCategories);
         }
         let base = match &config.endpoint {
             Some(endpoint) => {
@@ -139,6 +185,7 @@ impl SegmentTranslator {
         headers.insert(AUTHORIZATION, auth_value);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(SegmentTranslator {
+            categories: config.consent_categories.clone(),
             url: format!("{base}/v1/batch"),
             headers,
             names,
@@ -175,6 +222,8 @@ impl Translate for SegmentTranslator {
         let framing = OPEN.len() + close.len();
         let mut body = Vec::new();
         let mut in_body: Vec<usize> = Vec::new();
+        // Items in the body: a completion makes two, and Segment's cap counts items.
+        let mut in_items = 0;
         let mut item = Vec::with_capacity(2048);
         for (index, event) in events.iter().enumerate() {
             let name = match resolve_name(&self.names, event) {
@@ -199,14 +248,31 @@ impl Translate for SegmentTranslator {
                 continue;
             }
             item.clear();
-            write_item(event, &name, self.pass_properties, &mut item);
-            if item.len() > MAX_EVENT_BYTES || item.len() + framing > self.max_bytes {
+            let name = segment_name(event, name);
+            let mut largest = 0;
+            let pieces = if closes_content(event, &name) { 2 } else { 1 };
+            if pieces == 2 {
+                // The spec's lifecycle closes the content before the playback.
+                write_item(
+                    event,
+                    CONTENT_COMPLETED,
+                    CONTENT_COMPLETED_ID_SUFFIX,
+                    self,
+                    &mut item,
+                );
+                largest = item.len();
+                item.push(b',');
+            }
+            let start = item.len();
+            write_item(event, &name, "", self, &mut item);
+            largest = largest.max(item.len() - start);
+            if largest > MAX_EVENT_BYTES || item.len() + framing > self.max_bytes {
                 translation.refused.push(Refusal::refused(
                     index,
                     "oversize",
                     format!(
                         "event is {} bytes; segment takes at most {} per event and {} per request",
-                        item.len(),
+                        largest.max(item.len()),
                         MAX_EVENT_BYTES,
                         self.max_bytes
                     ),
@@ -215,6 +281,7 @@ impl Translate for SegmentTranslator {
             }
             if !in_body.is_empty()
                 && (in_body.len() >= self.max_events
+                    || in_items + pieces > MAX_REQUEST_EVENTS
                     || body.len() + 1 + item.len() + close.len() > self.max_bytes)
             {
                 body.extend_from_slice(close.as_bytes());
@@ -222,6 +289,7 @@ impl Translate for SegmentTranslator {
                 translation
                     .requests
                     .push(self.request(full, std::mem::take(&mut in_body)));
+                in_items = 0;
             }
             if in_body.is_empty() {
                 // Items run a little larger than the events as sent.
@@ -237,6 +305,7 @@ impl Translate for SegmentTranslator {
             }
             body.extend_from_slice(&item);
             in_body.push(index);
+            in_items += pieces;
         }
         if !in_body.is_empty() {
             body.extend_from_slice(close.as_bytes());
@@ -260,6 +329,37 @@ impl Translate for SegmentTranslator {
 
     fn sends_type(&self, event_type: &str) -> bool {
         resolve_type(&self.names, event_type).is_ok()
+    }
+}
+
+/// Sent before `Video Playback Completed`, as the Video Spec's lifecycle has it.
+pub const CONTENT_COMPLETED: &str = "Video Content Completed";
+/// Appended to the event id for the `messageId` of the `Video Content Completed` a
+/// `playback.completed` also makes, so Segment does not take it for a duplicate.
+pub const CONTENT_COMPLETED_ID_SUFFIX: &str = ":content";
+/// What a non-fatal `playback.error` is sent as: the Video Spec has no error event and
+/// `Video Playback Interrupted` is "when the playback stops unintentionally".
+pub const NON_FATAL_ERROR: &str = "Video Playback Error";
+
+/// Whether this event also closes the content: a `playback.completed` under its
+/// default name (a renamed one is sent as the config says, alone).
+fn closes_content(event: &Event, name: &str) -> bool {
+    event.event_type() == "playback.completed" && name == "Video Playback Completed"
+}
+
+/// The default name adjusted to the event: an error that did not stop playback
+/// (`error.fatal = false`; absent counts as fatal, as the web connector sends it) is
+/// not an interruption.
+fn segment_name<'a>(event: &Event, name: Cow<'a, str>) -> Cow<'a, str> {
+    let non_fatal = event
+        .body
+        .error
+        .as_ref()
+        .is_some_and(|e| e.fatal == Some(false));
+    if event.event_type() == "playback.error" && non_fatal && name == "Video Playback Interrupted" {
+        Cow::Borrowed(NON_FATAL_ERROR)
+    } else {
+        name
     }
 }
 
@@ -357,7 +457,7 @@ impl Serialize for Properties<'_> {
     }
 }
 
-fn properties<'a>(event: &'a Event, pass_properties: bool) -> Properties<'a> {
+fn properties<'a>(event: &'a Event, name: &str, pass_properties: bool) -> Properties<'a> {
     let body = &event.body;
     let mut f: Vec<(&'static str, V<'a>)> = Vec::with_capacity(32);
     let session_id = body
@@ -372,6 +472,10 @@ fn properties<'a>(event: &'a Event, pass_properties: bool) -> Properties<'a> {
     if let Some(c) = content {
         if let Some(v) = &c.asset_id {
             f.push(("content_asset_id", V::Str(v)));
+            // Playback events carry the spec's plural too: the contents of the playback.
+            if name.starts_with("Video Playback") {
+                f.push(("content_asset_ids", V::Strs(std::slice::from_ref(v))));
+            }
         }
     }
     if let Some(ad) = &body.ad {
@@ -530,6 +634,11 @@ fn properties<'a>(event: &'a Event, pass_properties: bool) -> Properties<'a> {
             f.push(("previous_bitrate", V::U(kbps(v))));
         }
     }
+    if event.event_type() == crate::qoe::summary::SUMMARY_TYPE {
+        if let Some(d) = &body.data {
+            summary_properties(d, &mut f);
+        }
+    }
     if let Some(e) = &body.error {
         // Errors travel as Video Playback Interrupted with `method` = the error.
         if !f.iter().any(|(k, _)| *k == "method") {
@@ -564,6 +673,59 @@ fn properties<'a>(event: &'a Event, pass_properties: bool) -> Properties<'a> {
     }
 }
 
+/// `session.summary`'s metrics, named as in `data` but with the unit the Video Spec's
+/// other properties use: durations as `*_time_ms` (like `startup_time_ms`), the bitrate
+/// in kbps like `bitrate`.
+fn summary_properties<'a>(d: &'a crate::event::EventData, f: &mut Vec<(&'static str, V<'a>)>) {
+    if let Some(v) = d.outcome {
+        f.push(("outcome", V::Str(v.as_str())));
+    }
+    if let Some(v) = d.playback_failure {
+        f.push(("playback_failure", V::B(v)));
+    }
+    if let Some(v) = d.ended_by {
+        f.push(("ended_by", V::Str(v.as_str())));
+    }
+    let counts = [
+        ("session_events", d.events),
+        ("rebuffer_count", d.rebuffer_count),
+        ("seek_count", d.seek_count),
+        ("bitrate_upswitches", d.bitrate_upswitches),
+        ("bitrate_downswitches", d.bitrate_downswitches),
+        ("ad_breaks", d.ad_breaks),
+        ("ads_started", d.ads_started),
+        ("ads_completed", d.ads_completed),
+    ];
+    let times = [
+        ("watched_time_ms", d.watched_ms),
+        ("playing_time_ms", d.playing_ms),
+        ("paused_time_ms", d.paused_ms),
+        ("rebuffer_time_ms", d.rebuffer_ms),
+        ("seek_time_ms", d.seek_ms),
+    ];
+    for (k, v) in times {
+        if let Some(v) = v {
+            f.push((k, V::U(v)));
+        }
+    }
+    for (k, v) in counts {
+        if let Some(v) = v {
+            f.push((k, V::U(v.into())));
+        }
+    }
+    if let Some(v) = d.rebuffer_ratio {
+        f.push(("rebuffer_ratio", V::F(v)));
+    }
+    // The average of the time played; null when it never played.
+    f.push((
+        "average_bitrate",
+        d.avg_bitrate_bps.map_or(V::Null, |v| V::U(kbps(v))),
+    ));
+    if let Some(v) = &d.error_code {
+        f.push(("error_code", V::Str(v)));
+    }
+}
+
 /// `error: <code> <message>`, with whatever parts the player gave.
 fn error_method(e: &crate::event::PlayerError) -> String {
     let mut out = String::from("error");
@@ -582,8 +744,12 @@ struct Item<'a> {
     kind: &'static str,
     event: &'a str,
     #[serde(rename = "messageId")]
-    message_id: &'a str,
+    message_id: Cow<'a, str>,
+    /// On the relay's clock (device skew corrected, see `Event::corrected_timestamp`).
     timestamp: Rfc3339Millis,
+    /// The device's own time.
+    #[serde(rename = "originalTimestamp")]
+    original_timestamp: Rfc3339Millis,
     #[serde(rename = "userId", skip_serializing_if = "Option::is_none")]
     user_id: Option<&'a str>,
     #[serde(rename = "anonymousId", skip_serializing_if = "Option::is_none")]
@@ -599,7 +765,7 @@ struct SegmentContext<'a> {
     #[serde(rename = "userAgent", skip_serializing_if = "Option::is_none")]
     user_agent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ip: Option<&'a str>,
+    ip: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     app: Option<&'a crate::event::AppInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -608,7 +774,36 @@ struct SegmentContext<'a> {
     os: Option<SegmentOs<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     page: Option<&'a crate::event::PageInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consent: Option<SegmentConsent<'a>>,
     library: Library,
+}
+
+/// Segment's consent object: `context.consent.categoryPreferences`.
+#[derive(Serialize)]
+struct SegmentConsent<'a> {
+    #[serde(rename = "categoryPreferences")]
+    category_preferences: CategoryPreferences<'a>,
+}
+
+/// The choices the event has, keyed by the workspace's category ids.
+struct CategoryPreferences<'a> {
+    categories: &'a ConsentCategories,
+    analytics: Option<bool>,
+    advertising: Option<bool>,
+}
+
+impl Serialize for CategoryPreferences<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        if let Some(v) = self.analytics {
+            map.serialize_entry(&self.categories.analytics, &v)?;
+        }
+        if let Some(v) = self.advertising {
+            map.serialize_entry(&self.categories.advertising, &v)?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -635,22 +830,39 @@ struct Library {
     version: &'static str,
 }
 
-fn write_item(event: &Event, name: &str, pass_properties: bool, out: &mut Vec<u8>) {
+fn write_item(
+    event: &Event,
+    name: &str,
+    id_suffix: &str,
+    translator: &SegmentTranslator,
+    out: &mut Vec<u8>,
+) {
+    let pass_properties = translator.pass_properties;
     let body = &event.body;
     let ctx = body.context.as_ref();
     let device = ctx.and_then(|c| c.device.as_ref());
     let item = Item {
         kind: "track",
         event: name,
-        message_id: &body.event_id,
-        timestamp: Rfc3339Millis(event.timestamp),
+        message_id: if id_suffix.is_empty() {
+            Cow::Borrowed(&body.event_id)
+        } else {
+            Cow::Owned(format!("{}{id_suffix}", body.event_id))
+        },
+        timestamp: Rfc3339Millis(event.corrected_timestamp()),
+        original_timestamp: Rfc3339Millis(event.timestamp),
         user_id: non_empty(&body.user.user_id),
         anonymous_id: non_empty(&body.user.anonymous_id),
-        properties: properties(event, pass_properties),
+        properties: properties(event, name, pass_properties),
         context: SegmentContext {
             locale: ctx.and_then(|c| c.locale.as_deref()),
             user_agent: ctx.and_then(|c| c.user_agent.as_deref()),
-            ip: ctx.and_then(|c| c.ip.as_deref()),
+            // The player's own, else the address the relay saw (after the
+            // destination's `ip` rule, like the player's).
+            ip: ctx
+                .and_then(|c| c.ip.as_deref())
+                .map(Cow::Borrowed)
+                .or_else(|| event.client_ip.map(|ip| Cow::Owned(ip.to_string()))),
             app: ctx.and_then(|c| c.app.as_deref()),
             device: device.map(|d| SegmentDevice {
                 device_type: d.device_type.as_deref(),
@@ -664,6 +876,16 @@ fn write_item(event: &Event, name: &str, pass_properties: bool, out: &mut Vec<u8
                     version: d.os_version.as_deref(),
                 }),
             page: ctx.and_then(|c| c.page.as_deref()),
+            consent: ctx
+                .and_then(|c| c.consent.as_ref())
+                .filter(|c| c.analytics.is_some() || c.advertising.is_some())
+                .map(|c| SegmentConsent {
+                    category_preferences: CategoryPreferences {
+                        categories: &translator.categories,
+                        analytics: c.analytics,
+                        advertising: c.advertising,
+                    },
+                }),
             library: Library {
                 name: "playrelay",
                 version: env!("CARGO_PKG_VERSION"),
@@ -701,6 +923,7 @@ mod tests {
             write_key: " ".into(),
             region: SegmentRegion::Us,
             endpoint: None,
+            consent_categories: ConsentCategories::default(),
         };
         let err = SegmentTranslator::new(&config, EventNames::default(), false, limits)
             .err()
@@ -744,6 +967,7 @@ mod tests {
                 write_key: "k".into(),
                 region: SegmentRegion::Us,
                 endpoint: Some("http://127.0.0.1:9/".into()),
+                consent_categories: ConsentCategories::default(),
             },
             EventNames::default(),
             false,

@@ -122,17 +122,21 @@ pub fn default_name_for(vocabulary: Vocabulary, event_type: &str) -> Option<&'st
         "playback.completed" => ("video_complete", "media_session_end"),
         "playback.exited" => ("video_exit", "media_session_end"),
         "playback.interrupted" => ("video_interrupt", "media_stop"),
-        "playback.error" => ("video_error", "media_error"),
+        // The media module has no error, ad quartile, ad impression or ad error event
+        // (MediaConstants.kt's `MediaEvent`): unmapped there.
+        "playback.error" => ("video_error", ""),
         "quality.changed" => ("video_bitrate_change", "media_bitrate_change"),
         "ad.break_started" => ("video_ad_break_start", "media_adbreak_start"),
         "ad.break_ended" => ("video_ad_break_complete", "media_adbreak_complete"),
         "ad.started" => ("video_ad_start", "media_ad_start"),
-        "ad.quartile" => ("video_ad_quartile", "media_ad_quartile"),
+        "ad.quartile" => ("video_ad_quartile", ""),
         "ad.completed" => ("video_ad_complete", "media_ad_complete"),
         "ad.skipped" => ("video_ad_skip", "media_ad_skip"),
         "ad.clicked" => ("video_ad_click", "media_ad_click"),
-        "ad.impression" => ("video_ad_impression", "media_ad_impression"),
-        "ad.error" => ("video_ad_error", "media_ad_error"),
+        "ad.impression" => ("video_ad_impression", ""),
+        "ad.error" => ("video_ad_error", ""),
+        // The relay's per-session QoE summary (no media-module counterpart: its own name).
+        "session.summary" => ("video_session_summary", "media_session_summary"),
         // Unmapped in both: playback.requested, playback.rate_changed, volume.changed,
         // presentation.changed. Rename them in the `events` table to send them.
         _ => return None,
@@ -361,13 +365,7 @@ impl Translate for TealiumTranslator {
                     continue;
                 }
             };
-            let user = &event.body.user;
-            let visitor = user
-                .user_id
-                .as_deref()
-                .filter(|s| !s.is_empty())
-                .or(user.anonymous_id.as_deref().filter(|s| !s.is_empty()));
-            let Some(visitor) = visitor else {
+            let Some(visitor) = visitor_id(event) else {
                 translation.refused.push(Refusal::refused(
                     index,
                     "missing_visitor_id",
@@ -376,8 +374,12 @@ impl Translate for TealiumTranslator {
                 continue;
             };
             let mut item = Vec::with_capacity(2048);
+            let mut keys = fields(event, &name);
+            if self.vocabulary == Vocabulary::Media {
+                keys = media_fields(event, keys);
+            }
             let flat = Flat {
-                fields: fields(event, &name),
+                fields: keys,
                 custom: if self.pass_properties {
                     event.body.properties.as_ref()
                 } else {
@@ -445,9 +447,156 @@ impl Translate for TealiumTranslator {
     }
 }
 
+/// `tealium_visitor_id`: stable per device, from `user.anonymous_id`, so a login does
+/// not split the AudienceStream visitor in two (the known user travels as `user_id`);
+/// `user.user_id` only when the event has no anonymous id.
+pub fn visitor_id(event: &Event) -> Option<&str> {
+    let user = &event.body.user;
+    user.anonymous_id
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .or(user.user_id.as_deref().filter(|s| !s.is_empty()))
+}
+
+/// The key the media module (Tealium/tealium-kotlin `MediaConstants.kt`) uses for one
+/// of the relay's keys; `media_` + the same suffix for what the module has no key for;
+/// `None` for keys the media vocabulary says another way (see [`media_fields`]).
+pub fn media_key(key: &'static str) -> Option<&'static str> {
+    Some(match key {
+        // SessionKey
+        "video_id" => "media_custom_id",
+        "video_name" => "media_name",
+        "video_length" => "media_duration",
+        "video_platform" => "media_player_name",
+        "video_channel" => "media_channel_name",
+        "video_milestone" | "video_live" | "video_stream_type" | "video_presentation_mode" => {
+            return None
+        }
+        // QoEKey
+        "video_bitrate" => "media_qoe_bitrate",
+        "video_startup_time_ms" => "media_qoe_startup_time",
+        "video_framerate" => "media_qoe_frames_per_second",
+        "video_dropped_frames" => "media_qoe_dropped_frames",
+        "video_playback_rate" => "media_qoe_playback_speed",
+        // AdKey
+        "video_ad_id" => "media_ad_id",
+        "video_ad_name" => "media_ad_name",
+        "video_ad_length" => "media_ad_duration",
+        "video_ad_position" => "media_ad_position",
+        "video_ad_advertiser" => "media_ad_advertiser",
+        "video_ad_creative_id" => "media_ad_creative_id",
+        // AdBreakKey
+        "video_ad_pod_id" => "media_ad_break_id",
+        "video_ad_pod_index" => "media_ad_break_index",
+        // Not in the module: the relay's own, under the module's prefix.
+        "video_playhead" => "media_playhead",
+        "video_url" => "media_url",
+        "video_streaming_format" => "media_streaming_format",
+        "video_description" => "media_description",
+        "video_program" => "media_program",
+        "video_season" => "media_season",
+        "video_episode" => "media_episode",
+        "video_genre" => "media_genre",
+        "video_publisher" => "media_publisher",
+        "video_provider" => "media_provider",
+        "video_keywords" => "media_keywords",
+        "video_airdate" => "media_airdate",
+        "video_language" => "media_language",
+        "video_state" => "media_playback_state",
+        "video_buffer" => "media_buffer",
+        "video_rendition_id" => "media_rendition_id",
+        "video_width" => "media_width",
+        "video_height" => "media_height",
+        "video_codecs" => "media_codecs",
+        "video_quality" => "media_quality",
+        "video_volume" => "media_volume",
+        "video_muted" => "media_muted",
+        "video_cdn" => "media_cdn",
+        "video_autoplay" => "media_autoplay",
+        "video_event_duration_ms" => "media_event_duration_ms",
+        "video_seek_from" => "media_seek_from",
+        "video_seek_to" => "media_seek_to",
+        "video_exit_reason" => "media_exit_reason",
+        "video_interrupt_method" => "media_interrupt_method",
+        "video_previous_bitrate" => "media_qoe_previous_bitrate",
+        "video_ad_quartile" => "media_ad_quartile",
+        "video_ad_system" => "media_ad_system",
+        "video_ad_insertion" => "media_ad_insertion",
+        "video_ad_playhead" => "media_ad_playhead",
+        "video_ad_skip_offset" => "media_ad_skip_offset",
+        "video_ad_type" => "media_ad_break_type",
+        "video_ad_pod_size" => "media_ad_break_ad_count",
+        "video_error_code" => "media_error_code",
+        "video_error_category" => "media_error_category",
+        "video_error_message" => "media_error_message",
+        "video_error_fatal" => "media_error_fatal",
+        "video_error_source" => "media_error_source",
+        "video_error_http_status" => "media_error_http_status",
+        "video_error_phase" => "media_error_phase",
+        other => other,
+    })
+}
+
+/// The basic vocabulary's keys in the media module's: each renamed by [`media_key`],
+/// plus the session keys the module sends with every event (`media_uuid` = the
+/// playback session, `media_type`, `media_stream_type`, `media_tracking_type`), the
+/// milestone as the module writes it (`"25%"`) and the player state it knows
+/// (`fullscreen`, `picture_in_picture`).
+fn media_fields<'a>(
+    event: &'a Event,
+    basic: Vec<(&'static str, T<'a>)>,
+) -> Vec<(&'static str, T<'a>)> {
+    let body = &event.body;
+    let mut out = Vec::with_capacity(basic.len() + 6);
+    let mut session_keys_at = None;
+    for (key, value) in basic {
+        if let Some(renamed) = media_key(key) {
+            out.push((renamed, value));
+        }
+        if key == "anonymous_id" || (key == "user_id" && session_keys_at.is_none()) {
+            session_keys_at = Some(out.len());
+        }
+    }
+    let content = body.content.as_ref();
+    let live = content.is_none_or(|c| c.is_live());
+    let stream_type = match content.and_then(|c| c.stream_type) {
+        Some(crate::event::StreamType::Vod) => "vod",
+        Some(crate::event::StreamType::Linear) => "linear",
+        Some(_) => "live",
+        None if live => "live",
+        None => "vod",
+    };
+    let mut session = vec![
+        ("media_uuid", T::Str(body.session.id.as_str())),
+        ("media_type", T::Str("video")),
+        ("media_stream_type", T::Str(stream_type)),
+        // Every significant event, the heartbeat and the milestones are sent.
+        ("media_tracking_type", T::Str("heartbeat_milestone")),
+    ];
+    if let Some(v) = body.data.as_ref().and_then(|d| d.percent) {
+        session.push(("media_milestone", T::Text(format!("{v}%"))));
+    }
+    let state = body
+        .playback
+        .as_ref()
+        .and_then(|p| p.presentation_mode)
+        .and_then(|m| match m {
+            PresentationMode::Fullscreen => Some("fullscreen"),
+            PresentationMode::Pip => Some("picture_in_picture"),
+            PresentationMode::Inline => None,
+        });
+    if let Some(state) = state {
+        session.push(("media_player_state", T::Str(state)));
+    }
+    let at = session_keys_at.unwrap_or(out.len());
+    out.splice(at..at, session);
+    out
+}
+
 /// A flat value borrowed from the event where possible.
 enum T<'a> {
     Str(&'a str),
+    Text(String),
     Time(Rfc3339Millis),
     U(u64),
     F(f64),
@@ -459,6 +608,7 @@ impl Serialize for T<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             T::Str(v) => s.serialize_str(v),
+            T::Text(v) => s.serialize_str(v),
             T::Time(v) => v.serialize(s),
             T::U(v) => s.serialize_u64(*v),
             T::F(v) => s.serialize_f64(*v),
@@ -529,6 +679,53 @@ fn flatten_value<'a>(key: String, value: &'a Value, out: &mut Vec<(String, &'a V
     }
 }
 
+/// `session.summary`'s metrics as flat `video_*` keys (times in ms like
+/// `video_startup_time_ms`, the bitrate in kbps like `video_bitrate`).
+fn summary_fields<'a>(d: &'a crate::event::EventData, f: &mut Vec<(&'static str, T<'a>)>) {
+    if let Some(v) = d.outcome {
+        f.push(("video_qoe_outcome", T::Str(v.as_str())));
+    }
+    if let Some(v) = d.playback_failure {
+        f.push(("video_playback_failure", T::B(v)));
+    }
+    if let Some(v) = d.ended_by {
+        f.push(("video_ended_by", T::Str(v.as_str())));
+    }
+    let numbers = [
+        ("video_session_events", d.events.map(u64::from)),
+        ("video_watched_time_ms", d.watched_ms),
+        ("video_playing_time_ms", d.playing_ms),
+        ("video_paused_time_ms", d.paused_ms),
+        ("video_rebuffer_count", d.rebuffer_count.map(u64::from)),
+        ("video_rebuffer_time_ms", d.rebuffer_ms),
+        ("video_seek_count", d.seek_count.map(u64::from)),
+        ("video_seek_time_ms", d.seek_ms),
+        ("video_average_bitrate", d.avg_bitrate_bps.map(kbps)),
+        (
+            "video_bitrate_upswitches",
+            d.bitrate_upswitches.map(u64::from),
+        ),
+        (
+            "video_bitrate_downswitches",
+            d.bitrate_downswitches.map(u64::from),
+        ),
+        ("video_ad_breaks", d.ad_breaks.map(u64::from)),
+        ("video_ads_started", d.ads_started.map(u64::from)),
+        ("video_ads_completed", d.ads_completed.map(u64::from)),
+    ];
+    for (k, v) in numbers {
+        if let Some(v) = v {
+            f.push((k, T::U(v)));
+        }
+    }
+    if let Some(v) = d.rebuffer_ratio {
+        f.push(("video_rebuffer_ratio", T::F(v)));
+    }
+    if let Some(v) = d.error_code.as_deref() {
+        f.push(("video_error_code", T::Str(v)));
+    }
+}
+
 fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
     let body = &event.body;
     let mut f: Vec<(&'static str, T<'a>)> = Vec::with_capacity(64);
@@ -548,6 +745,8 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
     s(&mut f, "player_session_id", &body.session.player_session_id);
     s(&mut f, "app_session_id", &body.session.app_session_id);
     s(&mut f, "user_id", &body.user.user_id);
+    // The key Tealium's SDKs use for the known user (the visitor-stitching attribute).
+    s(&mut f, "customer_id", &body.user.user_id);
     s(&mut f, "anonymous_id", &body.user.anonymous_id);
     let content = body.content.as_ref();
     let playback = body.playback.as_ref();
@@ -677,6 +876,11 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
             f.push(("video_ad_quartile", T::U(v.into())));
         }
     }
+    if event.event_type() == crate::qoe::summary::SUMMARY_TYPE {
+        if let Some(d) = &body.data {
+            summary_fields(d, &mut f);
+        }
+    }
     if let Some(ad) = &body.ad {
         s(&mut f, "video_ad_id", &ad.ad_id);
         s(&mut f, "video_ad_creative_id", &ad.creative_id);
@@ -747,7 +951,12 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
             s(&mut f, "device_os_version", &d.os_version);
         }
         s(&mut f, "user_agent", &c.user_agent);
-        s(&mut f, "ip", &c.ip);
+        // The player's own, else the address the relay saw (after the `ip` rule).
+        match (&c.ip, event.client_ip) {
+            (Some(ip), _) => f.push(("ip", T::Str(ip))),
+            (None, Some(ip)) => f.push(("ip", T::Text(ip.to_string()))),
+            (None, None) => {}
+        }
         s(&mut f, "locale", &c.locale);
         if let Some(p) = &c.page {
             s(&mut f, "page_url", &p.url);

@@ -1,10 +1,12 @@
 //! `player-event/1`: the typed event, its validation, and how request bodies become events.
 
+mod client;
 mod limits;
 mod parse;
 mod schema;
 mod types;
 
+pub use client::{client_sent_at, stamp_client, SENT_AT_HEADER, SENT_AT_QUERY};
 pub use limits::JsonLimits;
 pub use parse::{parse_body, BodyError, BodyFormat, BodyLimits, ParsedBody, Rejection};
 pub use schema::{event_type_description, player_event_schema, player_event_schema_json};
@@ -28,6 +30,12 @@ pub struct Event {
     pub source: Option<Arc<str>>,
     /// Its position in the disk spool (0: not spooled), which destinations acknowledge.
     pub spool_seq: u64,
+    /// The viewer's address as the relay saw it (the peer, or the client end of a
+    /// trusted proxy's `X-Forwarded-For`), stamped at ingest like `received_at`.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// When the client sent the request, by its own clock (`X-Sent-At`, or `?sent_at=`
+    /// for `sendBeacon`): with `received_at` it measures the device clock's skew.
+    pub client_sent_at: Option<OffsetDateTime>,
 }
 
 /// Why one event was refused. The text names the field so a player developer can fix it.
@@ -103,6 +111,8 @@ impl Event {
             received_at,
             source: None,
             spool_seq: 0,
+            client_ip: None,
+            client_sent_at: None,
         })
     }
 
@@ -114,6 +124,21 @@ impl Event {
         }
         let raw: &RawValue = serde_json::from_str(text).map_err(|_| EventError::NotAnObject)?;
         Event::from_json(raw, received_at)
+    }
+
+    /// The event's time on the relay's clock: the device time moved by the device
+    /// clock's skew (`received_at` − `client_sent_at`) when the client gave its send
+    /// time; else the device time, but never later than `received_at`, since no event
+    /// happens after the relay received it.
+    pub fn corrected_timestamp(&self) -> OffsetDateTime {
+        match self.client_sent_at {
+            // A send time absurd enough to leave the calendar: the receive time.
+            Some(sent) => self
+                .timestamp
+                .checked_add(self.received_at - sent)
+                .unwrap_or(self.received_at),
+            None => self.timestamp.min(self.received_at),
+        }
     }
 
     pub fn event_type(&self) -> &str {

@@ -57,7 +57,7 @@ pub fn event_type_description(event_type: &str) -> Option<&'static str> {
         "ad.clicked" => "The viewer clicks an ad.",
         "ad.impression" => "An ad impression is counted (`adimpression`).",
         "ad.error" => "An ad fails (`aderror`); details in `error`.",
-        "session.summary" => "The relay's per-session QoE summary (startup, rebuffering, seeks, errors), sent when a session ends.",
+        "session.summary" => "Made by the relay when a session ends (docs/qoe.md): the session's envelope and its QoE metrics. data: `outcome`, `playback_failure`, `ended_by`, `events`, `startup_ms`, `watched_ms`, `playing_ms`, `paused_ms`, `rebuffer_count`, `rebuffer_ms`, `rebuffer_ratio`, `seek_count`, `seek_ms`, `avg_bitrate_bps`, `bitrate_upswitches`, `bitrate_downswitches`, `ad_breaks`, `ads_started`, `ads_completed`, `error_code`.",
         _ => return None,
     })
 }

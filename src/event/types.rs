@@ -36,6 +36,7 @@ pub const KNOWN_TYPES: &[&str] = &[
     "ad.clicked",
     "ad.impression",
     "ad.error",
+    "session.summary",
 ];
 
 pub const SCHEMA_VERSION: &str = "player-event/1";
@@ -63,6 +64,12 @@ pub struct PlayerEvent {
     /// Client wall-clock time of the event, RFC 3339 (UTC recommended, e.g. `2026-01-15T10:20:30.123Z`).
     #[schemars(extend("format" = "date-time"))]
     pub timestamp: String,
+    /// When the client sent the request carrying the event, by the same clock as
+    /// `timestamp` (RFC 3339): with the relay's receive time it gives the device clock's
+    /// skew. For `sendBeacon`, which cannot set the `X-Sent-At` header; the header wins
+    /// when both are given; a value that is not RFC 3339 is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
     /// Per-session counter from 0, one per event, for ordering and gap detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<u64>,
@@ -254,6 +261,9 @@ pub struct Playback {
     /// Whether playback started without a user gesture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoplay: Option<bool>,
+    /// Whether the player is visible (in the viewport of a visible page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible: Option<bool>,
 }
 
 /// What the player is doing.
@@ -451,6 +461,13 @@ pub struct Context {
     /// The viewer's consent choices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent: Option<Consent>,
+    /// The gtag.js client id of the page (the `_ga` cookie, `GA1.1.<random>.<time>`, or
+    /// just `<random>.<time>`), so GA4 counts a web viewer once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ga_client_id: Option<String>,
+    /// The Firebase app instance id (`app_instance_id`), for GA4 app streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firebase_app_instance_id: Option<String>,
 }
 
 /// The player.
@@ -534,7 +551,8 @@ pub struct Consent {
 /// Type-specific values; which ones a type carries is in each field's description.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 pub struct EventData {
-    /// `playback.started`: milliseconds from `playback.requested` to the first frame.
+    /// `playback.started`: milliseconds from `playback.requested` to the first frame;
+    /// `session.summary`: the same less ad breaks, `null` when it never started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_ms: Option<u64>,
     /// `playback.rebuffer_ended`, `playback.seek_ended`: how long the rebuffer or seek took, in milliseconds.
@@ -563,6 +581,119 @@ pub struct EventData {
     #[schemars(range(min = 1, max = 3))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quartile: Option<u8>,
+    // `session.summary` (made by the relay, see docs/qoe.md); `startup_ms` above is its
+    // startup time too.
+    /// `session.summary`: `started`, `start_failure` or `exit_before_start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<SessionOutcome>,
+    /// `session.summary`: a fatal error at or after the first frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playback_failure: Option<bool>,
+    /// `session.summary`: what closed the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<SessionEnd>,
+    /// `session.summary`: distinct events (by `event_id`) the session had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u32>,
+    /// `session.summary`: milliseconds from the first `playback.requested` to the last event, less `paused_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watched_ms: Option<u64>,
+    /// `session.summary`: milliseconds from the first `playback.started` to the last event, less paused, rebuffering and seeking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playing_ms: Option<u64>,
+    /// `session.summary`: milliseconds paused (`playback.paused` to the next `playback.resumed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_ms: Option<u64>,
+    /// `session.summary`: rebuffers after the first frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuffer_count: Option<u32>,
+    /// `session.summary`: milliseconds rebuffering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuffer_ms: Option<u64>,
+    /// `session.summary`: `rebuffer_ms / watched_ms` (0 when nothing was watched).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuffer_ratio: Option<f64>,
+    /// `session.summary`: seeks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seek_count: Option<u32>,
+    /// `session.summary`: milliseconds seeking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seek_ms: Option<u64>,
+    /// `session.summary`: bitrate averaged over the time spent playing, in bits per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_bitrate_bps: Option<u64>,
+    /// `session.summary`: `quality.changed` to a higher bitrate than `from_bitrate_bps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_upswitches: Option<u32>,
+    /// `session.summary`: `quality.changed` to a lower bitrate than `from_bitrate_bps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_downswitches: Option<u32>,
+    /// `session.summary`: ad breaks started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ad_breaks: Option<u32>,
+    /// `session.summary`: ads started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ads_started: Option<u32>,
+    /// `session.summary`: ads completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ads_completed: Option<u32>,
+    /// `session.summary`: `error.code` of the last fatal error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+}
+
+/// How a session went (`session.summary`'s `data.outcome`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionOutcome {
+    /// It reached a first frame (`playback.started`).
+    Started,
+    /// A fatal error came before any first frame.
+    StartFailure,
+    /// The viewer left before any first frame, without a fatal error.
+    ExitBeforeStart,
+}
+
+impl SessionOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionOutcome::Started => "started",
+            SessionOutcome::StartFailure => "start_failure",
+            SessionOutcome::ExitBeforeStart => "exit_before_start",
+        }
+    }
+}
+
+/// What closed a session (`session.summary`'s `data.ended_by`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionEnd {
+    /// `playback.completed`.
+    Completed,
+    /// `playback.exited`.
+    Exited,
+    /// A fatal `playback.error`.
+    Error,
+    /// No event for `[qoe] idle_timeout_ms`.
+    IdleTimeout,
+    /// Closed early to keep within `[qoe] max_sessions`.
+    Evicted,
+    /// Open when the relay shut down.
+    Shutdown,
+}
+
+impl SessionEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::Completed => "completed",
+            SessionEnd::Exited => "exited",
+            SessionEnd::Error => "error",
+            SessionEnd::IdleTimeout => "idle_timeout",
+            SessionEnd::Evicted => "evicted",
+            SessionEnd::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// Players disagree on whether codes, seasons and builds are numbers or strings; the

@@ -63,7 +63,9 @@ pub fn preflight(
     );
     h.insert(
         ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type, content-encoding, authorization, x-playrelay-key"),
+        HeaderValue::from_static(
+            "content-type, content-encoding, authorization, x-playrelay-key, x-sent-at",
+        ),
     );
     h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
     vary(h);

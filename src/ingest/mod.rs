@@ -13,7 +13,7 @@ pub mod serve;
 pub mod tls;
 
 use crate::config::Config;
-use crate::event::{parse_body, BodyError, BodyLimits, Rejection};
+use crate::event::{parse_body, BodyError, BodyLimits, Event, Rejection};
 use crate::route::Decision;
 use crate::spool::{Routed, Spool, SpoolError};
 use crate::{Relay, Routing};
@@ -95,7 +95,7 @@ struct Accepted {
 }
 
 /// A request refused before or while its body was read.
-struct Refusal {
+pub(crate) struct Refusal {
     status: StatusCode,
     message: String,
     /// The `reason` of `playrelay_ingest_refused_total`, for access and limit refusals.
@@ -105,6 +105,11 @@ struct Refusal {
 }
 
 impl Refusal {
+    /// What the client is told.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
         Refusal {
             status,
@@ -294,7 +299,7 @@ async fn ingest_inner(
         max_events: server.max_events_per_request,
         json: server.json,
     };
-    let parsed = parse_body(&bytes, format, limits, received_at).map_err(|e| match e {
+    let mut parsed = parse_body(&bytes, format, limits, received_at).map_err(|e| match e {
         BodyError::TooManyEvents { .. } => {
             Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).counted("limit_exceeded")
         }
@@ -303,6 +308,7 @@ async fn ingest_inner(
         }
         _ => Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
     })?;
+    crate::event::stamp_client(&mut parsed.events, client, headers, &parts.uri);
     let metrics = &relay.metrics;
     let total = (parsed.events.len() + parsed.rejected.len()) as u64;
     metrics.events_received.inc_by(total);
@@ -314,16 +320,41 @@ async fn ingest_inner(
     }
     let accepted = parsed.events.len();
     let source_name = source.map(|s| s.name.clone());
-    let mut decision = Decision::default();
-    let mut spooled = Vec::new();
+    let mut events = Vec::with_capacity(parsed.events.len());
     for mut event in parsed.events {
         event.source = source_name.clone();
+        // Seen before the spool answers: should it refuse, the client's retry carries
+        // the same event ids, which the sessionizer counts once.
+        relay.qoe.observe(&event);
+        events.push(event);
+    }
+    accept(relay, routing, events).await?;
+    // Accepted means routed and, with the disk spool, durable.
+    metrics.events_accepted.inc_by(accepted as u64);
+    Ok(Accepted {
+        accepted,
+        rejected: parsed.rejected,
+    })
+}
+
+/// Routes accepted events and hands them on: into the disk spool (awaited: they are
+/// durable before the caller answers) or, with the memory spool, straight into the
+/// destinations' queues. The one way in for clients' events and for the relay's own
+/// (`session.summary`, see `crate::qoe`).
+pub(crate) async fn accept(
+    relay: &Relay,
+    routing: &Routing,
+    events: Vec<Event>,
+) -> Result<(), Refusal> {
+    let mut decision = Decision::default();
+    let mut spooled = Vec::new();
+    for event in events {
         routing.table.decide(&event, &mut decision);
         for route in &decision.sampled_out {
             routing.route_sampled_out[*route].inc();
         }
         if decision.destinations.is_empty() {
-            metrics.events_unrouted.inc();
+            relay.metrics.events_unrouted.inc();
             continue;
         }
         if relay.spool.is_some() {
@@ -340,15 +371,10 @@ async fn ingest_inner(
             routing.destinations[*index].offer(event.clone());
         }
     }
-    if let (Some(spool), false) = (&relay.spool, spooled.is_empty()) {
-        spool_events(spool, spooled).await?;
+    match (&relay.spool, spooled.is_empty()) {
+        (Some(spool), false) => spool_events(spool, spooled).await,
+        _ => Ok(()),
     }
-    // Accepted means routed and, with the disk spool, durable.
-    metrics.events_accepted.inc_by(accepted as u64);
-    Ok(Accepted {
-        accepted,
-        rejected: parsed.rejected,
-    })
 }
 
 /// The `2xx` waits for this: the events are on disk, or the client hears why not and

@@ -265,3 +265,80 @@ impl Cursor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::record;
+
+    fn event(seq: u64) -> Arc<Event> {
+        let text = include_str!("../../tests/fixtures/sessions.ndjson")
+            .lines()
+            .next()
+            .expect("a fixture event");
+        let mut event = Event::restore(text, time::OffsetDateTime::UNIX_EPOCH).expect("valid");
+        event.spool_seq = seq;
+        Arc::new(event)
+    }
+
+    fn store_with(seqs: std::ops::Range<u64>, id: u16) -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(&dir.path().join("spool")).expect("open");
+        let mut batch = store.batch().expect("batch");
+        for seq in seqs {
+            let mut bytes = Vec::new();
+            record::encode(&event(seq), &[id], &mut bytes);
+            batch.insert_event(seq, bytes);
+        }
+        batch.commit().expect("commit");
+        (dir, Arc::new(store))
+    }
+
+    #[test]
+    fn a_full_window_puts_the_destination_behind_until_its_reader_catches_up() {
+        let (_dir, store) = store_with(1..6, 0);
+        let cursor = Cursor::new("d", 0, store, 1, false);
+        let generation = cursor.attach();
+        // attach() checks the disk first: nothing below position 1 is unread.
+        let (window, mut taken) = mpsc::channel(2);
+        assert!(matches!(
+            cursor.read_ahead(generation, 10),
+            Ok(ReadAhead::Records(ref r, 6)) if r.len() == 5
+        ));
+        for seq in 1..6 {
+            cursor.hand_out(seq);
+        }
+        cursor.advance(generation, 6);
+        assert!(matches!(
+            cursor.read_ahead(generation, 10),
+            Ok(ReadAhead::CaughtUp)
+        ));
+        // Live again: the window takes two, the third finds it full.
+        for seq in 6..9 {
+            cursor.offer_live(seq, event(seq), 100, &window);
+        }
+        assert_eq!(cursor.backlog_bytes(), 100, "the third waits on disk");
+        assert_eq!(cursor.position(), (1, 7));
+        cursor.settle(1..6);
+        assert_eq!(cursor.position().0, 6, "settled up to the window");
+        let first = taken.try_recv().expect("in the window");
+        cursor.settle(std::iter::once(first.spool_seq));
+        assert_eq!(cursor.position().0, 7);
+    }
+
+    #[test]
+    fn a_replaced_reader_stops() {
+        let (_dir, store) = store_with(1..3, 0);
+        let cursor = Cursor::new("d", 0, store, 1, true);
+        let old = cursor.attach();
+        let new = cursor.attach();
+        assert!(matches!(
+            cursor.read_ahead(old, 10),
+            Ok(ReadAhead::Superseded)
+        ));
+        assert!(matches!(
+            cursor.read_ahead(new, 10),
+            Ok(ReadAhead::Records(_, 3))
+        ));
+    }
+}

@@ -282,8 +282,9 @@ pub struct DiskSpool {
 struct Shared {
     cursors: Mutex<Registry>,
     next_seq: AtomicU64,
-    /// Bytes of records held (committed and not yet reclaimed).
+    /// Bytes of records held (committed and not yet reclaimed), and how many.
     bytes: AtomicU64,
+    records: AtomicU64,
     max_bytes: u64,
     /// The last write error, until a commit succeeds again.
     failure: Mutex<Option<String>>,
@@ -354,7 +355,7 @@ impl DiskSpool {
             };
             saved.push((name, id, cursor));
         }
-        let (bytes, first) = recover(&store, head, &saved, &mut registry, &metrics)?;
+        let (bytes, records, first) = recover(&store, head, &saved, &mut registry, &metrics)?;
         for (name, id, position) in saved {
             let cursor = Arc::new(Cursor::new(
                 &name,
@@ -373,6 +374,7 @@ impl DiskSpool {
             cursors: Mutex::new(registry),
             next_seq: AtomicU64::new(head),
             bytes: AtomicU64::new(bytes),
+            records: AtomicU64::new(records),
             max_bytes: config.max_bytes,
             failure: Mutex::new(None),
             metrics,
@@ -557,8 +559,9 @@ fn recover(
     saved: &[(String, u16, SavedCursor)],
     registry: &mut Registry,
     metrics: &Metrics,
-) -> Result<(u64, u64), SpoolError> {
+) -> Result<(u64, u64, u64), SpoolError> {
     let mut bytes = 0u64;
+    let mut count = 0u64;
     let mut first = head;
     let mut from = 0u64;
     loop {
@@ -569,6 +572,7 @@ fn recover(
             first = first.min(record.seq);
             let size = record.bytes.len() as u64;
             bytes += size;
+            count += 1;
             let header = match record.header() {
                 Ok(header) => header,
                 Err(error) => {
@@ -589,5 +593,5 @@ fn recover(
             }
         }
     }
-    Ok((bytes, first))
+    Ok((bytes, count, first))
 }

@@ -1,7 +1,8 @@
 //! How a spooled event is laid out on disk: a checksum, the relay's own fields, the
 //! destinations it was routed to, then the JSON the client sent.
 //!
-//! `crc32 | version | received_at (unix ns) | n | n × destination id | source | json`
+//! `crc32 | version | received_at (unix ns) | n | n × destination id | source |
+//! client ip | client send time | json`
 
 use crate::event::Event;
 use time::OffsetDateTime;
@@ -44,6 +45,24 @@ pub fn encode(event: &Event, ids: &[u16], out: &mut Vec<u8>) {
     let source_len = source.len().min(u16::MAX as usize);
     out.extend_from_slice(&(source_len as u16).to_be_bytes());
     out.extend_from_slice(&source.as_bytes()[..source_len]);
+    match event.client_ip {
+        None => out.push(0),
+        Some(std::net::IpAddr::V4(ip)) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        Some(std::net::IpAddr::V6(ip)) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    match event.client_sent_at {
+        None => out.push(0),
+        Some(at) => {
+            out.push(1);
+            out.extend_from_slice(&(at.unix_timestamp_nanos() as i64).to_be_bytes());
+        }
+    }
     out.extend_from_slice(event.raw_json().as_bytes());
     let crc = crc32fast::hash(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_be_bytes());
@@ -55,6 +74,8 @@ pub struct Header<'a> {
     pub destinations: Vec<u16>,
     received_at_ns: i64,
     source: &'a str,
+    client_ip: Option<std::net::IpAddr>,
+    client_sent_at_ns: Option<i64>,
     json: &'a [u8],
 }
 
@@ -76,6 +97,14 @@ impl Header<'_> {
         if !self.source.is_empty() {
             event.source = Some(self.source.into());
         }
+        event.client_ip = self.client_ip;
+        event.client_sent_at = match self.client_sent_at_ns {
+            Some(ns) => Some(
+                OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+                    .map_err(|_| RecordError::Time)?,
+            ),
+            None => None,
+        };
         Ok(event)
     }
 }
@@ -112,10 +141,41 @@ pub fn decode(bytes: &[u8]) -> Result<Header<'_>, RecordError> {
     }
     let source = std::str::from_utf8(&bytes[at..at + source_len]).map_err(|_| RecordError::Utf8)?;
     at += source_len;
+    let take = |at: &mut usize, n: usize| -> Result<&[u8], RecordError> {
+        let field = bytes.get(*at..*at + n).ok_or(RecordError::Overrun)?;
+        *at += n;
+        Ok(field)
+    };
+    let client_ip = match take(&mut at, 1)?[0] {
+        4 => {
+            let o: [u8; 4] = take(&mut at, 4)?
+                .try_into()
+                .map_err(|_| RecordError::Overrun)?;
+            Some(std::net::IpAddr::from(o))
+        }
+        6 => {
+            let o: [u8; 16] = take(&mut at, 16)?
+                .try_into()
+                .map_err(|_| RecordError::Overrun)?;
+            Some(std::net::IpAddr::from(o))
+        }
+        _ => None,
+    };
+    let client_sent_at_ns = match take(&mut at, 1)?[0] {
+        1 => {
+            let n: [u8; 8] = take(&mut at, 8)?
+                .try_into()
+                .map_err(|_| RecordError::Overrun)?;
+            Some(i64::from_be_bytes(n))
+        }
+        _ => None,
+    };
     Ok(Header {
         destinations,
         received_at_ns: i64::from_be_bytes(nanos),
         source,
+        client_ip,
+        client_sent_at_ns,
         json: &bytes[at..],
     })
 }
@@ -133,6 +193,8 @@ mod tests {
         let mut event =
             Event::restore(text, datetime!(2026-01-01 00:00:01.5 UTC)).expect("valid event");
         event.source = Some("web".into());
+        event.client_ip = Some("2001:db8::7".parse().expect("ip"));
+        event.client_sent_at = Some(datetime!(2026-01-01 00:00:00.25 UTC));
         event
     }
 
@@ -148,6 +210,8 @@ mod tests {
         assert_eq!(back.raw_json(), event.raw_json());
         assert_eq!(back.received_at, event.received_at);
         assert_eq!(back.source.as_deref(), Some("web"));
+        assert_eq!(back.client_ip, event.client_ip);
+        assert_eq!(back.client_sent_at, event.client_sent_at);
     }
 
     #[test]

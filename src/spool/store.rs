@@ -105,10 +105,16 @@ impl Store {
         #[allow(deprecated)]
         let db = Database::builder(dir)
             .cache_size(8 << 20)
-            .max_write_buffer_size(Some(16 << 20))
+            .max_write_buffer_size(Some(12 << 20))
             .open()
             .map_err(|e| classify_open_error(dir, e))?;
-        let options = || KeyspaceCreateOptions::default().max_memtable_size(4 << 20);
+        // Records live milliseconds to minutes: compressing them costs CPU on every
+        // flush for disk the budget does not count anyway.
+        let options = || {
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(4 << 20)
+                .data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
+        };
         let events = db.keyspace(EVENTS, options).map_err(SpoolError::engine)?;
         let meta = db
             .keyspace(META, KeyspaceCreateOptions::default)
@@ -199,22 +205,17 @@ impl Store {
             .map_err(SpoolError::engine)
     }
 
-    /// Positions (and record sizes) below `below`, oldest first, at most `limit`.
-    pub fn keys_below(
-        &self,
-        from: u64,
-        below: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, u64)>, SpoolError> {
+    /// Positions below `below`, oldest first, at most `limit`.
+    pub fn keys_below(&self, from: u64, below: u64, limit: usize) -> Result<Vec<u64>, SpoolError> {
         let mut out = Vec::new();
         if from >= below {
             return Ok(out);
         }
         let inner = self.inner()?;
         for guard in inner.events.range(key(from)..key(below)).take(limit) {
-            let (k, v) = guard.into_inner().map_err(SpoolError::engine)?;
+            let k = guard.key().map_err(SpoolError::engine)?;
             if let Some(seq) = seq_of(&k) {
-                out.push((seq, v.len() as u64));
+                out.push(seq);
             }
         }
         Ok(out)

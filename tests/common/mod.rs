@@ -301,7 +301,12 @@ pub fn fixture_events() -> Vec<Value> {
 }
 
 /// Removes `received_at` after checking it is an RFC 3339 time.
+/// The event as the client sent it: the keys the relay adds to what it forwards
+/// (`received_at`, and `schema` when the client left it out) checked and removed.
 pub fn without_received_at(mut event: Value) -> Value {
+    if let Some(map) = event.as_object_mut() {
+        assert_eq!(map.remove("schema"), Some(Value::from("player-event/1")));
+    }
     let stamp = event
         .as_object_mut()
         .and_then(|m| m.remove("received_at"))

@@ -1,0 +1,244 @@
+//! QoE costs, printed as figures (docs/qoe.md): the sessionizer's time per event and
+//! memory per open session, and the whole relay's events/s with `[qoe]` on and off in
+//! the same run. `cargo bench --bench qoe` (add `-- --quick` for a short run).
+// A benchmark measures real elapsed time.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use playrelay::event::{parse_body, BodyFormat, BodyLimits, Event};
+use playrelay::qoe::{Qoe, QoeConfig, QoeMetrics};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use time::macros::datetime;
+use time::OffsetDateTime;
+use tower::ServiceExt;
+
+const FIXTURE: &str = include_str!("../tests/fixtures/sessions.ndjson");
+const NOW: OffsetDateTime = datetime!(2026-11-01 20:00:00 UTC);
+
+/// The fixture `copies` times over, each copy with its own session and event ids,
+/// copies interleaved the way concurrent viewers' events arrive.
+fn viewers(copies: usize) -> Vec<String> {
+    let lines: Vec<Value> = FIXTURE
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let mut out = Vec::with_capacity(lines.len() * copies);
+    for (i, line) in lines.iter().enumerate() {
+        for k in 0..copies {
+            let mut v = line.clone();
+            v["event_id"] = Value::String(format!("{k:08x}-0000-4000-8000-{i:012x}"));
+            let session = v["session"]["id"].as_str().unwrap_or("s").to_string();
+            v["session"]["id"] = Value::String(format!("{session}-{k}"));
+            out.push(v.to_string());
+        }
+    }
+    out
+}
+
+fn parse(lines: &[String]) -> Vec<Event> {
+    let body = lines.join("\n");
+    parse_body(
+        body.as_bytes(),
+        BodyFormat::Ndjson,
+        BodyLimits::new(usize::MAX),
+        NOW,
+    )
+    .expect("parses")
+    .events
+}
+
+fn qoe_on() -> QoeConfig {
+    QoeConfig {
+        enabled: true,
+        ..QoeConfig::default()
+    }
+}
+
+fn sessionizer(quick: bool) {
+    let copies = if quick { 20 } else { 200 };
+    let events = parse(&viewers(copies));
+    let sessions = 12 * copies;
+    let mut per_event = Vec::new();
+    for _ in 0..if quick { 3 } else { 7 } {
+        let qoe = Qoe::new(QoeMetrics::default());
+        qoe.configure(&qoe_on());
+        let start = Instant::now();
+        for event in &events {
+            qoe.observe(event);
+        }
+        per_event.push(start.elapsed().as_nanos() as f64 / events.len() as f64);
+    }
+    per_event.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "sessionizer: {} events of {sessions} sessions: {:.0} ns/event (median of {}, best {:.0})",
+        events.len(),
+        per_event[per_event.len() / 2],
+        per_event.len(),
+        per_event[0],
+    );
+    let start = Instant::now();
+    let mut sum = 0u64;
+    for event in &events {
+        sum = sum.wrapping_add(playrelay::qoe::metrics::Fact::of(event).id);
+    }
+    println!(
+        "of which making the 32-byte fact: {:.0} ns/event ({sum:x})",
+        start.elapsed().as_nanos() as f64 / events.len() as f64
+    );
+    let off = Qoe::new(QoeMetrics::default());
+    let start = Instant::now();
+    for event in &events {
+        off.observe(event);
+    }
+    println!(
+        "sessionizer off: {:.1} ns/event",
+        start.elapsed().as_nanos() as f64 / events.len() as f64
+    );
+    // Memory: every session open, at a quarter, half and all of its events.
+    for share in [4, 2, 1] {
+        let qoe = Qoe::new(QoeMetrics::default());
+        qoe.configure(&qoe_on());
+        let n = events.len() / share;
+        for event in &events[..n] {
+            qoe.observe(event);
+        }
+        let open = qoe.open_sessions().max(1);
+        println!(
+            "memory: {} open sessions after 1/{share} of the events ({:.0} events each): {:.0} bytes/session",
+            open,
+            n as f64 / open as f64,
+            qoe.approximate_bytes() as f64 / open as f64
+        );
+    }
+}
+
+const RELAY: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+max_events_per_request = 1000
+dead_letter_dir = "DIR/dead"
+dry_run_dir = "DIR/dry"
+
+[qoe]
+enabled = QOE
+
+[destinations.segment]
+type = "segment"
+write_key = "bench"
+dry_run = true
+
+[destinations.ga4]
+type = "ga4"
+measurement_id = "G-BENCH"
+api_secret = "bench"
+dry_run = true
+
+[destinations.tealium]
+type = "tealium"
+account = "bench"
+profile = "main"
+dry_run = true
+rate_limit = { events_per_second = 1000000000 }
+
+[destinations.warehouse]
+type = "webhook"
+endpoint = "http://127.0.0.1:9/events"
+dry_run = true
+
+[[routes]]
+name = "everything"
+match = { types = ["*"] }
+to = ["segment", "ga4", "tealium", "warehouse"]
+"#;
+
+/// The relay in this process, fed through its HTTP app (no sockets), timed from the
+/// first request to the end of shutdown (everything translated and written).
+async fn relay_events_per_second(qoe: bool, bodies: &[Arc<String>], events: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = RELAY
+        .replace("DIR", &dir.path().display().to_string())
+        .replace("QOE", if qoe { "true" } else { "false" });
+    let config = playrelay::config::load_str(&text, std::path::Path::new("bench.toml"), &|_| None)
+        .expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let options = playrelay::RelayOptions {
+        clock: Arc::new(|| NOW),
+    };
+    let running = playrelay::start(config, listener, options)
+        .await
+        .expect("relay starts");
+    let app = playrelay::ingest::app(running.relay.clone());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for part in 0..8 {
+        let app = app.clone();
+        let bodies: Vec<Arc<String>> = bodies.iter().skip(part).step_by(8).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            for body in bodies {
+                let request = http::Request::post("/v1/events")
+                    .header("content-type", "application/x-ndjson")
+                    .body(axum::body::Body::from(body.as_bytes().to_vec()))
+                    .expect("request");
+                let answer = app.clone().oneshot(request).await.expect("answer");
+                assert_eq!(answer.status(), 202);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("sender");
+    }
+    let summaries = running.relay.qoe.open_sessions();
+    let report = running.shutdown().await;
+    assert!(report.drained);
+    let elapsed = start.elapsed();
+    if qoe {
+        assert!(summaries > 0, "sessions were open");
+    }
+    events as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
+}
+
+fn relay(quick: bool) {
+    let copies = if quick { 10 } else { 60 };
+    let lines = viewers(copies);
+    let bodies: Vec<Arc<String>> = lines.chunks(100).map(|c| Arc::new(c.join("\n"))).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rounds = std::env::args()
+        .skip_while(|a| a != "--rounds")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if quick { 2 } else { 4 });
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        off.push(runtime.block_on(relay_events_per_second(false, &bodies, lines.len())));
+        on.push(runtime.block_on(relay_events_per_second(true, &bodies, lines.len())));
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!(
+        "relay, 4 dry-run vendors, {} events in requests of 100: QoE off {:.0} events/s, on {:.0} events/s (best of {rounds}); on/off = {:.3} (medians {:.3})",
+        lines.len(),
+        best(&off),
+        best(&on),
+        best(&on) / best(&off),
+        median(&mut on) / median(&mut off),
+    );
+    std::thread::sleep(Duration::from_millis(10));
+}
+
+/// `-- [--quick] [--relay-only] [--rounds N]`
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if !std::env::args().any(|a| a == "--relay-only") {
+        sessionizer(quick);
+    }
+    relay(quick);
+}

@@ -1,0 +1,524 @@
+//! QoE beside the event path: every accepted event is also observed here (one call in
+//! ingest); sessions are kept open, bounded, and closed by their own end, idle time,
+//! eviction or shutdown; each closed session becomes one `session.summary` event that
+//! enters the relay through [`crate::ingest::accept`], like a client's event, and adds
+//! to the fleet QoE metrics in `/metrics`. docs/qoe.md has the definitions.
+//!
+//! - [`metrics`]: the pure function from a session's events to its metrics;
+//! - [`sessionizer`]: the open sessions and when they close;
+//! - [`summary`]: the `session.summary` event.
+
+pub mod metrics;
+pub mod sessionizer;
+pub mod summary;
+
+use crate::event::{Event, SessionEnd, SessionOutcome};
+use crate::Relay;
+use metrics::Fact;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use sessionizer::{Closed, Limits, Observed, Sessionizer};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// `[qoe]` in routes.toml.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QoeConfig {
+    /// Off unless turned on: summaries are new events that count against vendor quotas.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Sessions open at once; beyond it the one closest to closing is summarized early.
+    #[serde(default = "defaults::max_sessions")]
+    pub max_sessions: usize,
+    /// A session with no event for this long is closed.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// After a session's closing event, how long late events may still join it.
+    #[serde(default = "defaults::end_grace_ms")]
+    pub end_grace_ms: u64,
+}
+
+impl Default for QoeConfig {
+    fn default() -> Self {
+        QoeConfig {
+            enabled: false,
+            max_sessions: defaults::max_sessions(),
+            idle_timeout_ms: defaults::idle_timeout_ms(),
+            end_grace_ms: defaults::end_grace_ms(),
+        }
+    }
+}
+
+impl QoeConfig {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_sessions: self.max_sessions,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            end_grace: Duration::from_millis(self.end_grace_ms),
+        }
+    }
+}
+
+pub mod defaults {
+    pub fn max_sessions() -> usize {
+        100_000
+    }
+    /// 30 minutes, as Mux and GA4 close an idle view or session.
+    pub fn idle_timeout_ms() -> u64 {
+        30 * 60 * 1000
+    }
+    pub fn end_grace_ms() -> u64 {
+        5_000
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QoeLabels {
+    /// The ingest source's name (from the config), `none` without sources.
+    pub source: String,
+    pub stream_type: String,
+    pub platform: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+    pub source: String,
+    pub stream_type: String,
+    pub platform: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndedByLabel {
+    pub ended_by: String,
+}
+
+type Seconds = Counter<f64, AtomicU64>;
+
+/// Fleet QoE: sums over summarized sessions, so ratios are ratios of sums in PromQL
+/// (rebuffer % = rate(rebuffer_seconds) / rate(watched_seconds)). Labels are bounded:
+/// source names come from the config, stream types and platforms from fixed lists.
+/// Clones share their values.
+#[derive(Clone)]
+pub struct QoeMetrics {
+    pub sessions: Family<OutcomeLabels, Counter>,
+    pub ended: Family<EndedByLabel, Counter>,
+    pub startup: Family<QoeLabels, Histogram, fn() -> Histogram>,
+    pub watched: Family<QoeLabels, Seconds>,
+    pub playing: Family<QoeLabels, Seconds>,
+    pub rebuffering: Family<QoeLabels, Seconds>,
+    pub rebuffers: Family<QoeLabels, Counter>,
+    pub playback_failures: Family<QoeLabels, Counter>,
+    pub open_sessions: Gauge,
+    pub evicted: Counter,
+    pub duplicates: Counter,
+    pub summary_errors: Counter,
+}
+
+fn startup_histogram() -> Histogram {
+    // 100 ms … ~51 s.
+    Histogram::new(exponential_buckets(0.1, 2.0, 10))
+}
+
+impl Default for QoeMetrics {
+    fn default() -> Self {
+        QoeMetrics {
+            sessions: Family::default(),
+            ended: Family::default(),
+            startup: Family::new_with_constructor(startup_histogram as fn() -> Histogram),
+            watched: Family::default(),
+            playing: Family::default(),
+            rebuffering: Family::default(),
+            rebuffers: Family::default(),
+            playback_failures: Family::default(),
+            open_sessions: Gauge::default(),
+            evicted: Counter::default(),
+            duplicates: Counter::default(),
+            summary_errors: Counter::default(),
+        }
+    }
+}
+
+impl QoeMetrics {
+    /// Registers under `playrelay_qoe_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("qoe");
+        r.register(
+            "sessions",
+            "Sessions summarized, by outcome (started, start_failure, exit_before_start)",
+            self.sessions.clone(),
+        );
+        r.register(
+            "sessions_ended",
+            "Sessions summarized, by what closed them",
+            self.ended.clone(),
+        );
+        r.register(
+            "startup_seconds",
+            "Startup time of sessions that started (ad breaks excluded)",
+            self.startup.clone(),
+        );
+        r.register(
+            "watched_seconds",
+            "Watch time of summarized sessions (request to last event, less pauses)",
+            self.watched.clone(),
+        );
+        r.register(
+            "playing_seconds",
+            "Time spent playing (first frame to last event, less pauses, rebuffering and seeking)",
+            self.playing.clone(),
+        );
+        r.register(
+            "rebuffer_seconds",
+            "Time spent rebuffering",
+            self.rebuffering.clone(),
+        );
+        r.register("rebuffers", "Rebuffers", self.rebuffers.clone());
+        r.register(
+            "playback_failures",
+            "Sessions with a fatal error after the first frame",
+            self.playback_failures.clone(),
+        );
+        r.register(
+            "open_sessions",
+            "Sessions open in the sessionizer",
+            self.open_sessions.clone(),
+        );
+        r.register(
+            "sessions_evicted",
+            "Sessions summarized early to stay within [qoe] max_sessions",
+            self.evicted.clone(),
+        );
+        r.register(
+            "duplicate_events",
+            "Events a session already had (same event_id), left out of its metrics",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "summary_errors",
+            "Closed sessions whose summary could not be built (logged)",
+            self.summary_errors.clone(),
+        );
+    }
+
+    fn record(&self, m: &metrics::Metrics, envelope: &summary::Envelope) {
+        let labels = QoeLabels {
+            source: envelope.source.as_deref().unwrap_or("none").to_string(),
+            stream_type: envelope.labels.stream_type.to_string(),
+            platform: envelope.labels.platform.to_string(),
+        };
+        self.sessions
+            .get_or_create(&OutcomeLabels {
+                outcome: m.outcome.as_str().to_string(),
+                source: labels.source.clone(),
+                stream_type: labels.stream_type.clone(),
+                platform: labels.platform.clone(),
+            })
+            .inc();
+        self.ended
+            .get_or_create(&EndedByLabel {
+                ended_by: m.ended_by.as_str().to_string(),
+            })
+            .inc();
+        if m.ended_by == SessionEnd::Evicted {
+            self.evicted.inc();
+        }
+        if let (SessionOutcome::Started, Some(ms)) = (m.outcome, m.startup_ms) {
+            self.startup
+                .get_or_create(&labels)
+                .observe(ms as f64 / 1000.0);
+        }
+        let seconds = |ms: u64| ms as f64 / 1000.0;
+        self.watched
+            .get_or_create(&labels)
+            .inc_by(seconds(m.watched_ms));
+        self.playing
+            .get_or_create(&labels)
+            .inc_by(seconds(m.playing_ms));
+        self.rebuffering
+            .get_or_create(&labels)
+            .inc_by(seconds(m.rebuffer_ms));
+        self.rebuffers
+            .get_or_create(&labels)
+            .inc_by(u64::from(m.rebuffer_count));
+        if m.playback_failure {
+            self.playback_failures.get_or_create(&labels).inc();
+        } else {
+            // The series exists from the first session, so failure rates read 0, not nothing.
+            let _ = self.playback_failures.get_or_create(&labels);
+        }
+    }
+}
+
+struct State {
+    sessions: Sessionizer,
+    /// Set at shutdown: nothing more is observed.
+    closed: bool,
+}
+
+/// The relay's QoE: off until [`Qoe::configure`] turns it on.
+pub struct Qoe {
+    enabled: AtomicBool,
+    state: Mutex<State>,
+    /// Held while closed sessions are summarized and handed on, so shutdown's
+    /// [`close_all`] waits for the emitter instead of closing the queues under it.
+    emitting: tokio::sync::Mutex<()>,
+    wake: Arc<Notify>,
+    metrics: QoeMetrics,
+}
+
+impl Qoe {
+    /// Off, with the relay's metrics (see [`crate::telemetry::Metrics::qoe`]).
+    pub fn new(metrics: QoeMetrics) -> Self {
+        Qoe {
+            enabled: AtomicBool::new(false),
+            state: Mutex::new(State {
+                sessions: Sessionizer::new(QoeConfig::default().limits()),
+                closed: false,
+            }),
+            emitting: tokio::sync::Mutex::new(()),
+            wake: Arc::new(Notify::new()),
+            metrics,
+        }
+    }
+}
+
+impl Qoe {
+    pub fn metrics(&self) -> &QoeMetrics {
+        &self.metrics
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the sessions consistent enough to go on.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `[qoe]`, at start and on every reload. Open sessions are kept: turning
+    /// QoE off stops observing, and what is open closes on its own deadline.
+    pub fn configure(&self, config: &QoeConfig) {
+        self.enabled.store(config.enabled, Ordering::Release);
+        let mut state = self.state();
+        state.sessions.set_limits(config.limits());
+        if state.sessions.has_evicted() {
+            self.wake.notify_one();
+        }
+        self.metrics.open_sessions.set(state.sessions.len() as i64);
+    }
+
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.state().sessions.len()
+    }
+
+    /// Heap bytes held for open sessions, approximately (benchmarks, capacity planning).
+    pub fn approximate_bytes(&self) -> usize {
+        self.state().sessions.approximate_bytes()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Adds an accepted event to its session. Cheap when QoE is off.
+    pub fn observe(&self, event: &Event) {
+        if !self.enabled() || event.event_type() == summary::SUMMARY_TYPE {
+            return;
+        }
+        let fact = Fact::of(event);
+        let now = Instant::now();
+        let mut state = self.state();
+        if state.closed {
+            return;
+        }
+        let before = state.sessions.next_deadline();
+        let observed = state.sessions.observe(event, fact, now);
+        // The emitter sleeps until the earliest deadline: wake it when that moved up.
+        let mut wake = state.sessions.has_evicted();
+        match observed {
+            Observed::Duplicate => {
+                self.metrics.duplicates.inc();
+            }
+            Observed::Opened | Observed::Closing => {
+                if observed == Observed::Opened {
+                    self.metrics.open_sessions.set(state.sessions.len() as i64);
+                }
+                let after = state.sessions.next_deadline();
+                wake |= before.is_none_or(|b| after < Some(b));
+            }
+            Observed::Added => {}
+        }
+        drop(state);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    async fn emitting(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.emitting.lock().await
+    }
+
+    fn take_expired(&self, now: Instant) -> Vec<Closed> {
+        let mut state = self.state();
+        let closed = state.sessions.expire(now);
+        self.metrics.open_sessions.set(state.sessions.len() as i64);
+        closed
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.state().sessions.next_deadline()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+}
+
+/// Starts the task that summarizes sessions as they close; it ends with the relay.
+pub fn spawn(relay: &Arc<Relay>) -> JoinHandle<()> {
+    let weak: Weak<Relay> = Arc::downgrade(relay);
+    let wake = relay.qoe.wake.clone();
+    tokio::spawn(async move {
+        loop {
+            let next = match weak.upgrade() {
+                Some(relay) if !relay.qoe.is_closed() => relay.qoe.next_deadline(),
+                _ => return,
+            };
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = wake.notified() => {}
+                    }
+                }
+                None => wake.notified().await,
+            }
+            let Some(relay) = weak.upgrade() else { return };
+            let _emitting = relay.qoe.emitting().await;
+            let closed = relay.qoe.take_expired(Instant::now());
+            emit(&relay, closed).await;
+        }
+    })
+}
+
+/// Summarizes every open session (`ended_by = "shutdown"` unless its own events closed
+/// it) and stops observing. Called once ingest is closed and before the queues close,
+/// so the summaries are delivered with the rest.
+pub async fn close_all(relay: &Relay) {
+    let _emitting = relay.qoe.emitting().await;
+    let closed = {
+        let mut state = relay.qoe.state();
+        state.closed = true;
+        let closed = state.sessions.drain();
+        relay.qoe.metrics.open_sessions.set(0);
+        closed
+    };
+    if !closed.is_empty() {
+        tracing::info!(
+            sessions = closed.len(),
+            "summarizing the sessions open at shutdown"
+        );
+    }
+    emit(relay, closed).await;
+    relay.qoe.wake.notify_one();
+}
+
+/// Summarizes closed sessions and hands the summaries to the relay's event path.
+async fn emit(relay: &Relay, closed: Vec<Closed>) {
+    if closed.is_empty() {
+        return;
+    }
+    let routing = relay.routing.load_full();
+    let summaries: Vec<Event> = closed
+        .into_iter()
+        .filter_map(|session| summarize(relay, session))
+        .collect();
+    let n = summaries.len();
+    if let Err(refusal) = crate::ingest::accept(relay, &routing, summaries).await {
+        // The spool could not take them (disk full, its budget, a blocked destination).
+        relay.qoe.metrics.summary_errors.inc_by(n as u64);
+        tracing::error!(summaries = n, error = %refusal.message(), "session summaries not accepted");
+    }
+}
+
+fn summarize(relay: &Relay, session: Closed) -> Option<Event> {
+    let session_id = session.session_id.clone();
+    let (m, envelope, built) = summary_of(session, (relay.clock)());
+    relay.qoe.metrics.record(&m, &envelope);
+    match built {
+        Ok(event) => Some(event),
+        Err(error) => {
+            relay.qoe.metrics.summary_errors.inc();
+            tracing::warn!(session = %session_id, %error, "cannot build the session's summary");
+            None
+        }
+    }
+}
+
+/// A closed session's metrics, envelope and summary event.
+fn summary_of(
+    session: Closed,
+    received_at: time::OffsetDateTime,
+) -> (
+    metrics::Metrics,
+    summary::Envelope,
+    Result<Event, crate::event::EventError>,
+) {
+    let Closed {
+        session_id,
+        open,
+        otherwise,
+    } = session;
+    let mut facts = open.facts;
+    metrics::normalize(&mut facts);
+    let m = metrics::compute_sorted(&facts, otherwise);
+    let code = m
+        .last_fatal
+        .and_then(|id| open.fatal_codes.iter().find(|(i, _)| *i == id))
+        .map(|(_, code)| &**code)
+        .filter(|code| !code.is_empty());
+    let built = summary::build(&session_id, &open.envelope, &facts, &m, code, received_at);
+    (m, open.envelope, built)
+}
+
+/// The summaries of whole sessions given as events (any order, repeats allowed), as
+/// the relay would send them, one per session, by session id. Sessions no event of
+/// theirs closed get `ended_by = otherwise`. For tests, benchmarks and tools.
+pub fn summarize_events(
+    events: &[Event],
+    otherwise: SessionEnd,
+    received_at: time::OffsetDateTime,
+) -> Vec<Event> {
+    let limits = Limits {
+        max_sessions: usize::MAX,
+        idle_timeout: Duration::from_secs(3600),
+        end_grace: Duration::from_secs(3600),
+    };
+    let mut sessions = Sessionizer::new(limits);
+    // Only the order of the events matters here, not when they arrive.
+    let now = Instant::now();
+    for event in events
+        .iter()
+        .filter(|e| e.event_type() != summary::SUMMARY_TYPE)
+    {
+        sessions.observe(event, Fact::of(event), now);
+    }
+    let mut closed = sessions.drain();
+    closed.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    closed
+        .into_iter()
+        .filter_map(|mut session| {
+            session.otherwise = otherwise;
+            summary_of(session, received_at).2.ok()
+        })
+        .collect()
+}

@@ -1,0 +1,414 @@
+//! Open sessions, keyed by `session.id`, bounded in number, each closed by its own
+//! closing event (after a grace for stragglers), by idle time, by eviction or at
+//! shutdown. Time is passed in (tokio's `Instant`, pausable in tests); nothing here
+//! sleeps or does I/O: [`super::Qoe`] drives it.
+
+use super::metrics::{add, closing_of, Fact, Kind};
+use super::summary::Envelope;
+use crate::event::{Event, SessionEnd};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The `[qoe]` settings the sessionizer works with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_sessions: usize,
+    pub idle_timeout: Duration,
+    pub end_grace: Duration,
+}
+
+/// One open session: what its summary needs, and when it closes.
+pub struct Open {
+    pub facts: Vec<Fact>,
+    pub envelope: Envelope,
+    /// `error.code` of each fatal error, by [`Fact::id`]; fatal errors are rare.
+    pub fatal_codes: Vec<(u64, Box<str>)>,
+    /// A closing event was seen: the deadline is the grace's end, not the idle timeout.
+    closing: bool,
+    /// When the session closes.
+    deadline: Instant,
+    /// Its entry in the deadline index: at or before `deadline`. Moving the entry on
+    /// every event would cost a tree update per event; a stale entry is moved when it
+    /// comes due instead.
+    key: (Instant, u64),
+}
+
+/// A session taken out of the sessionizer, to be summarized.
+pub struct Closed {
+    pub session_id: Arc<str>,
+    pub open: Open,
+    /// Why it closed when none of its events closed it.
+    pub otherwise: SessionEnd,
+}
+
+/// What [`Sessionizer::observe`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// The first event of a session.
+    Opened,
+    Added,
+    /// A closing event: the session now closes sooner (after the grace).
+    Closing,
+    /// An `event_id` the session already had.
+    Duplicate,
+}
+
+pub struct Sessionizer {
+    limits: Limits,
+    open: HashMap<Arc<str>, Open>,
+    /// Every open session by a time at or before its deadline (the `u64` makes keys
+    /// unique); see [`Open::key`].
+    deadlines: BTreeMap<(Instant, u64), Arc<str>>,
+    next_key: u64,
+    /// Sessions evicted on the request path, waiting for the emitter.
+    evicted: Vec<Closed>,
+}
+
+impl Sessionizer {
+    pub fn new(limits: Limits) -> Sessionizer {
+        Sessionizer {
+            limits,
+            open: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            next_key: 0,
+            evicted: Vec::new(),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// New settings: open sessions stay; beyond a lower `max_sessions` the soonest to
+    /// close are evicted. New timeouts apply from each session's next event.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        while self.open.len() > self.limits.max_sessions.max(1) {
+            self.evict_one();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// When the next session may close (never later than it does), if any is open.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Whether evicted sessions wait to be summarized.
+    pub fn has_evicted(&self) -> bool {
+        !self.evicted.is_empty()
+    }
+
+    fn new_key(&mut self, at: Instant) -> (Instant, u64) {
+        self.next_key += 1;
+        (at, self.next_key)
+    }
+
+    /// Adds an event to its session, opening the session with it if needed.
+    pub fn observe(&mut self, event: &Event, fact: Fact, now: Instant) -> Observed {
+        let limits = self.limits;
+        let session_id = event.body.session.id.as_str();
+        let closes = closing_of(&fact).is_some();
+        if let Some(open) = self.open.get_mut(session_id) {
+            if !add(&mut open.facts, fact) {
+                return Observed::Duplicate;
+            }
+            if closes && fact.kind == Kind::Error {
+                open.fatal_codes.push((fact.id, error_code(event)));
+            }
+            if fact.order() < open.envelope.order {
+                open.envelope = Envelope::of(event, &fact);
+            }
+            if open.closing {
+                // Stragglers do not extend the grace.
+                return Observed::Added;
+            }
+            if !closes {
+                open.deadline = now + limits.idle_timeout;
+                return Observed::Added;
+            }
+            open.closing = true;
+            open.deadline = now + limits.end_grace;
+            if open.deadline < open.key.0 {
+                let old = open.key;
+                self.next_key += 1;
+                let key = (open.deadline, self.next_key);
+                open.key = key;
+                if let Some(id) = self.deadlines.remove(&old) {
+                    self.deadlines.insert(key, id);
+                }
+            }
+            return Observed::Closing;
+        }
+        if self.open.len() >= limits.max_sessions.max(1) {
+            self.evict_one();
+        }
+        let deadline = now
+            + if closes {
+                limits.end_grace
+            } else {
+                limits.idle_timeout
+            };
+        let key = self.new_key(deadline);
+        let mut fatal_codes = Vec::new();
+        if closes && fact.kind == Kind::Error {
+            fatal_codes.push((fact.id, error_code(event)));
+        }
+        let id: Arc<str> = Arc::from(session_id);
+        self.deadlines.insert(key, id.clone());
+        self.open.insert(
+            id,
+            Open {
+                facts: vec![fact],
+                envelope: Envelope::of(event, &fact),
+                fatal_codes,
+                closing: closes,
+                deadline,
+                key,
+            },
+        );
+        Observed::Opened
+    }
+
+    /// Takes out the sessions whose deadline has passed (and those evicted meanwhile).
+    pub fn expire(&mut self, now: Instant) -> Vec<Closed> {
+        let mut out = std::mem::take(&mut self.evicted);
+        while let Some(entry) = self.deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let id = entry.remove();
+            let Some(open) = self.open.get(&id) else {
+                continue;
+            };
+            if open.deadline > now {
+                // Events came since the entry was made: it moves to the real deadline.
+                let deadline = open.deadline;
+                let key = self.new_key(deadline);
+                if let Some(open) = self.open.get_mut(&id) {
+                    open.key = key;
+                }
+                self.deadlines.insert(key, id);
+                continue;
+            }
+            if let Some(open) = self.open.remove(&id) {
+                out.push(Closed {
+                    session_id: id,
+                    open,
+                    otherwise: SessionEnd::IdleTimeout,
+                });
+            }
+        }
+        out
+    }
+
+    /// Takes out every session: the relay is stopping.
+    pub fn drain(&mut self) -> Vec<Closed> {
+        let mut out = std::mem::take(&mut self.evicted);
+        self.deadlines.clear();
+        out.extend(self.open.drain().map(|(id, open)| Closed {
+            session_id: id,
+            open,
+            otherwise: SessionEnd::Shutdown,
+        }));
+        out
+    }
+
+    /// Makes room: the session closest to its deadline goes (one in its grace first,
+    /// then the longest idle), summarized like any other.
+    fn evict_one(&mut self) {
+        while let Some((key, id)) = self.deadlines.pop_first() {
+            let Some(open) = self.open.get(&id) else {
+                continue;
+            };
+            if open.deadline > key.0 {
+                // A stale entry: put it at its real deadline and look again.
+                let key = self.new_key(open.deadline);
+                if let Some(open) = self.open.get_mut(&id) {
+                    open.key = key;
+                }
+                self.deadlines.insert(key, id);
+                continue;
+            }
+            if let Some(open) = self.open.remove(&id) {
+                self.evicted.push(Closed {
+                    session_id: id,
+                    open,
+                    otherwise: SessionEnd::Evicted,
+                });
+            }
+            return;
+        }
+    }
+
+    /// Heap bytes held for open sessions, approximately (for the benchmark).
+    pub fn approximate_bytes(&self) -> usize {
+        let per_entry = std::mem::size_of::<(Arc<str>, Open)>() + 1;
+        let deadline_entry = std::mem::size_of::<((Instant, u64), Arc<str>)>();
+        self.open
+            .iter()
+            .map(|(id, open)| {
+                per_entry
+                    + deadline_entry
+                    + 16
+                    + id.len()
+                    + open.facts.capacity() * std::mem::size_of::<Fact>()
+                    + open.envelope.heap_bytes()
+                    + open
+                        .fatal_codes
+                        .iter()
+                        .map(|(_, c)| 24 + c.len())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+fn error_code(event: &Event) -> Box<str> {
+    event
+        .body
+        .error
+        .as_ref()
+        .and_then(|e| e.code.as_deref())
+        .unwrap_or("")
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn event(session: &str, n: u32, ty: &str) -> Event {
+        let extra = if ty == "playback.error" {
+            r#","error":{"code":"E1","fatal":true}"#
+        } else {
+            ""
+        };
+        let text = format!(
+            r#"{{"event_id":"00000000-0000-4000-8000-{n:012}","type":"{ty}","timestamp":"2026-11-01T19:00:{:02}.000Z","sequence":{n},"session":{{"id":"{session}"}},"user":{{"anonymous_id":"a"}}{extra}}}"#,
+            n % 60
+        );
+        let raw: Box<RawValue> = serde_json::from_str(&text).expect("json");
+        Event::from_json(&raw, time::OffsetDateTime::UNIX_EPOCH).expect("valid")
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_sessions: 3,
+            idle_timeout: Duration::from_secs(60),
+            end_grace: Duration::from_secs(5),
+        }
+    }
+
+    fn observe(s: &mut Sessionizer, e: &Event) -> Observed {
+        s.observe(e, Fact::of(e), Instant::now())
+    }
+
+    fn ids(closed: &[Closed]) -> Vec<(&str, SessionEnd)> {
+        closed
+            .iter()
+            .map(|c| (&*c.session_id, c.otherwise))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_closes_after_the_idle_timeout_not_before() {
+        let mut s = Sessionizer::new(limits());
+        observe(&mut s, &event("a", 0, "playback.requested"));
+        tokio::time::advance(Duration::from_secs(40)).await;
+        // An event restarts the idle clock.
+        observe(&mut s, &event("a", 1, "playback.started"));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(s.expire(Instant::now()).is_empty());
+        assert_eq!(
+            s.next_deadline(),
+            Some(Instant::now() + Duration::from_secs(1))
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let closed = s.expire(Instant::now());
+        assert_eq!(ids(&closed), vec![("a", SessionEnd::IdleTimeout)]);
+        assert_eq!(closed[0].open.facts.len(), 2);
+        assert!(s.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stragglers_within_the_grace_join_the_session_and_duplicates_do_not() {
+        let mut s = Sessionizer::new(limits());
+        observe(&mut s, &event("a", 0, "playback.requested"));
+        observe(&mut s, &event("a", 2, "playback.completed"));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // A late event and a retry of one already seen, inside the grace.
+        assert_eq!(
+            observe(&mut s, &event("a", 1, "playback.started")),
+            Observed::Added
+        );
+        assert_eq!(
+            observe(&mut s, &event("a", 2, "playback.completed")),
+            Observed::Duplicate
+        );
+        tokio::time::advance(Duration::from_millis(1_999)).await;
+        assert!(
+            s.expire(Instant::now()).is_empty(),
+            "stragglers do not extend the grace"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let closed = s.expire(Instant::now());
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].open.facts.len(), 3);
+        let m = super::super::metrics::compute(&closed[0].open.facts, closed[0].otherwise);
+        assert_eq!(m.ended_by, SessionEnd::Completed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fatal_error_closes_with_its_code_after_the_grace() {
+        let mut s = Sessionizer::new(limits());
+        observe(&mut s, &event("a", 0, "playback.requested"));
+        observe(&mut s, &event("a", 1, "playback.error"));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let closed = s.expire(Instant::now());
+        assert_eq!(closed.len(), 1);
+        assert_eq!(&*closed[0].open.fatal_codes[0].1, "E1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beyond_max_sessions_the_soonest_to_close_is_evicted_and_kept_for_its_summary() {
+        let mut s = Sessionizer::new(limits());
+        observe(&mut s, &event("a", 0, "playback.requested"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        observe(&mut s, &event("b", 1, "playback.requested"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        observe(&mut s, &event("c", 2, "playback.requested"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // `a` is touched again, so `b` is now the longest idle.
+        observe(&mut s, &event("a", 3, "playback.started"));
+        assert!(!s.has_evicted());
+        observe(&mut s, &event("d", 4, "playback.requested"));
+        assert_eq!(s.len(), 3);
+        assert!(s.has_evicted());
+        let closed = s.expire(Instant::now());
+        assert_eq!(ids(&closed), vec![("b", SessionEnd::Evicted)]);
+        // A lower limit on reload evicts down to it.
+        s.set_limits(Limits {
+            max_sessions: 1,
+            ..limits()
+        });
+        let closed = s.expire(Instant::now());
+        assert_eq!(
+            ids(&closed),
+            vec![("c", SessionEnd::Evicted), ("a", SessionEnd::Evicted)]
+        );
+        assert_eq!(s.len(), 1);
+        let rest = s.drain();
+        assert_eq!(ids(&rest), vec![("d", SessionEnd::Shutdown)]);
+    }
+}
