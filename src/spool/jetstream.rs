@@ -28,6 +28,9 @@ use tokio::sync::Notify;
 const RECEIVED_AT: &str = "Playrelay-Received-At";
 /// Header carrying the ingest source's name.
 const SOURCE: &str = "Playrelay-Source";
+/// Headers carrying the client's address and its send time, when ingest knew them.
+const CLIENT_IP: &str = "Playrelay-Client-Ip";
+const CLIENT_SENT_AT: &str = "Playrelay-Client-Sent-At";
 /// Session buckets in the subject: what a deployment partitions on when one relay must
 /// see all of a session's events (docs/scale-out.md).
 pub const BUCKETS: u64 = 16;
@@ -319,15 +322,7 @@ impl JetStreamSpool {
                 if destination.skip_counted(event) {
                     continue;
                 }
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(
-                    "Nats-Msg-Id",
-                    format!("{}:{}", event.event_id(), destination.name).as_str(),
-                );
-                headers.insert(RECEIVED_AT, received_at.as_str());
-                if let Some(source) = &event.source {
-                    headers.insert(SOURCE, source.as_ref());
-                }
+                let headers = headers_for(event, &destination.name, &received_at);
                 let subject = format!(
                     "{}.{}.{bucket:02}",
                     self.config.subject_prefix, destination.name
@@ -670,19 +665,50 @@ impl Lease {
 }
 
 /// The event a message carries, as ingest accepted it.
+/// The relay's own fields of an event travel in headers; the payload is the JSON the
+/// client sent, as the disk spool's record keeps it.
+fn headers_for(event: &Event, destination: &str, received_at: &str) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Nats-Msg-Id",
+        format!("{}:{destination}", event.event_id()).as_str(),
+    );
+    headers.insert(RECEIVED_AT, received_at);
+    if let Some(source) = &event.source {
+        headers.insert(SOURCE, source.as_ref());
+    }
+    if let Some(ip) = event.client_ip {
+        headers.insert(CLIENT_IP, ip.to_string().as_str());
+    }
+    if let Some(at) = event.client_sent_at {
+        headers.insert(
+            CLIENT_SENT_AT,
+            at.unix_timestamp_nanos().to_string().as_str(),
+        );
+    }
+    headers
+}
+
 fn decode(message: &async_nats::Message) -> Result<Event, String> {
-    let headers = message.headers.as_ref();
+    decode_parts(message.headers.as_ref(), &message.payload)
+}
+
+fn decode_parts(headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> Result<Event, String> {
     let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-    let received_at = header(RECEIVED_AT)
-        .and_then(|v| v.parse::<i128>().ok())
-        .and_then(|ns| OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
-        .ok_or_else(|| format!("missing or bad {RECEIVED_AT} header"))?;
-    let text =
-        std::str::from_utf8(&message.payload).map_err(|_| "payload is not UTF-8".to_string())?;
+    let time = |name: &str| {
+        header(name)
+            .and_then(|v| v.parse::<i128>().ok())
+            .and_then(|ns| OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
+    };
+    let received_at =
+        time(RECEIVED_AT).ok_or_else(|| format!("missing or bad {RECEIVED_AT} header"))?;
+    let text = std::str::from_utf8(payload).map_err(|_| "payload is not UTF-8".to_string())?;
     let mut event = Event::restore(text, received_at).map_err(|e| e.to_string())?;
     if let Some(source) = header(SOURCE) {
         event.source = Some(source.into());
     }
+    event.client_ip = header(CLIENT_IP).and_then(|v| v.parse().ok());
+    event.client_sent_at = time(CLIENT_SENT_AT);
     Ok(event)
 }
 
@@ -721,5 +747,43 @@ async fn keep_alive(lease: Weak<Lease>) {
             None => return,
         };
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn the_relay_fields_of_an_event_survive_the_stream() {
+        let text = include_str!("../../tests/fixtures/sessions.ndjson")
+            .lines()
+            .next()
+            .expect("a fixture line");
+        let mut event =
+            Event::restore(text, datetime!(2026-03-01 12:00:00.123456789 UTC)).expect("valid");
+        event.source = Some("web".into());
+        event.client_ip = Some("2001:db8::7".parse().expect("ip"));
+        event.client_sent_at = Some(datetime!(2026-03-01 11:59:59.5 UTC));
+        let received_at = event.received_at.unix_timestamp_nanos().to_string();
+        let headers = headers_for(&event, "ga4", &received_at);
+        assert_eq!(
+            headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string()),
+            Some(format!("{}:ga4", event.event_id()))
+        );
+        let back = decode_parts(Some(&headers), event.raw_json().as_bytes()).expect("decodes");
+        assert_eq!(back.raw_json(), event.raw_json());
+        assert_eq!(back.received_at, event.received_at);
+        assert_eq!(back.source, event.source);
+        assert_eq!(back.client_ip, event.client_ip);
+        assert_eq!(back.client_sent_at, event.client_sent_at);
+
+        event.client_ip = None;
+        event.client_sent_at = None;
+        let headers = headers_for(&event, "ga4", &received_at);
+        let back = decode_parts(Some(&headers), event.raw_json().as_bytes()).expect("decodes");
+        assert_eq!((back.client_ip, back.client_sent_at), (None, None));
+        assert!(decode_parts(None, event.raw_json().as_bytes()).is_err());
     }
 }
