@@ -352,12 +352,14 @@ struct LoadResult {
     elapsed: Duration,
 }
 
-async fn run_load(addr: SocketAddr, spec: LoadSpec, template: Arc<Template>) -> LoadResult {
+/// Connections are spread over `addrs` round robin (several relays behind a balancer).
+async fn run_load(addrs: &[SocketAddr], spec: LoadSpec, template: Arc<Template>) -> LoadResult {
     let start = Instant::now();
     let deadline = start + spec.duration;
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for conn in 0..spec.connections {
+        let addr = addrs[conn % addrs.len()];
         let template = template.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -605,18 +607,7 @@ impl RelayProcess {
 
     /// User plus system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / self.clk_tck
+        cpu_seconds_of(self.child.id(), self.clk_tck)
     }
 
     /// Peak resident set size (VmHWM), MB.
@@ -647,6 +638,21 @@ impl RelayProcess {
     }
 }
 
+/// User plus system CPU seconds of process `pid` so far.
+fn cpu_seconds_of(pid: u32, clk_tck: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / clk_tck
+}
+
 fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
@@ -661,8 +667,11 @@ struct Scenario {
     /// (destination kind, hung?) per destination.
     destinations: Vec<(Kind, bool)>,
     load: LoadSpec,
-    /// `[spool] backend`: "disk" (the default) or "memory".
+    /// `[spool] backend`: "disk" (the default), "memory" or "jetstream" (then a
+    /// `nats-server -js` is started for the scenario).
     spool: &'static str,
+    /// Relay processes sharing the load (more than one only with "jetstream").
+    relays: usize,
 }
 
 struct DestinationReport {
@@ -696,6 +705,48 @@ struct Report {
     drain_seconds: f64,
     peak_rss_mb: f64,
     cpu_seconds: f64,
+    relays: usize,
+    /// CPU seconds of the nats-server, for "jetstream".
+    nats_cpu_seconds: Option<f64>,
+}
+
+/// A `nats-server -js` for a JetStream scenario; killed when dropped.
+struct NatsProcess {
+    child: Child,
+    url: String,
+}
+
+impl NatsProcess {
+    fn start(dir: &Path) -> NatsProcess {
+        let port = free_addr().port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (apt-get install nats-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsProcess {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+
+    fn cpu_seconds(&self, clk_tck: f64) -> f64 {
+        cpu_seconds_of(self.child.id(), clk_tck)
+    }
+}
+
+impl Drop for NatsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn quantile_us(sorted: &[u32], q: f64) -> f64 {
@@ -721,37 +772,59 @@ async fn run_scenario(
         let name = format!("{}_{}", kind.name(), per_kind[kind.index()]);
         stand_ins.push(StandIn::start(&name, *kind, *hang, epoch).await);
     }
-    let addr = free_addr();
-    let mut toml = format!(
-        "[spool]\nbackend = \"{}\"\ndir = \"{}\"\n\n[server]\nlisten = \"{addr}\"\ndrain_timeout_ms = 1000\ndead_letter_dir = \"{}\"\ndry_run_dir = \"{}\"\n\n",
-        scenario.spool,
-        dir.path().join("spool").display(),
-        dir.path().join("dead-letter").display(),
-        dir.path().join("dry-run").display()
-    );
+    let nats =
+        (scenario.spool == "jetstream").then(|| NatsProcess::start(&dir.path().join("nats")));
+    let spool = match &nats {
+        Some(nats) => format!(
+            "[spool]\nbackend = \"jetstream\"\nurl = \"{}\"\nmax_ack_pending = 20000\n",
+            nats.url
+        ),
+        None => format!(
+            "[spool]\nbackend = \"{}\"\ndir = \"{}\"\n",
+            scenario.spool,
+            dir.path().join("spool").display()
+        ),
+    };
+    let mut destinations = String::new();
     for s in &stand_ins {
-        toml.push_str(&s.kind.toml(&s.name, &s.base(), s.hang, queue));
+        destinations.push_str(&s.kind.toml(&s.name, &s.base(), s.hang, queue));
     }
     let names: Vec<String> = stand_ins
         .iter()
         .map(|s| format!("\"{}\"", s.name))
         .collect();
     let _ = write!(
-        toml,
+        destinations,
         "[[routes]]\nname = \"everything\"\nmatch = {{ types = [\"*\"] }}\nto = [{}]\n",
         names.join(", ")
     );
-    let config = dir.path().join("routes.toml");
-    std::fs::write(&config, &toml).expect("write routes.toml");
-    let mut relay = RelayProcess::start(&config, addr, &dir.path().join("relay.log"));
-    if !relay.wait_ready(Duration::from_secs(20)).await {
-        let log = std::fs::read_to_string(dir.path().join("relay.log")).unwrap_or_default();
-        relay.stop().await;
-        panic!("the relay did not become ready:\n{log}\n{toml}");
+    let mut relays = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..scenario.relays.max(1) {
+        let addr = free_addr();
+        let own = dir.path().join(format!("relay{i}"));
+        let toml = format!(
+            "{spool}\n[server]\nlisten = \"{addr}\"\ndrain_timeout_ms = 1000\ndead_letter_dir = \"{}\"\ndry_run_dir = \"{}\"\n\n{destinations}",
+            own.join("dead-letter").display(),
+            own.join("dry-run").display()
+        );
+        let config = dir.path().join(format!("routes{i}.toml"));
+        std::fs::write(&config, &toml).expect("write routes.toml");
+        let log = dir.path().join(format!("relay{i}.log"));
+        let mut relay = RelayProcess::start(&config, addr, &log);
+        if !relay.wait_ready(Duration::from_secs(20)).await {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            relay.stop().await;
+            panic!("the relay did not become ready:\n{text}\n{toml}");
+        }
+        relays.push(relay);
+        addrs.push(addr);
     }
-    let cpu_before = relay.cpu_seconds();
+    let clk_tck = relays[0].clk_tck;
+    let nats_cpu_before = nats.as_ref().map(|n| n.cpu_seconds(clk_tck));
+    let cpu_before: f64 = relays.iter().map(RelayProcess::cpu_seconds).sum();
     let load_start = epoch.elapsed();
-    let mut load = run_load(addr, scenario.load, template).await;
+    let mut load = run_load(&addrs, scenario.load, template).await;
     let load_end = Instant::now();
     // Delivery: wait until every healthy stand-in has what it must get, or nothing has
     // arrived for 3 s, or the settle time is over.
@@ -777,10 +850,25 @@ async fn run_scenario(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain_seconds = load_end.elapsed().as_secs_f64();
-    let cpu_seconds = relay.cpu_seconds() - cpu_before;
-    let peak_rss_mb = relay.peak_rss_mb();
-    let mut losses = relay.losses().await;
-    relay.stop().await;
+    let cpu_seconds = relays.iter().map(RelayProcess::cpu_seconds).sum::<f64>() - cpu_before;
+    let nats_cpu_seconds = nats
+        .as_ref()
+        .zip(nats_cpu_before)
+        .map(|(n, before)| n.cpu_seconds(clk_tck) - before);
+    let peak_rss_mb = relays
+        .iter()
+        .map(RelayProcess::peak_rss_mb)
+        .fold(0.0, f64::max);
+    let mut losses: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    for relay in &relays {
+        for (destination, mut lost) in relay.losses().await {
+            losses.entry(destination).or_default().append(&mut lost);
+        }
+    }
+    for relay in relays {
+        relay.stop().await;
+    }
+    drop(nats);
 
     load.latencies_us.sort_unstable();
     let load_seconds = load.elapsed.as_secs_f64();
@@ -829,6 +917,8 @@ async fn run_scenario(
         drain_seconds,
         peak_rss_mb,
         cpu_seconds,
+        relays: scenario.relays.max(1),
+        nats_cpu_seconds,
     }
 }
 
@@ -852,6 +942,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "1".into(),
             title: "full job: NDJSON x50 -> segment, ga4, tealium, webhook".into(),
             spool: "disk",
+            relays: 1,
             destinations: four.clone(),
             load: batches,
         });
@@ -861,6 +952,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "1-memory".into(),
             title: "scenario 1 with the memory spool (the disk spool's baseline)".into(),
             spool: "memory",
+            relays: 1,
             destinations: four.clone(),
             load: batches,
         });
@@ -876,6 +968,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "5".into(),
             title: "scenario 1 from 64 connections, disk spool".into(),
             spool: "disk",
+            relays: 1,
             destinations: four.clone(),
             load: many,
         });
@@ -883,6 +976,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "5-memory".into(),
             title: "scenario 1 from 64 connections, memory spool".into(),
             spool: "memory",
+            relays: 1,
             destinations: four.clone(),
             load: many,
         });
@@ -891,6 +985,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             title: "disk spool paced at 1,000 requests/s x 50 = 50,000 events/s, 64 connections"
                 .into(),
             spool: "disk",
+            relays: 1,
             destinations: four.clone(),
             load: LoadSpec {
                 rate: Some(1_000.0),
@@ -903,6 +998,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "1-paced".into(),
             title: "scenario 1 paced at 2,000 requests/s = the 100,000 events/s target".into(),
             spool: "disk",
+            relays: 1,
             destinations: four.clone(),
             load: LoadSpec {
                 rate: Some(2_000.0),
@@ -916,6 +1012,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "2".into(),
             title: "browser: 1 event/request, 64 connections -> segment, ga4".into(),
             spool: "disk",
+            relays: 1,
             destinations: two.clone(),
             load: browser,
         });
@@ -923,6 +1020,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "2-paced".into(),
             title: "browser paced at 15,000 requests/s (half the 30k target)".into(),
             spool: "disk",
+            relays: 1,
             destinations: two,
             load: LoadSpec {
                 rate: Some(15_000.0),
@@ -935,6 +1033,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "3".into(),
             title: "scenario 1 with the tealium stand-in never answering".into(),
             spool: "disk",
+            relays: 1,
             destinations: KINDS.iter().map(|k| (*k, *k == Kind::Tealium)).collect(),
             load: batches,
         });
@@ -944,6 +1043,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "3-paced".into(),
             title: "scenario 3 paced at 2,000 requests/s (100,000 events/s)".into(),
             spool: "disk",
+            relays: 1,
             destinations: KINDS.iter().map(|k| (*k, *k == Kind::Tealium)).collect(),
             load: LoadSpec {
                 rate: Some(2_000.0),
@@ -957,7 +1057,31 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
                 id: format!("4-{n}"),
                 title: format!("cost growth: scenario 1 with {n} destination(s)"),
                 spool: "disk",
+                relays: 1,
                 destinations: (0..n).map(|i| (KINDS[i % 4], false)).collect(),
+                load: batches,
+            });
+        }
+    }
+    {
+        // Scale-out: the same load on the disk spool, then on one JetStream stream shared
+        // by 1, 2 and 3 relays (docs/scale-out.md).
+        let two = vec![(Kind::Segment, false), (Kind::Webhook, false)];
+        out.push(Scenario {
+            id: "6-disk".into(),
+            title: "scale-out baseline: NDJSON x50 -> segment, webhook on the disk spool".into(),
+            spool: "disk",
+            relays: 1,
+            destinations: two.clone(),
+            load: batches,
+        });
+        for n in [1usize, 2, 3] {
+            out.push(Scenario {
+                id: format!("6-js-{n}"),
+                title: format!("the same on JetStream with {n} relay(s) on one stream"),
+                spool: "jetstream",
+                relays: n,
+                destinations: two.clone(),
                 load: batches,
             });
         }
@@ -1028,6 +1152,25 @@ fn print_table(reports: &[Report], machine: &str) {
             "scenario {}: {} — {} requests ({} failed), {} events accepted in {:.1} s, delivery finished {:.1} s after the load",
             r.id, r.title, r.requests, r.failed_requests, r.accepted, r.load_seconds, r.drain_seconds
         );
+        if r.accepted > 0 {
+            let per_event = |cpu: f64| cpu * 1e6 / r.accepted as f64;
+            let nats = r
+                .nats_cpu_seconds
+                .map(|n| {
+                    format!(
+                        ", nats-server {:.2} CPU s ({:.1} µs/event)",
+                        n,
+                        per_event(n)
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "  {} relay(s): {:.2} CPU s together, {:.1} CPU µs per accepted event{nats}",
+                r.relays,
+                r.cpu_seconds,
+                per_event(r.cpu_seconds)
+            );
+        }
     }
 }
 
@@ -1053,6 +1196,8 @@ fn report_json(reports: &[Report], machine: &str) -> Value {
             "delivery_finished_after_load_seconds": r.drain_seconds,
             "relay_peak_rss_mb": r.peak_rss_mb,
             "relay_cpu_seconds": r.cpu_seconds,
+            "relays": r.relays,
+            "nats_server_cpu_seconds": r.nats_cpu_seconds,
             "destinations": r.destinations.iter().map(|d| json!({
                 "name": d.name,
                 "type": d.kind.name(),

@@ -59,8 +59,8 @@ pub struct Relay {
     /// Read as one snapshot per request, so a request is routed by one table.
     pub routing: ArcSwap<Routing>,
     pub reload_status: reload::StatusCell,
-    /// The disk spool; `None` with `backend = "memory"`.
-    pub spool: Option<Arc<spool::DiskSpool>>,
+    /// The disk or JetStream spool; `None` with `backend = "memory"`.
+    pub spool: Option<spool::Spool>,
     /// Per-session QoE beside the event path (`[qoe]`); kept across reloads.
     pub qoe: qoe::Qoe,
     state: AtomicU8,
@@ -154,7 +154,7 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new());
     let (abandon, abandon_rx) = watch::channel(false);
     let server_config = config.server.clone();
-    let (controller, relay) = Controller::start(config, metrics, options.clock, abandon_rx)?;
+    let (controller, relay) = Controller::start(config, metrics, options.clock, abandon_rx).await?;
     controller.retire_unconfigured().await;
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     qoe::spawn(&relay);
@@ -222,7 +222,7 @@ impl Relay {
         metrics: Arc<Metrics>,
         clock: Clock,
         routing: Routing,
-        spool: Option<Arc<spool::DiskSpool>>,
+        spool: Option<spool::Spool>,
     ) -> Relay {
         Relay {
             qoe: qoe::Qoe::new(metrics.qoe.clone()),

@@ -9,7 +9,7 @@ use crate::deliver::{self, Destination, HttpClient};
 use crate::event::format_rfc3339;
 use crate::ingest::Edge;
 use crate::route::RouteTable;
-use crate::spool::DiskSpool;
+use crate::spool::{DiskSpool, JetStreamSpool, Spool};
 use crate::telemetry::{Metrics, RouteLabel};
 use crate::{Clock, Relay, Routing, StartError};
 use serde::Serialize;
@@ -76,7 +76,7 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub(crate) fn start(
+    pub(crate) async fn start(
         config: Config,
         metrics: Arc<Metrics>,
         clock: Clock,
@@ -84,11 +84,14 @@ impl Controller {
     ) -> Result<(Arc<Controller>, Arc<Relay>), StartError> {
         let client = HttpClient::new(config.server.tls_roots)?;
         let spool = match config.spool.backend {
-            crate::spool::Backend::Disk => Some(Arc::new(DiskSpool::open(
+            crate::spool::Backend::Disk => Some(Spool::Disk(Arc::new(DiskSpool::open(
                 &config.spool,
                 metrics.clone(),
                 clock.clone(),
-            )?)),
+            )?))),
+            crate::spool::Backend::JetStream => Some(Spool::JetStream(Arc::new(
+                JetStreamSpool::open(&config.spool, metrics.clone()).await?,
+            ))),
             crate::spool::Backend::Memory => None,
         };
         let mut slots = BTreeMap::new();
@@ -102,8 +105,9 @@ impl Controller {
                     &metrics,
                     &clock,
                     &abandon,
-                    spool.as_deref(),
-                )?,
+                    spool.as_ref(),
+                )
+                .await?,
             );
         }
         let routed = slots
@@ -198,8 +202,10 @@ impl Controller {
                 metrics,
                 &self.relay.clock,
                 &self.abandon,
-                self.relay.spool.as_deref(),
-            ) {
+                self.relay.spool.as_ref(),
+            )
+            .await
+            {
                 Ok(slot) => {
                     if old.is_some() {
                         outcome.rebuilt.push(name.clone());
@@ -266,8 +272,10 @@ impl Controller {
 
     /// Destinations in the spool that the config no longer has (removed while the relay
     /// was down): what they were owed goes to their dead-letter files.
+    /// (The JetStream spool leaves other consumers alone: another relay of the fleet
+    /// may still have that destination.)
     pub(crate) async fn retire_unconfigured(&self) {
-        let Some(spool) = &self.relay.spool else {
+        let Some(spool) = self.relay.spool.as_ref().and_then(Spool::disk) else {
             return;
         };
         let guard = self.state.lock().await;
@@ -289,7 +297,19 @@ impl Controller {
     /// A removed destination's backlog on disk is dead-lettered with reason `removed`
     /// (replayable), and the spool stops keeping records for it.
     async fn retire_from_spool(&self, name: &str, server: &ServerConfig) {
-        let Some(spool) = &self.relay.spool else {
+        if let Some(js) = self.relay.spool.as_ref().and_then(Spool::jetstream) {
+            if let Some(lease) = js.retired(name) {
+                tokio::spawn(retire_consumer(
+                    js.clone(),
+                    lease,
+                    server.dead_letter_dir.join(format!("{name}.ndjson")),
+                    self.relay.metrics.clone(),
+                    self.relay.clock.clone(),
+                ));
+            }
+            return;
+        }
+        let Some(spool) = self.relay.spool.as_ref().and_then(Spool::disk) else {
             return;
         };
         let owed = spool.take_recovered(name);
@@ -376,21 +396,80 @@ fn edge_settings_changed(old: &Config, new: &Config) -> bool {
         || old.server.max_in_flight_requests != new.server.max_in_flight_requests
 }
 
-fn start_slot(
+/// A removed destination's JetStream consumer: once its reader stopped (and handed back
+/// its last pull), what the consumer still has goes to the dead-letter file with reason
+/// `removed` (replayable), and the consumer is deleted. What the old worker holds is
+/// its to settle, as with the disk spool.
+async fn retire_consumer(
+    js: Arc<JetStreamSpool>,
+    lease: Arc<crate::spool::Lease>,
+    path: std::path::PathBuf,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+) {
+    let name = lease.name.clone();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lease.readers() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut owed = 0usize;
+    loop {
+        let pulled = match lease.pull(256, None).await {
+            Ok(pulled) if pulled.is_empty() => break,
+            Ok(pulled) => pulled,
+            Err(error) => {
+                tracing::error!(destination = %name, %error, "cannot read a removed destination's backlog from JetStream");
+                return;
+            }
+        };
+        let events: Vec<crate::event::Event> = pulled
+            .into_iter()
+            .filter_map(|p| match p {
+                crate::spool::jetstream::Pulled::Event(event) => Some(*event),
+                crate::spool::jetstream::Pulled::Corrupt(_) => None,
+            })
+            .collect();
+        owed += events.len();
+        {
+            let metrics = metrics.destination(&name);
+            metrics.received.inc_by(events.len() as u64);
+            metrics.queue_depth.inc_by(events.len() as i64);
+        }
+        deliver::dead_letter_removed(&name, path.clone(), &metrics, &events, clock()).await;
+        lease.settle(events.iter().map(|e| e.spool_seq));
+    }
+    if owed > 0 {
+        tracing::warn!(destination = %name, events = owed, file = %path.display(), "destination removed: its backlog goes to the dead-letter file");
+    }
+    match js.delete_consumer(&name).await {
+        Ok(()) => {
+            tracing::info!(destination = %name, "destination removed: its JetStream consumer is deleted")
+        }
+        Err(error) => {
+            tracing::error!(destination = %name, %error, "cannot delete a removed destination's consumer")
+        }
+    }
+}
+
+async fn start_slot(
     config: &DestinationConfig,
     server: &ServerConfig,
     client: &HttpClient,
     metrics: &Arc<Metrics>,
     clock: &Clock,
     abandon: &watch::Receiver<bool>,
-    spool: Option<&DiskSpool>,
+    spool: Option<&Spool>,
 ) -> Result<Slot, StartError> {
     let cursor = match spool {
-        Some(spool) => {
+        Some(Spool::Disk(spool)) => {
             let cursor = spool.cursor(&config.name, config.common.queue.max_bytes)?;
             Some((cursor, spool.take_recovered(&config.name)))
         }
-        None => None,
+        _ => None,
+    };
+    let lease = match spool {
+        Some(Spool::JetStream(js)) => Some(js.lease(&config.name).await?),
+        _ => None,
     };
     let env = deliver::Environment {
         client: client.clone(),
@@ -403,6 +482,7 @@ fn start_slot(
         dry_run_path: server.dry_run_dir.join(format!("{}.http", config.name)),
         hash_salt: server.hash_salt.clone(),
         cursor,
+        lease,
     };
     let (destination, worker) = deliver::start(config, env)?;
     Ok(Slot {

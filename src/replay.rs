@@ -98,6 +98,7 @@ pub async fn replay(
         hash_salt: config.server.hash_salt.clone(),
         // A replay sends what a file holds and writes what fails to another file.
         cursor: None,
+        lease: None,
     };
     let (handle, worker) = deliver::start(&dest_config, env)?;
     for event in events {

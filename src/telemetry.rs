@@ -115,6 +115,14 @@ pub struct SpoolMetrics {
     pub redelivered: Family<DestinationLabel, Counter>,
     pub recovered: Family<DestinationLabel, Counter>,
     pub backlog_bytes: Family<DestinationLabel, Gauge>,
+    /// JetStream: 1 while the NATS connection is up.
+    pub nats_connected: Gauge,
+    /// JetStream: publishes the server found to be repeats (same event, same destination).
+    pub duplicates: Counter,
+    /// JetStream: the consumer's events not yet handed to any relay (fleet-wide).
+    pub stream_pending: Family<DestinationLabel, Gauge>,
+    /// JetStream: events handed to a relay and not yet acknowledged (fleet-wide).
+    pub stream_ack_pending: Family<DestinationLabel, Gauge>,
     pub backlog_read: Family<DestinationLabel, Counter>,
 }
 
@@ -179,6 +187,10 @@ impl Metrics {
                 redelivered: Family::default(),
                 recovered: Family::default(),
                 backlog_bytes: Family::default(),
+                nats_connected: Gauge::default(),
+                duplicates: Counter::default(),
+                stream_pending: Family::default(),
+                stream_ack_pending: Family::default(),
                 backlog_read: Family::default(),
             },
             qoe: crate::qoe::QoeMetrics::default(),
@@ -381,6 +393,26 @@ impl Metrics {
             "destination_backlog_bytes",
             "Bytes of the destination's backlog on disk not yet read into memory",
             spool.backlog_bytes.clone(),
+        );
+        registry.register(
+            "spool_nats_connected",
+            "JetStream spool: 1 while the relay's NATS connection is up",
+            spool.nats_connected.clone(),
+        );
+        registry.register(
+            "spool_duplicates",
+            "JetStream spool: publishes the server de-duplicated (a retried event)",
+            spool.duplicates.clone(),
+        );
+        registry.register(
+            "destination_stream_pending",
+            "JetStream spool: the destination's events in the stream not yet handed to any relay",
+            spool.stream_pending.clone(),
+        );
+        registry.register(
+            "destination_stream_ack_pending",
+            "JetStream spool: the destination's events handed to relays and not yet acknowledged",
+            spool.stream_ack_pending.clone(),
         );
         registry.register(
             "destination_backlog_read",

@@ -286,6 +286,8 @@ impl Loader<'_> {
                     .then_some("drop_newest applies to the memory spool; with the disk spool the backlog sheds its oldest: use \"drop_oldest\", \"dead_letter\" or \"block\""),
                 crate::spool::Backend::Memory => matches!(when_full, WhenFull::DropOldest | WhenFull::Block)
                     .then_some("drop_oldest and block need the disk spool ([spool] backend = \"disk\"); the memory spool takes \"dead_letter\" or \"drop_newest\""),
+                // The stream's max_bytes bounds the backlog: past it ingest answers 503.
+                crate::spool::Backend::JetStream => None,
             };
             if let Some(message) = wrong {
                 let field = format!("destinations.{name}");

@@ -31,7 +31,7 @@ use crate::dest::{
     Translate, VendorRequest, Verdict,
 };
 use crate::event::{format_rfc3339, Event, KNOWN_TYPES};
-use crate::spool::{Cursor, Recovered};
+use crate::spool::{Cursor, Lease, Recovered};
 use crate::telemetry::{DestinationMetrics, Metrics};
 use crate::Clock;
 use breaker::Breaker;
@@ -66,6 +66,8 @@ pub struct Destination {
     cursor: Option<Arc<Cursor>>,
     generation: u64,
     when_full: WhenFull,
+    /// Its JetStream consumer, with the JetStream spool.
+    lease: Option<Arc<Lease>>,
 }
 
 impl Drop for Destination {
@@ -73,6 +75,10 @@ impl Drop for Destination {
         // No more live events: the reader drains the disk backlog and closes the window.
         if let Some(cursor) = &self.cursor {
             cursor.close(self.generation);
+        }
+        // The reader stops pulling; the window drains.
+        if let Some(lease) = &self.lease {
+            lease.close(self.generation);
         }
     }
 }
@@ -87,6 +93,19 @@ impl Destination {
     /// refuses events routed here until it shrinks.
     pub fn blocked(&self) -> bool {
         self.when_full == WhenFull::Block && self.cursor.as_ref().is_some_and(|c| c.over_budget())
+    }
+
+    /// Counts an event of a type this destination would only drop (received, dropped
+    /// with its reason) and says so: the JetStream spool never publishes those.
+    pub fn skip_counted(&self, event: &Event) -> bool {
+        match self.skipped_types.get(event.event_type()) {
+            Some(dropped) => {
+                self.metrics.received.inc();
+                dropped.inc();
+                true
+            }
+            None => false,
+        }
     }
 
     /// A spooled event, just made durable: into the window if the destination keeps up,
@@ -196,6 +215,8 @@ pub struct Environment {
     /// The destination's cursor in the disk spool, and what it is owed from before a
     /// restart; `None` with the memory spool.
     pub cursor: Option<(Arc<Cursor>, Recovered)>,
+    /// The destination's JetStream consumer, with `backend = "jetstream"`.
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// Writes what a removed destination was still owed to its dead-letter file, with
@@ -287,7 +308,8 @@ pub fn start(
             .inc_by(recovered.redelivered);
         tracing::info!(destination = %config.name, events = recovered.events, redelivered = recovered.redelivered, "resuming from the spool");
     }
-    let settle = Arc::new(Settle::new(metrics.clone(), cursor.clone()));
+    let lease = env.lease.clone();
+    let settle = Arc::new(Settle::new(metrics.clone(), cursor.clone()).with_lease(lease.clone()));
     let rate_limit = config
         .common
         .rate_limit
@@ -318,14 +340,15 @@ pub fn start(
         metrics_root: env.metrics.clone(),
         skipped: skipped_types.keys().copied().collect(),
     });
-    let window = match &cursor {
+    let window = if cursor.is_some() || lease.is_some() {
         // The backlog lives on disk: memory holds what the next requests will take.
-        Some(_) => config
+        config
             .common
             .queue
             .max_events
-            .min((2 * config.common.batch.max_events * config.common.concurrency).max(1_000)),
-        None => config.common.queue.max_events,
+            .min((2 * config.common.batch.max_events * config.common.concurrency).max(1_000))
+    } else {
+        config.common.queue.max_events
     };
     let (sender, receiver) = mpsc::channel(window);
     let (overflow, overflow_rx) = match (&cursor, config.common.queue.when_full) {
@@ -346,6 +369,18 @@ pub fn start(
             generation,
         ))
     });
+    let reader = match (&lease, reader) {
+        (Some(lease), None) => {
+            generation = lease.attach();
+            Some(tokio::spawn(queue::read_stream(
+                stack.clone(),
+                lease.clone(),
+                sender.clone(),
+                generation,
+            )))
+        }
+        (_, reader) => reader,
+    };
     let (handover, handover_rx) = oneshot::channel();
     let handle = tokio::spawn(run_worker(
         stack,
@@ -365,6 +400,7 @@ pub fn start(
             cursor,
             generation,
             when_full: config.common.queue.when_full,
+            lease,
         }),
         Worker { handle, handover },
     ))
@@ -421,6 +457,7 @@ impl Stack {
             // count as backlog again.
             self.metrics.in_flight.dec_by(events.len() as i64);
             self.metrics.queue_depth.inc_by(events.len() as i64);
+            self.settle.give_back(events);
             tracing::info!(destination = %self.name, events = events.len(), "shutdown: left in the spool, sent after the restart");
             return;
         }

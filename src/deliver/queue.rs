@@ -10,7 +10,8 @@ use super::Stack;
 use crate::config::WhenFull;
 use crate::event::Event;
 use crate::spool::cursor::ReadAhead;
-use crate::spool::Cursor;
+use crate::spool::jetstream::Pulled;
+use crate::spool::{Cursor, Lease};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -25,6 +26,7 @@ const BUDGET_CHECK: Duration = Duration::from_millis(100);
 pub struct Settle {
     metrics: Arc<crate::telemetry::DestinationMetrics>,
     cursor: Option<Arc<Cursor>>,
+    lease: Option<Arc<Lease>>,
 }
 
 impl Settle {
@@ -32,13 +34,33 @@ impl Settle {
         metrics: Arc<crate::telemetry::DestinationMetrics>,
         cursor: Option<Arc<Cursor>>,
     ) -> Settle {
-        Settle { metrics, cursor }
+        Settle {
+            metrics,
+            cursor,
+            lease: None,
+        }
+    }
+
+    /// Settling acknowledges to the destination's JetStream consumer.
+    pub fn with_lease(mut self, lease: Option<Arc<Lease>>) -> Settle {
+        self.lease = lease;
+        self
     }
 
     pub fn events(&self, events: &[&Event]) {
         self.metrics.in_flight.dec_by(events.len() as i64);
         if let Some(cursor) = &self.cursor {
             cursor.settle(events.iter().map(|e| e.spool_seq));
+        }
+        if let Some(lease) = &self.lease {
+            lease.settle(events.iter().map(|e| e.spool_seq));
+        }
+    }
+
+    /// Shutdown gave up on these: JetStream hands them to another relay now.
+    pub fn give_back(&self, events: &[&Event]) {
+        if let Some(lease) = &self.lease {
+            lease.give_back(events.iter().map(|e| e.spool_seq));
         }
     }
 
@@ -49,7 +71,7 @@ impl Settle {
     /// True when unsettled events stay in the spool for the next start rather than
     /// being dead-lettered at shutdown.
     pub fn spooled(&self) -> bool {
-        self.cursor.is_some()
+        self.cursor.is_some() || self.lease.is_some()
     }
 }
 
@@ -159,6 +181,104 @@ pub async fn read_backlog(
                 shed_oldest(&stack, shed).await;
             }
             cursor.advance(generation, next);
+        }
+    }
+}
+
+/// How long an idle reader's pull waits for the next event on the server.
+const PULL_WAIT: Duration = Duration::from_secs(1);
+
+/// Feeds the window from the destination's JetStream consumer, taking no more than
+/// the window has room for, so the rest stays on the server for the other relays.
+/// Stops when the destination is dropped (shutdown), rebuilt or removed, handing back
+/// what it pulled and could not pass on.
+pub async fn read_stream(
+    stack: Arc<Stack>,
+    lease: Arc<Lease>,
+    window: mpsc::Sender<Arc<Event>>,
+    generation: u64,
+) {
+    let _running = lease.reader();
+    while lease.is_current(generation) {
+        let room = loop {
+            let room = window.capacity();
+            if room > 0 {
+                break room.min(READ_AHEAD);
+            }
+            tokio::select! {
+                biased;
+                _ = stack.abandoned() => return,
+                _ = lease.ended(generation) => return,
+                reserved = window.reserve() => match reserved {
+                    Ok(permit) => drop(permit),
+                    Err(_) => return,
+                },
+            }
+        };
+        // What is there now; when nothing is, wait on the server for the next one.
+        let mut pulled = lease.pull(room, None).await;
+        if matches!(&pulled, Ok(p) if p.is_empty()) {
+            // Cut short when the destination closes: a cancelled pull holds nothing, and
+            // the one event it may have brought goes to a relay after ack_wait.
+            pulled = tokio::select! {
+                biased;
+                _ = stack.abandoned() => return,
+                _ = lease.ended(generation) => return,
+                pulled = lease.pull(1, Some(PULL_WAIT)) => pulled,
+            };
+        }
+        let pulled = match pulled {
+            Ok(pulled) => pulled,
+            Err(error) => {
+                tracing::error!(destination = %stack.name, %error, "cannot pull from JetStream: retrying in 1 s");
+                tokio::select! {
+                    _ = stack.abandoned() => return,
+                    _ = lease.ended(generation) => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+        };
+        let mut events = Vec::with_capacity(pulled.len());
+        for pulled in pulled {
+            match pulled {
+                Pulled::Event(event) => events.push(*event),
+                Pulled::Corrupt(error) => {
+                    stack.metrics.received.inc();
+                    stack.metrics.dropped("corrupt", 1);
+                    tracing::error!(destination = %stack.name, %error, "unreadable event in the stream: terminated");
+                }
+            }
+        }
+        if !lease.is_current(generation) {
+            lease.give_back(events.iter().map(|e| e.spool_seq));
+            return;
+        }
+        let mut events = events.into_iter();
+        while let Some(event) = events.next() {
+            // Counted before the send: the worker may take it at once.
+            stack.metrics.queue_depth.inc();
+            let refused = match window.try_send(Arc::new(event)) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Closed(event)) => Some(event),
+                // A rebuilt worker's queue moved in meanwhile: wait for room.
+                Err(mpsc::error::TrySendError::Full(event)) => tokio::select! {
+                    biased;
+                    _ = stack.abandoned() => Some(event),
+                    sent = window.send(event.clone()) => sent.err().map(|e| e.0),
+                },
+            };
+            match refused {
+                None => {
+                    stack.metrics.received.inc();
+                }
+                Some(event) => {
+                    stack.metrics.queue_depth.dec();
+                    let rest = std::iter::once(event.spool_seq).chain(events.map(|e| e.spool_seq));
+                    lease.give_back(rest);
+                    return;
+                }
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod tls;
 use crate::config::Config;
 use crate::event::{parse_body, BodyError, BodyLimits, Event, Rejection};
 use crate::route::Decision;
-use crate::spool::{DiskSpool, Routed, SpoolError};
+use crate::spool::{Routed, Spool, SpoolError};
 use crate::{Relay, Routing};
 use auth::{Identity, Sources};
 use axum::extract::{ConnectInfo, Request, State};
@@ -379,7 +379,7 @@ pub(crate) async fn accept(
 
 /// The `2xx` waits for this: the events are on disk, or the client hears why not and
 /// retries. Nothing is written when a destination they go to refuses more backlog.
-async fn spool_events(spool: &DiskSpool, events: Vec<Routed>) -> Result<(), Refusal> {
+async fn spool_events(spool: &Spool, events: Vec<Routed>) -> Result<(), Refusal> {
     let blocked = events
         .iter()
         .flat_map(|routed| routed.to.iter())
@@ -399,7 +399,7 @@ async fn spool_events(spool: &DiskSpool, events: Vec<Routed>) -> Result<(), Refu
     }
     spool.append(events).await.map_err(|error| {
         let reason = match error {
-            SpoolError::Full { .. } => "spool_full",
+            SpoolError::Full { .. } | SpoolError::StreamFull(_) => "spool_full",
             _ => "spool_unavailable",
         };
         Refusal {
@@ -493,7 +493,7 @@ async fn readyz(State(relay): State<Arc<Relay>>) -> Response {
                 reasons.push(format!("the spool cannot take events: {problem}"));
             }
             json!({
-                "backend": "disk",
+                "backend": spool.backend(),
                 "bytes": relay.metrics.spool.bytes.get(),
                 "oldest_event_age_seconds": relay.metrics.spool.oldest_event_age_seconds.get(),
                 "error": problem,

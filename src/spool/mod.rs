@@ -8,8 +8,11 @@
 
 mod committer;
 pub mod cursor;
+pub mod jetstream;
 pub mod record;
 mod store;
+
+pub use jetstream::{JetStreamSpool, Lease};
 
 pub use cursor::Cursor;
 pub use store::Scanned;
@@ -34,7 +37,8 @@ pub struct SpoolConfig {
     /// Where the disk spool lives; one relay process per directory.
     #[serde(default = "default_dir")]
     pub dir: PathBuf,
-    /// Disk budget: past it, ingest answers 503 until destinations catch up.
+    /// Disk budget: past it, ingest answers 503 until destinations catch up. With
+    /// `backend = "jetstream"`, the stream's `max_bytes`.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
     /// Memory for the newest records before they are written out as tables. Larger:
@@ -42,6 +46,62 @@ pub struct SpoolConfig {
     /// and group commits wait less on the disk; smaller: a smaller relay.
     #[serde(default = "default_write_buffer_bytes")]
     pub write_buffer_bytes: u64,
+    /// `backend = "jetstream"`: one or several `nats://` (or `tls://`) servers.
+    #[serde(
+        default = "jetstream::default_url",
+        deserialize_with = "jetstream::one_or_many"
+    )]
+    pub url: Vec<String>,
+    /// Auth, one of: a token; a user and password; a creds file (JWT + nkey seed); an
+    /// nkey seed file.
+    #[serde(default)]
+    pub token: Option<crate::config::Secret>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<crate::config::Secret>,
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// TLS: the CA that signed the servers' certificates (PEM), a client certificate
+    /// and key for mutual TLS, and whether TLS is required.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_required: bool,
+    /// The stream every relay of the fleet shares.
+    #[serde(default = "jetstream::default_stream")]
+    pub stream: String,
+    /// Subjects are `<subject_prefix>.<destination>.<session bucket>`.
+    #[serde(default = "jetstream::default_subject_prefix")]
+    pub subject_prefix: String,
+    /// Copies of each event in the NATS cluster (1, 3 or 5).
+    #[serde(default = "jetstream::default_replicas")]
+    pub replicas: usize,
+    /// Events older than this leave the stream, delivered or not (0: no limit).
+    #[serde(default = "jetstream::default_max_age_ms")]
+    pub max_age_ms: u64,
+    /// A retry of the same event (same `event_id`) within this window is stored once.
+    #[serde(default = "jetstream::default_duplicate_window_ms")]
+    pub duplicate_window_ms: u64,
+    /// Fleet-wide cap on events handed out and not yet acknowledged, per destination.
+    #[serde(default = "jetstream::default_max_ack_pending")]
+    pub max_ack_pending: u32,
+    /// An event handed to a relay that neither acknowledges it nor says it is still
+    /// working on it within this time goes to another relay.
+    #[serde(default = "jetstream::default_ack_wait_ms")]
+    pub ack_wait_ms: u64,
+    /// Ingest answers 503 when the server has not acknowledged within this time.
+    #[serde(default = "jetstream::default_publish_timeout_ms")]
+    pub publish_timeout_ms: u64,
+    /// How long the first connection may take before the relay refuses to start.
+    #[serde(default = "jetstream::default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -52,6 +112,11 @@ pub enum Backend {
     Disk,
     /// Accepted events live in memory: lost if the process dies.
     Memory,
+    /// Accepted events are in a NATS JetStream stream (acknowledged by the server, and
+    /// replicated when the stream has replicas) before the `2xx`; every relay with the
+    /// same stream shares each destination's work.
+    #[serde(rename = "jetstream")]
+    JetStream,
 }
 
 fn default_dir() -> PathBuf {
@@ -73,6 +138,25 @@ impl Default for SpoolConfig {
             dir: default_dir(),
             max_bytes: default_max_bytes(),
             write_buffer_bytes: default_write_buffer_bytes(),
+            url: jetstream::default_url(),
+            token: None,
+            user: None,
+            password: None,
+            creds_file: None,
+            nkey_seed_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+            stream: jetstream::default_stream(),
+            subject_prefix: jetstream::default_subject_prefix(),
+            replicas: jetstream::default_replicas(),
+            max_age_ms: jetstream::default_max_age_ms(),
+            duplicate_window_ms: jetstream::default_duplicate_window_ms(),
+            max_ack_pending: jetstream::default_max_ack_pending(),
+            ack_wait_ms: jetstream::default_ack_wait_ms(),
+            publish_timeout_ms: jetstream::default_publish_timeout_ms(),
+            connect_timeout_ms: jetstream::default_connect_timeout_ms(),
         }
     }
 }
@@ -91,6 +175,9 @@ impl SpoolConfig {
         }
         if self.backend == Backend::Disk && self.dir.as_os_str().is_empty() {
             return Err(("dir", "must not be empty".into()));
+        }
+        if self.backend == Backend::JetStream {
+            jetstream::check(self)?;
         }
         Ok(())
     }
@@ -115,6 +202,12 @@ pub enum SpoolError {
     TooManyDestinations(usize),
     #[error("the spool has stopped")]
     Closed,
+    #[error("NATS JetStream: {0}")]
+    JetStream(String),
+    #[error("the JetStream stream is full (spool.max_bytes): destinations are behind ({0})")]
+    StreamFull(String),
+    #[error("the NATS connection is lost: events cannot be made durable")]
+    Disconnected,
 }
 
 impl SpoolError {
@@ -137,6 +230,60 @@ impl SpoolError {
 pub struct Routed {
     pub event: Event,
     pub to: Vec<Arc<Destination>>,
+}
+
+/// The spool a relay runs with: on its own disk, or a JetStream stream shared by a fleet.
+#[derive(Clone)]
+pub enum Spool {
+    Disk(Arc<DiskSpool>),
+    JetStream(Arc<JetStreamSpool>),
+}
+
+impl Spool {
+    /// Makes `items` durable; resolves once they are (or with why they are not).
+    pub async fn append(&self, items: Vec<Routed>) -> Result<(), SpoolError> {
+        match self {
+            Spool::Disk(disk) => disk.append(items).await,
+            Spool::JetStream(js) => js.append(items).await,
+        }
+    }
+
+    /// Why the spool cannot take events right now, if it cannot.
+    pub fn unhealthy(&self) -> Option<String> {
+        match self {
+            Spool::Disk(disk) => disk.unhealthy(),
+            Spool::JetStream(js) => js.unhealthy(),
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Spool::Disk(_) => "disk",
+            Spool::JetStream(_) => "jetstream",
+        }
+    }
+
+    pub fn disk(&self) -> Option<&DiskSpool> {
+        match self {
+            Spool::Disk(disk) => Some(disk),
+            Spool::JetStream(_) => None,
+        }
+    }
+
+    pub fn jetstream(&self) -> Option<&Arc<JetStreamSpool>> {
+        match self {
+            Spool::Disk(_) => None,
+            Spool::JetStream(js) => Some(js),
+        }
+    }
+
+    /// The last step of shutdown.
+    pub async fn close(&self) {
+        match self {
+            Spool::Disk(disk) => disk.close().await,
+            Spool::JetStream(js) => js.close().await,
+        }
+    }
 }
 
 /// The disk spool. Cheap to share; the committer thread owns the writing.
