@@ -514,62 +514,6 @@ async fn with_the_server_gone_ingest_answers_503_and_delivery_resumes_when_it_re
     relay.shutdown().await;
 }
 
-// The relay as a child process, for SIGKILL.
-mod binary {
-    use super::*;
-    use std::io::{BufRead, BufReader};
-
-    const BIN: &str = env!("CARGO_BIN_EXE_playrelay");
-
-    pub struct Relay {
-        pub child: Child,
-        pub addr: String,
-    }
-
-    impl Relay {
-        pub fn start(dir: &Path, config: &str) -> Relay {
-            std::fs::create_dir_all(dir).expect("relay dir");
-            std::fs::write(dir.join("routes.toml"), config).expect("write config");
-            let mut child = Command::new(BIN)
-                .args(["run", "--config", "routes.toml", "--log-format", "json"])
-                .current_dir(dir)
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start playrelay");
-            let stderr = child.stderr.take().expect("stderr");
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                    if log["message"] == "relay ready" {
-                        let _ = tx.send(log["listen"].as_str().unwrap_or("").to_string());
-                    }
-                }
-            });
-            let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(addr) => addr,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("relay not ready in 30 s");
-                }
-            };
-            Relay { child, addr }
-        }
-
-        pub fn kill(mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    impl Drop for Relay {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Posts `batches` batches of 25 events, each to a random relay of `addrs`; returns
 /// the ids of the accepted ones and how many requests were refused.
 async fn post_at_random(
@@ -614,8 +558,8 @@ async fn a_relay_killed_mid_stream_loses_nothing_another_relay_or_its_restart_de
             ),
         )
     };
-    let a = binary::Relay::start(&relay_dir(0), &text(0));
-    let b = binary::Relay::start(&relay_dir(1), &text(1));
+    let a = common::binary::Relay::start(&relay_dir(0), &text(0));
+    let b = common::binary::Relay::start(&relay_dir(1), &text(1));
     let addrs: Vec<std::net::SocketAddr> = [&a, &b]
         .iter()
         .map(|r| r.addr.parse().expect("address"))
@@ -637,7 +581,7 @@ async fn a_relay_killed_mid_stream_loses_nothing_another_relay_or_its_restart_de
     let (more, refused) = post_at_random(&addrs[1..], "after-kill", 20, &mut rng).await;
     assert_eq!(refused, 0);
     accepted.extend(more);
-    let a = binary::Relay::start(&relay_dir(0), &text(0));
+    let a = common::binary::Relay::start(&relay_dir(0), &text(0));
     let addrs = vec![a.addr.parse().expect("address"), addrs[1]];
     let (more, refused) = post_at_random(&addrs, "after-restart", 20, &mut rng).await;
     assert_eq!(refused, 0);

@@ -86,87 +86,6 @@ async fn wait_for_ids(vendor: &StandIn, ids: &HashSet<String>, within: Duration,
     .await;
 }
 
-// The child process runs in real time; nothing here reads the relay's clock.
-#[allow(clippy::disallowed_types, clippy::disallowed_methods)]
-mod binary {
-    use super::*;
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::process::{Child, Command, Stdio};
-
-    const BIN: &str = env!("CARGO_BIN_EXE_playrelay");
-
-    /// The real relay as a child process; killed (SIGKILL) when dropped.
-    pub struct Relay {
-        pub child: Child,
-        pub addr: String,
-    }
-
-    impl Relay {
-        pub fn start(dir: &Path, config: &str) -> Relay {
-            std::fs::write(dir.join("routes.toml"), config).expect("write config");
-            let mut child = Command::new(BIN)
-                .args(["run", "--config", "routes.toml", "--log-format", "json"])
-                .current_dir(dir)
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start playrelay");
-            let stderr = child.stderr.take().expect("stderr");
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                    if log["message"] == "relay ready" {
-                        let _ = tx.send(log["listen"].as_str().unwrap_or("").to_string());
-                    }
-                }
-            });
-            let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(addr) => addr,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("relay not ready in 30 s");
-                }
-            };
-            Relay { child, addr }
-        }
-
-        pub fn kill(mut self) {
-            // `Child::kill` is SIGKILL: no drain, no cursor saved, no goodbye.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-
-        pub fn get(&self, path: &str) -> String {
-            let mut stream = std::net::TcpStream::connect(&self.addr).expect("connect");
-            write!(
-                stream,
-                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .expect("send");
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).expect("read");
-            answer
-        }
-
-        pub fn rss_kib(&self) -> u64 {
-            let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-                .expect("proc status");
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .expect("VmRSS")
-        }
-    }
-
-    impl Drop for Relay {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_that_got_a_2xx_arrives_everywhere_despite_sigkills() {
     let fast = StandIn::ok().await;
@@ -182,7 +101,7 @@ async fn every_event_that_got_a_2xx_arrives_everywhere_despite_sigkills() {
     let mut acknowledged = HashSet::new();
     let mut refused = 0;
     for round in 0..3 {
-        let relay = binary::Relay::start(dir.path(), &config);
+        let relay = common::binary::Relay::start(dir.path(), &config);
         let addr = relay.addr.parse().expect("address");
         for batch in 0..20 {
             let sent = events(&format!("r{round}-b{batch}"), 50);
@@ -201,7 +120,7 @@ async fn every_event_that_got_a_2xx_arrives_everywhere_despite_sigkills() {
     }
     assert_eq!(refused, 0, "a healthy relay refused requests");
     assert_eq!(acknowledged.len(), 3 * 20 * 50);
-    let relay = binary::Relay::start(dir.path(), &config);
+    let relay = common::binary::Relay::start(dir.path(), &config);
     wait_for_ids(&fast, &acknowledged, Duration::from_secs(60), "fast").await;
     wait_for_ids(&slow, &acknowledged, Duration::from_secs(90), "slow").await;
     let text = relay.get("/metrics");
@@ -237,7 +156,7 @@ async fn a_hung_destination_keeps_its_backlog_on_disk_and_memory_flat() {
         &hung.url("/"),
         "timeout_ms = 600000",
     );
-    let relay = binary::Relay::start(dir.path(), &config);
+    let relay = common::binary::Relay::start(dir.path(), &config);
     let addr = relay.addr.parse().expect("address");
     const TOTAL: usize = 200_000;
     const PER_REQUEST: usize = 1_000;

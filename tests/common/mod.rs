@@ -4,6 +4,8 @@
 // Stand-ins stamp real arrival times: the relay under test runs in real time.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+pub mod binary;
+
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
