@@ -12,6 +12,7 @@
 mod append;
 mod batch;
 mod breaker;
+mod concurrency;
 pub mod dead_letter;
 mod file;
 pub mod http;
@@ -19,12 +20,15 @@ mod queue;
 mod rate_limit;
 pub mod retry;
 
+pub use self::concurrency::Gauges as ConcurrencyGauges;
 pub use self::queue::Settle;
 
 pub use self::breaker::state_name as breaker_state_name;
-pub use self::http::{HttpClient, TlsRoots};
+pub use self::http::{HttpClient, SendError, TlsRoots};
 
-use crate::config::{DestinationConfig, DestinationKind, RateLimitConfig, WhenFull};
+use crate::config::{
+    ConcurrencySetting, DestinationConfig, DestinationKind, RateLimitConfig, WhenFull,
+};
 use crate::dest::NameOverride;
 use crate::dest::{
     build_translator, redact, render_request, stated_reason, Disposition, EventNames, Refusal,
@@ -35,6 +39,7 @@ use crate::spool::{Cursor, Recovered};
 use crate::telemetry::{DestinationMetrics, Metrics};
 use crate::Clock;
 use breaker::Breaker;
+use concurrency::{Concurrency, Permit, Signal};
 use dead_letter::{Cause, DeadLetter};
 use prometheus_client::metrics::counter::Counter;
 use rate_limit::RateLimits;
@@ -42,7 +47,7 @@ use retry::Backoff;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -292,6 +297,7 @@ pub fn start(
         .common
         .rate_limit
         .or_else(|| RateLimitConfig::vendor_default(config.kind.type_name()));
+    let max_in_flight = config.common.max_in_flight(config.kind.type_name());
     let stack = Arc::new(Stack {
         name: config.name.clone(),
         config: config.clone(),
@@ -307,7 +313,12 @@ pub fn start(
             secrets.clone(),
             settle.clone(),
         ),
-        concurrency: Arc::new(Semaphore::new(config.common.concurrency)),
+        concurrency: match config.common.concurrency {
+            ConcurrencySetting::Fixed(n) => Concurrency::fixed(n, metrics.concurrency.clone()),
+            ConcurrencySetting::Adaptive => {
+                Concurrency::adaptive(max_in_flight, metrics.concurrency.clone())
+            }
+        },
         dry_run,
         clock: env.clock.clone(),
         secrets,
@@ -323,7 +334,7 @@ pub fn start(
             .common
             .queue
             .max_events
-            .min((2 * config.common.batch.max_events * config.common.concurrency).max(1_000)),
+            .min((2 * config.common.batch.max_events * max_in_flight).max(1_000)),
         None => config.common.queue.max_events,
     };
     let (sender, receiver) = mpsc::channel(window);
@@ -384,7 +395,7 @@ struct Stack {
     rate_limits: RateLimits,
     breaker: Breaker,
     dead_letter: DeadLetter,
-    concurrency: Arc<Semaphore>,
+    concurrency: Arc<Concurrency>,
     dry_run: Option<append::AppendFile>,
     clock: Clock,
     secrets: Vec<String>,
@@ -463,7 +474,7 @@ async fn run_worker(
             // A new batch is taken only when a request slot is free: the queue, not
             // memory, holds the backlog, and a handover can come at any time.
             permit = async {
-                let permit = stack.concurrency.clone().acquire_owned().await.ok();
+                let permit = Some(stack.concurrency.acquire().await);
                 batch::next_batch(&mut queue, &stack.config.common.batch, &mut pending).await;
                 permit
             } => {
@@ -565,7 +576,7 @@ async fn dispatch(
     stack: &Arc<Stack>,
     batch: Vec<Arc<Event>>,
     tasks: &mut JoinSet<()>,
-    mut permit: Option<OwnedSemaphorePermit>,
+    mut permit: Option<Permit>,
 ) {
     let (batch, view) = match &stack.privacy {
         Some(policy) => {
@@ -649,7 +660,7 @@ async fn deliver(
     stack: &Stack,
     request: VendorRequest,
     events: Vec<Arc<Event>>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Permit>,
 ) {
     let Sink::Http(translator) = &stack.sink else {
         return;
@@ -674,7 +685,7 @@ async fn deliver(
     let permit = match permit {
         Some(permit) => Some(permit),
         None => tokio::select! {
-            permit = stack.concurrency.clone().acquire_owned() => permit.ok(),
+            permit = stack.concurrency.acquire() => Some(permit),
             _ = stack.abandoned() => {
                 stack.give_up(&refs, &Cause::new("shutdown")).await;
                 return;
@@ -718,10 +729,16 @@ async fn deliver(
                 return;
             }
         };
+        let round_trip = sent_at.elapsed();
         stack
             .metrics
             .request_duration
-            .observe(sent_at.elapsed().as_secs_f64());
+            .observe(round_trip.as_secs_f64());
+        stack.concurrency.record(match &outcome {
+            Ok(response) if matches!(response.status.as_u16(), 429 | 503) => Signal::BackPressure,
+            Err(SendError::Timeout(_)) => Signal::BackPressure,
+            _ => Signal::Answered(round_trip),
+        });
         // Delivered is the common case: everything below it is the failure path.
         let (verdict, mut cause, vendor_wait) = match outcome {
             Ok(response) => {
