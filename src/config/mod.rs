@@ -238,6 +238,18 @@ impl<'de> Deserialize<'de> for ConcurrencySetting {
     }
 }
 
+impl Config {
+    /// The most requests any destination may have in flight: what the shared
+    /// client's keep-alive pool is sized to.
+    pub fn max_in_flight(&self) -> usize {
+        self.destinations
+            .values()
+            .map(|d| d.common.max_in_flight(d.kind.type_name()))
+            .max()
+            .unwrap_or(1)
+    }
+}
+
 impl DestinationCommon {
     /// The most requests this destination may have in flight: the pinned number, or
     /// the adaptive limit's cap.
