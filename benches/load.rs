@@ -808,6 +808,8 @@ struct Report {
     drain_seconds: f64,
     peak_rss_mb: f64,
     cpu_seconds: f64,
+    /// When the slowing vendor was slow, seconds since the load started.
+    slow_window: Option<(f64, f64)>,
 }
 
 fn quantile_us(sorted: &[u32], q: f64) -> f64 {
@@ -1028,6 +1030,10 @@ async fn run_scenario(
         drain_seconds,
         peak_rss_mb,
         cpu_seconds,
+        slow_window: scenario.special.slow.map(|_| {
+            let d = scenario.load.duration.as_secs_f64();
+            (0.3 * d, 0.6 * d)
+        }),
     }
 }
 
@@ -1315,6 +1321,7 @@ fn report_json(reports: &[Report], machine: &str, options: Options) -> Value {
             "delivery_finished_after_load_seconds": r.drain_seconds,
             "relay_peak_rss_mb": r.peak_rss_mb,
             "relay_cpu_seconds": r.cpu_seconds,
+            "slow_window_seconds": r.slow_window.map(|(a, b)| json!([a, b])),
             "relay_cpu_us_per_event": if r.accepted > 0 { r.cpu_seconds * 1e6 / r.accepted as f64 } else { 0.0 },
             "destinations": r.destinations.iter().map(|d| json!({
                 "name": d.name,
