@@ -692,8 +692,9 @@ async fn deliver(
             }
         },
     };
-    // Held until the request is settled.
-    let _permit = permit;
+    // Held while the request is at the vendor; given back while a retry waits, so a
+    // slot means a request in flight, not one sleeping out a `Retry-After`.
+    let mut permit = permit;
     let seed = xxhash_rust::xxh3::xxh3_64(refs[0].event_id().as_bytes());
     let mut backoff = Backoff::new(stack.config.common.retry, seed);
     let started = Instant::now();
@@ -800,8 +801,17 @@ async fn deliver(
             Some(wait) => {
                 tracing::debug!(destination = %stack.name, url = %url(), attempt, wait_ms = wait.as_millis() as u64, status = cause.status, error = ?cause.error, "retrying");
                 stack.metrics.retries.inc();
+                drop(permit.take());
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    _ = stack.abandoned() => {
+                        cause.reason = "shutdown".into();
+                        stack.give_up(&refs, &cause).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    slot = stack.concurrency.acquire() => permit = Some(slot),
                     _ = stack.abandoned() => {
                         cause.reason = "shutdown".into();
                         stack.give_up(&refs, &cause).await;
