@@ -1170,6 +1170,14 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             destinations: three.clone(),
             load: batches,
         });
+        out.push(Scenario {
+            id: "rt-full-memory".into(),
+            title: "rt-full with the memory spool (ingest not bound by disk commits)".into(),
+            spool: "memory",
+            special: Special::default(),
+            destinations: three.clone(),
+            load: batches,
+        });
         let mut four = three.clone();
         four.push((Kind::Tealium, false));
         out.push(Scenario {
