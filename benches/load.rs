@@ -1216,8 +1216,24 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
                 refusing: Some(Kind::Webhook),
                 ..Special::default()
             },
-            destinations: three,
+            destinations: three.clone(),
             load: paced,
+        });
+        out.push(Scenario {
+            id: "rt-429-10k".into(),
+            title:
+                "rt-429 paced at 10,000 events/s: a backlog that fits the webhook's 256 MB budget"
+                    .into(),
+            spool: "disk",
+            special: Special {
+                refusing: Some(Kind::Webhook),
+                ..Special::default()
+            },
+            destinations: three,
+            load: LoadSpec {
+                rate: Some(200.0),
+                ..batches
+            },
         });
     }
     // `--scenarios 1,2-paced` keeps "1" with its variants ("1-paced") and "2-paced".
