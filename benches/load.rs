@@ -952,7 +952,13 @@ async fn run_scenario(
             last_total = total;
             last_progress = Instant::now();
         }
-        if done || Instant::now() >= deadline || last_progress.elapsed() > Duration::from_secs(3) {
+        // A refusing vendor's last requests may sit out several `Retry-After`s in a row.
+        let quiet = if scenario.special.refusing.is_some() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(3)
+        };
+        if done || Instant::now() >= deadline || last_progress.elapsed() > quiet {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -179,3 +179,47 @@ async fn a_pinned_concurrency_is_never_passed() {
     assert_eq!(limit(&relay), 3.0);
     relay.shutdown().await;
 }
+
+/// A 429 with `Retry-After` is the vendor pacing the relay: it does not use up
+/// `max_attempts`, so a request refused more often than that still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_429s_do_not_use_up_the_attempts() {
+    let vendor = StandIn::start(|n| {
+        if n < 6 {
+            Reply::WithHeaders(429, vec![("retry-after", "0".into())])
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+dead_letter_dir = {:?}
+
+[destinations.vendor]
+type = "webhook"
+endpoint = "{}"
+batch = {{ max_events = 1000, max_wait_ms = 5 }}
+concurrency = 1
+retry = {{ max_attempts = 2, initial_backoff_ms = 5, max_backoff_ms = 10 }}
+
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["vendor"]
+"#,
+        dir.path().display().to_string(),
+        vendor.url("/events")
+    );
+    let relay = start_relay(&toml).await;
+    let answer = post_ndjson(relay.local_addr, events(7, 100)).await;
+    assert_eq!(answer.status, 202);
+    vendor.wait_for_events(100, Duration::from_secs(20)).await;
+    let accounts = Accounts::read(&relay.relay.metrics.encode(), "vendor");
+    assert_eq!(accounts.dead_lettered, 0.0, "{accounts:?}");
+    assert_eq!(vendor.requests().len(), 7);
+    relay.shutdown().await;
+}

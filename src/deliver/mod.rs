@@ -472,11 +472,21 @@ async fn run_worker(
                 Err(_) => handover_open = false,
             },
             // A new batch is taken only when a request slot is free: the queue, not
-            // memory, holds the backlog, and a handover can come at any time.
+            // memory, holds the backlog, and a handover can come at any time. The slot
+            // is taken once an event is there, so an idle worker holds none (a retry
+            // waiting for a slot is not starved by a worker waiting for events).
             permit = async {
-                let permit = Some(stack.concurrency.acquire().await);
+                if pending.is_empty() {
+                    if let Some(first) = queue.recv().await {
+                        pending.push(first);
+                    }
+                }
+                if pending.is_empty() {
+                    return None; // closed and drained
+                }
+                let permit = stack.concurrency.acquire().await;
                 batch::next_batch(&mut queue, &stack.config.common.batch, &mut pending).await;
-                permit
+                Some(permit)
             } => {
                 if pending.is_empty() {
                     break; // closed and drained
@@ -701,6 +711,10 @@ async fn deliver(
     // Kept as a time, formatted only if the events end up dead-lettered.
     let first_attempt_at = (stack.clock)();
     let mut attempt = 0u32;
+    // Attempts that use up `max_attempts`: a 429 that names its wait (`Retry-After`,
+    // `X-RateLimit-Reset`) is the vendor pacing us, not a failure; `max_elapsed_ms`
+    // still bounds how long such a request is retried.
+    let mut counted = 0u32;
     let shutdown = |attempts: u32, error: Option<&str>| Cause {
         reason: "shutdown".into(),
         attempts,
@@ -797,7 +811,10 @@ async fn deliver(
             return;
         }
         stack.breaker.failure();
-        match backoff.next_wait(attempt, started.elapsed(), vendor_wait) {
+        if !(cause.status == Some(429) && vendor_wait.is_some()) {
+            counted += 1;
+        }
+        match backoff.next_wait(counted, started.elapsed(), vendor_wait) {
             Some(wait) => {
                 tracing::debug!(destination = %stack.name, url = %url(), attempt, wait_ms = wait.as_millis() as u64, status = cause.status, error = ?cause.error, "retrying");
                 stack.metrics.retries.inc();
