@@ -8,6 +8,8 @@
 //! from /proc.
 // A load benchmark measures real elapsed time and stamps real wall-clock times.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+// The report is one large `json!`.
+#![recursion_limit = "256"]
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -70,26 +72,29 @@ impl Kind {
         }
     }
 
-    /// How many vendor events the translator makes of this type with the default names
-    /// (0: dropped on purpose as `unmapped`; Segment closes the content with an extra
-    /// `Video Content Completed` before `Video Playback Completed`).
-    fn maps(self, event_type: &str) -> u64 {
+    /// Whether the vendor's translator sends this type with the default names (the
+    /// others are dropped on purpose as `unmapped`).
+    fn maps(self, event_type: &str) -> bool {
         use playrelay::dest::{ga4, segment, tealium};
         let custom = event_type.starts_with("custom.");
-        let sent = match self {
+        match self {
             Kind::Segment => segment::default_name(event_type).is_some(),
             Kind::Ga4 => ga4::default_name(event_type).is_some() || custom,
             Kind::Tealium => tealium::default_name(event_type).is_some() || custom,
             Kind::Webhook => true,
-        };
-        match (self, sent) {
-            (_, false) => 0,
-            (Kind::Segment, true) if event_type == "playback.completed" => 2,
-            (_, true) => 1,
         }
     }
 
-    fn toml(self, name: &str, base: &str, hang: bool, queue: Option<usize>) -> String {
+    /// `defaults`: only the endpoint (and `queue` if given) is set; everything else is
+    /// what the relay ships with.
+    fn toml(
+        self,
+        name: &str,
+        base: &str,
+        hang: bool,
+        queue: Option<usize>,
+        defaults: bool,
+    ) -> String {
         let own = match self {
             Kind::Segment => format!("type = \"segment\"\nwrite_key = \"bench-write-key\"\nendpoint = \"{base}\""),
             Kind::Ga4 => format!(
@@ -105,6 +110,9 @@ impl Kind {
         let queue = queue
             .map(|n| format!("queue = {{ max_events = {n} }}\n"))
             .unwrap_or_default();
+        if defaults {
+            return format!("[destinations.{name}]\n{own}\n{queue}\n");
+        }
         format!(
             "[destinations.{name}]\n{own}\nconcurrency = {CONCURRENCY}\n{NO_RATE_LIMIT}\n{queue}\n"
         )
@@ -173,10 +181,38 @@ struct StandIn {
     last_ns: AtomicU64,
     latency: Histogram,
     epoch: Instant,
+    /// How long every answer is held, and how much it varies (uniform, ±).
+    hold: Duration,
+    jitter: Duration,
+    /// Between these times (ns since the epoch) every answer is held `SLOW` instead.
+    slow_from_ns: AtomicU64,
+    slow_to_ns: AtomicU64,
+    /// Share of requests answered 429 with `Retry-After: 1` (their events not counted).
+    refuse_share: f64,
+    refused: AtomicU64,
+    /// Events received by 5 s after the load's end.
+    within_5s: AtomicU64,
+}
+
+/// What a slowing vendor holds each answer while slow.
+const SLOW: Duration = Duration::from_secs(2);
+
+/// How a stand-in answers, beyond counting.
+#[derive(Debug, Clone, Copy, Default)]
+struct Behaviour {
+    hold: Duration,
+    jitter: Duration,
+    refuse_share: f64,
 }
 
 impl StandIn {
-    async fn start(name: &str, kind: Kind, hang: bool, epoch: Instant) -> Arc<StandIn> {
+    async fn start(
+        name: &str,
+        kind: Kind,
+        hang: bool,
+        epoch: Instant,
+        behaviour: Behaviour,
+    ) -> Arc<StandIn> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind stand-in");
@@ -190,6 +226,13 @@ impl StandIn {
             last_ns: AtomicU64::new(0),
             latency: Histogram::new(),
             epoch,
+            hold: behaviour.hold,
+            jitter: behaviour.jitter,
+            slow_from_ns: AtomicU64::new(u64::MAX),
+            slow_to_ns: AtomicU64::new(u64::MAX),
+            refuse_share: behaviour.refuse_share,
+            refused: AtomicU64::new(0),
+            within_5s: AtomicU64::new(u64::MAX),
         });
         let state = stand_in.clone();
         let app = axum::Router::new()
@@ -210,10 +253,42 @@ impl StandIn {
         format!("http://{}", self.addr)
     }
 
-    async fn receive(&self, body: &[u8]) -> (axum::http::StatusCode, &'static str) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+    async fn receive(
+        &self,
+        body: &[u8],
+    ) -> (
+        axum::http::StatusCode,
+        [(&'static str, &'static str); 1],
+        &'static str,
+    ) {
+        let n_request = self.requests.fetch_add(1, Ordering::Relaxed);
         if self.hang {
             std::future::pending::<()>().await;
+        }
+        // A deterministic spread per request: jitter and which requests are refused.
+        let roll = xxhash_rust::xxh3::xxh3_64(&n_request.to_le_bytes());
+        let now_ns = self.epoch.elapsed().as_nanos() as u64;
+        let hold = if (self.slow_from_ns.load(Ordering::Relaxed)
+            ..self.slow_to_ns.load(Ordering::Relaxed))
+            .contains(&now_ns)
+        {
+            SLOW
+        } else if self.jitter.is_zero() {
+            self.hold
+        } else {
+            let span = 2 * self.jitter.as_micros() as u64;
+            (self.hold + Duration::from_micros(roll % (span + 1))).saturating_sub(self.jitter)
+        };
+        if !hold.is_zero() {
+            tokio::time::sleep(hold).await;
+        }
+        if self.refuse_share > 0.0 && ((roll >> 32) % 1000) < (self.refuse_share * 1000.0) as u64 {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "1")],
+                "{}",
+            );
         }
         let (mark, extra, ts_key) = self.kind.markers();
         let n = (memmem::find_iter(body, mark.as_bytes()).count() as u64).saturating_sub(extra);
@@ -238,7 +313,7 @@ impl StandIn {
             self.last_ns
                 .fetch_max(self.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
-        (axum::http::StatusCode::OK, "{}")
+        (axum::http::StatusCode::OK, [("x-stand-in", "1")], "{}")
     }
 }
 
@@ -281,7 +356,7 @@ struct Line {
     text: Vec<u8>,
     id_at: usize,
     ts_at: usize,
-    maps: [u64; 4],
+    maps: [bool; 4],
 }
 
 /// The fixture's 708 events with `event_id` and `timestamp` as placeholders, patched on
@@ -352,14 +427,12 @@ struct LoadResult {
     elapsed: Duration,
 }
 
-/// Connections are spread over `addrs` round robin (several relays behind a balancer).
-async fn run_load(addrs: &[SocketAddr], spec: LoadSpec, template: Arc<Template>) -> LoadResult {
+async fn run_load(addr: SocketAddr, spec: LoadSpec, template: Arc<Template>) -> LoadResult {
     let start = Instant::now();
     let deadline = start + spec.duration;
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for conn in 0..spec.connections {
-        let addr = addrs[conn % addrs.len()];
         let template = template.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -489,7 +562,7 @@ async fn connection(
         for k in 0..per_request {
             let line = &template.lines[(first + k) % lines];
             for (v, maps) in line.maps.iter().enumerate() {
-                result.expected[v] += *maps;
+                result.expected[v] += u64::from(*maps);
             }
         }
     }
@@ -557,10 +630,16 @@ impl RelayProcess {
     }
 
     async fn get(&self, path: &str) -> Option<Bytes> {
-        let stream = TcpStream::connect(self.addr).await.ok()?;
+        get_from(self.addr, path).await
+    }
+}
+
+async fn get_from(addr: SocketAddr, path: &str) -> Option<Bytes> {
+    {
+        let stream = TcpStream::connect(addr).await.ok()?;
         let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.ok()?;
         tokio::spawn(conn);
-        let request = hyper::Request::get(format!("http://{}{path}", self.addr))
+        let request = hyper::Request::get(format!("http://{addr}{path}"))
             .header(hyper::header::HOST, "127.0.0.1")
             .body(Full::new(Bytes::new()))
             .ok()?;
@@ -570,7 +649,9 @@ impl RelayProcess {
             .ok()?;
         Some(response.into_body().collect().await.ok()?.to_bytes())
     }
+}
 
+impl RelayProcess {
     /// Per destination, what the relay says it did not deliver: dead-lettered events
     /// and drops other than `unmapped` (which the expected counts already leave out).
     async fn losses(&self) -> BTreeMap<String, Vec<(String, u64)>> {
@@ -607,7 +688,18 @@ impl RelayProcess {
 
     /// User plus system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        cpu_seconds_of(self.child.id(), self.clk_tck)
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / self.clk_tck
     }
 
     /// Peak resident set size (VmHWM), MB.
@@ -638,21 +730,6 @@ impl RelayProcess {
     }
 }
 
-/// User plus system CPU seconds of process `pid` so far.
-fn cpu_seconds_of(pid: u32, clk_tck: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / clk_tck
-}
-
 fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
@@ -667,11 +744,29 @@ struct Scenario {
     /// (destination kind, hung?) per destination.
     destinations: Vec<(Kind, bool)>,
     load: LoadSpec,
-    /// `[spool] backend`: "disk" (the default), "memory" or "jetstream" (then a
-    /// `nats-server -js` is started for the scenario).
+    /// `[spool] backend`: "disk" (the default) or "memory".
     spool: &'static str,
-    /// Relay processes sharing the load (more than one only with "jetstream").
-    relays: usize,
+    special: Special,
+}
+
+/// Vendors that misbehave on purpose in a scenario.
+#[derive(Debug, Clone, Copy, Default)]
+struct Special {
+    /// Slows from its round trip to `SLOW` from 30% to 60% of the load, then recovers.
+    slow: Option<Kind>,
+    /// Answers 429 (`Retry-After: 1`) to 30% of requests.
+    refusing: Option<Kind>,
+    /// Held to its rate limit: not waited for after the load; its backlog is reported.
+    rate_limited: Option<Kind>,
+}
+
+/// Options of the whole run.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    vendor_latency: Duration,
+    vendor_jitter: Duration,
+    /// Shipped defaults: only the endpoints are set.
+    defaults: bool,
 }
 
 struct DestinationReport {
@@ -686,6 +781,14 @@ struct DestinationReport {
     e2e_p99_ms: Option<f64>,
     /// From the relay's metrics: dead-lettered and dropped (not `unmapped`) events.
     losses: Vec<(String, u64)>,
+    /// Events delivered by 5 s after the load's end.
+    within_5s: u64,
+    /// Requests the stand-in answered 429 on purpose.
+    refused: u64,
+    /// From the relay's metrics at the end: events still queued (on disk or in memory).
+    backlog: u64,
+    /// (seconds since the load started, adaptive limit, average round trip s).
+    concurrency: Vec<(f64, f64, f64)>,
 }
 
 struct Report {
@@ -705,48 +808,8 @@ struct Report {
     drain_seconds: f64,
     peak_rss_mb: f64,
     cpu_seconds: f64,
-    relays: usize,
-    /// CPU seconds of the nats-server, for "jetstream".
-    nats_cpu_seconds: Option<f64>,
-}
-
-/// A `nats-server -js` for a JetStream scenario; killed when dropped.
-struct NatsProcess {
-    child: Child,
-    url: String,
-}
-
-impl NatsProcess {
-    fn start(dir: &Path) -> NatsProcess {
-        let port = free_addr().port();
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server (apt-get install nats-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        NatsProcess {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-        }
-    }
-
-    fn cpu_seconds(&self, clk_tck: f64) -> f64 {
-        cpu_seconds_of(self.child.id(), clk_tck)
-    }
-}
-
-impl Drop for NatsProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    /// When the slowing vendor was slow, seconds since the load started.
+    slow_window: Option<(f64, f64)>,
 }
 
 fn quantile_us(sorted: &[u32], q: f64) -> f64 {
@@ -757,11 +820,24 @@ fn quantile_us(sorted: &[u32], q: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1] as f64 / 1000.0
 }
 
+/// Reads `metric{destination="…"} value` lines of one metric into a map.
+fn per_destination(text: &str, metric: &str) -> BTreeMap<String, f64> {
+    let prefix = format!("{metric}{{destination=\"");
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (name, value) = rest.split_once("\"} ")?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 async fn run_scenario(
     scenario: &Scenario,
     template: Arc<Template>,
     settle: Duration,
     queue: Option<usize>,
+    options: Options,
 ) -> Report {
     let epoch = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -770,61 +846,83 @@ async fn run_scenario(
     for (kind, hang) in &scenario.destinations {
         per_kind[kind.index()] += 1;
         let name = format!("{}_{}", kind.name(), per_kind[kind.index()]);
-        stand_ins.push(StandIn::start(&name, *kind, *hang, epoch).await);
+        let behaviour = Behaviour {
+            hold: options.vendor_latency,
+            jitter: options.vendor_jitter,
+            refuse_share: if scenario.special.refusing == Some(*kind) {
+                0.3
+            } else {
+                0.0
+            },
+        };
+        stand_ins.push(StandIn::start(&name, *kind, *hang, epoch, behaviour).await);
     }
-    let nats =
-        (scenario.spool == "jetstream").then(|| NatsProcess::start(&dir.path().join("nats")));
-    let spool = match &nats {
-        Some(nats) => format!(
-            "[spool]\nbackend = \"jetstream\"\nurl = \"{}\"\nmax_ack_pending = 20000\n",
-            nats.url
-        ),
-        None => format!(
-            "[spool]\nbackend = \"{}\"\ndir = \"{}\"\n",
-            scenario.spool,
-            dir.path().join("spool").display()
-        ),
-    };
-    let mut destinations = String::new();
+    let addr = free_addr();
+    let mut toml = format!(
+        "[spool]\nbackend = \"{}\"\ndir = \"{}\"\n\n[server]\nlisten = \"{addr}\"\ndrain_timeout_ms = 1000\ndead_letter_dir = \"{}\"\ndry_run_dir = \"{}\"\n\n",
+        scenario.spool,
+        dir.path().join("spool").display(),
+        dir.path().join("dead-letter").display(),
+        dir.path().join("dry-run").display()
+    );
     for s in &stand_ins {
-        destinations.push_str(&s.kind.toml(&s.name, &s.base(), s.hang, queue));
+        toml.push_str(
+            &s.kind
+                .toml(&s.name, &s.base(), s.hang, queue, options.defaults),
+        );
     }
     let names: Vec<String> = stand_ins
         .iter()
         .map(|s| format!("\"{}\"", s.name))
         .collect();
     let _ = write!(
-        destinations,
+        toml,
         "[[routes]]\nname = \"everything\"\nmatch = {{ types = [\"*\"] }}\nto = [{}]\n",
         names.join(", ")
     );
-    let mut relays = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 0..scenario.relays.max(1) {
-        let addr = free_addr();
-        let own = dir.path().join(format!("relay{i}"));
-        let toml = format!(
-            "{spool}\n[server]\nlisten = \"{addr}\"\ndrain_timeout_ms = 1000\ndead_letter_dir = \"{}\"\ndry_run_dir = \"{}\"\n\n{destinations}",
-            own.join("dead-letter").display(),
-            own.join("dry-run").display()
-        );
-        let config = dir.path().join(format!("routes{i}.toml"));
-        std::fs::write(&config, &toml).expect("write routes.toml");
-        let log = dir.path().join(format!("relay{i}.log"));
-        let mut relay = RelayProcess::start(&config, addr, &log);
-        if !relay.wait_ready(Duration::from_secs(20)).await {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            relay.stop().await;
-            panic!("the relay did not become ready:\n{text}\n{toml}");
-        }
-        relays.push(relay);
-        addrs.push(addr);
+    let config = dir.path().join("routes.toml");
+    std::fs::write(&config, &toml).expect("write routes.toml");
+    let mut relay = RelayProcess::start(&config, addr, &dir.path().join("relay.log"));
+    if !relay.wait_ready(Duration::from_secs(20)).await {
+        let log = std::fs::read_to_string(dir.path().join("relay.log")).unwrap_or_default();
+        relay.stop().await;
+        panic!("the relay did not become ready:\n{log}\n{toml}");
     }
-    let clk_tck = relays[0].clk_tck;
-    let nats_cpu_before = nats.as_ref().map(|n| n.cpu_seconds(clk_tck));
-    let cpu_before: f64 = relays.iter().map(RelayProcess::cpu_seconds).sum();
+    let cpu_before = relay.cpu_seconds();
     let load_start = epoch.elapsed();
-    let mut load = run_load(&addrs, scenario.load, template).await;
+    if let Some(kind) = scenario.special.slow {
+        let at =
+            |share: f64| (load_start + scenario.load.duration.mul_f64(share)).as_nanos() as u64;
+        for s in stand_ins.iter().filter(|s| s.kind == kind) {
+            s.slow_from_ns.store(at(0.3), Ordering::Relaxed);
+            s.slow_to_ns.store(at(0.6), Ordering::Relaxed);
+        }
+    }
+    // The adaptive limit and round trip of every destination, every 200 ms.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        let metrics_addr = relay.addr;
+        tokio::spawn(async move {
+            let mut series: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+            let started = Instant::now();
+            while sampling.load(Ordering::Relaxed) {
+                if let Some(text) = get_from(metrics_addr, "/metrics").await {
+                    let text = String::from_utf8_lossy(&text);
+                    let limits = per_destination(&text, "playrelay_destination_concurrency_limit");
+                    let rtts = per_destination(&text, "playrelay_destination_rtt_seconds");
+                    let t = started.elapsed().as_secs_f64();
+                    for (name, limit) in limits {
+                        let rtt = rtts.get(&name).copied().unwrap_or(0.0);
+                        series.entry(name).or_default().push((t, limit, rtt));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            series
+        })
+    };
+    let mut load = run_load(addr, scenario.load, template).await;
     let load_end = Instant::now();
     // Delivery: wait until every healthy stand-in has what it must get, or nothing has
     // arrived for 3 s, or the settle time is over.
@@ -832,9 +930,19 @@ async fn run_scenario(
     let mut last_total = 0;
     let mut last_progress = Instant::now();
     loop {
+        if load_end.elapsed() >= Duration::from_secs(5) {
+            for s in &stand_ins {
+                let _ = s.within_5s.compare_exchange(
+                    u64::MAX,
+                    s.events.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
         let done = stand_ins
             .iter()
-            .filter(|s| !s.hang)
+            .filter(|s| !s.hang && scenario.special.rate_limited != Some(s.kind))
             .all(|s| s.events.load(Ordering::Relaxed) >= load.expected[s.kind.index()]);
         let total: u64 = stand_ins
             .iter()
@@ -844,31 +952,34 @@ async fn run_scenario(
             last_total = total;
             last_progress = Instant::now();
         }
-        if done || Instant::now() >= deadline || last_progress.elapsed() > Duration::from_secs(3) {
+        // A refusing vendor's last requests may sit out several `Retry-After`s in a row.
+        let quiet = if scenario.special.refusing.is_some() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(3)
+        };
+        if done || Instant::now() >= deadline || last_progress.elapsed() > quiet {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain_seconds = load_end.elapsed().as_secs_f64();
-    let cpu_seconds = relays.iter().map(RelayProcess::cpu_seconds).sum::<f64>() - cpu_before;
-    let nats_cpu_seconds = nats
-        .as_ref()
-        .zip(nats_cpu_before)
-        .map(|(n, before)| n.cpu_seconds(clk_tck) - before);
-    let peak_rss_mb = relays
-        .iter()
-        .map(RelayProcess::peak_rss_mb)
-        .fold(0.0, f64::max);
-    let mut losses: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
-    for relay in &relays {
-        for (destination, mut lost) in relay.losses().await {
-            losses.entry(destination).or_default().append(&mut lost);
-        }
-    }
-    for relay in relays {
-        relay.stop().await;
-    }
-    drop(nats);
+    let cpu_seconds = relay.cpu_seconds() - cpu_before;
+    let peak_rss_mb = relay.peak_rss_mb();
+    let mut losses = relay.losses().await;
+    let backlogs = relay
+        .get("/metrics")
+        .await
+        .map(|t| {
+            per_destination(
+                &String::from_utf8_lossy(&t),
+                "playrelay_destination_queue_depth",
+            )
+        })
+        .unwrap_or_default();
+    sampling.store(false, Ordering::Relaxed);
+    let mut series = sampler.await.unwrap_or_default();
+    relay.stop().await;
 
     load.latencies_us.sort_unstable();
     let load_seconds = load.elapsed.as_secs_f64();
@@ -893,12 +1004,20 @@ async fn run_scenario(
                 e2e_p50_ms: s.latency.quantile_ms(0.50),
                 e2e_p99_ms: s.latency.quantile_ms(0.99),
                 losses: losses.remove(&s.name).unwrap_or_default(),
+                within_5s: match s.within_5s.load(Ordering::Relaxed) {
+                    // Everything arrived before 5 s had passed.
+                    u64::MAX => delivered,
+                    n => n,
+                },
+                refused: s.refused.load(Ordering::Relaxed),
+                backlog: backlogs.get(&s.name).copied().unwrap_or(0.0) as u64,
+                concurrency: series.remove(&s.name).unwrap_or_default(),
             }
         })
         .collect();
     let all_delivered = destinations
         .iter()
-        .filter(|d| !d.hung)
+        .filter(|d| !d.hung && scenario.special.rate_limited != Some(d.kind))
         .all(|d| d.delivered == d.expected);
     Report {
         id: scenario.id.clone(),
@@ -917,8 +1036,10 @@ async fn run_scenario(
         drain_seconds,
         peak_rss_mb,
         cpu_seconds,
-        relays: scenario.relays.max(1),
-        nats_cpu_seconds,
+        slow_window: scenario.special.slow.map(|_| {
+            let d = scenario.load.duration.as_secs_f64();
+            (0.3 * d, 0.6 * d)
+        }),
     }
 }
 
@@ -942,7 +1063,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "1".into(),
             title: "full job: NDJSON x50 -> segment, ga4, tealium, webhook".into(),
             spool: "disk",
-            relays: 1,
+            special: Special::default(),
             destinations: four.clone(),
             load: batches,
         });
@@ -952,7 +1073,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "1-memory".into(),
             title: "scenario 1 with the memory spool (the disk spool's baseline)".into(),
             spool: "memory",
-            relays: 1,
+            special: Special::default(),
             destinations: four.clone(),
             load: batches,
         });
@@ -968,7 +1089,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "5".into(),
             title: "scenario 1 from 64 connections, disk spool".into(),
             spool: "disk",
-            relays: 1,
+            special: Special::default(),
             destinations: four.clone(),
             load: many,
         });
@@ -976,7 +1097,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "5-memory".into(),
             title: "scenario 1 from 64 connections, memory spool".into(),
             spool: "memory",
-            relays: 1,
+            special: Special::default(),
             destinations: four.clone(),
             load: many,
         });
@@ -985,7 +1106,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             title: "disk spool paced at 1,000 requests/s x 50 = 50,000 events/s, 64 connections"
                 .into(),
             spool: "disk",
-            relays: 1,
+            special: Special::default(),
             destinations: four.clone(),
             load: LoadSpec {
                 rate: Some(1_000.0),
@@ -998,7 +1119,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "1-paced".into(),
             title: "scenario 1 paced at 2,000 requests/s = the 100,000 events/s target".into(),
             spool: "disk",
-            relays: 1,
+            special: Special::default(),
             destinations: four.clone(),
             load: LoadSpec {
                 rate: Some(2_000.0),
@@ -1012,7 +1133,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "2".into(),
             title: "browser: 1 event/request, 64 connections -> segment, ga4".into(),
             spool: "disk",
-            relays: 1,
+            special: Special::default(),
             destinations: two.clone(),
             load: browser,
         });
@@ -1020,7 +1141,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "2-paced".into(),
             title: "browser paced at 15,000 requests/s (half the 30k target)".into(),
             spool: "disk",
-            relays: 1,
+            special: Special::default(),
             destinations: two,
             load: LoadSpec {
                 rate: Some(15_000.0),
@@ -1033,7 +1154,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "3".into(),
             title: "scenario 1 with the tealium stand-in never answering".into(),
             spool: "disk",
-            relays: 1,
+            special: Special::default(),
             destinations: KINDS.iter().map(|k| (*k, *k == Kind::Tealium)).collect(),
             load: batches,
         });
@@ -1043,7 +1164,7 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             id: "3-paced".into(),
             title: "scenario 3 paced at 2,000 requests/s (100,000 events/s)".into(),
             spool: "disk",
-            relays: 1,
+            special: Special::default(),
             destinations: KINDS.iter().map(|k| (*k, *k == Kind::Tealium)).collect(),
             load: LoadSpec {
                 rate: Some(2_000.0),
@@ -1057,34 +1178,93 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
                 id: format!("4-{n}"),
                 title: format!("cost growth: scenario 1 with {n} destination(s)"),
                 spool: "disk",
-                relays: 1,
+                special: Special::default(),
                 destinations: (0..n).map(|i| (KINDS[i % 4], false)).collect(),
                 load: batches,
             });
         }
     }
     {
-        // Scale-out: the same load on the disk spool, then on one JetStream stream shared
-        // by 1, 2 and 3 relays (docs/scale-out.md).
-        let two = vec![(Kind::Segment, false), (Kind::Webhook, false)];
+        // Round-trip scenarios: meant for `--vendor-latency-ms 100 --vendor-jitter-ms 40
+        // --defaults` (`--scenarios rt`).
+        let three = vec![
+            (Kind::Segment, false),
+            (Kind::Ga4, false),
+            (Kind::Webhook, false),
+        ];
         out.push(Scenario {
-            id: "6-disk".into(),
-            title: "scale-out baseline: NDJSON x50 -> segment, webhook on the disk spool".into(),
+            id: "rt-full".into(),
+            title: "full job: NDJSON x50 -> segment, ga4, webhook".into(),
             spool: "disk",
-            relays: 1,
-            destinations: two.clone(),
+            special: Special::default(),
+            destinations: three.clone(),
             load: batches,
         });
-        for n in [1usize, 2, 3] {
-            out.push(Scenario {
-                id: format!("6-js-{n}"),
-                title: format!("the same on JetStream with {n} relay(s) on one stream"),
-                spool: "jetstream",
-                relays: n,
-                destinations: two.clone(),
-                load: batches,
-            });
-        }
+        out.push(Scenario {
+            id: "rt-full-memory".into(),
+            title: "rt-full with the memory spool (ingest not bound by disk commits)".into(),
+            spool: "memory",
+            special: Special::default(),
+            destinations: three.clone(),
+            load: batches,
+        });
+        let mut four = three.clone();
+        four.push((Kind::Tealium, false));
+        out.push(Scenario {
+            id: "rt-tealium".into(),
+            title: "full job with tealium at its rate limit (backlog on disk)".into(),
+            spool: "disk",
+            special: Special {
+                rate_limited: Some(Kind::Tealium),
+                ..Special::default()
+            },
+            destinations: four,
+            load: batches,
+        });
+        let paced = LoadSpec {
+            rate: Some(1_000.0),
+            ..batches
+        };
+        out.push(Scenario {
+            id: "rt-slow".into(),
+            title: "the webhook slows to 2 s from 30% to 60% of the load, paced at 50,000 events/s"
+                .into(),
+            spool: "disk",
+            special: Special {
+                slow: Some(Kind::Webhook),
+                ..Special::default()
+            },
+            destinations: three.clone(),
+            load: paced,
+        });
+        out.push(Scenario {
+            id: "rt-429".into(),
+            title: "the webhook answers 429 (Retry-After: 1) to 30% of requests, paced at 50,000 events/s"
+                .into(),
+            spool: "disk",
+            special: Special {
+                refusing: Some(Kind::Webhook),
+                ..Special::default()
+            },
+            destinations: three.clone(),
+            load: paced,
+        });
+        out.push(Scenario {
+            id: "rt-429-10k".into(),
+            title:
+                "rt-429 paced at 10,000 events/s: a backlog that fits the webhook's 256 MB budget"
+                    .into(),
+            spool: "disk",
+            special: Special {
+                refusing: Some(Kind::Webhook),
+                ..Special::default()
+            },
+            destinations: three,
+            load: LoadSpec {
+                rate: Some(200.0),
+                ..batches
+            },
+        });
     }
     // `--scenarios 1,2-paced` keeps "1" with its variants ("1-paced") and "2-paced".
     out.retain(|s| {
@@ -1129,6 +1309,22 @@ fn print_table(reports: &[Report], machine: &str) {
             } else {
                 format!("{} / {} MISSING", d.delivered, d.expected)
             };
+            if d.expected > 0 && !d.hung {
+                let _ = write!(
+                    check,
+                    "; {:.1}% in 5 s",
+                    100.0 * d.within_5s as f64 / d.expected as f64
+                );
+            }
+            if d.backlog > 0 {
+                let _ = write!(check, "; backlog {}", d.backlog);
+            }
+            if d.refused > 0 {
+                let _ = write!(check, "; 429s {}", d.refused);
+            }
+            if let Some(peak) = d.concurrency.iter().map(|c| c.1).reduce(f64::max) {
+                let _ = write!(check, "; limit ≤ {peak:.0}");
+            }
             for (what, n) in &d.losses {
                 let _ = write!(check, " ({what} {n})");
             }
@@ -1152,33 +1348,16 @@ fn print_table(reports: &[Report], machine: &str) {
             "scenario {}: {} — {} requests ({} failed), {} events accepted in {:.1} s, delivery finished {:.1} s after the load",
             r.id, r.title, r.requests, r.failed_requests, r.accepted, r.load_seconds, r.drain_seconds
         );
-        if r.accepted > 0 {
-            let per_event = |cpu: f64| cpu * 1e6 / r.accepted as f64;
-            let nats = r
-                .nats_cpu_seconds
-                .map(|n| {
-                    format!(
-                        ", nats-server {:.2} CPU s ({:.1} µs/event)",
-                        n,
-                        per_event(n)
-                    )
-                })
-                .unwrap_or_default();
-            println!(
-                "  {} relay(s): {:.2} CPU s together, {:.1} CPU µs per accepted event{nats}",
-                r.relays,
-                r.cpu_seconds,
-                per_event(r.cpu_seconds)
-            );
-        }
     }
 }
 
-fn report_json(reports: &[Report], machine: &str) -> Value {
+fn report_json(reports: &[Report], machine: &str, options: Options) -> Value {
     json!({
         "machine": machine,
         "relay": relay_binary(),
-        "destination_concurrency": CONCURRENCY,
+        "destination_concurrency": if options.defaults { json!("shipped defaults") } else { json!(CONCURRENCY) },
+        "vendor_latency_ms": options.vendor_latency.as_millis() as u64,
+        "vendor_jitter_ms": options.vendor_jitter.as_millis() as u64,
         "scenarios": reports.iter().map(|r| json!({
             "id": r.id,
             "title": r.title,
@@ -1196,8 +1375,8 @@ fn report_json(reports: &[Report], machine: &str) -> Value {
             "delivery_finished_after_load_seconds": r.drain_seconds,
             "relay_peak_rss_mb": r.peak_rss_mb,
             "relay_cpu_seconds": r.cpu_seconds,
-            "relays": r.relays,
-            "nats_server_cpu_seconds": r.nats_cpu_seconds,
+            "slow_window_seconds": r.slow_window.map(|(a, b)| json!([a, b])),
+            "relay_cpu_us_per_event": if r.accepted > 0 { r.cpu_seconds * 1e6 / r.accepted as f64 } else { 0.0 },
             "destinations": r.destinations.iter().map(|d| json!({
                 "name": d.name,
                 "type": d.kind.name(),
@@ -1207,6 +1386,11 @@ fn report_json(reports: &[Report], machine: &str) -> Value {
                 "requests_received": d.requests,
                 "relay_losses": d.losses.iter().map(|(k, v)| json!({"what": k, "events": v})).collect::<Vec<_>>(),
                 "delivered_events_per_second": d.events_per_s,
+                "delivered_within_5s_of_load_end": d.within_5s,
+                "delivered_share_within_5s": if d.expected > 0 { d.within_5s as f64 / d.expected as f64 } else { 1.0 },
+                "refused_on_purpose_429": d.refused,
+                "backlog_at_end": d.backlog,
+                "concurrency_series": d.concurrency.iter().map(|(t, l, r)| json!([t, l, r])).collect::<Vec<_>>(),
                 "e2e_latency_ms": {"p50": d.e2e_p50_ms, "p99": d.e2e_p99_ms},
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
@@ -1248,6 +1432,7 @@ struct Args {
     scenarios: Vec<String>,
     /// `queue.max_events` of every destination; unset keeps the default (100,000).
     queue: Option<usize>,
+    options: Options,
 }
 
 fn parse_args() -> Args {
@@ -1257,6 +1442,11 @@ fn parse_args() -> Args {
         settle: Duration::from_secs(30),
         scenarios: Vec::new(),
         queue: None,
+        options: Options {
+            vendor_latency: Duration::ZERO,
+            vendor_jitter: Duration::ZERO,
+            defaults: false,
+        },
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -1272,6 +1462,19 @@ fn parse_args() -> Args {
                 }
             }
             "--queue" => args.queue = it.next().and_then(|s| s.parse().ok()),
+            "--vendor-latency-ms" => {
+                let ms = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                args.options.vendor_latency = Duration::from_millis(ms);
+            }
+            "--vendor-jitter-ms" => {
+                let ms = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                args.options.vendor_jitter = Duration::from_millis(ms);
+            }
+            "--defaults" => args.options.defaults = true,
+            "--settle" => {
+                let secs: f64 = it.next().and_then(|s| s.parse().ok()).unwrap_or(30.0);
+                args.settle = Duration::from_secs_f64(secs);
+            }
             "--quick" => args.duration = Duration::from_secs(3),
             "--scenarios" => {
                 args.scenarios = it
@@ -1295,6 +1498,18 @@ fn main() {
     if let Some(n) = args.queue {
         let _ = write!(machine, "; every destination: queue.max_events = {n}");
     }
+    let o = args.options;
+    let _ = write!(
+        machine,
+        "; vendors answer in {} ± {} ms; {}",
+        o.vendor_latency.as_millis(),
+        o.vendor_jitter.as_millis(),
+        if o.defaults {
+            "shipped defaults (only endpoints set)".to_string()
+        } else {
+            format!("concurrency = {CONCURRENCY}, rate limits lifted")
+        }
+    );
     eprintln!("{machine}");
     eprintln!("relay: {}", relay_binary());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1311,6 +1526,7 @@ fn main() {
             template.clone(),
             args.settle,
             args.queue,
+            args.options,
         ));
         eprintln!(
             "  accepted {:.0} events/s, delivered {}",
@@ -1326,7 +1542,7 @@ fn main() {
     }
     print_table(&reports, &machine);
     if let Some(path) = &args.json {
-        let value = report_json(&reports, &machine);
+        let value = report_json(&reports, &machine, args.options);
         let text = serde_json::to_string_pretty(&value).expect("json");
         std::fs::write(path, text).expect("write the JSON report");
         eprintln!("wrote {}", path.display());

@@ -82,7 +82,7 @@ impl Controller {
         clock: Clock,
         abandon: watch::Receiver<bool>,
     ) -> Result<(Arc<Controller>, Arc<Relay>), StartError> {
-        let client = HttpClient::new(config.server.tls_roots)?;
+        let client = HttpClient::new(config.server.tls_roots, config.max_in_flight())?;
         let spool = match config.spool.backend {
             crate::spool::Backend::Disk => Some(Spool::Disk(Arc::new(DiskSpool::open(
                 &config.spool,
@@ -175,7 +175,7 @@ impl Controller {
             || new.server.tls_roots != state.config.server.tls_roots
             || new.server.hash_salt != state.config.server.hash_salt;
         let client = if new.server.tls_roots != state.config.server.tls_roots {
-            match HttpClient::new(new.server.tls_roots) {
+            match HttpClient::new(new.server.tls_roots, new.max_in_flight()) {
                 Ok(client) => client,
                 Err(error) => {
                     outcome.errors.push(error.to_string());

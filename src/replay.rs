@@ -86,7 +86,7 @@ pub async fn replay(
     let metrics = Arc::new(Metrics::new());
     let (_abandon, abandon_rx) = watch::channel(false);
     let env = deliver::Environment {
-        client: HttpClient::new(config.server.tls_roots)?,
+        client: HttpClient::new(config.server.tls_roots, config.max_in_flight())?,
         metrics: metrics.clone(),
         clock,
         abandon: abandon_rx,

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -85,6 +86,10 @@ pub struct Metrics {
     pub dest_responses: Family<DestinationStatusLabel, Counter>,
     pub dest_request_duration: Family<DestinationLabel, Histogram, fn() -> Histogram>,
     pub dest_breaker_state: Family<DestinationLabel, Gauge>,
+    /// Requests a destination may have in flight now (the adaptive limit, or the pinned one).
+    pub dest_concurrency_limit: Family<DestinationLabel, Gauge>,
+    /// The destination's average round trip, as the concurrency limit judges it.
+    pub dest_rtt_seconds: Family<DestinationLabel, Gauge<f64, AtomicU64>>,
     pub dest_findings: Family<DestinationLabel, Counter>,
     /// Parts of events a translator left out to fit a vendor limit (GA4's 25 params).
     pub dest_dropped_params: Family<DestinationReasonLabel, Counter>,
@@ -166,6 +171,8 @@ impl Metrics {
                 duration_histogram as fn() -> Histogram,
             ),
             dest_breaker_state: Family::default(),
+            dest_concurrency_limit: Family::default(),
+            dest_rtt_seconds: Family::default(),
             dest_findings: Family::default(),
             dest_dropped_params: Family::default(),
             config_reloads: Family::default(),
@@ -292,6 +299,16 @@ impl Metrics {
             "destination_breaker_state",
             "0 closed (sending), 1 open (failing fast), 2 probing",
             m.dest_breaker_state.clone(),
+        );
+        registry.register(
+            "destination_concurrency_limit",
+            "Requests the destination may have in flight now (adaptive or pinned)",
+            m.dest_concurrency_limit.clone(),
+        );
+        registry.register(
+            "destination_rtt_seconds",
+            "Average vendor round trip the adaptive concurrency judges by",
+            m.dest_rtt_seconds.clone(),
         );
         registry.register(
             "destination_vendor_findings",
@@ -446,6 +463,10 @@ impl Metrics {
             retries: self.dest_retries.get_or_create(&label).clone(),
             request_duration: self.dest_request_duration.get_or_create(&label).clone(),
             breaker_state: self.dest_breaker_state.get_or_create(&label).clone(),
+            concurrency: crate::deliver::ConcurrencyGauges {
+                limit: self.dest_concurrency_limit.get_or_create(&label).clone(),
+                rtt_seconds: self.dest_rtt_seconds.get_or_create(&label).clone(),
+            },
             findings: self.dest_findings.get_or_create(&label).clone(),
             dropped_params: self.dest_dropped_params.clone(),
             responses: self.dest_responses.clone(),
@@ -515,6 +536,7 @@ pub struct DestinationMetrics {
     pub retries: Counter,
     pub request_duration: Histogram,
     pub breaker_state: Gauge,
+    pub concurrency: crate::deliver::ConcurrencyGauges,
     pub findings: Counter,
     dropped_params: Family<DestinationReasonLabel, Counter>,
     responses: Family<DestinationStatusLabel, Counter>,

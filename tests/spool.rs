@@ -47,6 +47,9 @@ drain_timeout_ms = 500
 type = "webhook"
 endpoint = "{fast}"
 batch = {{ max_events = 50, max_wait_ms = 5 }}
+# What requests in flight hold is not backlog: bounded here so the memory test sees
+# what the backlog costs.
+max_concurrency = 16
 retry = {{ max_attempts = 50, initial_backoff_ms = 5, max_backoff_ms = 50, max_elapsed_ms = 60000 }}
 
 [destinations.slow]

@@ -416,6 +416,28 @@ fn segment_handmade_events_with_properties() {
     );
 }
 
+/// `gzip = true`: the same requests, compressed, with `Content-Encoding: gzip`; the
+/// batch limits are the body's before compression.
+#[test]
+fn segment_gzip_carries_the_same_body() {
+    let plain = segment(EventNames::default(), true, WIDE);
+    let config: SegmentConfig =
+        serde_json::from_value(json!({"write_key": "wk_SECRET_123", "gzip": true}))
+            .expect("config");
+    let gzip = SegmentTranslator::new(&config, EventNames::default(), true, WIDE).expect("valid");
+    let events = handmade_events();
+    let refs: Vec<&Event> = events.iter().collect();
+    let a = plain.translate(&refs, SENT_AT);
+    let b = gzip.translate(&refs, SENT_AT);
+    assert_eq!(a.requests.len(), b.requests.len());
+    for (a, b) in a.requests.iter().zip(&b.requests) {
+        assert_eq!(b.headers["content-encoding"], "gzip");
+        assert!(b.body.len() < a.body.len());
+        assert_eq!(plain_body(&b.headers, &b.body), a.body.to_vec());
+        assert_eq!(a.events, b.events);
+    }
+}
+
 /// Content Completed before Playback Completed, `content_asset_ids` on playback events,
 /// only fatal errors as interruptions, consent, the relay-seen IP, and timestamps
 /// corrected for the device clock with `originalTimestamp` kept.

@@ -3,8 +3,8 @@
 
 use super::env::interpolate;
 use super::{
-    Config, DestinationCommon, DestinationConfig, DestinationKind, RouteConfig, ServerConfig,
-    SourceConfig, COMMON_KEYS, DESTINATION_TYPES, PROTECTED_FIELDS,
+    BatchConfig, ConcurrencySetting, Config, DestinationCommon, DestinationConfig, DestinationKind,
+    RouteConfig, ServerConfig, SourceConfig, COMMON_KEYS, DESTINATION_TYPES, PROTECTED_FIELDS,
 };
 use crate::qoe::QoeConfig;
 use crate::route::compile_glob;
@@ -575,6 +575,14 @@ impl Loader<'_> {
                 own.insert(key, value);
             }
         }
+        // Batch sizes left unset take the vendor's (see `BatchConfig::vendor_default`).
+        let batch_set = |key: &str| {
+            common.iter().any(|(k, v)| {
+                k.get_ref().as_ref() == "batch"
+                    && matches!(v.get_ref(), DeValue::Table(t) if t.iter().any(|(k, _)| k.get_ref().as_ref() == key))
+            })
+        };
+        let (events_set, bytes_set) = (batch_set("max_events"), batch_set("max_bytes"));
         let common: Option<DestinationCommon> =
             self.read(field, Spanned::new(span.clone(), DeValue::Table(common)));
         let Some(type_value) = type_name else {
@@ -611,7 +619,14 @@ impl Loader<'_> {
                 None
             }
         };
-        let (kind, common) = (kind?, common?);
+        let (kind, mut common) = (kind?, common?);
+        let vendor = BatchConfig::vendor_default(kind.type_name());
+        if !events_set {
+            common.batch.max_events = vendor.max_events;
+        }
+        if !bytes_set {
+            common.batch.max_bytes = vendor.max_bytes;
+        }
         self.check_destination(field, &kind, &common, type_span.clone());
         let destination = DestinationConfig {
             name: name.to_string(),
@@ -662,8 +677,14 @@ impl Loader<'_> {
         if common.timeout_ms == 0 {
             problems.push(("timeout_ms", "must be greater than 0".to_string()));
         }
-        if common.concurrency == 0 {
-            problems.push(("concurrency", "must be greater than 0".to_string()));
+        if common.concurrency == ConcurrencySetting::Fixed(0) {
+            problems.push((
+                "concurrency",
+                "must be greater than 0, or \"adaptive\"".to_string(),
+            ));
+        }
+        if common.max_concurrency == Some(0) {
+            problems.push(("max_concurrency", "must be greater than 0".to_string()));
         }
         if let Some(limit) = &common.rate_limit {
             if limit.requests_per_second == Some(0)
@@ -1111,6 +1132,68 @@ sample = 0.25
         let errors = load(&text).expect_err("invalid").0;
         assert_eq!(errors[0].field, "routes[0].sample");
         assert_eq!(errors[0].line, 20);
+    }
+
+    #[test]
+    fn concurrency_is_adaptive_by_default_and_batches_are_vendor_sized() {
+        use crate::config::ConcurrencySetting;
+        let config = load(GOOD).expect("valid");
+        let warehouse = &config.destinations["warehouse"].common;
+        assert_eq!(warehouse.concurrency, ConcurrencySetting::Adaptive);
+        assert_eq!(warehouse.max_in_flight("webhook"), 128);
+        // max_events was set; max_bytes takes the webhook's default.
+        assert_eq!(warehouse.batch.max_events, 20);
+        assert_eq!(warehouse.batch.max_bytes, 512 * 1024);
+        let text = GOOD.replace(
+            "batch = { max_events = 20 }",
+            "concurrency = 6\nmax_concurrency = 9",
+        );
+        let config = load(&text).expect("valid");
+        let warehouse = &config.destinations["warehouse"].common;
+        assert_eq!(warehouse.concurrency, ConcurrencySetting::Fixed(6));
+        assert_eq!(warehouse.max_in_flight("webhook"), 6);
+        assert_eq!(warehouse.batch.max_events, 500);
+        let text = GOOD.replace(
+            "batch = { max_events = 20 }",
+            "concurrency = \"adaptive\"\nmax_concurrency = 9",
+        );
+        let config = load(&text).expect("valid");
+        assert_eq!(
+            config.destinations["warehouse"]
+                .common
+                .max_in_flight("webhook"),
+            9
+        );
+        let segment = GOOD.replace(
+            "type = \"webhook\"\nendpoint = \"http://127.0.0.1:9000/events\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\nbatch = { max_events = 20 }",
+            "type = \"segment\"\nwrite_key = \"segment-write-key\"",
+        );
+        let config = load(&segment).expect("valid");
+        let batch = config.destinations["warehouse"].common.batch;
+        assert_eq!((batch.max_events, batch.max_bytes), (2500, 480 * 1024));
+    }
+
+    #[test]
+    fn bad_concurrency_names_the_field() {
+        for (value, expected) in [
+            ("\"fast\"", "adaptive"),
+            ("0", "greater than 0"),
+            ("-3", "adaptive"),
+        ] {
+            let text = GOOD.replace(
+                "batch = { max_events = 20 }",
+                &format!("concurrency = {value}"),
+            );
+            let errors = load(&text).expect_err("invalid").0;
+            assert_eq!(
+                errors[0].field, "destinations.warehouse.concurrency",
+                "{value}"
+            );
+            assert!(errors[0].to_string().contains(expected), "{}", errors[0]);
+        }
+        let text = GOOD.replace("batch = { max_events = 20 }", "max_concurrency = 0");
+        let errors = load(&text).expect_err("invalid").0;
+        assert_eq!(errors[0].field, "destinations.warehouse.max_concurrency");
     }
 
     #[test]

@@ -148,9 +148,14 @@ pub struct DestinationCommon {
     /// Time allowed for one request, from connect to the end of the answer.
     #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
-    /// Requests in flight at once.
-    #[serde(default = "defaults::concurrency")]
-    pub concurrency: usize,
+    /// Requests in flight at once: `"adaptive"` (default) follows the vendor's round
+    /// trip and back-pressure up to `max_concurrency`; a number pins it.
+    #[serde(default)]
+    pub concurrency: ConcurrencySetting,
+    /// The most requests an adaptive limit may keep in flight; unset: the vendor's
+    /// default (see [`max_concurrency_default`]).
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
     /// Unset: the vendor's documented default (see [`RateLimitConfig::vendor_default`]).
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
@@ -186,6 +191,7 @@ pub(crate) const COMMON_KEYS: &[&str] = &[
     "queue",
     "timeout_ms",
     "concurrency",
+    "max_concurrency",
     "rate_limit",
     "retry",
     "breaker",
@@ -196,6 +202,83 @@ pub(crate) const COMMON_KEYS: &[&str] = &[
     "hash_fields",
     "ip",
 ];
+
+/// `concurrency = "adaptive"` or `concurrency = N`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConcurrencySetting {
+    #[default]
+    Adaptive,
+    Fixed(usize),
+}
+
+impl<'de> Deserialize<'de> for ConcurrencySetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ConcurrencySetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"adaptive\" or a number of requests")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "adaptive" => Ok(ConcurrencySetting::Adaptive),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                usize::try_from(v)
+                    .map(ConcurrencySetting::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                usize::try_from(v)
+                    .map(ConcurrencySetting::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl Config {
+    /// The most requests any destination may have in flight: what the shared
+    /// client's keep-alive pool is sized to.
+    pub fn max_in_flight(&self) -> usize {
+        self.destinations
+            .values()
+            .map(|d| d.common.max_in_flight(d.kind.type_name()))
+            .max()
+            .unwrap_or(1)
+    }
+}
+
+impl DestinationCommon {
+    /// The most requests this destination may have in flight: the pinned number, or
+    /// the adaptive limit's cap.
+    pub fn max_in_flight(&self, type_name: &str) -> usize {
+        match self.concurrency {
+            ConcurrencySetting::Fixed(n) => n,
+            ConcurrencySetting::Adaptive => self
+                .max_concurrency
+                .unwrap_or_else(|| max_concurrency_default(type_name)),
+        }
+    }
+}
+
+/// How far an adaptive limit may climb when `max_concurrency` is unset. With round
+/// trips of about 100 ms: Segment 100 requests in flight is its documented ~1,000
+/// requests/s; Tealium's 100 events/s is 10 requests of 10 a second, so 8 is plenty;
+/// GA4 states no rate but sends at most 25 events of one client per request, so it
+/// needs many; a webhook is the user's own server: 128, raise it with `max_concurrency`.
+pub fn max_concurrency_default(type_name: &str) -> usize {
+    match type_name {
+        "segment" => 100,
+        "tealium" => 8,
+        "ga4" => 256,
+        "file" => 1,
+        _ => 128,
+    }
+}
 
 /// Limits on what the relay sends a destination, per second, with a burst allowance.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -300,6 +383,30 @@ impl Default for BatchConfig {
 }
 
 impl BatchConfig {
+    /// Batch sizes for a vendor when `batch.max_events` / `max_bytes` are unset: as
+    /// large as the vendor takes in one request, so round trips carry the most events.
+    /// Segment: 2,500 events and 480 KB per `/v1/batch` (its own library's cap under the
+    /// 500 KB limit). A webhook: 500 events and 512 KB (under the common 1 MB body
+    /// limit of web servers). GA4 and Tealium split each batch by client (25) and
+    /// visitor (10) per request; their batch is what one translation sorts.
+    pub fn vendor_default(type_name: &str) -> BatchConfig {
+        let (max_events, max_bytes) = match type_name {
+            "segment" => (
+                crate::dest::segment::MAX_REQUEST_EVENTS,
+                crate::dest::segment::MAX_REQUEST_BYTES,
+            ),
+            "ga4" => (500, 512 * 1024),
+            "tealium" => (100, 512 * 1024),
+            "file" => (1000, 1 << 20),
+            _ => (500, 512 * 1024),
+        };
+        BatchConfig {
+            max_events,
+            max_bytes,
+            max_wait_ms: defaults::batch_max_wait_ms(),
+        }
+    }
+
     pub fn limits(&self) -> BatchLimits {
         BatchLimits {
             max_events: self.max_events,
@@ -399,9 +506,6 @@ mod defaults {
     }
     pub fn dry_run_dir() -> std::path::PathBuf {
         "playrelay-out/dry-run".into()
-    }
-    pub fn concurrency() -> usize {
-        4
     }
     pub fn max_attempts() -> u32 {
         5

@@ -22,6 +22,9 @@ pub enum TlsRoots {
     System,
 }
 
+/// The fewest idle connections kept per host.
+const MIN_IDLE_PER_HOST: usize = 16;
+
 /// How much of a vendor's answer is kept (for findings, logs and dead letters).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -60,7 +63,10 @@ pub struct HttpClient {
 pub struct TlsSetupError(String);
 
 impl HttpClient {
-    pub fn new(roots: TlsRoots) -> Result<HttpClient, TlsSetupError> {
+    /// `idle_per_host`: connections kept open per vendor host between requests; sized
+    /// to the most requests a destination may have in flight, so a steady load at the
+    /// concurrency limit reuses its connections instead of opening new ones.
+    pub fn new(roots: TlsRoots, idle_per_host: usize) -> Result<HttpClient, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let builder = match roots {
@@ -82,7 +88,7 @@ impl HttpClient {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(idle_per_host.max(MIN_IDLE_PER_HOST))
             .build(connector);
         Ok(HttpClient { client })
     }

@@ -12,6 +12,7 @@
 mod append;
 mod batch;
 mod breaker;
+mod concurrency;
 pub mod dead_letter;
 mod file;
 pub mod http;
@@ -19,12 +20,15 @@ mod queue;
 mod rate_limit;
 pub mod retry;
 
+pub use self::concurrency::Gauges as ConcurrencyGauges;
 pub use self::queue::Settle;
 
 pub use self::breaker::state_name as breaker_state_name;
-pub use self::http::{HttpClient, TlsRoots};
+pub use self::http::{HttpClient, SendError, TlsRoots};
 
-use crate::config::{DestinationConfig, DestinationKind, RateLimitConfig, WhenFull};
+use crate::config::{
+    ConcurrencySetting, DestinationConfig, DestinationKind, RateLimitConfig, WhenFull,
+};
 use crate::dest::NameOverride;
 use crate::dest::{
     build_translator, redact, render_request, stated_reason, Disposition, EventNames, Refusal,
@@ -35,6 +39,7 @@ use crate::spool::{Cursor, Lease, Recovered};
 use crate::telemetry::{DestinationMetrics, Metrics};
 use crate::Clock;
 use breaker::Breaker;
+use concurrency::{Concurrency, Permit, Signal};
 use dead_letter::{Cause, DeadLetter};
 use prometheus_client::metrics::counter::Counter;
 use rate_limit::RateLimits;
@@ -42,7 +47,7 @@ use retry::Backoff;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -314,6 +319,7 @@ pub fn start(
         .common
         .rate_limit
         .or_else(|| RateLimitConfig::vendor_default(config.kind.type_name()));
+    let max_in_flight = config.common.max_in_flight(config.kind.type_name());
     let stack = Arc::new(Stack {
         name: config.name.clone(),
         config: config.clone(),
@@ -329,7 +335,12 @@ pub fn start(
             secrets.clone(),
             settle.clone(),
         ),
-        concurrency: Arc::new(Semaphore::new(config.common.concurrency)),
+        concurrency: match config.common.concurrency {
+            ConcurrencySetting::Fixed(n) => Concurrency::fixed(n, metrics.concurrency.clone()),
+            ConcurrencySetting::Adaptive => {
+                Concurrency::adaptive(max_in_flight, metrics.concurrency.clone())
+            }
+        },
         dry_run,
         clock: env.clock.clone(),
         secrets,
@@ -346,7 +357,7 @@ pub fn start(
             .common
             .queue
             .max_events
-            .min((2 * config.common.batch.max_events * config.common.concurrency).max(1_000))
+            .min((2 * config.common.batch.max_events * max_in_flight).max(256))
     } else {
         config.common.queue.max_events
     };
@@ -421,7 +432,7 @@ struct Stack {
     rate_limits: RateLimits,
     breaker: Breaker,
     dead_letter: DeadLetter,
-    concurrency: Arc<Semaphore>,
+    concurrency: Arc<Concurrency>,
     dry_run: Option<append::AppendFile>,
     clock: Clock,
     secrets: Vec<String>,
@@ -501,11 +512,21 @@ async fn run_worker(
                 Err(_) => handover_open = false,
             },
             // A new batch is taken only when a request slot is free: the queue, not
-            // memory, holds the backlog, and a handover can come at any time.
+            // memory, holds the backlog, and a handover can come at any time. The slot
+            // is taken once an event is there, so an idle worker holds none (a retry
+            // waiting for a slot is not starved by a worker waiting for events).
             permit = async {
-                let permit = stack.concurrency.clone().acquire_owned().await.ok();
+                if pending.is_empty() {
+                    if let Some(first) = queue.recv().await {
+                        pending.push(first);
+                    }
+                }
+                if pending.is_empty() {
+                    return None; // closed and drained
+                }
+                let permit = stack.concurrency.acquire().await;
                 batch::next_batch(&mut queue, &stack.config.common.batch, &mut pending).await;
-                permit
+                Some(permit)
             } => {
                 if pending.is_empty() {
                     break; // closed and drained
@@ -605,7 +626,7 @@ async fn dispatch(
     stack: &Arc<Stack>,
     batch: Vec<Arc<Event>>,
     tasks: &mut JoinSet<()>,
-    mut permit: Option<OwnedSemaphorePermit>,
+    mut permit: Option<Permit>,
 ) {
     let (batch, view) = match &stack.privacy {
         Some(policy) => {
@@ -689,7 +710,7 @@ async fn deliver(
     stack: &Stack,
     request: VendorRequest,
     events: Vec<Arc<Event>>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Permit>,
 ) {
     let Sink::Http(translator) = &stack.sink else {
         return;
@@ -714,21 +735,26 @@ async fn deliver(
     let permit = match permit {
         Some(permit) => Some(permit),
         None => tokio::select! {
-            permit = stack.concurrency.clone().acquire_owned() => permit.ok(),
+            permit = stack.concurrency.acquire() => Some(permit),
             _ = stack.abandoned() => {
                 stack.give_up(&refs, &Cause::new("shutdown")).await;
                 return;
             }
         },
     };
-    // Held until the request is settled.
-    let _permit = permit;
+    // Held while the request is at the vendor; given back while a retry waits, so a
+    // slot means a request in flight, not one sleeping out a `Retry-After`.
+    let mut permit = permit;
     let seed = xxhash_rust::xxh3::xxh3_64(refs[0].event_id().as_bytes());
     let mut backoff = Backoff::new(stack.config.common.retry, seed);
     let started = Instant::now();
     // Kept as a time, formatted only if the events end up dead-lettered.
     let first_attempt_at = (stack.clock)();
     let mut attempt = 0u32;
+    // Attempts that use up `max_attempts`: a 429 that names its wait (`Retry-After`,
+    // `X-RateLimit-Reset`) is the vendor pacing us, not a failure; `max_elapsed_ms`
+    // still bounds how long such a request is retried.
+    let mut counted = 0u32;
     let shutdown = |attempts: u32, error: Option<&str>| Cause {
         reason: "shutdown".into(),
         attempts,
@@ -758,10 +784,16 @@ async fn deliver(
                 return;
             }
         };
+        let round_trip = sent_at.elapsed();
         stack
             .metrics
             .request_duration
-            .observe(sent_at.elapsed().as_secs_f64());
+            .observe(round_trip.as_secs_f64());
+        stack.concurrency.record(match &outcome {
+            Ok(response) if matches!(response.status.as_u16(), 429 | 503) => Signal::BackPressure,
+            Err(SendError::Timeout(_)) => Signal::BackPressure,
+            _ => Signal::Answered(round_trip),
+        });
         // Delivered is the common case: everything below it is the failure path.
         let (verdict, mut cause, vendor_wait) = match outcome {
             Ok(response) => {
@@ -819,12 +851,24 @@ async fn deliver(
             return;
         }
         stack.breaker.failure();
-        match backoff.next_wait(attempt, started.elapsed(), vendor_wait) {
+        if !(cause.status == Some(429) && vendor_wait.is_some()) {
+            counted += 1;
+        }
+        match backoff.next_wait(counted, started.elapsed(), vendor_wait) {
             Some(wait) => {
                 tracing::debug!(destination = %stack.name, url = %url(), attempt, wait_ms = wait.as_millis() as u64, status = cause.status, error = ?cause.error, "retrying");
                 stack.metrics.retries.inc();
+                drop(permit.take());
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    _ = stack.abandoned() => {
+                        cause.reason = "shutdown".into();
+                        stack.give_up(&refs, &cause).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    slot = stack.concurrency.acquire() => permit = Some(slot),
                     _ = stack.abandoned() => {
                         cause.reason = "shutdown".into();
                         stack.give_up(&refs, &cause).await;

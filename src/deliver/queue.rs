@@ -170,11 +170,14 @@ pub async fn read_backlog(
                     Some(permit) => {
                         // No await between these two: a cancelled reader never leaves
                         // an event handed out that the window did not get.
-                        cursor.hand_out(record.seq);
+                        if !cursor.hand_out(generation, record.seq) {
+                            return;
+                        }
                         permit.send(Arc::new(event));
                         read_back.inc();
                     }
-                    None => shed.push(event),
+                    None if cursor.is_current(generation) => shed.push(event),
+                    None => return,
                 }
             }
             if !shed.is_empty() {

@@ -12,12 +12,15 @@ use super::{
 use crate::event::{format_rfc3339, Event, PodPosition, PresentationMode, Rfc3339Millis};
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, Method, StatusCode};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
+use std::io::Write as _;
 use time::OffsetDateTime;
 
 /// Segment rejects a single event above 32 KB.
@@ -53,6 +56,10 @@ pub struct SegmentConfig {
     /// them) for `context.consent.analytics` and `.advertising`.
     #[serde(default)]
     pub consent_categories: ConsentCategories,
+    /// Gzip request bodies (`Content-Encoding: gzip`), as Segment's own server
+    /// libraries may; the batch limits apply to the body before compression.
+    #[serde(default)]
+    pub gzip: bool,
 }
 
 /// Segment consent category ids, as configured in the workspace (e.g. OneTrust's
@@ -104,6 +111,7 @@ pub struct SegmentTranslator {
     max_events: usize,
     max_bytes: usize,
     secrets: Vec<String>,
+    gzip: bool,
 }
 
 /// The Video Spec name of each `player-event/1` type; `None` is unmapped on purpose.
@@ -184,6 +192,9 @@ impl SegmentTranslator {
         auth_value.set_sensitive(true);
         headers.insert(AUTHORIZATION, auth_value);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if config.gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
         Ok(SegmentTranslator {
             categories: config.consent_categories.clone(),
             url: format!("{base}/v1/batch"),
@@ -193,10 +204,19 @@ impl SegmentTranslator {
             max_events: limits.max_events.clamp(1, MAX_REQUEST_EVENTS),
             max_bytes: limits.max_bytes.min(MAX_REQUEST_BYTES),
             secrets: vec![config.write_key.clone(), auth],
+            gzip: config.gzip,
         })
     }
 
     fn request(&self, body: Vec<u8>, events: Vec<usize>) -> VendorRequest {
+        let body = if self.gzip {
+            let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
+            // Writing into a Vec cannot fail.
+            let _ = gz.write_all(&body);
+            gz.finish().unwrap_or(body)
+        } else {
+            body
+        };
         VendorRequest {
             method: Method::POST,
             url: self.url.clone(),
@@ -924,6 +944,7 @@ mod tests {
             region: SegmentRegion::Us,
             endpoint: None,
             consent_categories: ConsentCategories::default(),
+            gzip: false,
         };
         let err = SegmentTranslator::new(&config, EventNames::default(), false, limits)
             .err()
@@ -968,6 +989,7 @@ mod tests {
                 region: SegmentRegion::Us,
                 endpoint: Some("http://127.0.0.1:9/".into()),
                 consent_categories: ConsentCategories::default(),
+                gzip: false,
             },
             EventNames::default(),
             false,

@@ -242,11 +242,25 @@ impl Cursor {
         Ok(ReadAhead::Records(Vec::new(), state.read_pos))
     }
 
-    /// The reader is about to hand `seq` to the destination.
-    pub fn hand_out(&self, seq: u64) {
+    /// The reader of `generation` is about to hand `seq` to the destination; false when
+    /// another reader took over (a rebuilt worker's), which then reads from here on.
+    /// Moving the read position with each event, not per chunk, is what keeps a reader
+    /// replaced mid-chunk from leaving events for its successor to send again.
+    pub fn hand_out(&self, generation: u64, seq: u64) -> bool {
         let mut state = self.lock();
+        if state.generation != generation {
+            return false;
+        }
         state.outstanding.insert(seq);
         state.handed_through = state.handed_through.max(seq);
+        if state.read_pos <= seq {
+            state.read_pos = seq + 1;
+        }
+        true
+    }
+
+    pub fn is_current(&self, generation: u64) -> bool {
+        self.lock().generation == generation
     }
 
     /// The reader has dealt with everything below `next`.
@@ -306,7 +320,7 @@ mod tests {
             Ok(ReadAhead::Records(ref r, 6)) if r.len() == 5
         ));
         for seq in 1..6 {
-            cursor.hand_out(seq);
+            assert!(cursor.hand_out(generation, seq));
         }
         cursor.advance(generation, 6);
         assert!(matches!(
