@@ -13,32 +13,11 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// The `i`-th event id of batch `prefix`: a UUID, as player-event/1 asks.
-fn id(prefix: &str, i: usize) -> String {
-    let batch = xxhash_rust::xxh3::xxh3_64(prefix.as_bytes()) as u32;
-    format!("{batch:08x}-0000-4000-8000-{i:012x}")
-}
-
-fn events(prefix: &str, n: usize) -> Vec<Value> {
-    let fixture = fixture_events();
-    (0..n)
-        .map(|i| {
-            let mut event = fixture[i % fixture.len()].clone();
-            event["event_id"] = json!(id(prefix, i));
-            event
-        })
-        .collect()
-}
-
-fn ndjson(events: &[Value]) -> String {
-    events.iter().map(|e| format!("{e}\n")).collect()
-}
 
 fn ids_of(events: &[Value]) -> impl Iterator<Item = String> + '_ {
     events

@@ -454,3 +454,25 @@ pub fn id_counts(events: &[Value]) -> std::collections::HashMap<String, usize> {
     }
     counts
 }
+
+/// The `i`-th event id of batch `prefix`: a UUID, as player-event/1 asks.
+pub fn id(prefix: &str, i: usize) -> String {
+    let batch = xxhash_rust::xxh3::xxh3_64(prefix.as_bytes()) as u32;
+    format!("{batch:08x}-0000-4000-8000-{i:012x}")
+}
+
+/// `n` fixture events with fresh ids `id(prefix, i)`.
+pub fn events(prefix: &str, n: usize) -> Vec<Value> {
+    let fixture = fixture_events();
+    (0..n)
+        .map(|i| {
+            let mut event = fixture[i % fixture.len()].clone();
+            event["event_id"] = serde_json::json!(id(prefix, i));
+            event
+        })
+        .collect()
+}
+
+pub fn ndjson(events: &[Value]) -> String {
+    events.iter().map(|e| format!("{e}\n")).collect()
+}
