@@ -308,5 +308,6 @@ async fn shed_oldest(stack: &Stack, events: Vec<Event>) {
 }
 
 fn corrupt(stack: &Stack, seq: u64, error: &dyn std::fmt::Display) {
+    stack.metrics_root.spool.corrupt_records.inc();
     tracing::error!(destination = %stack.name, seq, %error, "spool record is corrupt: skipped");
 }

@@ -167,17 +167,17 @@ impl Committer {
         let mut refused = Vec::new();
         let mut group_bytes = 0u64;
         let held = self.shared.bytes.load(Ordering::Relaxed);
-        let mut buffer = Vec::with_capacity(2048);
         for command in group {
             let Command::Append { items, reply } = command;
             let mut request_bytes = 0u64;
             let mut encoded = Vec::with_capacity(items.len());
             for item in &items {
-                buffer.clear();
+                // Encoded straight into the record the batch takes: no second copy per event.
+                let mut bytes = Vec::with_capacity(item.event.raw_json().len() + 64);
                 let ids: Vec<u16> = item.to.iter().filter_map(|d| d.spool_id()).collect();
-                record::encode(&item.event, &ids, &mut buffer);
-                request_bytes += buffer.len() as u64;
-                encoded.push(buffer.clone());
+                record::encode(&item.event, &ids, &mut bytes);
+                request_bytes += bytes.len() as u64;
+                encoded.push(bytes);
             }
             if held + group_bytes + request_bytes > self.shared.max_bytes {
                 refused.push((
