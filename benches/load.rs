@@ -758,7 +758,12 @@ struct Special {
     refusing: Option<Kind>,
     /// Held to its rate limit: not waited for after the load; its backlog is reported.
     rate_limited: Option<Kind>,
+    /// Room for a backlog of millions: `[spool] max_bytes` and the hung destination's
+    /// `queue.max_bytes` raised to 4 GiB, so nothing is shed and the backlog is all on disk.
+    big_backlog: bool,
 }
+
+const BIG_BACKLOG_BYTES: u64 = 4 << 30;
 
 /// Options of the whole run.
 #[derive(Debug, Clone, Copy)]
@@ -858,8 +863,13 @@ async fn run_scenario(
         stand_ins.push(StandIn::start(&name, *kind, *hang, epoch, behaviour).await);
     }
     let addr = free_addr();
+    let spool_budget = if scenario.special.big_backlog {
+        format!("max_bytes = {BIG_BACKLOG_BYTES}\n")
+    } else {
+        String::new()
+    };
     let mut toml = format!(
-        "[spool]\nbackend = \"{}\"\ndir = \"{}\"\n\n[server]\nlisten = \"{addr}\"\ndrain_timeout_ms = 1000\ndead_letter_dir = \"{}\"\ndry_run_dir = \"{}\"\n\n",
+        "[spool]\nbackend = \"{}\"\ndir = \"{}\"\n{spool_budget}\n[server]\nlisten = \"{addr}\"\ndrain_timeout_ms = 1000\ndead_letter_dir = \"{}\"\ndry_run_dir = \"{}\"\n\n",
         scenario.spool,
         dir.path().join("spool").display(),
         dir.path().join("dead-letter").display(),
@@ -870,6 +880,9 @@ async fn run_scenario(
             &s.kind
                 .toml(&s.name, &s.base(), s.hang, queue, options.defaults),
         );
+        if scenario.special.big_backlog && s.hang && queue.is_none() {
+            let _ = writeln!(toml, "queue = {{ max_bytes = {BIG_BACKLOG_BYTES} }}\n");
+        }
     }
     let names: Vec<String> = stand_ins
         .iter()
@@ -1111,6 +1124,27 @@ fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             load: LoadSpec {
                 rate: Some(1_000.0),
                 ..many
+            },
+        });
+    }
+    {
+        // The spool issue's memory figure: a hung vendor owed two million events, all on
+        // disk, while the other destination stays current. Paced so the backlog grows
+        // steadily; it runs its own 70 s, whatever --duration says.
+        out.push(Scenario {
+            id: "7-backlog-2m".into(),
+            title: "a hung webhook owed 2M events (30,000 events/s for 70 s), segment current"
+                .into(),
+            spool: "disk",
+            special: Special {
+                big_backlog: true,
+                ..Special::default()
+            },
+            destinations: vec![(Kind::Segment, false), (Kind::Webhook, true)],
+            load: LoadSpec {
+                duration: Duration::from_secs(70),
+                rate: Some(600.0),
+                ..batches
             },
         });
     }

@@ -475,6 +475,10 @@ impl Stack {
         self.dead_letter(events, cause).await;
     }
 
+    fn is_abandoned(&self) -> bool {
+        *self.abandon.borrow()
+    }
+
     async fn abandoned(&self) {
         let mut abandon = self.abandon.clone();
         let _ = abandon.wait_for(|abandon| *abandon).await;
@@ -539,8 +543,13 @@ async fn run_worker(
             }
         }
     }
-    // The window is being emptied: the reader must not fill it again.
-    if let Some(reader) = reader {
+    // The window is being emptied: the reader must not fill it again. A JetStream
+    // reader stops by itself once its lease is closed and gives back what its last pull
+    // brought; it gets that long before it is cut short.
+    if let Some(mut reader) = reader {
+        if stack.settle.leased() {
+            let _ = tokio::time::timeout(queue::READER_STOP, &mut reader).await;
+        }
         reader.abort();
     }
     match successor {

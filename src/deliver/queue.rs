@@ -68,6 +68,11 @@ impl Settle {
         self.events(&[event]);
     }
 
+    /// True when a JetStream consumer holds this destination's events.
+    pub fn leased(&self) -> bool {
+        self.lease.is_some()
+    }
+
     /// True when unsettled events stay in the spool for the next start rather than
     /// being dead-lettered at shutdown.
     pub fn spooled(&self) -> bool {
@@ -132,7 +137,7 @@ pub async fn read_backlog(
                 if !header.routes_to(cursor.id) {
                     continue;
                 }
-                let size = record.bytes.len() as u64;
+                let size = record.size();
                 let mut event = match header.event() {
                     Ok(event) => event,
                     Err(error) => {
@@ -190,6 +195,8 @@ pub async fn read_backlog(
 
 /// How long an idle reader's pull waits for the next event on the server.
 const PULL_WAIT: Duration = Duration::from_secs(1);
+/// How long a closing destination waits for its JetStream reader's last pull.
+pub const READER_STOP: Duration = Duration::from_secs(2);
 
 /// Feeds the window from the destination's JetStream consumer, taking no more than
 /// the window has room for, so the rest stays on the server for the other relays.
@@ -221,14 +228,10 @@ pub async fn read_stream(
         // What is there now; when nothing is, wait on the server for the next one.
         let mut pulled = lease.pull(room, None).await;
         if matches!(&pulled, Ok(p) if p.is_empty()) {
-            // Cut short when the destination closes: a cancelled pull holds nothing, and
-            // the one event it may have brought goes to a relay after ack_wait.
-            pulled = tokio::select! {
-                biased;
-                _ = stack.abandoned() => return,
-                _ = lease.ended(generation) => return,
-                pulled = lease.pull(1, Some(PULL_WAIT)) => pulled,
-            };
+            // Not cut short when the destination closes: what the server already sent
+            // a dropped pull would wait out ack_wait before another relay got it. It
+            // ends by itself within PULL_WAIT; what it brought is given back below.
+            pulled = lease.pull(1, Some(PULL_WAIT)).await;
         }
         let pulled = match pulled {
             Ok(pulled) => pulled,
@@ -253,7 +256,7 @@ pub async fn read_stream(
                 }
             }
         }
-        if !lease.is_current(generation) {
+        if !lease.is_current(generation) || stack.is_abandoned() {
             lease.give_back(events.iter().map(|e| e.spool_seq));
             return;
         }

@@ -5,7 +5,7 @@
 //! every destination is past are deleted.
 
 use super::record;
-use super::store::{SavedCursor, Store};
+use super::store::{ChunkBuilder, SavedCursor, Store};
 use super::{Routed, Shared, SpoolError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -25,8 +25,8 @@ pub enum Command {
 const MAX_GROUP_EVENTS: usize = 50_000;
 /// How often cursors are saved and space reclaimed when ingest is idle.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
-/// Records deleted per housekeeping pass, so a large reclaim never stalls commits.
-const RECLAIM_PER_PASS: usize = 50_000;
+/// Chunks deleted per housekeeping pass, so a large reclaim never stalls commits.
+const RECLAIM_CHUNKS_PER_PASS: usize = 4_096;
 
 pub fn spawn(
     store: Arc<Store>,
@@ -161,25 +161,27 @@ impl Committer {
                 return;
             }
         };
-        let mut seq = self.shared.next_seq.load(Ordering::Acquire);
-        let first_seq = seq;
+        let first_seq = self.shared.next_seq.load(Ordering::Acquire);
+        let mut chunk = ChunkBuilder::new(first_seq);
         let mut accepted = Vec::with_capacity(group.len());
         let mut refused = Vec::new();
         let mut group_bytes = 0u64;
         let held = self.shared.bytes.load(Ordering::Relaxed);
         for command in group {
             let Command::Append { items, reply } = command;
+            let mark = chunk.mark();
             let mut request_bytes = 0u64;
-            let mut encoded = Vec::with_capacity(items.len());
+            let mut sizes = Vec::with_capacity(items.len());
             for item in &items {
-                // Encoded straight into the record the batch takes: no second copy per event.
-                let mut bytes = Vec::with_capacity(item.event.raw_json().len() + 64);
                 let ids: Vec<u16> = item.to.iter().filter_map(|d| d.spool_id()).collect();
-                record::encode(&item.event, &ids, &mut bytes);
-                request_bytes += bytes.len() as u64;
-                encoded.push(bytes);
+                let seq = chunk.next_seq();
+                // Encoded straight into the chunk the batch takes: no second copy.
+                let size = chunk.push(|out| record::encode(&item.event, &ids, out));
+                request_bytes += size;
+                sizes.push((seq, size));
             }
             if held + group_bytes + request_bytes > self.shared.max_bytes {
+                chunk.rollback(mark);
                 refused.push((
                     reply,
                     SpoolError::Full {
@@ -189,15 +191,15 @@ impl Committer {
                 ));
                 continue;
             }
-            let mut sizes = Vec::with_capacity(items.len());
-            for bytes in encoded {
-                sizes.push((seq, bytes.len() as u64));
-                batch.insert_event(seq, bytes);
-                seq += 1;
-            }
             group_bytes += request_bytes;
             accepted.push((items, sizes, reply));
+            if chunk.is_full() {
+                let next = ChunkBuilder::new(chunk.next_seq());
+                batch.insert_chunk(std::mem::replace(&mut chunk, next));
+            }
         }
+        let seq = chunk.next_seq();
+        batch.insert_chunk(chunk);
         for (reply, error) in refused {
             let _ = reply.send(Err(error));
         }
@@ -277,17 +279,19 @@ impl Committer {
         let mut freed = 0u64;
         match self
             .store
-            .keys_below(self.reclaimed_from, low, RECLAIM_PER_PASS)
+            .chunks_below(self.reclaimed_from, low, head, RECLAIM_CHUNKS_PER_PASS)
         {
-            Ok(keys) => {
-                for seq in &keys {
-                    batch.remove_event(*seq);
+            Ok(chunks) => {
+                let mut n = 0u64;
+                for chunk in &chunks {
+                    batch.remove_chunk(chunk.start);
+                    n += chunk.end - chunk.start;
                 }
-                // Sizes by the average record: reading each value back to weigh it
+                // Sizes by the average record: reading each chunk back to weigh it
                 // cost more than the deletion itself.
                 let records = self.shared.records.load(Ordering::Relaxed).max(1);
                 let held = self.shared.bytes.load(Ordering::Relaxed);
-                let n = (keys.len() as u64).min(records);
+                let n = n.min(records);
                 freed = held / records * n;
                 let _ =
                     self.shared
@@ -295,13 +299,11 @@ impl Committer {
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
                             Some(r.saturating_sub(n))
                         });
-                if let Some(last) = keys.last() {
-                    self.reclaimed_from = last + 1;
-                } else {
-                    self.reclaimed_from = self.reclaimed_from.max(low);
+                if let Some(last) = chunks.last() {
+                    self.reclaimed_from = last.end;
                 }
             }
-            Err(error) => tracing::warn!(%error, "cannot list spool records to reclaim"),
+            Err(error) => tracing::warn!(%error, "cannot list spool chunks to reclaim"),
         }
         if batch.is_empty() {
             self.report_oldest();

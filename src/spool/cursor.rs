@@ -284,6 +284,7 @@ impl Cursor {
 mod tests {
     use super::*;
     use crate::spool::record;
+    use crate::spool::store::ChunkBuilder;
 
     fn event(seq: u64) -> Arc<Event> {
         let text = include_str!("../../tests/fixtures/sessions.ndjson")
@@ -299,11 +300,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = Store::open(&dir.path().join("spool"), 4 << 20).expect("open");
         let mut batch = store.batch().expect("batch");
+        let mut chunk = ChunkBuilder::new(seqs.start);
         for seq in seqs {
-            let mut bytes = Vec::new();
-            record::encode(&event(seq), &[id], &mut bytes);
-            batch.insert_event(seq, bytes);
+            chunk.push(|out| record::encode(&event(seq), &[id], out));
         }
+        batch.insert_chunk(chunk);
         batch.commit().expect("commit");
         (dir, Arc::new(store))
     }

@@ -568,9 +568,13 @@ impl Lease {
         // give up on it rather than wait for ever.
         let deadline = tokio::time::Instant::now() + wait.unwrap_or(Duration::ZERO) + PULL_GRACE;
         let mut out = Vec::new();
-        // Held only once the pull is complete: a pull cancelled half-way holds nothing,
-        // and the server sends its events again after ack_wait.
-        let mut replies = Vec::new();
+        // Held only once the pull is complete; a pull cancelled half-way gives back
+        // what it had received, so another relay takes it at once, not after ack_wait.
+        let mut replies = Unheld {
+            replies: Vec::new(),
+            client: self.client.clone(),
+            name: self.name.clone(),
+        };
         while let Ok(Some(message)) = tokio::time::timeout_at(deadline, batch.next()).await {
             let message = match message {
                 Ok(message) => message,
@@ -603,7 +607,7 @@ impl Lease {
             match decode(&message.message) {
                 Ok(mut event) => {
                     event.spool_seq = seq;
-                    replies.push((seq, reply));
+                    replies.replies.push((seq, reply));
                     out.push(Pulled::Event(Box::new(event)));
                 }
                 Err(error) => {
@@ -615,7 +619,7 @@ impl Lease {
                 }
             }
         }
-        self.held().extend(replies);
+        self.held().extend(std::mem::take(&mut replies.replies));
         Ok(out)
     }
 
@@ -661,6 +665,36 @@ impl Lease {
             .await
             .map_err(|e| js_error(&format!("consumer of {}", self.name), e))?;
         Ok((info.num_pending, info.num_ack_pending as u64))
+    }
+}
+
+/// Messages a pull has received but not yet handed to its caller: if the pull is
+/// dropped half-way (its reader aborted at shutdown), they are given back.
+struct Unheld {
+    replies: Vec<(u64, async_nats::Subject)>,
+    client: async_nats::Client,
+    name: String,
+}
+
+impl Drop for Unheld {
+    fn drop(&mut self) {
+        if self.replies.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let replies = std::mem::take(&mut self.replies);
+        let client = self.client.clone();
+        let name = self.name.clone();
+        runtime.spawn(async move {
+            let body: bytes::Bytes = AckKind::Nak(None).into();
+            for (_, reply) in replies {
+                if let Err(error) = client.publish(reply, body.clone()).await {
+                    tracing::warn!(destination = %name, %error, "a cut-short pull's event not given back: it returns after ack_wait");
+                }
+            }
+        });
     }
 }
 

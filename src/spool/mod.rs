@@ -461,10 +461,31 @@ impl DiskSpool {
     /// A destination is gone: its backlog on disk, returned for dead-lettering, no
     /// longer holds space, and its cursor is forgotten.
     pub fn retire(&self, name: &str) -> Result<Vec<Event>, SpoolError> {
-        let Some(cursor) = self.shared.lock().cursors.remove(name) else {
+        let Some(cursor) = self.shared.lock().cursors.get(name).cloned() else {
             return Ok(Vec::new());
         };
         cursor.mark_removed();
+        // Registered until its backlog is read: its position keeps the records it is
+        // owed from being reclaimed while they are read.
+        let owed = self.owed_to(&cursor);
+        self.shared.lock().cursors.remove(name);
+        let owed = owed?;
+        let mut batch = self.store.batch()?;
+        batch.forget_cursor(name);
+        batch.commit()?;
+        self.shared
+            .metrics
+            .spool
+            .backlog_bytes
+            .get_or_create(&DestinationLabel {
+                destination: name.to_string(),
+            })
+            .set(0);
+        Ok(owed)
+    }
+
+    /// A removed destination's unread backlog, read from disk.
+    fn owed_to(&self, cursor: &Cursor) -> Result<Vec<Event>, SpoolError> {
         // What was handed out is the old worker's to settle; the rest is owed.
         let mut from = cursor.unread_from();
         let mut owed = Vec::new();
@@ -486,17 +507,6 @@ impl DiskSpool {
                 }
             }
         }
-        let mut batch = self.store.batch()?;
-        batch.forget_cursor(name);
-        batch.commit()?;
-        self.shared
-            .metrics
-            .spool
-            .backlog_bytes
-            .get_or_create(&DestinationLabel {
-                destination: name.to_string(),
-            })
-            .set(0);
         Ok(owed)
     }
 
@@ -586,7 +596,7 @@ fn recover(
         from = last.seq + 1;
         for record in &records {
             first = first.min(record.seq);
-            let size = record.bytes.len() as u64;
+            let size = record.size();
             bytes += size;
             count += 1;
             let header = match record.header() {
