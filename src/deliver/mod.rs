@@ -1,10 +1,11 @@
 //! Delivery: each destination has its own bounded queue and worker, so a slow or
 //! failing vendor never holds up another destination or the ingest response.
 //!
-//! queue (`Destination::offer`) → batch (`batch.rs`) → translate (`crate::dest`) →
+//! queue (`Destination::offer`) → batch (`batch.rs`) → plan (`plan.rs`: privacy,
+//! skipped types, translate with `crate::dest`) →
 //! per request: breaker (`breaker.rs`) → rate limit (`rate_limit.rs`) → concurrency
 //! → send with timeout (`http.rs`) → retry (`retry.rs`) → delivered or dead letter
-//! (`dead_letter.rs`). Files go through `file.rs` instead of HTTP.
+//! (`dead_letter.rs`). A file's lines are appended (`append.rs`) instead of sent.
 //!
 //! Accounting, per destination, at every moment:
 //! `received = sent + dead_lettered + dropped + queue_depth + in_flight`.
@@ -14,8 +15,8 @@ mod batch;
 mod breaker;
 mod concurrency;
 pub mod dead_letter;
-mod file;
 pub mod http;
+pub mod plan;
 mod queue;
 mod rate_limit;
 pub mod retry;
@@ -25,22 +26,22 @@ pub use self::queue::Settle;
 
 pub use self::breaker::state_name as breaker_state_name;
 pub use self::http::{HttpClient, SendError, TlsRoots};
+pub use self::plan::{Plan, Planner};
 
 use crate::config::{
     ConcurrencySetting, DestinationConfig, DestinationKind, RateLimitConfig, WhenFull,
 };
-use crate::dest::NameOverride;
 use crate::dest::{
-    build_translator, redact, render_request, stated_reason, Disposition, EventNames, Refusal,
-    Translate, VendorRequest, Verdict,
+    redact, render_request, stated_reason, Disposition, Refusal, VendorRequest, Verdict,
 };
-use crate::event::{format_rfc3339, Event, KNOWN_TYPES};
+use crate::event::{format_rfc3339, Event};
 use crate::spool::{Cursor, Lease, Recovered};
 use crate::telemetry::{DestinationMetrics, Metrics};
 use crate::Clock;
 use breaker::Breaker;
 use concurrency::{Concurrency, Permit, Signal};
 use dead_letter::{Cause, DeadLetter};
+use plan::Output;
 use prometheus_client::metrics::counter::Counter;
 use rate_limit::RateLimits;
 use retry::Backoff;
@@ -249,37 +250,23 @@ pub fn start(
     config: &DestinationConfig,
     env: Environment,
 ) -> Result<(Arc<Destination>, Worker), BuildError> {
-    let sink = match &config.kind {
-        DestinationKind::File(file) => Sink::File(Box::new(file::FileSink::new(
-            &file.path,
-            EventNames::new(config.common.events.clone()),
-            config.common.properties,
-        ))),
-        _ => Sink::Http(build_translator(config).map_err(|source| BuildError {
-            name: config.name.clone(),
-            source,
-        })?),
+    let planner = Planner::new(config, env.hash_salt.as_ref()).map_err(|source| BuildError {
+        name: config.name.clone(),
+        source,
+    })?;
+    let file = match &config.kind {
+        DestinationKind::File(file) => Some(append::AppendFile::new(file.path.clone())),
+        _ => None,
     };
     let dry_run = config.common.dry_run.then(|| {
         tracing::info!(destination = %config.name, file = %env.dry_run_path.display(), "dry run: requests are written to a file, not sent");
         append::AppendFile::new(env.dry_run_path.clone())
     });
-    let secrets = match &sink {
-        Sink::Http(translator) => translator.secrets(),
-        Sink::File(_) => Vec::new(),
-    };
+    let secrets = planner.secrets();
     let metrics = Arc::new(env.metrics.destination(&config.name));
-    let skipped_types: HashMap<&'static str, Counter> = KNOWN_TYPES
-        .iter()
-        .filter(|ty| match &sink {
-            Sink::Http(translator) => !translator.sends_type(ty),
-            Sink::File(file) => !file.sends_type(ty),
-        })
-        .map(|ty| {
-            let disabled = config.common.events.get(*ty) == Some(&NameOverride::Enabled(false));
-            let reason = if disabled { "disabled" } else { "unmapped" };
-            (*ty, metrics.dropped_counter(reason))
-        })
+    let skipped_types: HashMap<&'static str, Counter> = planner
+        .skipped()
+        .map(|(ty, reason)| (ty, metrics.dropped_counter(reason)))
         .collect();
     let (cursor, recovered) = match &env.cursor {
         Some((cursor, recovered)) => (Some(cursor.clone()), *recovered),
@@ -323,7 +310,8 @@ pub fn start(
     let stack = Arc::new(Stack {
         name: config.name.clone(),
         config: config.clone(),
-        sink,
+        planner,
+        file,
         client: env.client.clone(),
         metrics: metrics.clone(),
         rate_limits: RateLimits::new(rate_limit),
@@ -345,11 +333,9 @@ pub fn start(
         clock: env.clock.clone(),
         secrets,
         abandon: env.abandon.clone(),
-        privacy: crate::privacy::Policy::new(&config.common, env.hash_salt.as_ref()),
         settle,
         cursor: cursor.clone(),
         metrics_root: env.metrics.clone(),
-        skipped: skipped_types.keys().copied().collect(),
     });
     let window = if cursor.is_some() || lease.is_some() {
         // The backlog lives on disk: memory holds what the next requests will take.
@@ -417,16 +403,14 @@ pub fn start(
     ))
 }
 
-enum Sink {
-    Http(Box<dyn Translate>),
-    File(Box<file::FileSink>),
-}
-
 /// Everything a destination's tasks share.
 struct Stack {
     name: String,
     config: DestinationConfig,
-    sink: Sink,
+    /// Privacy rules, skipped types and the translator or file encoding.
+    planner: Planner,
+    /// The file a `type = "file"` destination appends to.
+    file: Option<append::AppendFile>,
     client: HttpClient,
     metrics: Arc<DestinationMetrics>,
     rate_limits: RateLimits,
@@ -437,19 +421,15 @@ struct Stack {
     clock: Clock,
     secrets: Vec<String>,
     abandon: watch::Receiver<bool>,
-    /// Consent, dropped and hashed fields, IP; `None` when the destination has no rules.
-    privacy: Option<crate::privacy::Policy>,
     settle: Arc<Settle>,
     cursor: Option<Arc<Cursor>>,
     /// The relay's metrics, for the spool's per-destination series.
     metrics_root: Arc<Metrics>,
-    /// Types counted as dropped at offer time.
-    skipped: std::collections::HashSet<&'static str>,
 }
 
 impl Stack {
     fn skips(&self, event_type: &str) -> bool {
-        self.skipped.contains(event_type)
+        self.planner.skips(event_type).is_some()
     }
 
     fn when_full(&self) -> WhenFull {
@@ -585,95 +565,47 @@ async fn write_overflow(stack: Arc<Stack>, mut overflow: mpsc::Receiver<Arc<Even
     }
 }
 
-/// The privacy rules over a batch: events without consent are dropped and counted;
-/// the rest come back as received (for dead letters) and as the destination may see
-/// them (for translation), index for index.
-fn apply_privacy(
-    stack: &Stack,
-    policy: &crate::privacy::Policy,
-    batch: Vec<Arc<Event>>,
-) -> (Vec<Arc<Event>>, Vec<Arc<Event>>) {
-    let mut kept = Vec::with_capacity(batch.len());
-    let mut view = Vec::with_capacity(batch.len());
-    for event in batch {
-        if !policy.consents(&event) {
-            stack.metrics.dropped("consent", 1);
-            stack.settle.one(&event);
-            continue;
-        }
-        if !policy.rewrites() {
-            view.push(event.clone());
-            kept.push(event);
-            continue;
-        }
-        match policy.apply(&event) {
-            Ok(rewritten) => {
-                view.push(Arc::new(rewritten));
-                kept.push(event);
-            }
-            Err(error) => {
-                tracing::warn!(destination = %stack.name, event_id = %event.event_id(), %error, "event left out by the privacy rules");
-                stack.metrics.dropped("privacy", 1);
-                stack.settle.one(&event);
-            }
-        }
-    }
-    (kept, view)
-}
-
-/// Translates a batch and starts its requests, each under the concurrency limit.
+/// Plans a batch (privacy, skipped types, translation) and starts its requests, each
+/// under the concurrency limit; a file's lines are appended here.
 async fn dispatch(
     stack: &Arc<Stack>,
     batch: Vec<Arc<Event>>,
     tasks: &mut JoinSet<()>,
     mut permit: Option<Permit>,
 ) {
-    let (batch, view) = match &stack.privacy {
-        Some(policy) => {
-            let (kept, view) = apply_privacy(stack, policy, batch);
-            (kept, Some(view))
-        }
-        None => (batch, None),
-    };
-    if batch.is_empty() {
-        return;
-    }
-    // What the destination sees; dead letters keep `originals`, as received.
-    let events: Vec<&Event> = view
-        .as_ref()
-        .unwrap_or(&batch)
-        .iter()
-        .map(|e| e.as_ref())
-        .collect();
+    // Dead letters keep the events as received; the plan holds what the destination sees.
     let originals: Vec<&Event> = batch.iter().map(|e| e.as_ref()).collect();
-    let translator = match &stack.sink {
-        Sink::Http(translator) => translator,
-        Sink::File(sink) => {
-            let (written, refused) = sink.write(&events).await;
-            settle_refusals(stack, &originals, &refused).await;
-            match written {
-                Ok(n) => {
-                    stack.metrics.sent.inc_by(n.len() as u64);
-                    let written: Vec<&Event> = n.iter().map(|i| originals[*i]).collect();
+    let plan = stack.planner.plan(&originals, (stack.clock)());
+    settle_refusals(stack, &originals, &plan.left_out).await;
+    for note in &plan.notes {
+        stack.metrics.dropped_params(note.reason, note.count as u64);
+    }
+    let requests = match plan.output {
+        Output::Requests(requests) => requests,
+        Output::Lines { body, events } => {
+            let written: Vec<&Event> = events.iter().map(|i| originals[*i]).collect();
+            if written.is_empty() {
+                return;
+            }
+            let Some(file) = &stack.file else {
+                return;
+            };
+            match file.append(&body, false).await {
+                Ok(()) => {
+                    stack.metrics.sent.inc_by(written.len() as u64);
                     stack.settle.events(&written);
                 }
-                Err((indices, error)) => {
-                    let failed: Vec<&Event> = indices.iter().map(|i| originals[*i]).collect();
+                Err(error) => {
                     let mut cause = Cause::new("write_failed");
                     cause.error = Some(error.to_string());
                     cause.attempts = 1;
-                    stack.dead_letter(&failed, &cause).await;
+                    stack.dead_letter(&written, &cause).await;
                 }
             }
             return;
         }
     };
-    let translation = translator.translate(&events, (stack.clock)());
-    settle_refusals(stack, &originals, &translation.refused).await;
-    for note in &translation.notes {
-        stack.metrics.dropped_params(note.reason, note.count as u64);
-    }
-    for request in translation.requests {
+    for request in requests {
         let held: Vec<Arc<Event>> = request.events.iter().map(|i| batch[*i].clone()).collect();
         let stack = stack.clone();
         // The first request uses the slot the worker waited for; others wait their turn.
@@ -689,6 +621,9 @@ async fn settle_refusals(stack: &Stack, events: &[&Event], refused: &[Refusal]) 
     for refusal in refused {
         match refusal.disposition {
             Disposition::Dropped => {
+                if refusal.reason == "privacy" {
+                    tracing::warn!(destination = %stack.name, event_id = %events[refusal.index].event_id(), error = %refusal.detail, "event left out by the privacy rules");
+                }
                 stack.metrics.dropped(refusal.reason, 1);
                 stack.settle.one(events[refusal.index]);
             }
@@ -712,7 +647,7 @@ async fn deliver(
     events: Vec<Arc<Event>>,
     permit: Option<Permit>,
 ) {
-    let Sink::Http(translator) = &stack.sink else {
+    let Some(translator) = stack.planner.translator() else {
         return;
     };
     let refs: Vec<&Event> = events.iter().map(|e| e.as_ref()).collect();
