@@ -84,6 +84,18 @@ impl Breaker {
         }
     }
 
+    /// The request was never sent (it could not be built): says nothing of the vendor.
+    /// A probe that was out hands its turn to the next request.
+    pub fn release(&self) {
+        let mut state = self.lock();
+        if *state == State::Probing {
+            *state = State::Open {
+                until: Instant::now(),
+            };
+            self.gauge.set(1);
+        }
+    }
+
     /// A connection error, timeout or retryable status.
     pub fn failure(&self) {
         let mut state = self.lock();

@@ -40,7 +40,7 @@ use crate::telemetry::{DestinationMetrics, Metrics};
 use crate::Clock;
 use breaker::Breaker;
 use concurrency::{Concurrency, Permit, Signal};
-use dead_letter::{Cause, DeadLetter};
+use dead_letter::{Cause, DeadLetter, Reason};
 use plan::Output;
 use prometheus_client::metrics::counter::Counter;
 use rate_limit::RateLimits;
@@ -128,7 +128,7 @@ impl Destination {
             if self.queue.try_send(event).is_ok() {
                 self.metrics.queue_depth.inc();
             } else {
-                self.metrics.dropped("removed", 1);
+                self.metrics.dropped(Reason::Removed.as_str(), 1);
             }
             return;
         }
@@ -139,7 +139,7 @@ impl Destination {
             None => {
                 if self.queue.try_send(event).is_err() {
                     self.metrics.queue_depth.dec();
-                    self.metrics.dropped("queue_full", 1);
+                    self.metrics.dropped(Reason::QueueFull.as_str(), 1);
                 }
             }
         }
@@ -166,9 +166,9 @@ impl Destination {
                         Ok(()) => {
                             self.metrics.in_flight.inc();
                         }
-                        Err(_) => self.metrics.dropped("queue_full", 1),
+                        Err(_) => self.metrics.dropped(Reason::QueueFull.as_str(), 1),
                     },
-                    None => self.metrics.dropped("queue_full", 1),
+                    None => self.metrics.dropped(Reason::QueueFull.as_str(), 1),
                 }
                 false
             }
@@ -241,7 +241,7 @@ pub async fn dead_letter_removed(
     let settle = Arc::new(Settle::new(metrics.clone(), None));
     let writer = DeadLetter::new(name, path, metrics, Vec::new(), settle);
     let refs: Vec<&Event> = events.iter().collect();
-    writer.write(&refs, &Cause::new("removed"), now).await;
+    writer.write(&refs, &Cause::new(Reason::Removed), now).await;
 }
 
 /// Starts a destination's worker. Dropping the returned [`Destination`] closes its
@@ -544,7 +544,7 @@ async fn run_worker(
                 stack.metrics.queue_depth.dec_by(pending.len() as i64);
                 stack.metrics.in_flight.inc_by(pending.len() as i64);
                 let refs: Vec<&Event> = pending.iter().map(|e| e.as_ref()).collect();
-                stack.give_up(&refs, &Cause::new("shutdown")).await;
+                stack.give_up(&refs, &Cause::new(Reason::Shutdown)).await;
             }
         }
     }
@@ -560,7 +560,9 @@ async fn write_overflow(stack: Arc<Stack>, mut overflow: mpsc::Receiver<Arc<Even
     let mut buffer = Vec::new();
     while overflow.recv_many(&mut buffer, 1000).await > 0 {
         let refs: Vec<&Event> = buffer.iter().map(|e| e.as_ref()).collect();
-        stack.dead_letter(&refs, &Cause::new("queue_full")).await;
+        stack
+            .dead_letter(&refs, &Cause::new(Reason::QueueFull))
+            .await;
         buffer.clear();
     }
 }
@@ -596,7 +598,7 @@ async fn dispatch(
                     stack.settle.events(&written);
                 }
                 Err(error) => {
-                    let mut cause = Cause::new("write_failed");
+                    let mut cause = Cause::new(Reason::WriteFailed);
                     cause.error = Some(error.to_string());
                     cause.attempts = 1;
                     stack.dead_letter(&written, &cause).await;
@@ -628,7 +630,7 @@ async fn settle_refusals(stack: &Stack, events: &[&Event], refused: &[Refusal]) 
                 stack.settle.one(events[refusal.index]);
             }
             Disposition::Refused => {
-                let mut cause = Cause::new(refusal.reason);
+                let mut cause = Cause::new(Reason::Refused(refusal.reason));
                 cause.error = Some(refusal.detail.clone());
                 causes.push((events[refusal.index], cause));
             }
@@ -660,7 +662,7 @@ async fn deliver(
                 stack.settle.events(&refs);
             }
             Err(error) => {
-                let mut cause = Cause::new("dry_run_write_failed");
+                let mut cause = Cause::new(Reason::DryRunWriteFailed);
                 cause.error = Some(error.to_string());
                 stack.dead_letter(&refs, &cause).await;
             }
@@ -672,7 +674,7 @@ async fn deliver(
         None => tokio::select! {
             permit = stack.concurrency.acquire() => Some(permit),
             _ = stack.abandoned() => {
-                stack.give_up(&refs, &Cause::new("shutdown")).await;
+                stack.give_up(&refs, &Cause::new(Reason::Shutdown)).await;
                 return;
             }
         },
@@ -691,10 +693,9 @@ async fn deliver(
     // still bounds how long such a request is retried.
     let mut counted = 0u32;
     let shutdown = |attempts: u32, error: Option<&str>| Cause {
-        reason: "shutdown".into(),
         attempts,
         error: error.map(str::to_string),
-        ..Cause::default()
+        ..Cause::new(Reason::Shutdown)
     };
     loop {
         let admitted = async {
@@ -724,11 +725,17 @@ async fn deliver(
             .metrics
             .request_duration
             .observe(round_trip.as_secs_f64());
-        stack.concurrency.record(match &outcome {
-            Ok(response) if matches!(response.status.as_u16(), 429 | 503) => Signal::BackPressure,
-            Err(SendError::Timeout(_)) => Signal::BackPressure,
-            _ => Signal::Answered(round_trip),
-        });
+        // A request that could not be built never left: no round trip, no vendor health.
+        let unsent = matches!(&outcome, Err(error) if !error.retryable());
+        if !unsent {
+            stack.concurrency.record(match &outcome {
+                Ok(response) if matches!(response.status.as_u16(), 429 | 503) => {
+                    Signal::BackPressure
+                }
+                Err(SendError::Timeout(_)) => Signal::BackPressure,
+                _ => Signal::Answered(round_trip),
+            });
+        }
         // Delivered is the common case: everything below it is the failure path.
         let (verdict, mut cause, vendor_wait) = match outcome {
             Ok(response) => {
@@ -748,7 +755,7 @@ async fn deliver(
                     status: Some(response.status.as_u16()),
                     error: stated_reason(&response),
                     response_excerpt: Some(excerpt(&response.body)),
-                    ..Cause::default()
+                    ..Cause::new(Reason::RetriesExhausted)
                 };
                 let wait = retry::vendor_wait(&response.headers, (stack.clock)().into());
                 (verdict, cause, wait)
@@ -757,7 +764,7 @@ async fn deliver(
                 stack.metrics.response(error.label());
                 let cause = Cause {
                     error: Some(error.to_string()),
-                    ..Cause::default()
+                    ..Cause::new(Reason::RetriesExhausted)
                 };
                 (Verdict::Retry, cause, None)
             }
@@ -777,11 +784,18 @@ async fn deliver(
             .note_error(redact(&summary, &stack.secrets), last_attempt_at.clone());
         cause.last_attempt_at = Some(last_attempt_at);
         let url = || redact(&request.url, &stack.secrets);
+        if unsent {
+            stack.breaker.release();
+            tracing::warn!(destination = %stack.name, url = %url(), error = ?cause.error, "the request could not be built: not sent, not retried");
+            cause.reason = Reason::InvalidRequest;
+            stack.dead_letter(&refs, &cause).await;
+            return;
+        }
         if verdict == Verdict::Reject {
             // The vendor answered: it is up, the request is what is wrong.
             stack.breaker.success();
             tracing::warn!(destination = %stack.name, url = %url(), status = cause.status, error = ?cause.error, "vendor rejected the request: not retried");
-            cause.reason = "rejected".into();
+            cause.reason = Reason::Rejected;
             stack.dead_letter(&refs, &cause).await;
             return;
         }
@@ -797,7 +811,7 @@ async fn deliver(
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stack.abandoned() => {
-                        cause.reason = "shutdown".into();
+                        cause.reason = Reason::Shutdown;
                         stack.give_up(&refs, &cause).await;
                         return;
                     }
@@ -805,14 +819,14 @@ async fn deliver(
                 tokio::select! {
                     slot = stack.concurrency.acquire() => permit = Some(slot),
                     _ = stack.abandoned() => {
-                        cause.reason = "shutdown".into();
+                        cause.reason = Reason::Shutdown;
                         stack.give_up(&refs, &cause).await;
                         return;
                     }
                 }
             }
             None => {
-                cause.reason = "retries_exhausted".into();
+                cause.reason = Reason::RetriesExhausted;
                 stack.dead_letter(&refs, &cause).await;
                 return;
             }
