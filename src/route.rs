@@ -3,7 +3,7 @@
 //! many routes pick it.
 
 use crate::config::RouteConfig;
-use crate::event::{Event, KNOWN_TYPES};
+use crate::event::{Event, EventType};
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use std::collections::HashMap;
 use xxhash_rust::xxh3::xxh3_64;
@@ -53,7 +53,8 @@ pub struct RouteTable {
     routes: Vec<CompiledRoute>,
     /// For every contract type, the routes whose globs match it, worked out once so the
     /// per-event path runs no glob; only `custom.*` types are matched per event.
-    routes_by_type: HashMap<&'static str, Vec<usize>>,
+    /// The routes each contract type matches, by `EventType as usize`.
+    routes_by_type: Vec<Vec<usize>>,
 }
 
 impl RouteTable {
@@ -94,9 +95,9 @@ impl RouteTable {
                 sources: route.sources.clone(),
             });
         }
-        let routes_by_type = KNOWN_TYPES
+        let routes_by_type = EventType::ALL
             .iter()
-            .map(|ty| (*ty, type_matches(&compiled, ty)))
+            .map(|ty| type_matches(&compiled, ty.as_str()))
             .collect();
         Ok(RouteTable {
             routes: compiled,
@@ -107,7 +108,7 @@ impl RouteTable {
     pub fn empty() -> RouteTable {
         RouteTable {
             routes: Vec::new(),
-            routes_by_type: HashMap::new(),
+            routes_by_type: vec![Vec::new(); EventType::ALL.len()],
         }
     }
 
@@ -120,8 +121,8 @@ impl RouteTable {
         decision.sampled_out.clear();
         let event_type = event.event_type();
         let custom;
-        let matching = match self.routes_by_type.get(event_type) {
-            Some(routes) => routes,
+        let matching = match event.known_type() {
+            Some(ty) => &self.routes_by_type[ty as usize],
             None => {
                 custom = type_matches(&self.routes, event_type);
                 &custom

@@ -717,7 +717,7 @@ impl Loader<'_> {
             ));
         }
         for (event_type, _) in common.events.iter() {
-            if !crate::event::KNOWN_TYPES.contains(&event_type.as_str())
+            if crate::event::EventType::parse(event_type).is_none()
                 && !event_type.starts_with("custom.")
             {
                 problems.push((

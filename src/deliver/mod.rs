@@ -34,7 +34,7 @@ use crate::config::{
 use crate::dest::{
     redact, render_request, stated_reason, Disposition, Refusal, VendorRequest, Verdict,
 };
-use crate::event::{format_rfc3339, Event};
+use crate::event::{format_rfc3339, Event, EventType};
 use crate::spool::{Cursor, Lease, Recovered};
 use crate::telemetry::{DestinationMetrics, Metrics};
 use crate::Clock;
@@ -66,7 +66,7 @@ pub struct Destination {
     pub critical: bool,
     /// Types the destination would only drop, with their `dropped{reason}` counter:
     /// left out here rather than queued, batched and translated for nothing.
-    skipped_types: HashMap<&'static str, Counter>,
+    skipped_types: HashMap<EventType, Counter>,
     /// Its place in the disk spool and its reader's generation; `None` with the
     /// memory spool.
     cursor: Option<Arc<Cursor>>,
@@ -104,7 +104,10 @@ impl Destination {
     /// Counts an event of a type this destination would only drop (received, dropped
     /// with its reason) and says so: the JetStream spool never publishes those.
     pub fn skip_counted(&self, event: &Event) -> bool {
-        match self.skipped_types.get(event.event_type()) {
+        match event
+            .known_type()
+            .and_then(|ty| self.skipped_types.get(&ty))
+        {
             Some(dropped) => {
                 self.metrics.received.inc();
                 dropped.inc();
@@ -118,7 +121,10 @@ impl Destination {
     /// else it waits on disk for the destination's reader. Never waits.
     pub fn offer_spooled(&self, event: Arc<Event>, bytes: u64) {
         self.metrics.received.inc();
-        if let Some(dropped) = self.skipped_types.get(event.event_type()) {
+        if let Some(dropped) = event
+            .known_type()
+            .and_then(|ty| self.skipped_types.get(&ty))
+        {
             dropped.inc();
             return;
         }
@@ -150,7 +156,10 @@ impl Destination {
     pub fn offer(&self, event: Arc<Event>) -> bool {
         self.metrics.received.inc();
         if !self.skipped_types.is_empty() {
-            if let Some(dropped) = self.skipped_types.get(event.event_type()) {
+            if let Some(dropped) = event
+                .known_type()
+                .and_then(|ty| self.skipped_types.get(&ty))
+            {
                 dropped.inc();
                 return false;
             }
@@ -264,7 +273,7 @@ pub fn start(
     });
     let secrets = planner.secrets();
     let metrics = Arc::new(env.metrics.destination(&config.name));
-    let skipped_types: HashMap<&'static str, Counter> = planner
+    let skipped_types: HashMap<EventType, Counter> = planner
         .skipped()
         .map(|(ty, reason)| (ty, metrics.dropped_counter(reason)))
         .collect();
@@ -428,8 +437,8 @@ struct Stack {
 }
 
 impl Stack {
-    fn skips(&self, event_type: &str) -> bool {
-        self.planner.skips(event_type).is_some()
+    fn skips(&self, event: &Event) -> bool {
+        self.planner.skips(event).is_some()
     }
 
     fn when_full(&self) -> WhenFull {

@@ -10,7 +10,7 @@ use crate::dest::{
     build_translator, BuildError, Disposition, EventNames, NameOverride, Note, Refusal, Translate,
     VendorRequest,
 };
-use crate::event::{Event, KNOWN_TYPES};
+use crate::event::{Event, EventType};
 use crate::privacy::Policy;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ pub struct Planner {
     name: String,
     privacy: Option<Policy>,
     /// Known types the destination only drops, with the reason (`disabled`, `unmapped`).
-    skipped: HashMap<&'static str, &'static str>,
+    skipped: HashMap<EventType, &'static str>,
     encoder: Encoder,
 }
 
@@ -69,12 +69,13 @@ impl Planner {
             },
             _ => Encoder::Http(build_translator(config)?),
         };
-        let skipped = KNOWN_TYPES
-            .iter()
-            .filter(|ty| !encoder.sends_type(ty))
+        let skipped = EventType::ALL
+            .into_iter()
+            .filter(|ty| !encoder.sends_type(ty.as_str()))
             .map(|ty| {
-                let disabled = config.common.events.get(*ty) == Some(&NameOverride::Enabled(false));
-                (*ty, if disabled { "disabled" } else { "unmapped" })
+                let disabled =
+                    config.common.events.get(ty.as_str()) == Some(&NameOverride::Enabled(false));
+                (ty, if disabled { "disabled" } else { "unmapped" })
             })
             .collect();
         Ok(Planner {
@@ -86,12 +87,15 @@ impl Planner {
     }
 
     /// The reason events of this type are never sent here, if they are not.
-    pub fn skips(&self, event_type: &str) -> Option<&'static str> {
-        self.skipped.get(event_type).copied()
+    pub fn skips(&self, event: &Event) -> Option<&'static str> {
+        if self.skipped.is_empty() {
+            return None;
+        }
+        self.skipped.get(&event.known_type()?).copied()
     }
 
-    /// Known types the destination never sends, with the reason.
-    pub fn skipped(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+    /// Contract types the destination never sends, with the reason.
+    pub fn skipped(&self) -> impl Iterator<Item = (EventType, &'static str)> + '_ {
         self.skipped.iter().map(|(ty, reason)| (*ty, *reason))
     }
 
@@ -118,7 +122,7 @@ impl Planner {
         // routed, before they are queued.
         let mut kept: Vec<usize> = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
-            match self.skips(event.event_type()) {
+            match self.skips(event) {
                 Some(reason) => left_out.push(Refusal::dropped(
                     index,
                     reason,

@@ -145,7 +145,7 @@ pub async fn read_backlog(
                 };
                 event.spool_seq = record.seq;
                 // Counted as dropped when it was offered: never queued, so not read.
-                if stack.skips(event.event_type()) {
+                if stack.skips(&event) {
                     continue;
                 }
                 let permit = loop {
