@@ -31,8 +31,12 @@ mod rate_limit;
 pub mod retry;
 mod worker;
 
+pub use self::batch::BatchConfig;
+pub use self::breaker::BreakerConfig;
 pub use self::concurrency::Gauges as ConcurrencyGauges;
 pub use self::queue::Settle;
+pub use self::rate_limit::RateLimitConfig;
+pub use self::retry::RetryConfig;
 
 pub use self::breaker::state_name as breaker_state_name;
 pub use self::destination::Destination;
