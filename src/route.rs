@@ -2,7 +2,6 @@
 //! sample whole sessions, and an event reaches each destination at most once however
 //! many routes pick it.
 
-use crate::config::RouteConfig;
 use crate::event::{Event, EventType};
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use std::collections::HashMap;
@@ -175,6 +174,19 @@ fn sample_threshold(share: f64) -> u64 {
     } else {
         (share * u64::MAX as f64) as u64
     }
+}
+
+/// One `[[routes]]` entry, as the config loader checked it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Globs on the event type.
+    pub types: Vec<String>,
+    pub to: Vec<String>,
+    /// Share of sessions kept, 0.0–1.0; whole sessions, decided from `session.id`.
+    pub sample: Option<f64>,
+    /// Ingest sources the event must have come through; empty: any.
+    pub sources: Vec<String>,
 }
 
 #[cfg(test)]

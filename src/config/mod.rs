@@ -11,10 +11,11 @@ pub use edge::{
     PROTECTED_FIELDS,
 };
 pub use load::{load_file, load_str, ConfigError, ConfigErrors};
-pub use vendors::{max_concurrency_default, Vendor, VENDORS};
+pub use vendors::{build_translator, configured_secrets, max_concurrency_default, Vendor, VENDORS};
 
 // Delivery's own settings, owned by the steps that use them.
 pub use crate::deliver::{BatchConfig, BreakerConfig, RateLimitConfig, RetryConfig};
+pub use crate::route::RouteConfig;
 
 use crate::dest::file::FileConfig;
 use crate::dest::ga4::Ga4Config;
@@ -322,18 +323,6 @@ impl Default for QueueConfig {
             when_full: WhenFull::default(),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteConfig {
-    pub name: String,
-    /// Globs on the event type.
-    pub types: Vec<String>,
-    pub to: Vec<String>,
-    /// Share of sessions kept, 0.0–1.0; whole sessions, decided from `session.id`.
-    pub sample: Option<f64>,
-    /// Ingest sources the event must have come through; empty: any.
-    pub sources: Vec<String>,
 }
 
 mod defaults {

@@ -4,11 +4,10 @@
 //! dry run and `playrelay test` all call [`Planner::plan`], so what they show is what
 //! the relay does.
 
-use crate::config::{DestinationConfig, DestinationKind, Secret};
+use crate::config::{build_translator, DestinationConfig, DestinationKind, Secret};
 use crate::dest::file::encode_lines;
 use crate::dest::{
-    build_translator, BuildError, Disposition, EventNames, NameOverride, Note, Refusal, Translate,
-    VendorRequest,
+    BuildError, Disposition, EventNames, NameOverride, Note, Refusal, Translate, VendorRequest,
 };
 use crate::event::{Event, EventType};
 use crate::privacy::Policy;

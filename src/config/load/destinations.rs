@@ -119,7 +119,7 @@ impl Loader<'_> {
         // The translators check their own keys; building one here reports those
         // problems now instead of at start-up.
         let is_http = !matches!(destination.kind, DestinationKind::File(_));
-        if let Err(error) = crate::dest::build_translator(&destination)
+        if let Err(error) = super::super::build_translator(&destination)
             .map(|_| ())
             .or_else(|e| if is_http { Err(e) } else { Ok(()) })
         {
@@ -235,7 +235,7 @@ impl Loader<'_> {
                 }
             }
         }
-        for (key, secret) in crate::dest::configured_secrets(kind) {
+        for (key, secret) in super::super::configured_secrets(kind) {
             if !secret.is_empty() && secret.chars().count() < crate::dest::MIN_SECRET_CHARS {
                 problems.push((
                     key,
