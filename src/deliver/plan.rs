@@ -6,9 +6,7 @@
 
 use crate::config::{build_translator, DestinationConfig, DestinationKind, Secret};
 use crate::dest::file::encode_lines;
-use crate::dest::{
-    BuildError, Disposition, EventNames, NameOverride, Note, Refusal, Translate, VendorRequest,
-};
+use crate::dest::{BuildError, EventNames, NameOverride, Note, Refusal, Translate, VendorRequest};
 use crate::event::{Event, EventType};
 use crate::privacy::Policy;
 use std::collections::HashMap;
@@ -207,16 +205,6 @@ impl Planner {
             output,
             left_out,
             notes,
-        }
-    }
-}
-
-impl Refusal {
-    /// `dropped` or `refused (dead-lettered)`, as `translate` and `test` say it.
-    pub fn what(&self) -> &'static str {
-        match self.disposition {
-            Disposition::Dropped => "dropped",
-            Disposition::Refused => "refused (dead-lettered)",
         }
     }
 }

@@ -78,6 +78,14 @@ impl Refusal {
         Refusal::dropped(index, reason, detail)
     }
 
+    /// `dropped` or `refused (dead-lettered)`, as `translate` and `test` say it.
+    pub fn what(&self) -> &'static str {
+        match self.disposition {
+            Disposition::Dropped => "dropped",
+            Disposition::Refused => "refused (dead-lettered)",
+        }
+    }
+
     pub fn refused(index: usize, reason: &'static str, detail: impl Into<String>) -> Self {
         Refusal {
             index,
