@@ -14,7 +14,10 @@ pub use load::{load_file, load_str, ConfigError, ConfigErrors};
 pub use vendors::{build_translator, configured_secrets, max_concurrency_default, Vendor, VENDORS};
 
 // Delivery's own settings, owned by the steps that use them.
-pub use crate::deliver::{BatchConfig, BreakerConfig, RateLimitConfig, RetryConfig};
+pub use crate::deliver::{
+    BatchConfig, BreakerConfig, ConcurrencySetting, QueueConfig, RateLimitConfig, RetryConfig,
+    WhenFull,
+};
 pub use crate::route::RouteConfig;
 
 use crate::dest::file::FileConfig;
@@ -209,43 +212,6 @@ pub(crate) const COMMON_KEYS: &[&str] = &[
     "ip",
 ];
 
-/// `concurrency = "adaptive"` or `concurrency = N`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ConcurrencySetting {
-    #[default]
-    Adaptive,
-    Fixed(usize),
-}
-
-impl<'de> Deserialize<'de> for ConcurrencySetting {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ConcurrencySetting;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("\"adaptive\" or a number of requests")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                match v {
-                    "adaptive" => Ok(ConcurrencySetting::Adaptive),
-                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
-                }
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                usize::try_from(v)
-                    .map(ConcurrencySetting::Fixed)
-                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                usize::try_from(v)
-                    .map(ConcurrencySetting::Fixed)
-                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
 impl Config {
     /// The most requests any destination may have in flight: what the shared
     /// client's keep-alive pool is sized to.
@@ -286,45 +252,6 @@ impl BatchConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct QueueConfig {
-    /// Events held in memory for the destination: the whole queue with the memory
-    /// spool, the window read ahead of the disk backlog with the disk spool.
-    #[serde(default = "defaults::queue_max_events")]
-    pub max_events: usize,
-    /// The destination's backlog on disk (disk spool): past it, `when_full` decides.
-    #[serde(default = "defaults::queue_max_bytes")]
-    pub max_bytes: u64,
-    /// What happens when the queue (memory) or the backlog (disk) is full.
-    #[serde(default)]
-    pub when_full: WhenFull,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Written to the dead-letter file, so it can be replayed.
-    #[default]
-    DeadLetter,
-    /// Counted as `dropped{reason="queue_full"}` and gone.
-    DropNewest,
-    /// Disk spool: the oldest backlog is counted as `dropped{reason="backlog_full"}`.
-    DropOldest,
-    /// Disk spool: ingest answers 503 with `Retry-After` for events routed here.
-    Block,
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        QueueConfig {
-            max_events: defaults::queue_max_events(),
-            max_bytes: defaults::queue_max_bytes(),
-            when_full: WhenFull::default(),
-        }
-    }
-}
-
 mod defaults {
     pub fn max_body_bytes() -> usize {
         1 << 20
@@ -343,13 +270,6 @@ mod defaults {
     }
     pub fn timeout_ms() -> u64 {
         10_000
-    }
-    /// About 3 KB per queued event: 10,000 is ~30 MB for a destination that stalls.
-    pub fn queue_max_events() -> usize {
-        10_000
-    }
-    pub fn queue_max_bytes() -> u64 {
-        256 << 20
     }
     pub fn dead_letter_dir() -> std::path::PathBuf {
         "playrelay-out/dead-letter".into()

@@ -3,11 +3,11 @@
 //! counted.
 
 use super::dead_letter::Reason;
-use crate::config::WhenFull;
 use crate::event::{Event, EventType};
 use crate::spool::{Cursor, Lease};
 use crate::telemetry::DestinationMetrics;
 use prometheus_client::metrics::counter::Counter;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -152,5 +152,55 @@ impl Destination {
             self.metrics.queue_depth.dec();
             self.metrics.dropped("reload_lost", 1);
         }
+    }
+}
+
+/// `queue` in a destination's config: how much waits for it, and what happens past that.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Events held in memory for the destination: the whole queue with the memory
+    /// spool, the window read ahead of the disk backlog with the disk spool.
+    #[serde(default = "defaults::queue_max_events")]
+    pub max_events: usize,
+    /// The destination's backlog on disk (disk spool): past it, `when_full` decides.
+    #[serde(default = "defaults::queue_max_bytes")]
+    pub max_bytes: u64,
+    /// What happens when the queue (memory) or the backlog (disk) is full.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Written to the dead-letter file, so it can be replayed.
+    #[default]
+    DeadLetter,
+    /// Counted as `dropped{reason="queue_full"}` and gone.
+    DropNewest,
+    /// Disk spool: the oldest backlog is counted as `dropped{reason="backlog_full"}`.
+    DropOldest,
+    /// Disk spool: ingest answers 503 with `Retry-After` for events routed here.
+    Block,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_events: defaults::queue_max_events(),
+            max_bytes: defaults::queue_max_bytes(),
+            when_full: WhenFull::default(),
+        }
+    }
+}
+
+mod defaults {
+    /// About 3 KB per queued event: 10,000 is ~30 MB for a destination that stalls.
+    pub fn queue_max_events() -> usize {
+        10_000
+    }
+    pub fn queue_max_bytes() -> u64 {
+        256 << 20
     }
 }

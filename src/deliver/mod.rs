@@ -33,13 +33,13 @@ mod worker;
 
 pub use self::batch::BatchConfig;
 pub use self::breaker::BreakerConfig;
-pub use self::concurrency::Gauges as ConcurrencyGauges;
+pub use self::concurrency::{ConcurrencySetting, Gauges as ConcurrencyGauges};
 pub use self::queue::Settle;
 pub use self::rate_limit::RateLimitConfig;
 pub use self::retry::RetryConfig;
 
 pub use self::breaker::state_name as breaker_state_name;
-pub use self::destination::Destination;
+pub use self::destination::{Destination, QueueConfig, WhenFull};
 pub use self::http::{HttpClient, SendError, TlsRoots};
 pub use self::plan::{Plan, Planner};
 pub use self::worker::{dead_letter_removed, start, BuildError, Environment, Worker};

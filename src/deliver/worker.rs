@@ -12,10 +12,8 @@ use super::dispatch::dispatch;
 use super::plan::Planner;
 use super::queue::{self, Settle};
 use super::rate_limit::RateLimits;
-use super::HttpClient;
-use crate::config::{
-    ConcurrencySetting, DestinationConfig, DestinationKind, RateLimitConfig, WhenFull,
-};
+use super::{ConcurrencySetting, HttpClient, RateLimitConfig, WhenFull};
+use crate::config::{DestinationConfig, DestinationKind};
 use crate::event::{Event, EventType};
 use crate::spool::{Cursor, Lease, Recovered};
 use crate::telemetry::{DestinationMetrics, Metrics};
