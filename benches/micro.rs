@@ -3,7 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use playrelay::config;
-use playrelay::dest::build_translator;
+use playrelay::config::build_translator;
 use playrelay::event::{parse_body, BodyFormat, BodyLimits, Event};
 use std::path::Path;
 use time::OffsetDateTime;

@@ -11,10 +11,15 @@
 //! expect.destinations = ["local", "segment"]          # exactly these receive it
 //! expect.values.segment = { "/batch/0/event" = "Video Playback Paused" }
 //! ```
+//!
+//! Each destination's fate comes from the same plan the relay's worker follows
+//! ([`crate::deliver::Planner`]): its privacy rules, the types it never sends, then its
+//! translator. With `[qoe] enabled = true`, a case's events (`event` and any earlier
+//! `events` of the session) also make the session's `session.summary`, which
+//! `expect.summary.destinations` and `expect.summary.values` check the same way.
 
 use crate::config::{Config, DestinationConfig, DestinationKind};
-use crate::dest::webhook::encode_passthrough;
-use crate::dest::{build_translator, EventNames};
+use crate::deliver::plan::{Output, Planner};
 use crate::event::Event;
 use crate::route::{Decision, RouteTable};
 use serde::Deserialize;
@@ -37,8 +42,12 @@ struct CasesFile {
 #[serde(deny_unknown_fields)]
 struct Case {
     name: String,
-    /// JSON text, or a TOML table of the same shape.
-    event: EventInput,
+    /// JSON text, or a TOML table of the same shape: the event `expect` checks.
+    #[serde(default)]
+    event: Option<EventInput>,
+    /// More events of the case's sessions (before `event`), for their summaries.
+    #[serde(default)]
+    events: Vec<EventInput>,
     #[serde(default)]
     sent_at: Option<String>,
     expect: Expect,
@@ -58,6 +67,18 @@ struct Expect {
     #[serde(default)]
     destinations: Option<Vec<String>>,
     /// Per destination: JSON pointer → value, in the body it would send.
+    #[serde(default)]
+    values: BTreeMap<String, BTreeMap<String, Value>>,
+    /// The same, for the `session.summary` of the case's events (`[qoe] enabled = true`).
+    #[serde(default)]
+    summary: Option<Outcome>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Outcome {
+    #[serde(default)]
+    destinations: Option<Vec<String>>,
     #[serde(default)]
     values: BTreeMap<String, BTreeMap<String, Value>>,
 }
@@ -150,26 +171,101 @@ fn check(
             .map_err(|e| format!("sent_at {text:?} is not RFC 3339: {e}"))?,
         None => crate::system_clock()(),
     };
-    let json = match &case.event {
+    let mut session = Vec::with_capacity(case.events.len() + 1);
+    for (i, input) in case.events.iter().enumerate() {
+        session.push(parse(input, sent_at).map_err(|e| format!("events[{i}]: {e}"))?);
+    }
+    let event = match &case.event {
+        Some(input) => {
+            let event = parse(input, sent_at)?;
+            session.push(event.clone());
+            Some(event)
+        }
+        None => None,
+    };
+    let mut problems = Vec::new();
+    let expect = &case.expect;
+    match &event {
+        Some(event) => problems.extend(check_outcome(
+            config,
+            table,
+            names,
+            event,
+            sent_at,
+            expect.destinations.as_deref(),
+            &expect.values,
+            "",
+        )?),
+        None if expect.destinations.is_some() || !expect.values.is_empty() => problems.push(
+            "expect.destinations and expect.values check `event`, which the case does not have"
+                .into(),
+        ),
+        None => {}
+    }
+    if let Some(summary) = &expect.summary {
+        let mut summaries = crate::preview::summaries(config, &session, sent_at);
+        if !config.qoe.enabled {
+            problems.push(
+                "summary: [qoe] is not enabled in the config, so no session.summary is sent".into(),
+            );
+        } else if summaries.len() != 1 {
+            problems.push(format!(
+                "summary: the case's events make {} session summaries; expect.summary needs exactly one",
+                summaries.len()
+            ));
+        } else {
+            let summary_event = summaries.remove(0);
+            problems.extend(check_outcome(
+                config,
+                table,
+                names,
+                &summary_event,
+                sent_at,
+                summary.destinations.as_deref(),
+                &summary.values,
+                "summary: ",
+            )?);
+        }
+    }
+    Ok(problems)
+}
+
+fn parse(input: &EventInput, sent_at: OffsetDateTime) -> Result<Event, String> {
+    let json = match input {
         EventInput::Json(text) => text.clone(),
         EventInput::Table(value) => value.to_string(),
     };
     let raw: Box<serde_json::value::RawValue> =
         serde_json::from_str(&json).map_err(|e| format!("event is not JSON: {e}"))?;
-    let event = Event::from_json(&raw, sent_at).map_err(|e| format!("event is not valid: {e}"))?;
+    Event::from_json(&raw, sent_at).map_err(|e| format!("event is not valid: {e}"))
+}
+
+/// Routes one event and plans it at each destination it reaches; the problems found
+/// against what the case expects, each starting with `prefix`.
+#[allow(clippy::too_many_arguments)]
+fn check_outcome(
+    config: &Config,
+    table: &RouteTable,
+    names: &[&String],
+    event: &Event,
+    sent_at: OffsetDateTime,
+    destinations: Option<&[String]>,
+    values: &BTreeMap<String, BTreeMap<String, Value>>,
+    prefix: &str,
+) -> Result<Vec<String>, String> {
     let mut decision = Decision::default();
-    table.decide(&event, &mut decision);
+    table.decide(event, &mut decision);
     let mut fates = BTreeMap::new();
     for index in &decision.destinations {
         let name = names[*index];
         fates.insert(
             name.clone(),
-            fate(&config.destinations[name], &event, sent_at)?,
+            fate(config, &config.destinations[name], event, sent_at)?,
         );
     }
     let mut problems = Vec::new();
-    if let Some(expected) = &case.expect.destinations {
-        let mut expected = expected.clone();
+    if let Some(expected) = destinations {
+        let mut expected = expected.to_vec();
         expected.sort();
         let got: Vec<String> = fates
             .iter()
@@ -178,29 +274,29 @@ fn check(
             .collect();
         if got != expected {
             problems.push(format!(
-                "destinations: expected {}, got {}",
+                "{prefix}destinations: expected {}, got {}",
                 list(&expected),
                 list(&got)
             ));
             for (name, fate) in &fates {
                 if let Fate::LeftOut(why) = fate {
-                    problems.push(format!("  {name}: routed but {why}"));
+                    problems.push(format!("  {prefix}{name}: routed but {why}"));
                 }
             }
             if decision.destinations.is_empty() {
-                problems.push("  no route matched the event".into());
+                problems.push(format!("  {prefix}no route matched the event"));
             }
         }
     }
-    for (destination, values) in &case.expect.values {
+    for (destination, values) in values {
         let body = match fates.get(destination) {
             Some(Fate::Received(body)) => body,
             Some(Fate::LeftOut(why)) => {
-                problems.push(format!("{destination}: {why}"));
+                problems.push(format!("{prefix}{destination}: {why}"));
                 continue;
             }
             None => {
-                problems.push(format!("{destination}: does not receive the event"));
+                problems.push(format!("{prefix}{destination}: does not receive the event"));
                 continue;
             }
         };
@@ -208,10 +304,10 @@ fn check(
             match body.pointer(pointer) {
                 Some(got) if same(got, expected) => {}
                 Some(got) => problems.push(format!(
-                    "{destination} {pointer}: expected {expected}, got {got}"
+                    "{prefix}{destination} {pointer}: expected {expected}, got {got}"
                 )),
                 None => problems.push(format!(
-                    "{destination} {pointer}: expected {expected}, but the body has no such value"
+                    "{prefix}{destination} {pointer}: expected {expected}, but the body has no such value"
                 )),
             }
         }
@@ -219,47 +315,50 @@ fn check(
     Ok(problems)
 }
 
+/// What the destination does with the event, by the plan its worker follows.
 fn fate(
+    config: &Config,
     destination: &DestinationConfig,
     event: &Event,
     sent_at: OffsetDateTime,
 ) -> Result<Fate, String> {
-    if let DestinationKind::File(_) = destination.kind {
-        let names = EventNames::new(destination.common.events.clone());
-        let mut out = Vec::new();
-        return Ok(
-            match encode_passthrough(event, &names, destination.common.properties, &mut out) {
-                Ok(()) => Fate::Received(serde_json::from_slice(&out).unwrap_or(Value::Null)),
-                Err(unnamed) => Fate::LeftOut(format!("dropped ({})", unnamed.reason())),
-            },
-        );
+    let planner =
+        Planner::new(destination, config.server.hash_salt.as_ref()).map_err(|e| e.to_string())?;
+    let plan = planner.plan(&[event], sent_at);
+    if let Some(refusal) = plan.left_out.first() {
+        return Ok(Fate::LeftOut(if refusal.detail.is_empty() {
+            format!("left out ({})", refusal.reason)
+        } else {
+            format!("left out ({}): {}", refusal.reason, refusal.detail)
+        }));
     }
-    let translator = build_translator(destination).map_err(|e| e.to_string())?;
-    let translation = translator.translate(&[event], sent_at);
-    if let Some(refusal) = translation.refused.first() {
-        return Ok(Fate::LeftOut(format!(
-            "left out ({}): {}",
-            refusal.reason, refusal.detail
-        )));
-    }
-    let Some(request) = translation.requests.first() else {
-        return Ok(Fate::LeftOut("no request built".into()));
-    };
-    let mut body = request.body.to_vec();
-    if request
-        .headers
-        .get(http::header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes() == b"gzip")
-    {
-        let mut plain = Vec::new();
-        let mut decoder = flate2::read::GzDecoder::new(&body[..]);
-        if std::io::Read::read_to_end(&mut decoder, &mut plain).is_ok() {
-            body = plain;
+    let mut body = match plan.output {
+        Output::Lines { body, .. } => body,
+        Output::Requests(requests) => {
+            let Some(request) = requests.first() else {
+                return Ok(Fate::LeftOut("no request built".into()));
+            };
+            let mut body = request.body.to_vec();
+            if request
+                .headers
+                .get(http::header::CONTENT_ENCODING)
+                .is_some_and(|v| v.as_bytes() == b"gzip")
+            {
+                let mut plain = Vec::new();
+                let mut decoder = flate2::read::GzDecoder::new(&body[..]);
+                if std::io::Read::read_to_end(&mut decoder, &mut plain).is_ok() {
+                    body = plain;
+                }
+            }
+            body
         }
+    };
+    if body.last() == Some(&b'\n') {
+        body.pop();
     }
     let mut value: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
-        // NDJSON webhooks: one event, one line.
+        // NDJSON bodies and files: one event, one line.
         Err(_) => serde_json::from_slice(body.split(|b| *b == b'\n').next().unwrap_or(&[]))
             .unwrap_or(Value::Null),
     };

@@ -1,10 +1,11 @@
 //! `playrelay translate`: the exact requests a destination would send for some events,
-//! without sending them. Same parser, same batching limits, same translator.
+//! without sending them. Same parser, same batching limits, same plan (privacy rules,
+//! skipped types, translator) as the relay's worker.
 
 use crate::config::{Config, DestinationKind};
-use crate::dest::file::encode_lines;
-use crate::dest::{build_translator, render_request, Disposition, EventNames, Refusal};
-use crate::event::{parse_body, BodyFormat, BodyLimits, Event};
+use crate::deliver::plan::{Output, Planner};
+use crate::dest::render_request;
+use crate::event::{parse_body, BodyFormat, BodyLimits, Event, SessionEnd};
 use std::fmt::Write as _;
 use time::OffsetDateTime;
 
@@ -60,95 +61,73 @@ pub fn preview(
             rejection.index, rejection.error
         );
     }
-    // The destination's privacy rules, as the worker applies them before translating.
-    let mut visible = Vec::with_capacity(parsed.events.len());
-    let policy = crate::privacy::Policy::new(&dest.common, config.server.hash_salt.as_ref());
-    for (index, event) in parsed.events.into_iter().enumerate() {
-        let Some(policy) = &policy else {
-            visible.push(event);
-            continue;
-        };
-        if !policy.consents(&event) {
-            let _ = writeln!(
-                out,
-                "# event {index} ({} {}): dropped: consent",
-                event.event_type(),
-                event.event_id()
-            );
-            continue;
-        }
-        match policy.apply(&event) {
-            Ok(rewritten) => visible.push(rewritten),
-            Err(error) => {
-                let _ = writeln!(
-                    out,
-                    "# event {index} ({} {}): dropped: privacy: {error}",
-                    event.event_type(),
-                    event.event_id()
-                );
-            }
-        }
-    }
-    let events: Vec<&Event> = visible.iter().collect();
+    let mut events = parsed.events;
+    // With `[qoe]` on, the relay also sends each session's summary once it closes: here
+    // every session in the input closes at its end, as after its idle timeout.
+    events.extend(summaries(config, &events, sent_at));
+    let events: Vec<&Event> = events.iter().collect();
     let chunk = dest.common.batch.max_events.max(1);
-    // One translator for the whole input, as a destination has one for its life: what
-    // it remembers across batches (GA4's engagement clock) then shows here too.
-    let translator = match &dest.kind {
-        DestinationKind::File(_) => None,
-        _ => Some(build_translator(dest)?),
-    };
+    // One planner for the whole input, as a destination has one for its life: what its
+    // translator remembers across batches (GA4's engagement clock) then shows here too.
+    let planner = Planner::new(dest, config.server.hash_salt.as_ref())?;
+    let secrets = planner.secrets();
     for (batch_index, batch) in events.chunks(chunk).enumerate() {
         let offset = batch_index * chunk;
-        let refused: Vec<Refusal> = match (&dest.kind, &translator) {
-            (DestinationKind::File(file), _) => {
-                let names = EventNames::new(dest.common.events.clone());
-                let (body, _, refused) = encode_lines(batch, &names, dest.common.properties);
+        let plan = planner.plan(batch, sent_at);
+        match (&plan.output, &dest.kind) {
+            (Output::Lines { body, .. }, DestinationKind::File(file)) => {
                 let _ = writeln!(
                     out,
                     "# append to {}\n{}",
                     file.path.display(),
-                    String::from_utf8_lossy(&body)
+                    String::from_utf8_lossy(body)
                 );
-                refused
             }
-            (_, None) => Vec::new(),
-            (_, Some(translator)) => {
-                let translation = translator.translate(batch, sent_at);
-                let secrets = translator.secrets();
-                for request in &translation.requests {
+            (Output::Lines { .. }, _) => {}
+            (Output::Requests(requests), _) => {
+                for request in requests {
                     out.push_str(&render_request(request, &secrets));
                 }
-                for note in &translation.notes {
-                    let event = batch[note.index];
-                    let _ = writeln!(
-                        out,
-                        "# event {} ({} {}): sent, {}: {}",
-                        offset + note.index,
-                        event.event_type(),
-                        event.event_id(),
-                        note.reason,
-                        note.detail
-                    );
-                }
-                translation.refused
             }
-        };
-        for refusal in refused {
+        }
+        for note in &plan.notes {
+            let event = batch[note.index];
+            let _ = writeln!(
+                out,
+                "# event {} ({} {}): sent, {}: {}",
+                offset + note.index,
+                event.event_type(),
+                event.event_id(),
+                note.reason,
+                note.detail
+            );
+        }
+        for refusal in &plan.left_out {
             let event = batch[refusal.index];
-            let what = match refusal.disposition {
-                Disposition::Dropped => "dropped",
-                Disposition::Refused => "refused (dead-lettered)",
+            let detail = if refusal.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", refusal.detail)
             };
             let _ = writeln!(
                 out,
-                "# event {} ({} {}): {what}: {}: {}",
+                "# event {} ({} {}): {}: {}{detail}",
                 offset + refusal.index,
                 event.event_type(),
                 event.event_id(),
+                refusal.what(),
                 refusal.reason,
-                refusal.detail
             );
         }
     }
     Ok(out)
+}
+
+/// The `session.summary` events the relay would emit for the sessions of `events` when
+/// `[qoe] enabled = true` (none otherwise), as if each session then went idle.
+pub fn summaries(config: &Config, events: &[Event], received_at: OffsetDateTime) -> Vec<Event> {
+    if !config.qoe.enabled {
+        return Vec::new();
+    }
+    crate::qoe::summarize_events(events, SessionEnd::IdleTimeout, received_at)
 }

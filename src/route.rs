@@ -2,8 +2,7 @@
 //! sample whole sessions, and an event reaches each destination at most once however
 //! many routes pick it.
 
-use crate::config::RouteConfig;
-use crate::event::{Event, KNOWN_TYPES};
+use crate::event::{Event, EventType};
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use std::collections::HashMap;
 use xxhash_rust::xxh3::xxh3_64;
@@ -53,7 +52,8 @@ pub struct RouteTable {
     routes: Vec<CompiledRoute>,
     /// For every contract type, the routes whose globs match it, worked out once so the
     /// per-event path runs no glob; only `custom.*` types are matched per event.
-    routes_by_type: HashMap<&'static str, Vec<usize>>,
+    /// The routes each contract type matches, by `EventType as usize`.
+    routes_by_type: Vec<Vec<usize>>,
 }
 
 impl RouteTable {
@@ -94,9 +94,9 @@ impl RouteTable {
                 sources: route.sources.clone(),
             });
         }
-        let routes_by_type = KNOWN_TYPES
+        let routes_by_type = EventType::ALL
             .iter()
-            .map(|ty| (*ty, type_matches(&compiled, ty)))
+            .map(|ty| type_matches(&compiled, ty.as_str()))
             .collect();
         Ok(RouteTable {
             routes: compiled,
@@ -107,7 +107,7 @@ impl RouteTable {
     pub fn empty() -> RouteTable {
         RouteTable {
             routes: Vec::new(),
-            routes_by_type: HashMap::new(),
+            routes_by_type: vec![Vec::new(); EventType::ALL.len()],
         }
     }
 
@@ -120,8 +120,8 @@ impl RouteTable {
         decision.sampled_out.clear();
         let event_type = event.event_type();
         let custom;
-        let matching = match self.routes_by_type.get(event_type) {
-            Some(routes) => routes,
+        let matching = match event.known_type() {
+            Some(ty) => &self.routes_by_type[ty as usize],
             None => {
                 custom = type_matches(&self.routes, event_type);
                 &custom
@@ -174,6 +174,19 @@ fn sample_threshold(share: f64) -> u64 {
     } else {
         (share * u64::MAX as f64) as u64
     }
+}
+
+/// One `[[routes]]` entry, as the config loader checked it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Globs on the event type.
+    pub types: Vec<String>,
+    pub to: Vec<String>,
+    /// Share of sessions kept, 0.0–1.0; whole sessions, decided from `session.id`.
+    pub sample: Option<f64>,
+    /// Ingest sources the event must have come through; empty: any.
+    pub sources: Vec<String>,
 }
 
 #[cfg(test)]

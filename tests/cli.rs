@@ -492,3 +492,213 @@ odd = "/a~2b"
     }
     assert!(stderr.contains("4 error(s)"), "{stderr}");
 }
+
+/// `playrelay test` follows the plan the relay's worker follows: an event the
+/// destination's consent rule drops is left out, a `drop_fields` field is not in the
+/// body, and with `[qoe]` on, a case's session makes the `session.summary` the relay
+/// would send. (Before the one plan, the first two passed for deliveries the relay drops.)
+#[test]
+fn test_command_applies_privacy_rules_and_plans_session_summaries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[qoe]
+enabled = true
+
+[destinations.hook]
+type = "webhook"
+endpoint = "http://127.0.0.1:9/events"
+consent = "analytics"
+drop_fields = ["properties.email"]
+
+[[routes]]
+name = "everything"
+match = { types = ["*"] }
+to = ["hook"]
+"#,
+    )
+    .expect("write config");
+    let event = |id: &str, ty: &str, ms: u32, extra: &str| {
+        format!(
+            r#"{{"event_id": "0190f6d2-7c3a-7b1e-9a1e-3f2c8d1e4b{id}", "type": "{ty}", "timestamp": "2026-11-01T19:00:{:02}.{:03}Z", "session": {{"id": "s-1"}}, "user": {{"anonymous_id": "a-1"}}{extra}}}"#,
+            ms / 1000,
+            ms % 1000
+        )
+    };
+    let cases = dir.path().join("cases.toml");
+    let refused = event(
+        "01",
+        "playback.paused",
+        0,
+        r#", "context": {"consent": {"analytics": false}}"#,
+    );
+    let private = event(
+        "02",
+        "playback.paused",
+        0,
+        r#", "properties": {"email": "a@example.com", "plan": "gold"}"#,
+    );
+    let started = event("03", "playback.requested", 0, "");
+    let playing = event("04", "playback.started", 1500, "");
+    let ended = event("05", "playback.completed", 9000, "");
+    std::fs::write(
+        &cases,
+        format!(
+            r#"sent_at = "2026-11-01T21:00:00Z"
+
+[[cases]]
+name = "no consent, yet expected at the hook"
+event = '{refused}'
+expect.destinations = ["hook"]
+
+[[cases]]
+name = "a dropped field, yet expected in the body"
+event = '{private}'
+expect.values.hook = {{ "/properties/email" = "a@example.com" }}
+
+[[cases]]
+name = "what the rules let through"
+event = '{private}'
+expect.destinations = ["hook"]
+expect.values.hook = {{ "/properties/plan" = "gold" }}
+
+[[cases]]
+name = "a session's summary"
+events = ['{started}', '{playing}']
+event = '{ended}'
+expect.destinations = ["hook"]
+expect.summary.destinations = ["hook"]
+expect.summary.values.hook = {{ "/type" = "session.summary", "/session/id" = "s-1", "/data/events" = 3, "/data/startup_ms" = 1500, "/data/ended_by" = "completed" }}
+"#
+        ),
+    )
+    .expect("write cases");
+    let out = Command::new(BIN)
+        .arg("test")
+        .arg("--config")
+        .arg(&config)
+        .arg(&cases)
+        .output()
+        .expect("run playrelay");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "FAIL  no consent, yet expected at the hook\n      destinations: expected [hook], got none\n        hook: routed but left out (consent)\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "FAIL  a dropped field, yet expected in the body\n      hook /properties/email: expected \"a@example.com\", but the body has no such value\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok    what the rules let through\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ok    a session's summary\n"), "{stdout}");
+    assert!(stdout.contains("2 passed, 2 failed"), "{stdout}");
+}
+
+/// `translate` with `[qoe]` on shows the `session.summary` of each session in the
+/// input after its events, planned like them (here: left out by a consent rule).
+#[test]
+fn translate_adds_the_summaries_of_the_input_sessions_when_qoe_is_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("routes.toml");
+    let write = |qoe: bool| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"[server]
+listen = "127.0.0.1:0"
+
+[qoe]
+enabled = {qoe}
+
+[destinations.hook]
+type = "webhook"
+endpoint = "http://127.0.0.1:9/events"
+consent = "advertising"
+batch = {{ max_events = 1 }}
+
+[[routes]]
+name = "everything"
+match = {{ types = ["*"] }}
+to = ["hook"]
+"#
+            ),
+        )
+        .expect("write config");
+    };
+    let input = concat!(
+        r#"{"event_id": "0190f6d2-7c3a-7b1e-9a1e-3f2c8d1e4b01", "type": "playback.requested", "timestamp": "2026-11-01T19:00:00.000Z", "session": {"id": "s-1"}, "user": {"anonymous_id": "a-1"}}"#,
+        "\n",
+        r#"{"event_id": "0190f6d2-7c3a-7b1e-9a1e-3f2c8d1e4b02", "type": "playback.paused", "timestamp": "2026-11-01T19:00:01.000Z", "session": {"id": "s-2"}, "user": {"anonymous_id": "a-2"}, "context": {"consent": {"advertising": false}}}"#,
+        "\n",
+    );
+    let run = || {
+        let mut child = Command::new(BIN)
+            .arg("translate")
+            .arg("--config")
+            .arg(&config)
+            .args(["--destination", "hook", "--sent-at", "2026-11-01T21:00:00Z"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run playrelay");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("output");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    write(false);
+    let off = run();
+    assert_eq!(
+        off.matches("POST http://127.0.0.1:9/events").count(),
+        1,
+        "{off}"
+    );
+    assert!(!off.contains("session.summary"), "{off}");
+    assert!(
+        off.contains(
+            "# event 1 (playback.paused 0190f6d2-7c3a-7b1e-9a1e-3f2c8d1e4b02): dropped: consent\n"
+        ),
+        "{off}"
+    );
+    write(true);
+    let on = run();
+    // Each session's summary: s-1's is sent, s-2's carries its first event's context,
+    // so the consent rule leaves it out too.
+    assert_eq!(
+        on.matches("POST http://127.0.0.1:9/events").count(),
+        2,
+        "{on}"
+    );
+    assert_eq!(
+        on.matches("\"type\":\"session.summary\"").count(),
+        1,
+        "{on}"
+    );
+    assert!(on.contains("\"ended_by\":\"idle_timeout\""), "{on}");
+    assert!(
+        on.contains("(session.summary ") && on.contains("): dropped: consent\n"),
+        "{on}"
+    );
+}

@@ -434,3 +434,82 @@ to = ["down", "up"]
         relay.shutdown().await;
     }
 }
+
+/// A request the HTTP stack cannot even build (here a Segment endpoint with a `<`,
+/// which the endpoint check lets through) never reaches a vendor: it is dead-lettered
+/// as `invalid_request` after one attempt, not retried, and not held against the
+/// breaker, which stays closed however many such requests fail.
+#[tokio::test]
+async fn a_request_that_cannot_be_built_is_neither_retried_nor_held_against_the_breaker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+dead_letter_dir = "{}"
+
+[destinations.vendor]
+type = "segment"
+write_key = "wk-0123456789"
+endpoint = "http://127.0.0.1:{}/v1/<batch>"
+batch = {{ max_events = 1, max_wait_ms = 1 }}
+breaker = {{ failure_threshold = 2, probe_interval_ms = 60000 }}
+{QUICK_RETRY}
+
+[[routes]]
+name = "all"
+match = {{ types = ["playback.paused"] }}
+to = ["vendor"]
+"#,
+        dir.path().display(),
+        closed_port()
+    );
+    let relay = start_relay(&toml).await;
+    let paused: Vec<Value> = events("unbuildable", 708)
+        .into_iter()
+        .filter(|e| e["type"] == "playback.paused")
+        .take(5)
+        .collect();
+    assert_eq!(paused.len(), 5, "the fixture has pauses");
+    let answer = post_ndjson(relay.local_addr, ndjson(&paused)).await;
+    assert_eq!(answer.body["accepted"], 5);
+    let metrics = relay.relay.clone();
+    wait_until(
+        "the five are dead-lettered",
+        Duration::from_secs(10),
+        || Accounts::read(&metrics.metrics.encode(), "vendor").dead_lettered == 5.0,
+    )
+    .await;
+    let text = metrics.metrics.encode();
+    relay.shutdown().await;
+    let accounts = Accounts::read(&text, "vendor");
+    accounts.assert_balanced();
+    assert_eq!(accounts.sent, 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            "playrelay_destination_retries_total{destination=\"vendor\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "playrelay_destination_breaker_state{destination=\"vendor\"}"
+        ),
+        0.0,
+        "five unbuilt requests against a threshold of two: still closed"
+    );
+    let records = dead_letters(dir.path(), "vendor");
+    assert_eq!(records.len(), 5);
+    for record in &records {
+        assert_eq!(record["reason"], "invalid_request", "{record}");
+        assert_eq!(record["attempts"], 1, "{record}");
+        assert!(
+            record["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("invalid request: ")),
+            "{record}"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! generate, covers the whole contract, and accepts every fixture event while refusing
 //! what the relay refuses.
 
-use playrelay::event::{event_type_description, player_event_schema_json, KNOWN_TYPES};
+use playrelay::event::{event_type_description, player_event_schema_json, EventType};
 use serde_json::{json, Value};
 
 const COMMITTED: &str = include_str!("../schema/player-event-1.schema.json");
@@ -40,14 +40,14 @@ fn schema_is_draft_2020_12_and_describes_every_type_and_field() {
     let types = schema["properties"]["type"]["anyOf"]
         .as_array()
         .expect("type is a list of choices");
-    for ty in KNOWN_TYPES {
+    for ty in EventType::ALL {
         let entry = types
             .iter()
-            .find(|c| c["const"] == *ty)
+            .find(|c| c["const"] == ty.as_str())
             .unwrap_or_else(|| panic!("event type {ty} is missing from the schema"));
         assert!(entry["description"].as_str().is_some_and(|d| !d.is_empty()));
     }
-    for ty in KNOWN_TYPES {
+    for ty in EventType::ALL {
         assert!(
             event_type_description(ty).is_some(),
             "event type {ty} has no description in src/event/schema.rs"

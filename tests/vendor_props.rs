@@ -9,7 +9,7 @@ use playrelay::dest::ga4::{self, Ga4Config, Ga4Translator};
 use playrelay::dest::segment::{SegmentConfig, SegmentTranslator};
 use playrelay::dest::tealium::{TealiumConfig, TealiumTranslator};
 use playrelay::dest::{BatchLimits, EventNames, Translate};
-use playrelay::event::{Event, KNOWN_TYPES};
+use playrelay::event::{Event, EventType};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use support::*;
@@ -66,7 +66,7 @@ fn properties() -> impl Strategy<Value = Option<Map<String, Value>>> {
 
 fn event_type() -> impl Strategy<Value = String> {
     prop_oneof![
-        4 => proptest::sample::select(KNOWN_TYPES).prop_map(str::to_string),
+        4 => proptest::sample::select(EventType::ALL.to_vec()).prop_map(|t| t.as_str().to_string()),
         1 => text(60).prop_filter("non-empty", |s| !s.is_empty()).prop_map(|s| format!("custom.{s}")),
     ]
 }

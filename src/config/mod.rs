@@ -4,12 +4,21 @@
 mod edge;
 mod env;
 mod load;
+mod vendors;
 
 pub use edge::{
     canonical, Cidr, ConsentCategory, InboundTls, IngestRateLimit, IpPolicy, Secret, SourceConfig,
     PROTECTED_FIELDS,
 };
 pub use load::{load_file, load_str, ConfigError, ConfigErrors};
+pub use vendors::{build_translator, configured_secrets, max_concurrency_default, Vendor, VENDORS};
+
+// Delivery's own settings, owned by the steps that use them.
+pub use crate::deliver::{
+    BatchConfig, BreakerConfig, ConcurrencySetting, QueueConfig, RateLimitConfig, RetryConfig,
+    WhenFull,
+};
+pub use crate::route::RouteConfig;
 
 use crate::dest::file::FileConfig;
 use crate::dest::ga4::Ga4Config;
@@ -203,43 +212,6 @@ pub(crate) const COMMON_KEYS: &[&str] = &[
     "ip",
 ];
 
-/// `concurrency = "adaptive"` or `concurrency = N`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ConcurrencySetting {
-    #[default]
-    Adaptive,
-    Fixed(usize),
-}
-
-impl<'de> Deserialize<'de> for ConcurrencySetting {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ConcurrencySetting;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("\"adaptive\" or a number of requests")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                match v {
-                    "adaptive" => Ok(ConcurrencySetting::Adaptive),
-                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
-                }
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                usize::try_from(v)
-                    .map(ConcurrencySetting::Fixed)
-                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                usize::try_from(v)
-                    .map(ConcurrencySetting::Fixed)
-                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
 impl Config {
     /// The most requests any destination may have in flight: what the shared
     /// client's keep-alive pool is sized to.
@@ -265,123 +237,6 @@ impl DestinationCommon {
     }
 }
 
-/// How far an adaptive limit may climb when `max_concurrency` is unset. With round
-/// trips of about 100 ms: Segment 100 requests in flight is its documented ~1,000
-/// requests/s; Tealium's 100 events/s is 10 requests of 10 a second, so 8 is plenty;
-/// GA4 states no rate but sends at most 25 events of one client per request, so it
-/// needs many; a webhook is the user's own server: 128, raise it with `max_concurrency`.
-pub fn max_concurrency_default(type_name: &str) -> usize {
-    match type_name {
-        "segment" => 100,
-        "tealium" => 8,
-        "ga4" => 256,
-        "file" => 1,
-        _ => 128,
-    }
-}
-
-/// Limits on what the relay sends a destination, per second, with a burst allowance.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    #[serde(default)]
-    pub requests_per_second: Option<u32>,
-    #[serde(default)]
-    pub events_per_second: Option<u32>,
-    /// How far above the steady rate a burst may go; defaults to one second's worth.
-    #[serde(default)]
-    pub burst: Option<u32>,
-}
-
-impl RateLimitConfig {
-    /// The documented vendor limits: Tealium 100 events/s per account, Segment about
-    /// 1,000 requests/s per workspace.
-    pub fn vendor_default(type_name: &str) -> Option<RateLimitConfig> {
-        match type_name {
-            "tealium" => Some(RateLimitConfig {
-                requests_per_second: None,
-                events_per_second: Some(100),
-                burst: None,
-            }),
-            "segment" => Some(RateLimitConfig {
-                requests_per_second: Some(1000),
-                events_per_second: None,
-                burst: None,
-            }),
-            _ => None,
-        }
-    }
-}
-
-/// Exponential backoff with full jitter, bounded in attempts and in total time.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RetryConfig {
-    /// Attempts in all, the first one included.
-    #[serde(default = "defaults::max_attempts")]
-    pub max_attempts: u32,
-    #[serde(default = "defaults::initial_backoff_ms")]
-    pub initial_backoff_ms: u64,
-    #[serde(default = "defaults::max_backoff_ms")]
-    pub max_backoff_ms: u64,
-    /// From the first attempt; no retry starts after this.
-    #[serde(default = "defaults::max_elapsed_ms")]
-    pub max_elapsed_ms: u64,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            max_attempts: defaults::max_attempts(),
-            initial_backoff_ms: defaults::initial_backoff_ms(),
-            max_backoff_ms: defaults::max_backoff_ms(),
-            max_elapsed_ms: defaults::max_elapsed_ms(),
-        }
-    }
-}
-
-/// Fail fast: after `failure_threshold` failed attempts in a row the destination stops
-/// sending and probes the vendor every `probe_interval_ms` until one succeeds.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct BreakerConfig {
-    #[serde(default = "defaults::failure_threshold")]
-    pub failure_threshold: u32,
-    #[serde(default = "defaults::probe_interval_ms")]
-    pub probe_interval_ms: u64,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            failure_threshold: defaults::failure_threshold(),
-            probe_interval_ms: defaults::probe_interval_ms(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BatchConfig {
-    #[serde(default = "defaults::batch_max_events")]
-    pub max_events: usize,
-    #[serde(default = "defaults::batch_max_bytes")]
-    pub max_bytes: usize,
-    /// How long the first event of a batch may wait for others.
-    #[serde(default = "defaults::batch_max_wait_ms")]
-    pub max_wait_ms: u64,
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        BatchConfig {
-            max_events: defaults::batch_max_events(),
-            max_bytes: defaults::batch_max_bytes(),
-            max_wait_ms: defaults::batch_max_wait_ms(),
-        }
-    }
-}
-
 impl BatchConfig {
     /// Batch sizes for a vendor when `batch.max_events` / `max_bytes` are unset: as
     /// large as the vendor takes in one request, so round trips carry the most events.
@@ -389,81 +244,12 @@ impl BatchConfig {
     /// 500 KB limit). A webhook: 500 events and 512 KB (under the common 1 MB body
     /// limit of web servers). GA4 and Tealium split each batch by client (25) and
     /// visitor (10) per request; their batch is what one translation sorts.
-    pub fn vendor_default(type_name: &str) -> BatchConfig {
-        let (max_events, max_bytes) = match type_name {
-            "segment" => (
-                crate::dest::segment::MAX_REQUEST_EVENTS,
-                crate::dest::segment::MAX_REQUEST_BYTES,
-            ),
-            "ga4" => (500, 512 * 1024),
-            "tealium" => (100, 512 * 1024),
-            "file" => (1000, 1 << 20),
-            _ => (500, 512 * 1024),
-        };
-        BatchConfig {
-            max_events,
-            max_bytes,
-            max_wait_ms: defaults::batch_max_wait_ms(),
-        }
-    }
-
     pub fn limits(&self) -> BatchLimits {
         BatchLimits {
             max_events: self.max_events,
             max_bytes: self.max_bytes,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct QueueConfig {
-    /// Events held in memory for the destination: the whole queue with the memory
-    /// spool, the window read ahead of the disk backlog with the disk spool.
-    #[serde(default = "defaults::queue_max_events")]
-    pub max_events: usize,
-    /// The destination's backlog on disk (disk spool): past it, `when_full` decides.
-    #[serde(default = "defaults::queue_max_bytes")]
-    pub max_bytes: u64,
-    /// What happens when the queue (memory) or the backlog (disk) is full.
-    #[serde(default)]
-    pub when_full: WhenFull,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Written to the dead-letter file, so it can be replayed.
-    #[default]
-    DeadLetter,
-    /// Counted as `dropped{reason="queue_full"}` and gone.
-    DropNewest,
-    /// Disk spool: the oldest backlog is counted as `dropped{reason="backlog_full"}`.
-    DropOldest,
-    /// Disk spool: ingest answers 503 with `Retry-After` for events routed here.
-    Block,
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        QueueConfig {
-            max_events: defaults::queue_max_events(),
-            max_bytes: defaults::queue_max_bytes(),
-            when_full: WhenFull::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteConfig {
-    pub name: String,
-    /// Globs on the event type.
-    pub types: Vec<String>,
-    pub to: Vec<String>,
-    /// Share of sessions kept, 0.0–1.0; whole sessions, decided from `session.id`.
-    pub sample: Option<f64>,
-    /// Ingest sources the event must have come through; empty: any.
-    pub sources: Vec<String>,
 }
 
 mod defaults {
@@ -485,45 +271,11 @@ mod defaults {
     pub fn timeout_ms() -> u64 {
         10_000
     }
-    pub fn batch_max_events() -> usize {
-        100
-    }
-    pub fn batch_max_bytes() -> usize {
-        512 * 1024
-    }
-    pub fn batch_max_wait_ms() -> u64 {
-        1_000
-    }
-    /// About 3 KB per queued event: 10,000 is ~30 MB for a destination that stalls.
-    pub fn queue_max_events() -> usize {
-        10_000
-    }
-    pub fn queue_max_bytes() -> u64 {
-        256 << 20
-    }
     pub fn dead_letter_dir() -> std::path::PathBuf {
         "playrelay-out/dead-letter".into()
     }
     pub fn dry_run_dir() -> std::path::PathBuf {
         "playrelay-out/dry-run".into()
-    }
-    pub fn max_attempts() -> u32 {
-        5
-    }
-    pub fn initial_backoff_ms() -> u64 {
-        200
-    }
-    pub fn max_backoff_ms() -> u64 {
-        30_000
-    }
-    pub fn max_elapsed_ms() -> u64 {
-        120_000
-    }
-    pub fn failure_threshold() -> u32 {
-        5
-    }
-    pub fn probe_interval_ms() -> u64 {
-        5_000
     }
     pub fn max_connections() -> usize {
         10_000

@@ -1,8 +1,8 @@
 //! Gathering a batch from a destination's queue: as many events as fit the limits, for
 //! at most `max_wait` after the first one arrives.
 
-use crate::config::BatchConfig;
 use crate::event::Event;
+use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -44,4 +44,38 @@ pub async fn next_batch(
 /// The event's size as the client sent it: close to what most destinations send.
 fn estimated_size(event: &Event) -> usize {
     event.raw_json().len() + 40
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    #[serde(default = "defaults::batch_max_events")]
+    pub max_events: usize,
+    #[serde(default = "defaults::batch_max_bytes")]
+    pub max_bytes: usize,
+    /// How long the first event of a batch may wait for others.
+    #[serde(default = "defaults::batch_max_wait_ms")]
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: defaults::batch_max_events(),
+            max_bytes: defaults::batch_max_bytes(),
+            max_wait_ms: defaults::batch_max_wait_ms(),
+        }
+    }
+}
+
+mod defaults {
+    pub fn batch_max_events() -> usize {
+        100
+    }
+    pub fn batch_max_bytes() -> usize {
+        512 * 1024
+    }
+    pub fn batch_max_wait_ms() -> u64 {
+        1_000
+    }
 }

@@ -2,8 +2,8 @@
 //! through every `probe_interval`, and resumes by itself when a probe succeeds. Its
 //! queue keeps filling meanwhile, up to its capacity.
 
-use crate::config::BreakerConfig;
 use prometheus_client::metrics::gauge::Gauge;
+use serde::Deserialize;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -84,6 +84,18 @@ impl Breaker {
         }
     }
 
+    /// The request was never sent (it could not be built): says nothing of the vendor.
+    /// A probe that was out hands its turn to the next request.
+    pub fn release(&self) {
+        let mut state = self.lock();
+        if *state == State::Probing {
+            *state = State::Open {
+                until: Instant::now(),
+            };
+            self.gauge.set(1);
+        }
+    }
+
     /// A connection error, timeout or retryable status.
     pub fn failure(&self) {
         let mut state = self.lock();
@@ -109,6 +121,35 @@ impl Breaker {
                 );
             }
         }
+    }
+}
+
+/// Fail fast: after `failure_threshold` failed attempts in a row the destination stops
+/// sending and probes the vendor every `probe_interval_ms` until one succeeds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    #[serde(default = "defaults::failure_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default = "defaults::probe_interval_ms")]
+    pub probe_interval_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: defaults::failure_threshold(),
+            probe_interval_ms: defaults::probe_interval_ms(),
+        }
+    }
+}
+
+mod defaults {
+    pub fn failure_threshold() -> u32 {
+        5
+    }
+    pub fn probe_interval_ms() -> u64 {
+        5_000
     }
 }
 

@@ -19,6 +19,7 @@
 //! The rate limit (`rate_limit.rs`) stays the hard ceiling on what is sent per second.
 
 use prometheus_client::metrics::gauge::Gauge;
+use serde::Deserialize;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -254,6 +255,43 @@ fn new_window(state: &mut State, now: Instant) {
     state.window_sum = Duration::ZERO;
     state.window_count = 0;
     state.reached = state.in_flight >= state.limit;
+}
+
+/// `concurrency = "adaptive"` or `concurrency = N`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConcurrencySetting {
+    #[default]
+    Adaptive,
+    Fixed(usize),
+}
+
+impl<'de> Deserialize<'de> for ConcurrencySetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ConcurrencySetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"adaptive\" or a number of requests")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "adaptive" => Ok(ConcurrencySetting::Adaptive),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                usize::try_from(v)
+                    .map(ConcurrencySetting::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                usize::try_from(v)
+                    .map(ConcurrencySetting::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[cfg(test)]

@@ -12,12 +12,101 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use time::OffsetDateTime;
 
+/// Why events were given up: the `reason` of a dead-letter record. [`Reason::as_str`]
+/// is the one spelling, in dead-letter files, logs and metric labels.
+#[derive(Debug, Clone)]
+pub enum Reason {
+    /// The vendor called the request bad (a 4xx it will not take again).
+    Rejected,
+    /// Retries ran out (`max_attempts` or `max_elapsed_ms`).
+    RetriesExhausted,
+    /// The destination's queue was full (`when_full = "dead_letter"`).
+    QueueFull,
+    /// The disk backlog was past `queue.max_bytes`.
+    BacklogFull,
+    /// Shutdown gave up waiting on them.
+    Shutdown,
+    /// The destination was removed by a reload while they were owed.
+    Removed,
+    /// A `file` destination could not append them.
+    WriteFailed,
+    /// A `dry_run` destination could not write its request file.
+    DryRunWriteFailed,
+    /// The request could not even be built (say, a URL the HTTP stack will not take):
+    /// not sent, not retried.
+    InvalidRequest,
+    /// A translator refused the event (`oversize`, `too_old`, `missing_client_id`, …).
+    Refused(&'static str),
+    /// Read back from a file: a reason this build does not name.
+    Other(String),
+}
+
+impl Reason {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Reason::Rejected => "rejected",
+            Reason::RetriesExhausted => "retries_exhausted",
+            Reason::QueueFull => "queue_full",
+            Reason::BacklogFull => "backlog_full",
+            Reason::Shutdown => "shutdown",
+            Reason::Removed => "removed",
+            Reason::WriteFailed => "write_failed",
+            Reason::DryRunWriteFailed => "dry_run_write_failed",
+            Reason::InvalidRequest => "invalid_request",
+            Reason::Refused(reason) => reason,
+            Reason::Other(reason) => reason,
+        }
+    }
+
+    /// The reason a record's text names.
+    pub fn parse(text: &str) -> Reason {
+        const NAMED: [Reason; 9] = [
+            Reason::Rejected,
+            Reason::RetriesExhausted,
+            Reason::QueueFull,
+            Reason::BacklogFull,
+            Reason::Shutdown,
+            Reason::Removed,
+            Reason::WriteFailed,
+            Reason::DryRunWriteFailed,
+            Reason::InvalidRequest,
+        ];
+        NAMED
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+            .unwrap_or_else(|| Reason::Other(text.to_string()))
+    }
+}
+
+impl PartialEq for Reason {
+    fn eq(&self, other: &Reason) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Reason, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(Reason::parse(&text))
+    }
+}
+
 /// Why, and after what, events were given up.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Cause {
-    /// `rejected`, `retries_exhausted`, `queue_full`, `shutdown`, or a translator's reason
-    /// (`oversize`, `too_old`, `missing_client_id`, …).
-    pub reason: String,
+    pub reason: Reason,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// The vendor's stated reason (`X-Error`) or the transport error.
@@ -35,10 +124,15 @@ pub struct Cause {
 }
 
 impl Cause {
-    pub fn new(reason: impl Into<String>) -> Cause {
+    pub fn new(reason: Reason) -> Cause {
         Cause {
-            reason: reason.into(),
-            ..Cause::default()
+            reason,
+            status: None,
+            error: None,
+            response_excerpt: None,
+            attempts: 0,
+            first_attempt_at: None,
+            last_attempt_at: None,
         }
     }
 }
@@ -158,4 +252,37 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, String> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spellings on disk and in metrics are part of the interface: they never change.
+    #[test]
+    fn reasons_keep_their_spelling_and_read_back() {
+        let cases = [
+            (Reason::Rejected, "rejected"),
+            (Reason::RetriesExhausted, "retries_exhausted"),
+            (Reason::QueueFull, "queue_full"),
+            (Reason::BacklogFull, "backlog_full"),
+            (Reason::Shutdown, "shutdown"),
+            (Reason::Removed, "removed"),
+            (Reason::WriteFailed, "write_failed"),
+            (Reason::DryRunWriteFailed, "dry_run_write_failed"),
+            (Reason::InvalidRequest, "invalid_request"),
+            (Reason::Refused("too_old"), "too_old"),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.as_str(), text);
+            let json = serde_json::to_string(&Cause::new(reason.clone())).expect("json");
+            assert_eq!(json, format!("{{\"reason\":\"{text}\",\"attempts\":0}}"));
+            let back: Cause = serde_json::from_str(&json).expect("cause");
+            assert_eq!(back.reason, reason);
+        }
+        assert_eq!(
+            Reason::parse("something_new"),
+            Reason::Other("something_new".into())
+        );
+    }
 }

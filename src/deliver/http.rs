@@ -51,6 +51,19 @@ impl SendError {
             _ => "error",
         }
     }
+
+    /// Whether sending again may help. A request that could not even be built never
+    /// reached the vendor and would fail the same way again: not retried, and not held
+    /// against the vendor's breaker.
+    pub fn retryable(&self) -> bool {
+        match self {
+            SendError::Timeout(_)
+            | SendError::Connect(_)
+            | SendError::Request(_)
+            | SendError::Body(_) => true,
+            SendError::Build(_) => false,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -145,4 +158,33 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, Method};
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_not_retryable() {
+        let client = HttpClient::new(TlsRoots::Webpki, 1).expect("client");
+        let request = VendorRequest {
+            method: Method::POST,
+            url: "http://127.0.0.1:9/v1/<batch>".into(),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{}"),
+            events: vec![0],
+        };
+        let error = client.send(&request, 1000).await.expect_err("not a URI");
+        assert!(matches!(error, SendError::Build(_)), "{error}");
+        assert!(!error.retryable());
+        for passing in [
+            SendError::Timeout(1),
+            SendError::Connect("refused".into()),
+            SendError::Request("reset".into()),
+            SendError::Body("cut short".into()),
+        ] {
+            assert!(passing.retryable(), "{passing}");
+        }
+    }
 }

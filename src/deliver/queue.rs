@@ -5,7 +5,7 @@
 //! disk in order, a window at a time, and sheds the oldest by `when_full` when the
 //! backlog passes its budget. Every settled event is acknowledged to the cursor.
 
-use super::dead_letter::Cause;
+use super::dead_letter::{Cause, Reason};
 use super::Stack;
 use crate::config::WhenFull;
 use crate::event::Event;
@@ -150,7 +150,7 @@ pub async fn read_backlog(
                 };
                 event.spool_seq = record.seq;
                 // Counted as dropped when it was offered: never queued, so not read.
-                if stack.skips(event.event_type()) {
+                if stack.skips(&event) {
                     continue;
                 }
                 let permit = loop {
@@ -305,7 +305,9 @@ async fn shed_oldest(stack: &Stack, events: Vec<Event>) {
         WhenFull::DeadLetter | WhenFull::Block => {
             stack.metrics.in_flight.inc_by(n);
             let refs: Vec<&Event> = events.iter().collect();
-            stack.dead_letter(&refs, &Cause::new("backlog_full")).await;
+            stack
+                .dead_letter(&refs, &Cause::new(Reason::BacklogFull))
+                .await;
         }
     }
 }

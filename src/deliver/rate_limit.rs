@@ -1,8 +1,8 @@
 //! Per-destination rate limits (governor): requests per second and events per second,
 //! each with a burst allowance, applied before every attempt.
 
-use crate::config::RateLimitConfig;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
 use std::num::NonZeroU32;
 
 pub struct RateLimits {
@@ -53,6 +53,19 @@ impl RateLimits {
             }
         }
     }
+}
+
+/// Limits on what the relay sends a destination, per second, with a burst allowance.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default)]
+    pub requests_per_second: Option<u32>,
+    #[serde(default)]
+    pub events_per_second: Option<u32>,
+    /// How far above the steady rate a burst may go; defaults to one second's worth.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! and total time, and never sooner than the vendor asked (`Retry-After`,
 //! `X-RateLimit-Reset`).
 
-use crate::config::RetryConfig;
 use http::HeaderMap;
+use serde::Deserialize;
 use std::time::{Duration, SystemTime};
 
 /// Longest wait a vendor can ask for; a longer ask is a misconfigured vendor, not a plan.
@@ -81,6 +81,48 @@ pub fn vendor_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         })
     } else {
         Some(seconds)
+    }
+}
+
+/// Exponential backoff with full jitter, bounded in attempts and in total time.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first one included.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "defaults::initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "defaults::max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// From the first attempt; no retry starts after this.
+    #[serde(default = "defaults::max_elapsed_ms")]
+    pub max_elapsed_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: defaults::max_attempts(),
+            initial_backoff_ms: defaults::initial_backoff_ms(),
+            max_backoff_ms: defaults::max_backoff_ms(),
+            max_elapsed_ms: defaults::max_elapsed_ms(),
+        }
+    }
+}
+
+mod defaults {
+    pub fn max_attempts() -> u32 {
+        5
+    }
+    pub fn initial_backoff_ms() -> u64 {
+        200
+    }
+    pub fn max_backoff_ms() -> u64 {
+        30_000
+    }
+    pub fn max_elapsed_ms() -> u64 {
+        120_000
     }
 }
 

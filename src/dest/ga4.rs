@@ -13,7 +13,7 @@ use super::{
     BatchLimits, EventNames, NameOverride, Note, Refusal, Translate, Translation, VendorRequest,
     VendorResponse, Verdict,
 };
-use crate::event::{Event, PresentationMode};
+use crate::event::{Event, EventType, PresentationMode};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method};
@@ -159,37 +159,47 @@ pub struct Ga4Translator {
 
 /// The GA4 name of each `player-event/1` type; `None` is unmapped on purpose.
 pub fn default_name(event_type: &str) -> Option<&'static str> {
+    EventType::parse(event_type).and_then(name_of)
+}
+
+/// The GA4 name of each contract type; `None` is unmapped on purpose.
+pub fn name_of(event_type: EventType) -> Option<&'static str> {
     Some(match event_type {
-        "playback.started" => "video_start",
-        "playback.milestone" => "video_progress",
-        "playback.completed" => "video_complete",
-        "playback.paused" => "video_pause",
-        "playback.resumed" => "video_resume",
-        "playback.rebuffer_started" => "video_buffer_start",
-        "playback.rebuffer_ended" => "video_buffer_end",
-        "playback.seek_started" => "video_seek",
-        "playback.seek_ended" => "video_seek_complete",
-        "playback.exited" => "video_exit",
-        "playback.interrupted" => "video_interrupt",
+        EventType::PlaybackStarted => "video_start",
+        EventType::PlaybackMilestone => "video_progress",
+        EventType::PlaybackCompleted => "video_complete",
+        EventType::PlaybackPaused => "video_pause",
+        EventType::PlaybackResumed => "video_resume",
+        EventType::PlaybackRebufferStarted => "video_buffer_start",
+        EventType::PlaybackRebufferEnded => "video_buffer_end",
+        EventType::PlaybackSeekStarted => "video_seek",
+        EventType::PlaybackSeekEnded => "video_seek_complete",
+        EventType::PlaybackExited => "video_exit",
+        EventType::PlaybackInterrupted => "video_interrupt",
         // Never `error`: GA4 reserves it.
-        "playback.error" => "video_error",
-        "quality.changed" => "video_quality_change",
-        "ad.break_started" => "video_ad_break_start",
-        "ad.break_ended" => "video_ad_break_end",
-        "ad.started" => "video_ad_start",
-        "ad.quartile" => "video_ad_progress",
-        "ad.completed" => "video_ad_complete",
-        "ad.skipped" => "video_ad_skip",
-        "ad.clicked" => "video_ad_click",
-        "ad.impression" => "video_ad_impression",
-        "ad.error" => "video_ad_error",
+        EventType::PlaybackError => "video_error",
+        EventType::QualityChanged => "video_quality_change",
+        EventType::AdBreakStarted => "video_ad_break_start",
+        EventType::AdBreakEnded => "video_ad_break_end",
+        EventType::AdStarted => "video_ad_start",
+        EventType::AdQuartile => "video_ad_progress",
+        EventType::AdCompleted => "video_ad_complete",
+        EventType::AdSkipped => "video_ad_skip",
+        EventType::AdClicked => "video_ad_click",
+        EventType::AdImpression => "video_ad_impression",
+        EventType::AdError => "video_ad_error",
         // The relay's per-session QoE summary; GA4 has no recommended counterpart.
-        "session.summary" => "video_session_summary",
+        EventType::SessionSummary => "video_session_summary",
         // Unmapped on purpose: session.started and playback.requested (no GA4 meaning
         // before the first frame), playback.heartbeat (every 10 s would spend the
         // property's event quota), playback.rate_changed, volume.changed,
         // presentation.changed. Rename them in the `events` table to send them.
-        _ => return None,
+        EventType::SessionStarted
+        | EventType::PlaybackRequested
+        | EventType::PlaybackHeartbeat
+        | EventType::PlaybackRateChanged
+        | EventType::VolumeChanged
+        | EventType::PresentationChanged => return None,
     })
 }
 
@@ -1092,8 +1102,8 @@ mod tests {
         let long = legal_name(&raw, true);
         assert_eq!(long.len(), 40);
         assert_eq!(name_problem(&long, true), None);
-        for ty in crate::event::KNOWN_TYPES {
-            if let Some(name) = default_name(ty) {
+        for ty in EventType::ALL {
+            if let Some(name) = name_of(ty) {
                 assert_eq!(name_problem(name, true), None, "{name}");
             }
         }

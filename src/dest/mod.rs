@@ -14,8 +14,6 @@ pub mod webhook;
 pub use names::{EventNames, NameOverride};
 pub use secrets::{redact, redact_url, MIN_SECRET_CHARS};
 
-use crate::config::{DestinationConfig, DestinationKind};
-
 use crate::event::Event;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
@@ -78,6 +76,14 @@ impl Refusal {
             format!("{event_type} is {reason} for {vendor}")
         };
         Refusal::dropped(index, reason, detail)
+    }
+
+    /// `dropped` or `refused (dead-lettered)`, as `translate` and `test` say it.
+    pub fn what(&self) -> &'static str {
+        match self.disposition {
+            Disposition::Dropped => "dropped",
+            Disposition::Refused => "refused (dead-lettered)",
+        }
     }
 
     pub fn refused(index: usize, reason: &'static str, detail: impl Into<String>) -> Self {
@@ -198,26 +204,6 @@ pub enum BuildError {
     NotHttp(&'static str),
 }
 
-/// The translator of an HTTP destination.
-pub fn build_translator(config: &DestinationConfig) -> Result<Box<dyn Translate>, BuildError> {
-    let names = EventNames::new(config.common.events.clone());
-    let properties = config.common.properties;
-    let limits = config.common.batch.limits();
-    Ok(match &config.kind {
-        DestinationKind::Webhook(c) => Box::new(webhook::WebhookTranslator::new(
-            c, names, properties, limits,
-        )?),
-        DestinationKind::Segment(c) => Box::new(segment::SegmentTranslator::new(
-            c, names, properties, limits,
-        )?),
-        DestinationKind::Ga4(c) => Box::new(ga4::Ga4Translator::new(c, names, properties, limits)?),
-        DestinationKind::Tealium(c) => Box::new(tealium::TealiumTranslator::new(
-            c, names, properties, limits,
-        )?),
-        DestinationKind::File(_) => return Err(BuildError::NotHttp("file")),
-    })
-}
-
 /// A request as text: method and URL, headers, blank line, body; secrets as `***`,
 /// found by position (query values, URL credentials, header values), never by
 /// searching the text. What `playrelay translate` prints and `dry_run` writes.
@@ -258,17 +244,6 @@ pub fn render_request(request: &VendorRequest, secrets: &[String]) -> String {
     ));
     out.push_str("\n\n");
     out
-}
-
-/// The secrets a destination's config holds, each with the key that holds it, for
-/// the length check at config load (see [`MIN_SECRET_CHARS`]).
-pub fn configured_secrets(kind: &DestinationKind) -> Vec<(&'static str, String)> {
-    match kind {
-        DestinationKind::Segment(c) => vec![("write_key", c.write_key.clone())],
-        DestinationKind::Ga4(c) => vec![("api_secret", c.api_secret.clone())],
-        DestinationKind::Webhook(c) => webhook::configured_secrets(c),
-        DestinationKind::Tealium(_) | DestinationKind::File(_) => Vec::new(),
-    }
 }
 
 #[cfg(test)]
@@ -321,7 +296,7 @@ to = ["segment", "ga4", "tealium", "webhook"]
         let raw: Box<serde_json::value::RawValue> = serde_json::from_str(custom).expect("json");
         events.push(Event::from_json(&raw, at).expect("valid"));
         for (name, destination) in &config.destinations {
-            let translator = build_translator(destination).expect("translator");
+            let translator = config::build_translator(destination).expect("translator");
             for event in &events {
                 let translation = translator.translate(&[event], event.timestamp);
                 let dropped = translation

@@ -9,7 +9,9 @@ use super::{
     BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
     Verdict,
 };
-use crate::event::{format_rfc3339, Event, PodPosition, PresentationMode, Rfc3339Millis};
+use crate::event::{
+    format_rfc3339, Event, EventType, PodPosition, PresentationMode, Rfc3339Millis,
+};
 use base64::Engine as _;
 use bytes::Bytes;
 use flate2::write::GzEncoder;
@@ -116,39 +118,50 @@ pub struct SegmentTranslator {
 
 /// The Video Spec name of each `player-event/1` type; `None` is unmapped on purpose.
 pub fn default_name(event_type: &str) -> Option<&'static str> {
+    EventType::parse(event_type).and_then(name_of)
+}
+
+/// The Video Spec name of each contract type; `None` is unmapped on purpose.
+pub fn name_of(event_type: EventType) -> Option<&'static str> {
     Some(match event_type {
         // "When a user presses play": the play intent, before the first frame.
-        "playback.requested" => "Video Playback Started",
+        EventType::PlaybackRequested => "Video Playback Started",
         // The first frame: the content begins playing.
-        "playback.started" => "Video Content Started",
-        "playback.paused" => "Video Playback Paused",
-        "playback.resumed" => "Video Playback Resumed",
-        "playback.rebuffer_started" => "Video Playback Buffer Started",
-        "playback.rebuffer_ended" => "Video Playback Buffer Completed",
-        "playback.seek_started" => "Video Playback Seek Started",
-        "playback.seek_ended" => "Video Playback Seek Completed",
-        "playback.heartbeat" => "Video Content Playing",
-        "playback.completed" => "Video Playback Completed",
-        "playback.exited" => "Video Playback Exited",
-        "playback.interrupted" => "Video Playback Interrupted",
+        EventType::PlaybackStarted => "Video Content Started",
+        EventType::PlaybackPaused => "Video Playback Paused",
+        EventType::PlaybackResumed => "Video Playback Resumed",
+        EventType::PlaybackRebufferStarted => "Video Playback Buffer Started",
+        EventType::PlaybackRebufferEnded => "Video Playback Buffer Completed",
+        EventType::PlaybackSeekStarted => "Video Playback Seek Started",
+        EventType::PlaybackSeekEnded => "Video Playback Seek Completed",
+        EventType::PlaybackHeartbeat => "Video Content Playing",
+        EventType::PlaybackCompleted => "Video Playback Completed",
+        EventType::PlaybackExited => "Video Playback Exited",
+        EventType::PlaybackInterrupted => "Video Playback Interrupted",
         // The spec has no error event; `method` carries the error.
-        "playback.error" => "Video Playback Interrupted",
-        "quality.changed" => "Video Quality Updated",
-        "ad.break_started" => "Video Ad Break Started",
-        "ad.break_ended" => "Video Ad Break Completed",
-        "ad.started" => "Video Ad Started",
-        "ad.quartile" => "Video Ad Playing",
-        "ad.completed" => "Video Ad Completed",
-        "ad.skipped" => "Video Ad Skipped",
-        "ad.clicked" => "Video Ad Clicked",
+        EventType::PlaybackError => "Video Playback Interrupted",
+        EventType::QualityChanged => "Video Quality Updated",
+        EventType::AdBreakStarted => "Video Ad Break Started",
+        EventType::AdBreakEnded => "Video Ad Break Completed",
+        EventType::AdStarted => "Video Ad Started",
+        EventType::AdQuartile => "Video Ad Playing",
+        EventType::AdCompleted => "Video Ad Completed",
+        EventType::AdSkipped => "Video Ad Skipped",
+        EventType::AdClicked => "Video Ad Clicked",
         // The relay's own per-session QoE summary. The Video Spec has no such event; this
         // follows its Object-Action naming with the object its session events use
         // ("Video Playback Started" … "Completed"), so it sits beside them in Segment.
-        "session.summary" => "Video Playback Summarized",
+        EventType::SessionSummary => "Video Playback Summarized",
         // No Video Spec counterpart: session.started, playback.milestone,
         // playback.rate_changed, volume.changed, presentation.changed, ad.impression,
         // ad.error. Rename them in the `events` table to send them anyway.
-        _ => return None,
+        EventType::SessionStarted
+        | EventType::PlaybackMilestone
+        | EventType::PlaybackRateChanged
+        | EventType::VolumeChanged
+        | EventType::PresentationChanged
+        | EventType::AdImpression
+        | EventType::AdError => return None,
     })
 }
 

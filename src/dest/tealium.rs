@@ -12,7 +12,7 @@ use super::{
     BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
     Verdict,
 };
-use crate::event::{AdInsertion, Event, PlaybackState, PresentationMode, Rfc3339Millis};
+use crate::event::{AdInsertion, Event, EventType, PlaybackState, PresentationMode, Rfc3339Millis};
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -106,40 +106,48 @@ pub fn default_name(event_type: &str) -> Option<&'static str> {
 
 /// The name of each type in either vocabulary.
 pub fn default_name_for(vocabulary: Vocabulary, event_type: &str) -> Option<&'static str> {
+    EventType::parse(event_type).and_then(|ty| name_of(vocabulary, ty))
+}
+
+/// The name of each contract type in either vocabulary; `None` is unmapped on purpose.
+pub fn name_of(vocabulary: Vocabulary, event_type: EventType) -> Option<&'static str> {
     let (basic, media) = match event_type {
-        "session.started" => ("video_load", "media_session_start"),
-        "playback.started" => ("video_start", "media_play"),
-        "playback.paused" => ("video_pause", "media_pause"),
-        "playback.resumed" => ("video_play", "media_play"),
-        "playback.rebuffer_started" => ("video_buffer_start", "media_buffer_start"),
-        "playback.rebuffer_ended" => ("video_buffer_complete", "media_buffer_complete"),
-        "playback.seek_started" => ("video_seek", "media_seek_start"),
-        "playback.seek_ended" => ("video_seek_complete", "media_seek_complete"),
+        EventType::SessionStarted => ("video_load", "media_session_start"),
+        EventType::PlaybackStarted => ("video_start", "media_play"),
+        EventType::PlaybackPaused => ("video_pause", "media_pause"),
+        EventType::PlaybackResumed => ("video_play", "media_play"),
+        EventType::PlaybackRebufferStarted => ("video_buffer_start", "media_buffer_start"),
+        EventType::PlaybackRebufferEnded => ("video_buffer_complete", "media_buffer_complete"),
+        EventType::PlaybackSeekStarted => ("video_seek", "media_seek_start"),
+        EventType::PlaybackSeekEnded => ("video_seek_complete", "media_seek_complete"),
         // Basic has no heartbeat (and 100 events/s per account goes fast); the media
         // module sends one.
-        "playback.heartbeat" => ("", "media_heartbeat"),
-        "playback.milestone" => ("video_milestone", "media_milestone"),
-        "playback.completed" => ("video_complete", "media_session_end"),
-        "playback.exited" => ("video_exit", "media_session_end"),
-        "playback.interrupted" => ("video_interrupt", "media_stop"),
+        EventType::PlaybackHeartbeat => ("", "media_heartbeat"),
+        EventType::PlaybackMilestone => ("video_milestone", "media_milestone"),
+        EventType::PlaybackCompleted => ("video_complete", "media_session_end"),
+        EventType::PlaybackExited => ("video_exit", "media_session_end"),
+        EventType::PlaybackInterrupted => ("video_interrupt", "media_stop"),
         // The media module has no error, ad quartile, ad impression or ad error event
         // (MediaConstants.kt's `MediaEvent`): unmapped there.
-        "playback.error" => ("video_error", ""),
-        "quality.changed" => ("video_bitrate_change", "media_bitrate_change"),
-        "ad.break_started" => ("video_ad_break_start", "media_adbreak_start"),
-        "ad.break_ended" => ("video_ad_break_complete", "media_adbreak_complete"),
-        "ad.started" => ("video_ad_start", "media_ad_start"),
-        "ad.quartile" => ("video_ad_quartile", ""),
-        "ad.completed" => ("video_ad_complete", "media_ad_complete"),
-        "ad.skipped" => ("video_ad_skip", "media_ad_skip"),
-        "ad.clicked" => ("video_ad_click", "media_ad_click"),
-        "ad.impression" => ("video_ad_impression", ""),
-        "ad.error" => ("video_ad_error", ""),
+        EventType::PlaybackError => ("video_error", ""),
+        EventType::QualityChanged => ("video_bitrate_change", "media_bitrate_change"),
+        EventType::AdBreakStarted => ("video_ad_break_start", "media_adbreak_start"),
+        EventType::AdBreakEnded => ("video_ad_break_complete", "media_adbreak_complete"),
+        EventType::AdStarted => ("video_ad_start", "media_ad_start"),
+        EventType::AdQuartile => ("video_ad_quartile", ""),
+        EventType::AdCompleted => ("video_ad_complete", "media_ad_complete"),
+        EventType::AdSkipped => ("video_ad_skip", "media_ad_skip"),
+        EventType::AdClicked => ("video_ad_click", "media_ad_click"),
+        EventType::AdImpression => ("video_ad_impression", ""),
+        EventType::AdError => ("video_ad_error", ""),
         // The relay's per-session QoE summary (no media-module counterpart: its own name).
-        "session.summary" => ("video_session_summary", "media_session_summary"),
+        EventType::SessionSummary => ("video_session_summary", "media_session_summary"),
         // Unmapped in both: playback.requested, playback.rate_changed, volume.changed,
         // presentation.changed. Rename them in the `events` table to send them.
-        _ => return None,
+        EventType::PlaybackRequested
+        | EventType::PlaybackRateChanged
+        | EventType::VolumeChanged
+        | EventType::PresentationChanged => ("", ""),
     };
     let name = match vocabulary {
         Vocabulary::Basic => basic,

@@ -36,6 +36,8 @@ pub struct Event {
     /// When the client sent the request, by its own clock (`X-Sent-At`, or `?sent_at=`
     /// for `sendBeacon`): with `received_at` it measures the device clock's skew.
     pub client_sent_at: Option<OffsetDateTime>,
+    /// The contract type, read once at parse; `None` for `custom.*`.
+    known_type: Option<EventType>,
 }
 
 /// Why one event was refused. The text names the field so a player developer can fix it.
@@ -103,7 +105,7 @@ impl Event {
         body: PlayerEvent,
         received_at: OffsetDateTime,
     ) -> Result<Event, EventError> {
-        let timestamp = validate(&body)?;
+        let (timestamp, known_type) = validate(&body)?;
         Ok(Event {
             raw: text.into(),
             body,
@@ -113,6 +115,7 @@ impl Event {
             spool_seq: 0,
             client_ip: None,
             client_sent_at: None,
+            known_type,
         })
     }
 
@@ -143,6 +146,11 @@ impl Event {
 
     pub fn event_type(&self) -> &str {
         &self.body.event_type
+    }
+
+    /// The contract type of the event; `None` for an app's `custom.*` type.
+    pub fn known_type(&self) -> Option<EventType> {
+        self.known_type
     }
 
     pub fn event_id(&self) -> &str {
@@ -274,7 +282,7 @@ fn strip_position(message: &str) -> String {
 }
 
 /// Checks what serde's types cannot: formats, the type list, and cross-field rules.
-fn validate(body: &PlayerEvent) -> Result<OffsetDateTime, EventError> {
+fn validate(body: &PlayerEvent) -> Result<(OffsetDateTime, Option<EventType>), EventError> {
     let invalid = |path: &str, message: String| EventError::InvalidValue {
         path: path.into(),
         message,
@@ -295,7 +303,8 @@ fn validate(body: &PlayerEvent) -> Result<OffsetDateTime, EventError> {
     }
     let ty = body.event_type.as_str();
     let custom = ty.strip_prefix("custom.");
-    if !KNOWN_TYPES.contains(&ty) && custom.is_none_or(str::is_empty) {
+    let known_type = EventType::parse(ty);
+    if known_type.is_none() && custom.is_none_or(str::is_empty) {
         return Err(EventError::UnknownType(truncate(ty, 64).to_string()));
     }
     let timestamp = OffsetDateTime::parse(&body.timestamp, &Rfc3339).map_err(|e| {
@@ -329,7 +338,7 @@ fn validate(body: &PlayerEvent) -> Result<OffsetDateTime, EventError> {
             ));
         }
     }
-    Ok(timestamp)
+    Ok((timestamp, known_type))
 }
 
 fn truncate(s: &str, max_chars: usize) -> &str {

@@ -3,10 +3,10 @@
 //! carries it as `schema/player-event-1.schema.json` (tests/schema.rs keeps them equal).
 //!
 //! The helpers below fill in what the derive cannot see: the event type list (taken
-//! from [`KNOWN_TYPES`], so a new type shows up here by being added there), fields that
+//! from [`EventType::ALL`], so a new type shows up here by being added there), fields that
 //! take a string or a number, and the cross-field rules the relay enforces.
 
-use super::types::{PlayerEvent, KNOWN_TYPES, SCHEMA_VERSION};
+use super::types::{EventType, PlayerEvent, SCHEMA_VERSION};
 use schemars::generate::SchemaSettings;
 use schemars::{json_schema, Schema, SchemaGenerator};
 use serde_json::{json, Value};
@@ -27,50 +27,49 @@ pub fn player_event_schema_json() -> String {
 
 /// When each contract type is sent (the THEOplayer / HTML5 source) and the `data` it
 /// carries; `None` for a type that has not been described yet.
-pub fn event_type_description(event_type: &str) -> Option<&'static str> {
+pub fn event_type_description(event_type: EventType) -> Option<&'static str> {
     Some(match event_type {
-        "session.started" => "A source is set (THEOplayer `sourcechange`, HTML5 `loadstart`): a new playback session.",
-        "playback.requested" => "First play intent after a source (`play`).",
-        "playback.started" => "First frame (first `playing`). data: `startup_ms`.",
-        "playback.paused" => "`pause`, except the one right before the end.",
-        "playback.resumed" => "`playing` after a pause.",
-        "playback.rebuffer_started" => "`waiting` after the first frame, never while seeking or paused.",
-        "playback.rebuffer_ended" => "`playing` after a rebuffer. data: `duration_ms`.",
-        "playback.seek_started" => "`seeking`. data: `from_ms`, `to_ms`.",
-        "playback.seek_ended" => "`seeked`. data: `duration_ms`.",
-        "playback.heartbeat" => "Every heartbeat interval (10 s by default) while playing.",
-        "playback.milestone" => "The position crosses 10, 25, 50, 75 or 90 % of the duration. data: `percent`.",
-        "playback.completed" => "`ended` (never before a first frame).",
-        "playback.exited" => "The viewer leaves before the end: source change, page unload, destroy. data: `reason`.",
-        "playback.interrupted" => "Playback stops unintentionally: backgrounded, offline, a call. data: `method`.",
-        "playback.error" => "`error`, `segmentnotfound`, DRM errors; details in `error`.",
-        "quality.changed" => "The video rendition changes (THEOplayer `activequalitychanged`). data: `from_bitrate_bps`.",
-        "playback.rate_changed" => "`ratechange`; the new rate is `playback.playback_rate`.",
-        "volume.changed" => "`volumechange`; the new values are `playback.volume` and `playback.muted`.",
-        "presentation.changed" => "`presentationmodechange`; the new mode is `playback.presentation_mode`.",
-        "ad.break_started" => "An ad break begins (`adbreakbegin`).",
-        "ad.break_ended" => "An ad break ends (`adbreakend`).",
-        "ad.started" => "An ad begins (`adbegin`).",
-        "ad.completed" => "An ad ends (`adend`).",
-        "ad.quartile" => "An ad reaches a quartile (`adfirstquartile`, `admidpoint`, `adthirdquartile`). data: `quartile`.",
-        "ad.skipped" => "The viewer skips an ad (`adskip`).",
-        "ad.clicked" => "The viewer clicks an ad.",
-        "ad.impression" => "An ad impression is counted (`adimpression`).",
-        "ad.error" => "An ad fails (`aderror`); details in `error`.",
-        "session.summary" => "Made by the relay when a session ends (docs/qoe.md): the session's envelope and its QoE metrics. data: `outcome`, `playback_failure`, `ended_by`, `events`, `startup_ms`, `watched_ms`, `playing_ms`, `paused_ms`, `rebuffer_count`, `rebuffer_ms`, `rebuffer_ratio`, `seek_count`, `seek_ms`, `avg_bitrate_bps`, `bitrate_upswitches`, `bitrate_downswitches`, `ad_breaks`, `ads_started`, `ads_completed`, `error_code`.",
-        _ => return None,
+        EventType::SessionStarted => "A source is set (THEOplayer `sourcechange`, HTML5 `loadstart`): a new playback session.",
+        EventType::PlaybackRequested => "First play intent after a source (`play`).",
+        EventType::PlaybackStarted => "First frame (first `playing`). data: `startup_ms`.",
+        EventType::PlaybackPaused => "`pause`, except the one right before the end.",
+        EventType::PlaybackResumed => "`playing` after a pause.",
+        EventType::PlaybackRebufferStarted => "`waiting` after the first frame, never while seeking or paused.",
+        EventType::PlaybackRebufferEnded => "`playing` after a rebuffer. data: `duration_ms`.",
+        EventType::PlaybackSeekStarted => "`seeking`. data: `from_ms`, `to_ms`.",
+        EventType::PlaybackSeekEnded => "`seeked`. data: `duration_ms`.",
+        EventType::PlaybackHeartbeat => "Every heartbeat interval (10 s by default) while playing.",
+        EventType::PlaybackMilestone => "The position crosses 10, 25, 50, 75 or 90 % of the duration. data: `percent`.",
+        EventType::PlaybackCompleted => "`ended` (never before a first frame).",
+        EventType::PlaybackExited => "The viewer leaves before the end: source change, page unload, destroy. data: `reason`.",
+        EventType::PlaybackInterrupted => "Playback stops unintentionally: backgrounded, offline, a call. data: `method`.",
+        EventType::PlaybackError => "`error`, `segmentnotfound`, DRM errors; details in `error`.",
+        EventType::QualityChanged => "The video rendition changes (THEOplayer `activequalitychanged`). data: `from_bitrate_bps`.",
+        EventType::PlaybackRateChanged => "`ratechange`; the new rate is `playback.playback_rate`.",
+        EventType::VolumeChanged => "`volumechange`; the new values are `playback.volume` and `playback.muted`.",
+        EventType::PresentationChanged => "`presentationmodechange`; the new mode is `playback.presentation_mode`.",
+        EventType::AdBreakStarted => "An ad break begins (`adbreakbegin`).",
+        EventType::AdBreakEnded => "An ad break ends (`adbreakend`).",
+        EventType::AdStarted => "An ad begins (`adbegin`).",
+        EventType::AdCompleted => "An ad ends (`adend`).",
+        EventType::AdQuartile => "An ad reaches a quartile (`adfirstquartile`, `admidpoint`, `adthirdquartile`). data: `quartile`.",
+        EventType::AdSkipped => "The viewer skips an ad (`adskip`).",
+        EventType::AdClicked => "The viewer clicks an ad.",
+        EventType::AdImpression => "An ad impression is counted (`adimpression`).",
+        EventType::AdError => "An ad fails (`aderror`); details in `error`.",
+        EventType::SessionSummary => "Made by the relay when a session ends (docs/qoe.md): the session's envelope and its QoE metrics. data: `outcome`, `playback_failure`, `ended_by`, `events`, `startup_ms`, `watched_ms`, `playing_ms`, `paused_ms`, `rebuffer_count`, `rebuffer_ms`, `rebuffer_ratio`, `seek_count`, `seek_ms`, `avg_bitrate_bps`, `bitrate_upswitches`, `bitrate_downswitches`, `ad_breaks`, `ads_started`, `ads_completed`, `error_code`.",
     })
 }
 
-/// `type`: one of [`KNOWN_TYPES`] (each with its description) or `custom.<name>`.
+/// `type`: one of [`EventType::ALL`] (each with its description) or `custom.<name>`.
 pub(crate) fn event_type(_: &mut SchemaGenerator) -> Schema {
-    let mut choices: Vec<Value> = KNOWN_TYPES
+    let mut choices: Vec<Value> = EventType::ALL
         .iter()
         .map(|ty| {
-            let description = event_type_description(ty)
+            let description = event_type_description(*ty)
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("The `{ty}` event."));
-            json!({ "const": ty, "description": description })
+            json!({ "const": ty.as_str(), "description": description })
         })
         .collect();
     choices.push(json!({

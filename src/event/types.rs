@@ -7,37 +7,152 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 /// Every event type the contract names; anything else must start with `custom.`.
-pub const KNOWN_TYPES: &[&str] = &[
-    "session.started",
-    "playback.requested",
-    "playback.started",
-    "playback.paused",
-    "playback.resumed",
-    "playback.rebuffer_started",
-    "playback.rebuffer_ended",
-    "playback.seek_started",
-    "playback.seek_ended",
-    "playback.heartbeat",
-    "playback.milestone",
-    "playback.completed",
-    "playback.exited",
-    "playback.interrupted",
-    "playback.error",
-    "quality.changed",
-    "playback.rate_changed",
-    "volume.changed",
-    "presentation.changed",
-    "ad.break_started",
-    "ad.break_ended",
-    "ad.started",
-    "ad.completed",
-    "ad.quartile",
-    "ad.skipped",
-    "ad.clicked",
-    "ad.impression",
-    "ad.error",
-    "session.summary",
-];
+/// Matches on it are exhaustive: a new type does not compile until every vendor map
+/// (and the schema's description) decides what it becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    SessionStarted,
+    PlaybackRequested,
+    PlaybackStarted,
+    PlaybackPaused,
+    PlaybackResumed,
+    PlaybackRebufferStarted,
+    PlaybackRebufferEnded,
+    PlaybackSeekStarted,
+    PlaybackSeekEnded,
+    PlaybackHeartbeat,
+    PlaybackMilestone,
+    PlaybackCompleted,
+    PlaybackExited,
+    PlaybackInterrupted,
+    PlaybackError,
+    QualityChanged,
+    PlaybackRateChanged,
+    VolumeChanged,
+    PresentationChanged,
+    AdBreakStarted,
+    AdBreakEnded,
+    AdStarted,
+    AdCompleted,
+    AdQuartile,
+    AdSkipped,
+    AdClicked,
+    AdImpression,
+    AdError,
+    SessionSummary,
+}
+
+impl EventType {
+    /// Every type, in the contract's order (the schema lists them so).
+    pub const ALL: [EventType; 29] = [
+        EventType::SessionStarted,
+        EventType::PlaybackRequested,
+        EventType::PlaybackStarted,
+        EventType::PlaybackPaused,
+        EventType::PlaybackResumed,
+        EventType::PlaybackRebufferStarted,
+        EventType::PlaybackRebufferEnded,
+        EventType::PlaybackSeekStarted,
+        EventType::PlaybackSeekEnded,
+        EventType::PlaybackHeartbeat,
+        EventType::PlaybackMilestone,
+        EventType::PlaybackCompleted,
+        EventType::PlaybackExited,
+        EventType::PlaybackInterrupted,
+        EventType::PlaybackError,
+        EventType::QualityChanged,
+        EventType::PlaybackRateChanged,
+        EventType::VolumeChanged,
+        EventType::PresentationChanged,
+        EventType::AdBreakStarted,
+        EventType::AdBreakEnded,
+        EventType::AdStarted,
+        EventType::AdCompleted,
+        EventType::AdQuartile,
+        EventType::AdSkipped,
+        EventType::AdClicked,
+        EventType::AdImpression,
+        EventType::AdError,
+        EventType::SessionSummary,
+    ];
+
+    /// The type's name in `player-event/1`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::SessionStarted => "session.started",
+            EventType::PlaybackRequested => "playback.requested",
+            EventType::PlaybackStarted => "playback.started",
+            EventType::PlaybackPaused => "playback.paused",
+            EventType::PlaybackResumed => "playback.resumed",
+            EventType::PlaybackRebufferStarted => "playback.rebuffer_started",
+            EventType::PlaybackRebufferEnded => "playback.rebuffer_ended",
+            EventType::PlaybackSeekStarted => "playback.seek_started",
+            EventType::PlaybackSeekEnded => "playback.seek_ended",
+            EventType::PlaybackHeartbeat => "playback.heartbeat",
+            EventType::PlaybackMilestone => "playback.milestone",
+            EventType::PlaybackCompleted => "playback.completed",
+            EventType::PlaybackExited => "playback.exited",
+            EventType::PlaybackInterrupted => "playback.interrupted",
+            EventType::PlaybackError => "playback.error",
+            EventType::QualityChanged => "quality.changed",
+            EventType::PlaybackRateChanged => "playback.rate_changed",
+            EventType::VolumeChanged => "volume.changed",
+            EventType::PresentationChanged => "presentation.changed",
+            EventType::AdBreakStarted => "ad.break_started",
+            EventType::AdBreakEnded => "ad.break_ended",
+            EventType::AdStarted => "ad.started",
+            EventType::AdCompleted => "ad.completed",
+            EventType::AdQuartile => "ad.quartile",
+            EventType::AdSkipped => "ad.skipped",
+            EventType::AdClicked => "ad.clicked",
+            EventType::AdImpression => "ad.impression",
+            EventType::AdError => "ad.error",
+            EventType::SessionSummary => "session.summary",
+        }
+    }
+
+    /// The contract type of a `type` value; `None` for `custom.*` and unknown names.
+    pub fn parse(name: &str) -> Option<EventType> {
+        Some(match name {
+            "session.started" => EventType::SessionStarted,
+            "playback.requested" => EventType::PlaybackRequested,
+            "playback.started" => EventType::PlaybackStarted,
+            "playback.paused" => EventType::PlaybackPaused,
+            "playback.resumed" => EventType::PlaybackResumed,
+            "playback.rebuffer_started" => EventType::PlaybackRebufferStarted,
+            "playback.rebuffer_ended" => EventType::PlaybackRebufferEnded,
+            "playback.seek_started" => EventType::PlaybackSeekStarted,
+            "playback.seek_ended" => EventType::PlaybackSeekEnded,
+            "playback.heartbeat" => EventType::PlaybackHeartbeat,
+            "playback.milestone" => EventType::PlaybackMilestone,
+            "playback.completed" => EventType::PlaybackCompleted,
+            "playback.exited" => EventType::PlaybackExited,
+            "playback.interrupted" => EventType::PlaybackInterrupted,
+            "playback.error" => EventType::PlaybackError,
+            "quality.changed" => EventType::QualityChanged,
+            "playback.rate_changed" => EventType::PlaybackRateChanged,
+            "volume.changed" => EventType::VolumeChanged,
+            "presentation.changed" => EventType::PresentationChanged,
+            "ad.break_started" => EventType::AdBreakStarted,
+            "ad.break_ended" => EventType::AdBreakEnded,
+            "ad.started" => EventType::AdStarted,
+            "ad.completed" => EventType::AdCompleted,
+            "ad.quartile" => EventType::AdQuartile,
+            "ad.skipped" => EventType::AdSkipped,
+            "ad.clicked" => EventType::AdClicked,
+            "ad.impression" => EventType::AdImpression,
+            "ad.error" => EventType::AdError,
+            "session.summary" => EventType::SessionSummary,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 pub const SCHEMA_VERSION: &str = "player-event/1";
 
@@ -712,4 +827,18 @@ fn string_or_number<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, 
         Some(Either::Int(n)) => Some(n.to_string()),
         Some(Either::Float(n)) => Some(n.to_string()),
     })
+}
+
+#[cfg(test)]
+mod event_type_tests {
+    use super::EventType;
+
+    #[test]
+    fn every_type_reads_back_from_its_name() {
+        for ty in EventType::ALL {
+            assert_eq!(EventType::parse(ty.as_str()), Some(ty));
+        }
+        assert_eq!(EventType::parse("custom.chapter"), None);
+        assert_eq!(EventType::parse("playback.unknown"), None);
+    }
 }
