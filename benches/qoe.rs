@@ -215,13 +215,13 @@ enabled = QOE
 
 [destinations.segment]
 type = "segment"
-write_key = "bench"
+write_key = "bench-write-key"
 dry_run = true
 
 [destinations.ga4]
 type = "ga4"
 measurement_id = "G-BENCH"
-api_secret = "bench"
+api_secret = "bench-api-secret"
 dry_run = true
 
 [destinations.tealium]
