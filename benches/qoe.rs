@@ -204,6 +204,11 @@ fn memory(events: &[Event], what: &str) {
 }
 
 const RELAY: &str = r#"
+# Each run its own spool (and QoE checkpoint beside it) in its temporary directory:
+# without this every run reopened and grew one spool in the working directory.
+[spool]
+dir = "DIR/spool"
+
 [server]
 listen = "127.0.0.1:0"
 max_events_per_request = 1000
