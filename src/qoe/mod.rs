@@ -477,6 +477,11 @@ impl Qoe {
             checkpoint::finish(&mut out, n);
             (out, generation, n)
         };
+        if sessions == 0 && !path.exists() {
+            // Nothing to save and nothing to replace: a relay with QoE off leaves no file.
+            saving.generation = Some(generation);
+            return;
+        }
         let len = bytes.len();
         let target = path.clone();
         let written =
