@@ -7,18 +7,80 @@
 use playrelay::event::{parse_body, BodyFormat, BodyLimits, Event};
 use playrelay::qoe::{Qoe, QoeConfig, QoeMetrics};
 use serde_json::Value;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::macros::datetime;
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
+/// The system allocator, counting what is live: the bytes asked for and the bytes
+/// glibc's malloc really takes for them (its 8-byte header, 16-byte rounding and
+/// 32-byte minimum), so memory per open session is measured, not estimated.
+struct Counting;
+
+static ASKED: AtomicUsize = AtomicUsize::new(0);
+static TAKEN: AtomicUsize = AtomicUsize::new(0);
+
+fn taken(size: usize) -> usize {
+    ((size + 8 + 15) & !15).max(32)
+}
+
+// SAFETY: every call goes straight to the system allocator with the caller's layout;
+// the counters are only statistics.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ASKED.fetch_add(layout.size(), Ordering::Relaxed);
+        TAKEN.fetch_add(taken(layout.size()), Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        ASKED.fetch_sub(layout.size(), Ordering::Relaxed);
+        TAKEN.fetch_sub(taken(layout.size()), Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ASKED.fetch_add(layout.size(), Ordering::Relaxed);
+        TAKEN.fetch_add(taken(layout.size()), Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as above.
+        let out = unsafe { System.realloc(ptr, layout, new_size) };
+        if !out.is_null() {
+            ASKED.fetch_sub(layout.size(), Ordering::Relaxed);
+            TAKEN.fetch_sub(taken(layout.size()), Ordering::Relaxed);
+            ASKED.fetch_add(new_size, Ordering::Relaxed);
+            TAKEN.fetch_add(taken(new_size), Ordering::Relaxed);
+        }
+        out
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Live heap bytes: (asked for, taken by malloc).
+fn live() -> (usize, usize) {
+    (ASKED.load(Ordering::Relaxed), TAKEN.load(Ordering::Relaxed))
+}
+
 const FIXTURE: &str = include_str!("../tests/fixtures/sessions.ndjson");
 const NOW: OffsetDateTime = datetime!(2026-11-01 20:00:00 UTC);
 
 /// The fixture `copies` times over, each copy with its own session and event ids,
-/// copies interleaved the way concurrent viewers' events arrive.
+/// copies interleaved the way concurrent viewers' events arrive. With `unique`, every
+/// copy also has its own content (`url`, `asset_id`) and context (`user_agent`), so no
+/// two viewers' envelopes share anything: the worst case for memory.
 fn viewers(copies: usize) -> Vec<String> {
+    viewers_of(copies, false)
+}
+
+fn viewers_of(copies: usize, unique: bool) -> Vec<String> {
     let lines: Vec<Value> = FIXTURE
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
@@ -30,6 +92,18 @@ fn viewers(copies: usize) -> Vec<String> {
             v["event_id"] = Value::String(format!("{k:08x}-0000-4000-8000-{i:012x}"));
             let session = v["session"]["id"].as_str().unwrap_or("s").to_string();
             v["session"]["id"] = Value::String(format!("{session}-{k}"));
+            if unique {
+                if let Some(content) = v.get_mut("content").and_then(Value::as_object_mut) {
+                    for key in ["url", "asset_id"] {
+                        if let Some(Value::String(s)) = content.get_mut(key) {
+                            s.push_str(&format!("-{k}"));
+                        }
+                    }
+                }
+                if let Some(Value::String(ua)) = v.pointer_mut("/context/user_agent") {
+                    ua.push_str(&format!(" v{k}"));
+                }
+            }
             out.push(v.to_string());
         }
     }
@@ -95,25 +169,46 @@ fn sessionizer(quick: bool) {
         "sessionizer off: {:.1} ns/event",
         start.elapsed().as_nanos() as f64 / events.len() as f64
     );
-    // Memory: every session open, at a quarter, half and all of its events.
+    memory(
+        &events,
+        &format!("the fixture's sessions, {copies} viewers of each content"),
+    );
+    let unique = parse(&viewers_of(copies, true));
+    memory(&unique, "every viewer with its own content and context");
+}
+
+/// Memory with every session open, at a quarter, half and all of its events: the heap
+/// bytes really live (counted by the allocator) next to the sessionizer's estimate.
+fn memory(events: &[Event], what: &str) {
+    println!("memory, {what}:");
     for share in [4, 2, 1] {
+        let before = live();
         let qoe = Qoe::new(QoeMetrics::default());
         qoe.configure(&qoe_on());
         let n = events.len() / share;
         for event in &events[..n] {
             qoe.observe(event);
         }
+        let after = live();
         let open = qoe.open_sessions().max(1);
+        let per = |bytes: usize| bytes as f64 / open as f64;
         println!(
-            "memory: {} open sessions after 1/{share} of the events ({:.0} events each): {:.0} bytes/session",
-            open,
+            "  {open} open sessions after 1/{share} of the events ({:.0} events each): {:.0} bytes/session on the heap ({:.0} with malloc's overhead), estimate {:.0}",
             n as f64 / open as f64,
-            qoe.approximate_bytes() as f64 / open as f64
+            per(after.0.saturating_sub(before.0)),
+            per(after.1.saturating_sub(before.1)),
+            per(qoe.approximate_bytes()),
         );
+        drop(qoe);
     }
 }
 
 const RELAY: &str = r#"
+# Each run its own spool (and QoE checkpoint beside it) in its temporary directory:
+# without this every run reopened and grew one spool in the working directory.
+[spool]
+dir = "DIR/spool"
+
 [server]
 listen = "127.0.0.1:0"
 max_events_per_request = 1000
@@ -125,13 +220,13 @@ enabled = QOE
 
 [destinations.segment]
 type = "segment"
-write_key = "bench"
+write_key = "bench-write-key"
 dry_run = true
 
 [destinations.ga4]
 type = "ga4"
 measurement_id = "G-BENCH"
-api_secret = "bench"
+api_secret = "bench-api-secret"
 dry_run = true
 
 [destinations.tealium]
@@ -213,6 +308,20 @@ fn relay(quick: bool) {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(if quick { 2 } else { 4 });
+    // `--qoe on|off`: one side only (to count its instructions under callgrind).
+    let only = std::env::args()
+        .skip_while(|a| a != "--qoe")
+        .nth(1)
+        .map(|v| v == "on");
+    if let Some(qoe) = only {
+        let rate = runtime.block_on(relay_events_per_second(qoe, &bodies, lines.len()));
+        println!(
+            "relay, 4 dry-run vendors, {} events, QoE {}: {rate:.0} events/s",
+            lines.len(),
+            if qoe { "on" } else { "off" }
+        );
+        return;
+    }
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         off.push(runtime.block_on(relay_events_per_second(false, &bodies, lines.len())));
@@ -234,11 +343,13 @@ fn relay(quick: bool) {
     std::thread::sleep(Duration::from_millis(10));
 }
 
-/// `-- [--quick] [--relay-only] [--rounds N]`
+/// `-- [--quick] [--relay-only | --sessionizer-only] [--rounds N] [--qoe on|off]`
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     if !std::env::args().any(|a| a == "--relay-only") {
         sessionizer(quick);
     }
-    relay(quick);
+    if !std::env::args().any(|a| a == "--sessionizer-only") {
+        relay(quick);
+    }
 }

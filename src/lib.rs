@@ -154,9 +154,11 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new());
     let (abandon, abandon_rx) = watch::channel(false);
     let server_config = config.server.clone();
+    let qoe_checkpoint = qoe::checkpoint_path(&config.qoe, &config.spool);
     let (controller, relay) = Controller::start(config, metrics, options.clock, abandon_rx).await?;
     controller.retire_unconfigured().await;
     let (stop_accepting, stopped) = oneshot::channel::<()>();
+    qoe::restore(&relay, qoe_checkpoint).await;
     qoe::spawn(&relay);
     let app = ingest::app(relay.clone());
     // Listener settings are read once: a reload reports changes to them as restart-only.

@@ -6,6 +6,8 @@
 #[path = "golden/support.rs"]
 mod support;
 
+mod common;
+
 use playrelay::dest::ga4::{Ga4Config, Ga4Translator};
 use playrelay::dest::segment::{SegmentConfig, SegmentTranslator};
 use playrelay::dest::tealium::{TealiumConfig, TealiumTranslator};
@@ -17,6 +19,7 @@ use playrelay::qoe::metrics::{compute, Fact, Kind};
 use playrelay::qoe::summarize_events;
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 use support::*;
 
 const WIDE: BatchLimits = BatchLimits {
@@ -847,4 +850,131 @@ async fn the_relay_summarizes_after_the_grace_the_idle_timeout_and_at_shutdown()
     assert!(summaries
         .iter()
         .all(|s| s["received_at"] == "2026-11-01T19:59:00.000Z"));
+}
+
+// ------------------------------------------------------- crashes, in real time
+
+/// The real relay binary, SIGKILLed while a session is open: the session's events
+/// from before the kill are in the checkpoint, the relay restores them at its next
+/// start, and the closing event sent then gives one summary with every event.
+#[tokio::test]
+async fn open_sessions_survive_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The default checkpoint file: beside the disk spool (playrelay-out/spool).
+    let config = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[qoe]
+enabled = true
+end_grace_ms = 300
+checkpoint_interval_ms = 100
+
+[destinations.out]
+type = "file"
+path = "out.ndjson"
+
+[[routes]]
+name = "summaries"
+match = { types = ["session.summary"] }
+to = ["out"]
+"#;
+    let checkpoint = dir.path().join("playrelay-out/spool.qoe-sessions.bin");
+    let events = session(
+        "crashed",
+        900,
+        &[
+            "playback.requested",
+            "playback.started",
+            "playback.paused",
+            "playback.resumed",
+            "playback.completed",
+        ],
+    );
+    let relay = common::binary::Relay::start(dir.path(), config);
+    let addr: std::net::SocketAddr = relay.addr.parse().expect("address");
+    let answer = common::post_ndjson(addr, ndjson(&events[..4])).await;
+    assert_eq!(answer.status, 202);
+    // An empty checkpoint is a header and a CRC; one with the session is longer.
+    common::wait_until(
+        "the session is checkpointed",
+        Duration::from_secs(10),
+        || std::fs::metadata(&checkpoint).is_ok_and(|m| m.len() > 100),
+    )
+    .await;
+    relay.kill();
+    assert!(
+        summaries_in(&dir).is_empty(),
+        "no summary before the restart"
+    );
+
+    let relay = common::binary::Relay::start(dir.path(), config);
+    let addr: std::net::SocketAddr = relay.addr.parse().expect("address");
+    let answer = common::post_ndjson(addr, ndjson(&events[4..])).await;
+    assert_eq!(answer.status, 202);
+    common::wait_until("the summary is written", Duration::from_secs(10), || {
+        !summaries_in(&dir).is_empty()
+    })
+    .await;
+    // Give a second summary (there must be none) the time to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let summaries = summaries_in(&dir);
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    let data = &summaries[0]["data"];
+    assert_eq!(summaries[0]["session"]["id"], "crashed");
+    assert_eq!(data["events"], 5);
+    assert_eq!(data["ended_by"], "completed");
+    assert_eq!(data["outcome"], "started");
+    // requested 0 s, started 5 s, paused 10 s, resumed 15 s, completed 20 s.
+    assert_eq!(data["startup_ms"], 5_000);
+    assert_eq!(data["paused_ms"], 5_000);
+    assert_eq!(data["watched_ms"], 15_000);
+    drop(relay);
+}
+
+/// A checkpoint file that is not one (another program's, or damaged) is moved aside
+/// with a warning, and the relay starts without it and checkpoints afresh.
+#[tokio::test]
+async fn a_bad_checkpoint_is_set_aside_and_the_relay_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sessions.bin");
+    std::fs::write(&path, b"PRQS\x01 torn in half").expect("write");
+    let more = format!(
+        "checkpoint_path = \"{}\"\ncheckpoint_interval_ms = 100\n",
+        path.display()
+    );
+    let toml = relay_toml(&dir, "").replace(
+        "end_grace_ms = 2000\n",
+        &format!("end_grace_ms = 2000\n{more}"),
+    );
+    let config = playrelay::config::load_str(&toml, std::path::Path::new("qoe.toml"), &|_| None)
+        .expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let running = playrelay::start(config, listener, playrelay::RelayOptions::default())
+        .await
+        .expect("starts despite the bad file");
+    let aside = dir.path().join("sessions.bin.bad-1");
+    assert_eq!(
+        std::fs::read(&aside).expect("moved aside"),
+        b"PRQS\x01 torn in half"
+    );
+    let app = playrelay::ingest::app(running.relay.clone());
+    post(
+        &app,
+        ndjson(&session("fresh", 950, &["playback.requested"])),
+    )
+    .await;
+    common::wait_until("a new checkpoint", Duration::from_secs(10), || {
+        std::fs::metadata(&path).is_ok_and(|m| m.len() > 100)
+    })
+    .await;
+    // Shutdown summarizes the open session, so it leaves an empty checkpoint behind:
+    // a restart must not summarize it again.
+    running.shutdown().await;
+    assert_eq!(summaries_in(&dir).len(), 1);
+    let saved = std::fs::read(&path).expect("checkpoint");
+    let contents = playrelay::qoe::checkpoint::open(&saved).expect("a checkpoint");
+    assert_eq!(contents.sessions, 0);
 }

@@ -323,11 +323,11 @@ async fn ingest_inner(
     let mut events = Vec::with_capacity(parsed.events.len());
     for mut event in parsed.events {
         event.source = source_name.clone();
-        // Seen before the spool answers: should it refuse, the client's retry carries
-        // the same event ids, which the sessionizer counts once.
-        relay.qoe.observe(&event);
         events.push(event);
     }
+    // Seen before the spool answers: should it refuse, the client's retry carries
+    // the same event ids, which the sessionizer counts once. One lock per request.
+    relay.qoe.observe_all(&events);
     accept(relay, routing, events).await?;
     // Accepted means routed and, with the disk spool, durable.
     metrics.events_accepted.inc_by(accepted as u64);

@@ -33,6 +33,35 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, by its `u8` value.
+    const ALL: [Kind; 17] = [
+        Kind::Requested,
+        Kind::Started,
+        Kind::Paused,
+        Kind::Resumed,
+        Kind::RebufferStarted,
+        Kind::RebufferEnded,
+        Kind::SeekStarted,
+        Kind::SeekEnded,
+        Kind::Completed,
+        Kind::Exited,
+        Kind::Error,
+        Kind::QualityChanged,
+        Kind::AdBreakStarted,
+        Kind::AdBreakEnded,
+        Kind::AdStarted,
+        Kind::AdCompleted,
+        Kind::Other,
+    ];
+
+    /// The kind `kind as u8` was made from (a saved session's facts).
+    pub fn from_u8(value: u8) -> Option<Kind> {
+        Kind::ALL
+            .get(usize::from(value))
+            .copied()
+            .filter(|k| *k as u8 == value)
+    }
+
     pub fn of(event_type: &str) -> Kind {
         match event_type {
             "playback.requested" => Kind::Requested,
@@ -536,6 +565,14 @@ mod tests {
             Some((10 * 1_000_000 + 8 * 2_000_000) / 18)
         );
         assert_eq!(m.events, 6);
+    }
+
+    #[test]
+    fn every_kind_comes_back_from_its_u8() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::from_u8(kind as u8), Some(kind));
+        }
+        assert_eq!(Kind::from_u8(Kind::ALL.len() as u8), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`sessionizer`]: the open sessions and when they close;
 //! - [`summary`]: the `session.summary` event.
 
+pub mod checkpoint;
 pub mod metrics;
 pub mod sessionizer;
 pub mod summary;
@@ -23,15 +24,16 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use sessionizer::{Closed, Limits, Observed, Sessionizer};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// `[qoe]` in routes.toml.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct QoeConfig {
     /// Off unless turned on: summaries are new events that count against vendor quotas.
@@ -46,6 +48,15 @@ pub struct QoeConfig {
     /// After a session's closing event, how long late events may still join it.
     #[serde(default = "defaults::end_grace_ms")]
     pub end_grace_ms: u64,
+    /// How often open sessions are saved to [`QoeConfig::checkpoint_path`] (and at
+    /// shutdown), so that a crash loses only the events since; 0: never.
+    #[serde(default = "defaults::checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// Where open sessions are saved. Default: beside the disk spool's directory,
+    /// `<spool.dir>.qoe-sessions.bin`; none with the memory or JetStream spool unless
+    /// set. Read at start (a change needs a restart).
+    #[serde(default)]
+    pub checkpoint_path: Option<PathBuf>,
 }
 
 impl Default for QoeConfig {
@@ -55,8 +66,25 @@ impl Default for QoeConfig {
             max_sessions: defaults::max_sessions(),
             idle_timeout_ms: defaults::idle_timeout_ms(),
             end_grace_ms: defaults::end_grace_ms(),
+            checkpoint_interval_ms: defaults::checkpoint_interval_ms(),
+            checkpoint_path: None,
         }
     }
+}
+
+/// Where a relay with this config saves its open sessions, if anywhere.
+pub fn checkpoint_path(qoe: &QoeConfig, spool: &crate::spool::SpoolConfig) -> Option<PathBuf> {
+    if let Some(path) = &qoe.checkpoint_path {
+        return Some(path.clone());
+    }
+    if spool.backend != crate::spool::Backend::Disk {
+        return None;
+    }
+    // A sibling of the spool's directory, named after it: one relay per spool
+    // directory, so one per checkpoint file too.
+    let mut name = spool.dir.as_os_str().to_owned();
+    name.push(".qoe-sessions.bin");
+    Some(PathBuf::from(name))
 }
 
 impl QoeConfig {
@@ -78,6 +106,9 @@ pub mod defaults {
         30 * 60 * 1000
     }
     pub fn end_grace_ms() -> u64 {
+        5_000
+    }
+    pub fn checkpoint_interval_ms() -> u64 {
         5_000
     }
 }
@@ -214,8 +245,8 @@ impl QoeMetrics {
     fn record(&self, m: &metrics::Metrics, envelope: &summary::Envelope) {
         let labels = QoeLabels {
             source: envelope.source.as_deref().unwrap_or("none").to_string(),
-            stream_type: envelope.labels.stream_type.to_string(),
-            platform: envelope.labels.platform.to_string(),
+            stream_type: envelope.labels().stream_type.to_string(),
+            platform: envelope.labels().platform.to_string(),
         };
         self.sessions
             .get_or_create(&OutcomeLabels {
@@ -275,6 +306,21 @@ pub struct Qoe {
     emitting: tokio::sync::Mutex<()>,
     wake: Arc<Notify>,
     metrics: QoeMetrics,
+    /// Where open sessions are saved; set once at start.
+    checkpoint: OnceLock<PathBuf>,
+    checkpoint_interval_ms: AtomicU64,
+    /// Held while a checkpoint is made and written, so they reach the file in order.
+    saving: tokio::sync::Mutex<Saving>,
+}
+
+#[derive(Default)]
+struct Saving {
+    /// The sessionizer's generation last written.
+    generation: Option<u64>,
+    /// The size of the last file, to size the next buffer.
+    last_len: usize,
+    /// The last write failed (warned once per streak of failures).
+    failing: bool,
 }
 
 impl Qoe {
@@ -289,6 +335,9 @@ impl Qoe {
             emitting: tokio::sync::Mutex::new(()),
             wake: Arc::new(Notify::new()),
             metrics,
+            checkpoint: OnceLock::new(),
+            checkpoint_interval_ms: AtomicU64::new(defaults::checkpoint_interval_ms()),
+            saving: tokio::sync::Mutex::new(Saving::default()),
         }
     }
 }
@@ -307,6 +356,8 @@ impl Qoe {
     /// QoE off stops observing, and what is open closes on its own deadline.
     pub fn configure(&self, config: &QoeConfig) {
         self.enabled.store(config.enabled, Ordering::Release);
+        self.checkpoint_interval_ms
+            .store(config.checkpoint_interval_ms, Ordering::Relaxed);
         let mut state = self.state();
         state.sessions.set_limits(config.limits());
         if state.sessions.has_evicted() {
@@ -331,33 +382,53 @@ impl Qoe {
 
     /// Adds an accepted event to its session. Cheap when QoE is off.
     pub fn observe(&self, event: &Event) {
-        if !self.enabled() || event.event_type() == summary::SUMMARY_TYPE {
+        self.observe_all(std::slice::from_ref(event));
+    }
+
+    /// Adds a request's accepted events to their sessions, under one lock. The facts
+    /// are made before the lock is taken. Cheap when QoE is off.
+    pub fn observe_all(&self, events: &[Event]) {
+        if !self.enabled() {
             return;
         }
-        let fact = Fact::of(event);
+        let mut facts = Vec::with_capacity(events.len());
+        facts.extend(
+            events
+                .iter()
+                .filter(|e| e.event_type() != summary::SUMMARY_TYPE)
+                .map(|e| (e, Fact::of(e))),
+        );
+        if facts.is_empty() {
+            return;
+        }
         let now = Instant::now();
         let mut state = self.state();
         if state.closed {
             return;
         }
         let before = state.sessions.next_deadline();
-        let observed = state.sessions.observe(event, fact, now);
+        let (mut duplicates, mut opened, mut closing) = (0u64, false, false);
+        for (event, fact) in facts {
+            match state.sessions.observe(event, fact, now) {
+                Observed::Duplicate => duplicates += 1,
+                Observed::Opened => opened = true,
+                Observed::Closing => closing = true,
+                Observed::Added => {}
+            }
+        }
         // The emitter sleeps until the earliest deadline: wake it when that moved up.
         let mut wake = state.sessions.has_evicted();
-        match observed {
-            Observed::Duplicate => {
-                self.metrics.duplicates.inc();
-            }
-            Observed::Opened | Observed::Closing => {
-                if observed == Observed::Opened {
-                    self.metrics.open_sessions.set(state.sessions.len() as i64);
-                }
-                let after = state.sessions.next_deadline();
-                wake |= before.is_none_or(|b| after < Some(b));
-            }
-            Observed::Added => {}
+        if opened {
+            self.metrics.open_sessions.set(state.sessions.len() as i64);
+        }
+        if opened || closing {
+            let after = state.sessions.next_deadline();
+            wake |= before.is_none_or(|b| after < Some(b));
         }
         drop(state);
+        if duplicates > 0 {
+            self.metrics.duplicates.inc_by(duplicates);
+        }
         if wake {
             self.wake.notify_one();
         }
@@ -383,8 +454,165 @@ impl Qoe {
     }
 }
 
-/// Starts the task that summarizes sessions as they close; it ends with the relay.
+impl Qoe {
+    /// Saves the open sessions to the checkpoint file, unless nothing changed since the
+    /// last save (`force` saves anyway) or QoE has closed (shutdown's own save forces).
+    /// Errors are logged: a failing disk must not stop the relay.
+    async fn save(&self, saved_at: time::OffsetDateTime, force: bool) {
+        let Some(path) = self.checkpoint.get() else {
+            return;
+        };
+        let mut saving = self.saving.lock().await;
+        let (bytes, generation, sessions) = {
+            let state = self.state();
+            let generation = state.sessions.generation();
+            if !force && (state.closed || saving.generation == Some(generation)) {
+                return;
+            }
+            let mut out = Vec::with_capacity(saving.last_len + 4096);
+            let millis = saved_at.unix_timestamp_nanos() / 1_000_000;
+            checkpoint::begin(&mut out, i64::try_from(millis).unwrap_or(0));
+            let n = state.sessions.save(Instant::now(), &mut out);
+            drop(state);
+            checkpoint::finish(&mut out, n);
+            (out, generation, n)
+        };
+        if sessions == 0 && !path.exists() {
+            // Nothing to save and nothing to replace: a relay with QoE off leaves no file.
+            saving.generation = Some(generation);
+            return;
+        }
+        let len = bytes.len();
+        let target = path.clone();
+        let written =
+            tokio::task::spawn_blocking(move || checkpoint::write_atomically(&target, &bytes))
+                .await;
+        match written {
+            Ok(Ok(())) => {
+                if saving.failing {
+                    tracing::info!(path = %path.display(), "QoE checkpoint written again");
+                }
+                saving.generation = Some(generation);
+                saving.last_len = len;
+                saving.failing = false;
+                tracing::debug!(sessions, bytes = len, "QoE sessions checkpointed");
+            }
+            Ok(Err(error)) => {
+                if !saving.failing {
+                    tracing::warn!(%error, "cannot checkpoint the open QoE sessions; a crash would lose them");
+                }
+                saving.failing = true;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "QoE checkpoint task failed");
+                saving.failing = true;
+            }
+        }
+    }
+}
+
+fn wall_now(relay: &Relay) -> time::OffsetDateTime {
+    (relay.clock)()
+}
+
+/// Opens the sessions saved at `path` by an earlier run (a crash, or a restart), each
+/// closing when it would have, counted from the file's time by the relay's clock; and
+/// makes `path` this run's checkpoint file. A file that cannot be used is moved aside
+/// with a warning: it never stops the start. Call before ingest opens.
+pub async fn restore(relay: &Relay, path: Option<PathBuf>) {
+    let Some(path) = path else {
+        return;
+    };
+    if relay.qoe.checkpoint.set(path.clone()).is_err() {
+        return;
+    }
+    let target = path.clone();
+    let read = tokio::task::spawn_blocking(move || checkpoint::read(&target)).await;
+    let bytes = match read {
+        Ok(Ok(Some(bytes))) => bytes,
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "QoE checkpoint not read: starting without its sessions");
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "QoE checkpoint not read");
+            return;
+        }
+    };
+    let now_ms = wall_now(relay).unix_timestamp_nanos() / 1_000_000;
+    let restored = checkpoint::open(&bytes).and_then(|mut contents| {
+        let down = u64::try_from(now_ms - i128::from(contents.saved_at_ms)).unwrap_or(0);
+        let mut state = relay.qoe.state();
+        let restored = state
+            .sessions
+            .restore(
+                &mut contents.reader,
+                contents.sessions,
+                Instant::now(),
+                Duration::from_millis(down),
+            )
+            .filter(|_| contents.reader.is_done());
+        relay
+            .qoe
+            .metrics
+            .open_sessions
+            .set(state.sessions.len() as i64);
+        restored.ok_or(checkpoint::CheckpointError::Malformed("sessions"))
+    });
+    match restored {
+        Ok(n) => {
+            tracing::info!(sessions = n, path = %path.display(), "QoE sessions restored from the checkpoint");
+            relay.qoe.wake.notify_one();
+        }
+        Err(error) => {
+            let aside = checkpoint::set_aside(&path);
+            match aside {
+                Ok(aside) => {
+                    tracing::warn!(%error, path = %path.display(), moved_to = %aside.display(), "QoE checkpoint unusable: moved aside, starting without it")
+                }
+                Err(io) => {
+                    tracing::warn!(%error, path = %path.display(), move_error = %io, "QoE checkpoint unusable and not moved aside: starting without it")
+                }
+            }
+        }
+    }
+}
+
+/// Starts the task that summarizes sessions as they close, and the one that saves
+/// them every `checkpoint_interval_ms` when a checkpoint file is set; both end with
+/// the relay.
 pub fn spawn(relay: &Arc<Relay>) -> JoinHandle<()> {
+    if relay.qoe.checkpoint.get().is_some() {
+        let weak: Weak<Relay> = Arc::downgrade(relay);
+        tokio::spawn(async move {
+            loop {
+                let every = match weak.upgrade() {
+                    Some(relay) if !relay.qoe.is_closed() => {
+                        relay.qoe.checkpoint_interval_ms.load(Ordering::Relaxed)
+                    }
+                    _ => return,
+                };
+                // 0: off until a reload sets an interval; at least 100 ms apart.
+                let off = every == 0;
+                tokio::time::sleep(Duration::from_millis(if off {
+                    1_000
+                } else {
+                    every.max(100)
+                }))
+                .await;
+                if off {
+                    continue;
+                }
+                let Some(relay) = weak.upgrade() else { return };
+                relay.qoe.save(wall_now(&relay), false).await;
+            }
+        });
+    }
+    spawn_emitter(relay)
+}
+
+fn spawn_emitter(relay: &Arc<Relay>) -> JoinHandle<()> {
     let weak: Weak<Relay> = Arc::downgrade(relay);
     let wake = relay.qoe.wake.clone();
     tokio::spawn(async move {
@@ -429,6 +657,8 @@ pub async fn close_all(relay: &Relay) {
         );
     }
     emit(relay, closed).await;
+    // Their summaries are on their way: the checkpoint must not bring them back.
+    relay.qoe.save(wall_now(relay), true).await;
     relay.qoe.wake.notify_one();
 }
 

@@ -4,7 +4,7 @@
 //! sleeps or does I/O: [`super::Qoe`] drives it.
 
 use super::metrics::{add, closing_of, Fact, Kind};
-use super::summary::Envelope;
+use super::summary::{Envelope, Interner};
 use crate::event::{Event, SessionEnd};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pub struct Open {
     pub facts: Vec<Fact>,
     pub envelope: Envelope,
     /// `error.code` of each fatal error, by [`Fact::id`]; fatal errors are rare.
-    pub fatal_codes: Vec<(u64, Box<str>)>,
+    pub fatal_codes: Box<[(u64, Box<str>)]>,
     /// A closing event was seen: the deadline is the grace's end, not the idle timeout.
     closing: bool,
     /// When the session closes.
@@ -38,7 +38,7 @@ pub struct Open {
 /// A session taken out of the sessionizer, to be summarized.
 pub struct Closed {
     pub session_id: Arc<str>,
-    pub open: Open,
+    pub open: Box<Open>,
     /// Why it closed when none of its events closed it.
     pub otherwise: SessionEnd,
 }
@@ -57,13 +57,18 @@ pub enum Observed {
 
 pub struct Sessionizer {
     limits: Limits,
-    open: HashMap<Arc<str>, Open>,
+    /// Boxed: the table's slots stay small, and its spare slots cost little.
+    open: HashMap<Arc<str>, Box<Open>>,
+    /// The envelope texts open sessions share.
+    interner: Interner,
     /// Every open session by a time at or before its deadline (the `u64` makes keys
     /// unique); see [`Open::key`].
     deadlines: BTreeMap<(Instant, u64), Arc<str>>,
     next_key: u64,
     /// Sessions evicted on the request path, waiting for the emitter.
     evicted: Vec<Closed>,
+    /// Counts changes, so an unchanged sessionizer is not saved again.
+    generation: u64,
 }
 
 impl Sessionizer {
@@ -71,9 +76,11 @@ impl Sessionizer {
         Sessionizer {
             limits,
             open: HashMap::new(),
+            interner: Interner::default(),
             deadlines: BTreeMap::new(),
             next_key: 0,
             evicted: Vec::new(),
+            generation: 0,
         }
     }
 
@@ -122,11 +129,14 @@ impl Sessionizer {
             if !add(&mut open.facts, fact) {
                 return Observed::Duplicate;
             }
+            self.generation += 1;
             if closes && fact.kind == Kind::Error {
-                open.fatal_codes.push((fact.id, error_code(event)));
+                let mut codes = std::mem::take(&mut open.fatal_codes).into_vec();
+                codes.push((fact.id, error_code(event)));
+                open.fatal_codes = codes.into_boxed_slice();
             }
             if fact.order() < open.envelope.order {
-                open.envelope = Envelope::of(event, &fact);
+                open.envelope = Envelope::interned(event, &fact, &mut self.interner);
             }
             if open.closing {
                 // Stragglers do not extend the grace.
@@ -149,6 +159,7 @@ impl Sessionizer {
             }
             return Observed::Closing;
         }
+        self.generation += 1;
         if self.open.len() >= limits.max_sessions.max(1) {
             self.evict_one();
         }
@@ -159,22 +170,23 @@ impl Sessionizer {
                 limits.idle_timeout
             };
         let key = self.new_key(deadline);
-        let mut fatal_codes = Vec::new();
-        if closes && fact.kind == Kind::Error {
-            fatal_codes.push((fact.id, error_code(event)));
-        }
+        let fatal_codes: Box<[(u64, Box<str>)]> = if closes && fact.kind == Kind::Error {
+            Box::new([(fact.id, error_code(event))])
+        } else {
+            Box::new([])
+        };
         let id: Arc<str> = Arc::from(session_id);
         self.deadlines.insert(key, id.clone());
         self.open.insert(
             id,
-            Open {
+            Box::new(Open {
                 facts: vec![fact],
-                envelope: Envelope::of(event, &fact),
+                envelope: Envelope::interned(event, &fact, &mut self.interner),
                 fatal_codes,
                 closing: closes,
                 deadline,
                 key,
-            },
+            }),
         );
         Observed::Opened
     }
@@ -201,6 +213,7 @@ impl Sessionizer {
                 continue;
             }
             if let Some(open) = self.open.remove(&id) {
+                self.generation += 1;
                 out.push(Closed {
                     session_id: id,
                     open,
@@ -214,6 +227,7 @@ impl Sessionizer {
     /// Takes out every session: the relay is stopping.
     pub fn drain(&mut self) -> Vec<Closed> {
         let mut out = std::mem::take(&mut self.evicted);
+        self.generation += 1;
         self.deadlines.clear();
         out.extend(self.open.drain().map(|(id, open)| Closed {
             session_id: id,
@@ -240,6 +254,7 @@ impl Sessionizer {
                 continue;
             }
             if let Some(open) = self.open.remove(&id) {
+                self.generation += 1;
                 self.evicted.push(Closed {
                     session_id: id,
                     open,
@@ -250,26 +265,119 @@ impl Sessionizer {
         }
     }
 
-    /// Heap bytes held for open sessions, approximately (for the benchmark).
+    /// A number that changes whenever the open sessions do.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Appends every open session to a checkpoint (see [`super::checkpoint`]) and
+    /// returns how many: its id, facts, envelope, fatal codes, whether it is in its
+    /// grace, and how long until it closes from `now`.
+    pub fn save(&self, now: Instant, out: &mut Vec<u8>) -> u32 {
+        use super::checkpoint::*;
+        let mut n = 0u32;
+        for (id, open) in &self.open {
+            put_str(out, id);
+            put_u8(out, u8::from(open.closing));
+            let left = open.deadline.saturating_duration_since(now);
+            put_u64(out, u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
+            put_u32(out, open.facts.len() as u32);
+            for fact in &open.facts {
+                put_fact(out, fact);
+            }
+            open.envelope.save(out);
+            put_u32(out, open.fatal_codes.len() as u32);
+            for (fact_id, code) in open.fatal_codes.iter() {
+                put_u64(out, *fact_id);
+                put_str(out, code);
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Opens the sessions of a checkpoint that [`Sessionizer::save`] wrote, `down` after
+    /// it was written: each closes when it would have, less `down` (at once if that has
+    /// passed). A session already open here is left as it is. Returns how many were
+    /// restored, or `None` when the bytes are malformed (sessions read before the bad
+    /// one are kept).
+    pub fn restore(
+        &mut self,
+        r: &mut super::checkpoint::Reader<'_>,
+        sessions: u32,
+        now: Instant,
+        down: Duration,
+    ) -> Option<usize> {
+        let mut restored = 0;
+        for _ in 0..sessions {
+            let id: Arc<str> = Arc::from(r.str()?);
+            let closing = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            let left = Duration::from_millis(r.u64()?).saturating_sub(down);
+            let n = r.u32()? as usize;
+            let mut facts = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                facts.push(r.fact()?);
+            }
+            let envelope = Envelope::restore(r, &mut self.interner)?;
+            let codes = r.u32()? as usize;
+            let mut fatal_codes = Vec::with_capacity(codes.min(16));
+            for _ in 0..codes {
+                fatal_codes.push((r.u64()?, Box::<str>::from(r.str()?)));
+            }
+            if self.open.contains_key(&id) {
+                continue;
+            }
+            if self.open.len() >= self.limits.max_sessions.max(1) {
+                self.evict_one();
+            }
+            let deadline = now + left;
+            let key = self.new_key(deadline);
+            self.deadlines.insert(key, id.clone());
+            self.open.insert(
+                id,
+                Box::new(Open {
+                    facts,
+                    envelope,
+                    fatal_codes: fatal_codes.into_boxed_slice(),
+                    closing,
+                    deadline,
+                    key,
+                }),
+            );
+            self.generation += 1;
+            restored += 1;
+        }
+        Some(restored)
+    }
+
+    /// Heap bytes held for open sessions, approximately (the benchmark measures the
+    /// real figure next to it).
     pub fn approximate_bytes(&self) -> usize {
-        let per_entry = std::mem::size_of::<(Arc<str>, Open)>() + 1;
+        let slot = std::mem::size_of::<(Arc<str>, Box<Open>)>() + 1;
         let deadline_entry = std::mem::size_of::<((Instant, u64), Arc<str>)>();
-        self.open
-            .iter()
-            .map(|(id, open)| {
-                per_entry
-                    + deadline_entry
-                    + 16
-                    + id.len()
-                    + open.facts.capacity() * std::mem::size_of::<Fact>()
-                    + open.envelope.heap_bytes()
-                    + open
-                        .fatal_codes
-                        .iter()
-                        .map(|(_, c)| 24 + c.len())
-                        .sum::<usize>()
-            })
-            .sum()
+        self.open.capacity() * slot
+            + self.interner.heap_bytes()
+            + self
+                .open
+                .iter()
+                .map(|(id, open)| {
+                    std::mem::size_of::<Open>()
+                        + deadline_entry
+                        + 16
+                        + id.len()
+                        + open.facts.capacity() * std::mem::size_of::<Fact>()
+                        + open.envelope.heap_bytes()
+                        + open
+                            .fatal_codes
+                            .iter()
+                            .map(|(_, c)| 24 + c.len())
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
     }
 }
 
@@ -410,5 +518,54 @@ mod tests {
         assert_eq!(s.len(), 1);
         let rest = s.drain();
         assert_eq!(ids(&rest), vec![("d", SessionEnd::Shutdown)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn saved_sessions_come_back_whole_with_their_deadlines_less_the_time_down() {
+        let mut s = Sessionizer::new(limits());
+        observe(&mut s, &event("idle", 0, "playback.requested"));
+        observe(&mut s, &event("idle", 1, "playback.started"));
+        observe(&mut s, &event("ending", 2, "playback.requested"));
+        observe(&mut s, &event("ending", 3, "playback.error"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let mut out = Vec::new();
+        super::super::checkpoint::begin(&mut out, 0);
+        let n = s.save(Instant::now(), &mut out);
+        super::super::checkpoint::finish(&mut out, n);
+        assert_eq!(n, 2);
+
+        // Down for 20 s: `idle` has 59 - 20 s left, `ending` (4 s of grace left) is due.
+        let mut back = Sessionizer::new(limits());
+        let mut contents = super::super::checkpoint::open(&out).expect("reads");
+        let restored = back.restore(
+            &mut contents.reader,
+            contents.sessions,
+            Instant::now(),
+            Duration::from_secs(20),
+        );
+        assert_eq!(restored, Some(2));
+        assert!(contents.reader.is_done());
+        // A copy of a saved event is still a copy.
+        assert_eq!(
+            observe(&mut back, &event("idle", 1, "playback.started")),
+            Observed::Duplicate
+        );
+        let closed = back.expire(Instant::now());
+        assert_eq!(ids(&closed), vec![("ending", SessionEnd::IdleTimeout)]);
+        assert_eq!(&*closed[0].open.fatal_codes[0].1, "E1");
+        let m = super::super::metrics::compute(&closed[0].open.facts, closed[0].otherwise);
+        assert_eq!(m.ended_by, SessionEnd::Error);
+        tokio::time::advance(Duration::from_millis(38_999)).await;
+        assert!(back.expire(Instant::now()).is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let closed = back.expire(Instant::now());
+        assert_eq!(ids(&closed), vec![("idle", SessionEnd::IdleTimeout)]);
+        let before = s.drain();
+        let idle = before
+            .iter()
+            .find(|c| &*c.session_id == "idle")
+            .expect("idle");
+        assert_eq!(closed[0].open.facts, idle.open.facts);
+        assert_eq!(closed[0].open.envelope, idle.open.envelope);
     }
 }

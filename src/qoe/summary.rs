@@ -19,8 +19,9 @@ pub struct Labels {
     pub platform: &'static str,
 }
 
-/// Player platforms kept as they are in metric labels; anything else is `other`.
-const PLATFORMS: &[&str] = &[
+/// Every platform label value: the player platforms kept as they are, then `other`
+/// and `unknown`.
+const PLATFORM_LABELS: [&str; 18] = [
     "web",
     "android",
     "ios",
@@ -37,6 +38,8 @@ const PLATFORMS: &[&str] = &[
     "windows",
     "macos",
     "linux",
+    "other",
+    "unknown",
 ];
 
 /// A client's `context.player.platform` as a bounded label value.
@@ -44,7 +47,7 @@ pub fn platform_label(platform: Option<&str>) -> &'static str {
     let Some(platform) = platform.filter(|p| !p.is_empty()) else {
         return "unknown";
     };
-    PLATFORMS
+    PLATFORM_LABELS[..16]
         .iter()
         .find(|known| known.eq_ignore_ascii_case(platform))
         .copied()
@@ -64,53 +67,197 @@ pub fn stream_type_label(stream_type: Option<StreamType>) -> &'static str {
 /// What a summary takes from the session's first event in order: its `session`,
 /// `user`, `content` and `context` as JSON text (smaller than the typed values), its
 /// ingest source and the metric labels.
+///
+/// `content` and `context` are the same for many viewers (one asset, one player build
+/// and browser), so the sessionizer shares one copy of each text between its sessions
+/// (see [`Interner`]); `session` is kept without its `id`, which is the session's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub order: (u32, i64, u64),
-    json: Box<str>,
+    /// `session` less its leading `{"id":"…"` (so starting with `,` or `}`), or the whole
+    /// object (starting with `{`) should it ever not start with its id.
+    session: Box<str>,
+    user: Box<str>,
+    content: Option<Arc<str>>,
+    context: Option<Arc<str>>,
     pub source: Option<Arc<str>>,
-    pub labels: Labels,
+    /// [`STREAM_TYPES`] and [`PLATFORM_LABELS`] indexes of the labels.
+    stream_type: u8,
+    platform: u8,
 }
 
-#[derive(Serialize)]
-struct EnvelopeParts<'a> {
-    session: &'a crate::event::Session,
-    user: &'a crate::event::User,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a crate::event::Content>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context: Option<&'a crate::event::Context>,
+/// Metric label values of `content.stream_type`, by index.
+const STREAM_TYPES: [&str; 5] = ["vod", "live", "live_dvr", "linear", "unknown"];
+
+/// One shared copy of each envelope part text that open sessions hold. Entries no
+/// session holds any more are swept now and then, at an amortized O(1) per session.
+#[derive(Debug, Default)]
+pub struct Interner {
+    texts: std::collections::HashSet<Arc<str>>,
+    /// Sweep when there are more entries than this.
+    sweep_at: usize,
+}
+
+impl Interner {
+    /// The shared copy of `text`.
+    pub fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.texts.get(text) {
+            return shared.clone();
+        }
+        if self.texts.len() >= self.sweep_at {
+            self.sweep();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.texts.insert(shared.clone());
+        shared
+    }
+
+    /// Drops the texts nothing else holds.
+    pub fn sweep(&mut self) {
+        self.texts.retain(|t| Arc::strong_count(t) > 1);
+        self.sweep_at = self.texts.len() * 2 + 64;
+    }
+
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+
+    /// Heap bytes of the table and its texts, approximately.
+    pub fn heap_bytes(&self) -> usize {
+        self.texts.capacity() * (std::mem::size_of::<Arc<str>>() + 1)
+            + self.texts.iter().map(|t| 16 + t.len()).sum::<usize>()
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Plain structs of strings and numbers: serializing cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
+}
+
+/// `{"id":<id>` as serde_json writes it, the start of a `session` object.
+fn session_prefix(id: &str) -> String {
+    format!("{{\"id\":{}", to_json(&id))
 }
 
 impl Envelope {
+    /// The envelope of `event`, with its own copies of every part.
     pub fn of(event: &Event, fact: &Fact) -> Envelope {
+        Envelope::build(event, fact, |text| Arc::from(text))
+    }
+
+    /// The envelope of `event`, sharing `content` and `context` through `interner`.
+    pub fn interned(event: &Event, fact: &Fact, interner: &mut Interner) -> Envelope {
+        Envelope::build(event, fact, |text| interner.intern(text))
+    }
+
+    fn build(event: &Event, fact: &Fact, mut share: impl FnMut(&str) -> Arc<str>) -> Envelope {
         let body = &event.body;
-        let parts = EnvelopeParts {
-            session: &body.session,
-            user: &body.user,
-            content: body.content.as_ref(),
-            context: body.context.as_ref(),
+        let session = to_json(&body.session);
+        let session = match session.strip_prefix(&session_prefix(&body.session.id)) {
+            Some(rest) => rest.into(),
+            None => session.into_boxed_str(),
         };
-        // Plain structs of strings and numbers: serializing cannot fail.
-        let json = serde_json::to_string(&parts).unwrap_or_else(|_| "{}".into());
+        let stream_type = stream_type_label(body.content.as_ref().and_then(|c| c.stream_type));
+        let platform = platform_label(
+            body.context
+                .as_ref()
+                .and_then(|c| c.player.as_ref())
+                .and_then(|p| p.platform.as_deref()),
+        );
         Envelope {
             order: fact.order(),
-            json: json.into_boxed_str(),
+            session,
+            user: to_json(&body.user).into_boxed_str(),
+            content: body.content.as_ref().map(|c| share(&to_json(c))),
+            context: body.context.as_ref().map(|c| share(&to_json(c))),
             source: event.source.clone(),
-            labels: Labels {
-                stream_type: stream_type_label(body.content.as_ref().and_then(|c| c.stream_type)),
-                platform: platform_label(
-                    body.context
-                        .as_ref()
-                        .and_then(|c| c.player.as_ref())
-                        .and_then(|p| p.platform.as_deref()),
-                ),
-            },
+            stream_type: label_index(&STREAM_TYPES, stream_type),
+            platform: label_index(&PLATFORM_LABELS, platform),
         }
     }
 
-    pub fn heap_bytes(&self) -> usize {
-        self.json.len()
+    pub fn labels(&self) -> Labels {
+        Labels {
+            stream_type: STREAM_TYPES
+                .get(usize::from(self.stream_type))
+                .copied()
+                .unwrap_or("unknown"),
+            platform: PLATFORM_LABELS
+                .get(usize::from(self.platform))
+                .copied()
+                .unwrap_or("unknown"),
+        }
     }
+
+    /// The members `"session":…,"user":…[,"content":…][,"context":…]` of the summary,
+    /// as one JSON object of the four would have them.
+    pub fn write_members(&self, session_id: &str, out: &mut String) {
+        out.push_str("\"session\":");
+        if !self.session.starts_with('{') {
+            out.push_str(&session_prefix(session_id));
+        }
+        out.push_str(&self.session);
+        out.push_str(",\"user\":");
+        out.push_str(&self.user);
+        if let Some(content) = &self.content {
+            out.push_str(",\"content\":");
+            out.push_str(content);
+        }
+        if let Some(context) = &self.context {
+            out.push_str(",\"context\":");
+            out.push_str(context);
+        }
+    }
+
+    /// Appends the envelope to a checkpoint (see [`super::checkpoint`]).
+    pub fn save(&self, out: &mut Vec<u8>) {
+        use super::checkpoint::*;
+        put_u32(out, self.order.0);
+        put_i64(out, self.order.1);
+        put_u64(out, self.order.2);
+        put_str(out, &self.session);
+        put_str(out, &self.user);
+        put_opt_str(out, self.content.as_deref());
+        put_opt_str(out, self.context.as_deref());
+        put_opt_str(out, self.source.as_deref());
+        put_u8(out, self.stream_type);
+        put_u8(out, self.platform);
+    }
+
+    /// An envelope [`Envelope::save`] wrote; `None` when the bytes are not one.
+    pub fn restore(
+        r: &mut super::checkpoint::Reader<'_>,
+        interner: &mut Interner,
+    ) -> Option<Envelope> {
+        Some(Envelope {
+            order: (r.u32()?, r.i64()?, r.u64()?),
+            session: r.str()?.into(),
+            user: r.str()?.into(),
+            content: r.opt_str()?.map(|t| interner.intern(t)),
+            context: r.opt_str()?.map(|t| interner.intern(t)),
+            source: r.opt_str()?.map(Arc::from),
+            stream_type: r.u8()?,
+            platform: r.u8()?,
+        })
+    }
+
+    /// Heap bytes this envelope holds by itself (shared parts are counted by the
+    /// [`Interner`]).
+    pub fn heap_bytes(&self) -> usize {
+        self.session.len() + self.user.len()
+    }
+}
+
+fn label_index(labels: &[&str], label: &str) -> u8 {
+    labels
+        .iter()
+        .position(|l| *l == label)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(u8::MAX)
 }
 
 /// `data` of a summary; the three values that may be unknown are written as `null`.
@@ -202,12 +349,8 @@ pub fn build(
         error_code,
     };
     let data = serde_json::to_string(&data).unwrap_or_else(|_| "{}".into());
-    // `json` is an object: splice its members in after the event's own keys.
-    let members = envelope
-        .json
-        .strip_prefix('{')
-        .and_then(|s| s.strip_suffix('}'))
-        .unwrap_or("");
+    let mut members = String::with_capacity(1024);
+    envelope.write_members(session_id, &mut members);
     let text = format!(
         "{{\"schema\":\"{SCHEMA_VERSION}\",\"event_id\":\"{}\",\"type\":\"{SUMMARY_TYPE}\",\"timestamp\":\"{}\",{members},\"data\":{data}}}",
         summary_event_id(session_id, metrics, &last),
