@@ -22,7 +22,7 @@ pub enum Command {
 }
 
 /// At most this many events in one group commit: bounds the latency of the first.
-const MAX_GROUP_EVENTS: usize = 50_000;
+const MAX_GROUP_EVENTS: usize = 10_000;
 /// How often cursors are saved and space reclaimed when ingest is idle.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// Chunks deleted per housekeeping pass, so a large reclaim never stalls commits.

@@ -128,7 +128,7 @@ fn default_max_bytes() -> u64 {
 }
 
 fn default_write_buffer_bytes() -> u64 {
-    12 << 20
+    8 << 20
 }
 
 impl Default for SpoolConfig {
