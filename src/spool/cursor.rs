@@ -287,13 +287,7 @@ mod tests {
     use crate::spool::store::ChunkBuilder;
 
     fn event(seq: u64) -> Arc<Event> {
-        let text = include_str!("../../tests/fixtures/sessions.ndjson")
-            .lines()
-            .next()
-            .expect("a fixture event");
-        let mut event = Event::restore(text, time::OffsetDateTime::UNIX_EPOCH).expect("valid");
-        event.spool_seq = seq;
-        Arc::new(event)
+        Arc::new(record::fixture_event(seq))
     }
 
     fn store_with(seqs: std::ops::Range<u64>, id: u16) -> (tempfile::TempDir, Arc<Store>) {

@@ -180,6 +180,18 @@ pub fn decode(bytes: &[u8]) -> Result<Header<'_>, RecordError> {
     })
 }
 
+/// The first fixture event at spool position `seq`: what the spool's unit tests store.
+#[cfg(test)]
+pub(crate) fn fixture_event(seq: u64) -> Event {
+    let text = include_str!("../../tests/fixtures/sessions.ndjson")
+        .lines()
+        .next()
+        .expect("a fixture event");
+    let mut event = Event::restore(text, OffsetDateTime::UNIX_EPOCH).expect("valid");
+    event.spool_seq = seq;
+    event
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

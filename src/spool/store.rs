@@ -545,17 +545,10 @@ fn aside_name(dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
 
     fn record(seq: u64) -> Vec<u8> {
-        let text = include_str!("../../tests/fixtures/sessions.ndjson")
-            .lines()
-            .next()
-            .expect("a fixture event");
-        let mut event = Event::restore(text, time::OffsetDateTime::UNIX_EPOCH).expect("valid");
-        event.spool_seq = seq;
         let mut out = Vec::new();
-        record::encode(&event, &[seq as u16], &mut out);
+        record::encode(&record::fixture_event(seq), &[seq as u16], &mut out);
         out
     }
 
