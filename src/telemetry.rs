@@ -117,6 +117,8 @@ pub struct SpoolMetrics {
     pub commit_duration: Histogram,
     pub write_errors: Counter,
     pub corrupt_records: Counter,
+    /// Opens that found the spool not closed cleanly.
+    pub repairs: Counter,
     pub redelivered: Family<DestinationLabel, Counter>,
     pub recovered: Family<DestinationLabel, Counter>,
     pub backlog_bytes: Family<DestinationLabel, Gauge>,
@@ -191,6 +193,7 @@ impl Metrics {
                 commit_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
                 write_errors: Counter::default(),
                 corrupt_records: Counter::default(),
+                repairs: Counter::default(),
                 redelivered: Family::default(),
                 recovered: Family::default(),
                 backlog_bytes: Family::default(),
@@ -395,6 +398,11 @@ impl Metrics {
             "spool_corrupt_records",
             "Records that failed their checksum or no longer parse, set aside",
             spool.corrupt_records.clone(),
+        );
+        registry.register(
+            "spool_repairs",
+            "Starts that found the spool not closed cleanly (a crash, a power loss) and went back to its last complete commit",
+            spool.repairs.clone(),
         );
         registry.register(
             "destination_redelivered",

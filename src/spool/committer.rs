@@ -103,7 +103,8 @@ impl Committer {
             let first = match commands.recv_timeout(HOUSEKEEPING) {
                 Ok(command) => command,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.housekeeping();
+                    // Idle: no group commit will carry the cursors to disk, so this does.
+                    self.housekeeping(true);
                     since_housekeeping = 0;
                     last_housekeeping = std::time::Instant::now();
                     continue;
@@ -125,13 +126,13 @@ impl Committer {
             since_housekeeping += 1;
             // Under load commits never time out: housekeep every so often.
             if since_housekeeping >= 16 && last_housekeeping.elapsed() >= HOUSEKEEPING {
-                self.housekeeping();
+                self.housekeeping(false);
                 since_housekeeping = 0;
                 last_housekeeping = std::time::Instant::now();
             }
         }
         // Shutdown: the destinations have settled what they could; save where they are.
-        self.housekeeping();
+        self.housekeeping(true);
         if let Err(error) = self.store.sync() {
             tracing::error!(%error, "cannot sync the spool at shutdown");
         }
@@ -206,7 +207,7 @@ impl Committer {
         if accepted.is_empty() {
             return;
         }
-        let written = batch.commit().and_then(|()| self.store.sync());
+        let written = batch.commit_durable();
         if let Err(error) = written {
             let replies = accepted.into_iter().map(|(_, _, reply)| reply).collect();
             self.fail(format!("cannot write to the spool ({error})"), replies);
@@ -243,8 +244,10 @@ impl Committer {
         }
     }
 
-    /// Saves moved cursors and deletes what every destination is past.
-    fn housekeeping(&mut self) {
+    /// Saves moved cursors and deletes what every destination is past. Not `durable`:
+    /// the next group commit's fsync carries it; a crash before that only means a
+    /// redelivery.
+    fn housekeeping(&mut self, durable: bool) {
         if !self.recover() {
             return;
         }
@@ -309,8 +312,12 @@ impl Committer {
             self.report_oldest();
             return;
         }
-        // No sync: a lost cursor update or deletion only means a redelivery after a crash.
-        match batch.commit() {
+        let committed = if durable {
+            batch.commit_durable()
+        } else {
+            batch.commit()
+        };
+        match committed {
             Ok(()) => {
                 let _ = self
                     .shared

@@ -9,6 +9,7 @@
 mod committer;
 pub mod cursor;
 pub mod jetstream;
+mod migrate;
 pub mod record;
 mod store;
 
@@ -41,11 +42,11 @@ pub struct SpoolConfig {
     /// `backend = "jetstream"`, the stream's `max_bytes`.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
-    /// Memory for the newest records before they are written out as tables. Larger:
-    /// records that are delivered quickly are deleted before they ever leave memory,
-    /// and group commits wait less on the disk; smaller: a smaller relay.
-    #[serde(default = "default_write_buffer_bytes")]
-    pub write_buffer_bytes: u64,
+    /// Memory for the spool's pages (the newest records, the trees' inner pages).
+    /// Larger: a backlog is read back from memory more often; smaller: a smaller relay.
+    /// (`write_buffer_bytes`, its name while the spool ran on fjall, still works.)
+    #[serde(default = "default_cache_bytes", alias = "write_buffer_bytes")]
+    pub cache_bytes: u64,
     /// `backend = "jetstream"`: one or several `nats://` (or `tls://`) servers.
     #[serde(
         default = "jetstream::default_url",
@@ -127,7 +128,7 @@ fn default_max_bytes() -> u64 {
     1 << 30
 }
 
-fn default_write_buffer_bytes() -> u64 {
+fn default_cache_bytes() -> u64 {
     8 << 20
 }
 
@@ -137,7 +138,7 @@ impl Default for SpoolConfig {
             backend: Backend::default(),
             dir: default_dir(),
             max_bytes: default_max_bytes(),
-            write_buffer_bytes: default_write_buffer_bytes(),
+            cache_bytes: default_cache_bytes(),
             url: jetstream::default_url(),
             token: None,
             user: None,
@@ -167,11 +168,8 @@ impl SpoolConfig {
         if self.max_bytes < 1 << 20 {
             return Err(("max_bytes", "must be at least 1048576 (1 MiB)".into()));
         }
-        if self.write_buffer_bytes < 4 << 20 {
-            return Err((
-                "write_buffer_bytes",
-                "must be at least 4194304 (4 MiB)".into(),
-            ));
+        if self.cache_bytes < 4 << 20 {
+            return Err(("cache_bytes", "must be at least 4194304 (4 MiB)".into()));
         }
         if self.backend == Backend::Disk && self.dir.as_os_str().is_empty() {
             return Err(("dir", "must not be empty".into()));
@@ -218,11 +216,8 @@ impl SpoolError {
         }
     }
 
-    fn engine(error: fjall::Error) -> SpoolError {
-        match error {
-            fjall::Error::Io(e) => SpoolError::Engine(e.to_string()),
-            other => SpoolError::Engine(format!("{other:?}")),
-        }
+    fn engine(error: impl Into<redb::Error>) -> SpoolError {
+        SpoolError::Engine(error.into().to_string())
     }
 }
 
@@ -350,10 +345,14 @@ impl DiskSpool {
         metrics: Arc<Metrics>,
         clock: crate::Clock,
     ) -> Result<DiskSpool, SpoolError> {
-        let (store, aside) = Store::open(&config.dir, config.write_buffer_bytes)?;
+        let (store, aside) = Store::open(&config.dir, config.cache_bytes)?;
         if let Some(aside) = aside {
             metrics.spool.corrupt_records.inc();
             tracing::error!(aside = %aside.display(), "the previous spool was set aside");
+        }
+        if store.was_repaired() {
+            metrics.spool.repairs.inc();
+            tracing::warn!(dir = %config.dir.display(), "the spool was not closed cleanly: checked, and back at its last complete commit (what that commit's 2xx covered is all there)");
         }
         let store = Arc::new(store);
         let head = store.head()?;
