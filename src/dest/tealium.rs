@@ -420,7 +420,9 @@ impl Translate for TealiumTranslator {
         }
         for (visitor, items) in groups {
             let shared = self.shared(visitor);
-            let open = bulk_open(&shared).len() + 2;
+            // The opening and the closing `]}`, less the comma counted below for the
+            // first event, which has none: the count is the body's exact size.
+            let open = bulk_open(&shared).len() + 1;
             // Even chunks: 11 events make 6 + 5, two bulk requests, rather than 10 + 1.
             let chunks = items.len().div_ceil(self.max_events);
             let per_chunk = items.len().div_ceil(chunks.max(1));
