@@ -6,6 +6,7 @@ pub mod engagement;
 pub mod file;
 pub mod ga4;
 pub mod names;
+pub mod pack;
 pub mod secrets;
 pub mod segment;
 pub mod tealium;
