@@ -8,7 +8,7 @@
 //! Units: seconds (floored) for times, percent for progress; live durations are left out.
 
 use super::engagement::EngagementClock;
-use super::pack::{ad_type, kbps, post, seconds, sound, Limits, Packed, Packer, Val};
+use super::pack::{ad_type, kbps, post, seconds, sound, Groups, Limits, Packed, Packer, Val};
 use super::segment::is_http_url;
 use super::{
     BatchLimits, EventNames, NameOverride, Note, Refusal, Translate, Translation, VendorRequest,
@@ -22,7 +22,6 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Mutex;
 use time::{Duration, OffsetDateTime};
 
@@ -343,13 +342,8 @@ impl Ga4Translator {
     }
 
     fn resolve_type<'a>(&'a self, ty: &'a str) -> Result<Cow<'a, str>, super::names::Unnamed> {
-        match self.names.resolve(ty, default_name(ty)) {
-            Err(super::names::Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
-                Some(custom) => Ok(legal_name(custom, true)),
-                None => Err(super::names::Unnamed::Unmapped),
-            },
-            other => other,
-        }
+        self.names
+            .resolve_custom(ty, default_name(ty), |custom| legal_name(custom, true))
     }
 }
 
@@ -669,9 +663,7 @@ impl Translate for Ga4Translator {
         // IP, device), in order of first appearance; each entry is (input index, event
         // time, encoded event).
         type Key<'e> = (&'e str, Option<&'e str>, Vec<u8>);
-        type Group<'e> = (Key<'e>, Vec<(usize, i128, Vec<u8>)>);
-        let mut groups: Vec<Group> = Vec::new();
-        let mut group_of: HashMap<Key, usize> = HashMap::new();
+        let mut groups: Groups<Key, (usize, i128, Vec<u8>)> = Groups::new();
         // Only its length is needed per event: one buffer, not one allocation each.
         let mut header = Vec::with_capacity(256);
         // A poisoned lock only means another batch panicked mid-way: the clock is
@@ -775,16 +767,7 @@ impl Translate for Ga4Translator {
                 continue;
             }
             clock.sent(event, time);
-            let key = (id.1, user_id, context);
-            let slot = match group_of.get(&key) {
-                Some(slot) => *slot,
-                None => {
-                    groups.push((key.clone(), Vec::new()));
-                    group_of.insert(key, groups.len() - 1);
-                    groups.len() - 1
-                }
-            };
-            groups[slot].1.push((index, micros(time), item));
+            groups.push((id.1, user_id, context), (index, micros(time), item));
         }
         drop(clock);
         let id_key = if self.app_stream {
@@ -792,7 +775,7 @@ impl Translate for Ga4Translator {
         } else {
             "client_id"
         };
-        for ((id, user_id, context), items) in groups {
+        for ((id, user_id, context), items) in groups.into_groups() {
             let mut packer = Packer::new(self.limits, CLOSE);
             for (i, (index, time, item)) in items.iter().enumerate() {
                 let open = |body: &mut Vec<u8>| {
@@ -1055,6 +1038,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use http::StatusCode;
+    use std::collections::HashMap;
 
     #[test]
     fn names_are_checked_and_made_legal() {

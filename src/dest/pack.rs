@@ -14,6 +14,8 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use http::{HeaderMap, Method};
 use serde::{Serialize, Serializer};
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::io::Write as _;
 use std::ops::Range;
 
@@ -188,6 +190,44 @@ impl<'c> Packer<'c> {
     }
 }
 
+/// Units sorted by what the events of one request must share (GA4's client and
+/// context, Tealium's visitor), groups in the order of their first event.
+pub struct Groups<K, T> {
+    groups: Vec<(K, Vec<T>)>,
+    slot: HashMap<K, usize>,
+}
+
+impl<K: Hash + Eq + Clone, T> Groups<K, T> {
+    pub fn new() -> Self {
+        Groups {
+            groups: Vec::new(),
+            slot: HashMap::new(),
+        }
+    }
+
+    pub fn push(&mut self, key: K, unit: T) {
+        let slot = match self.slot.get(&key) {
+            Some(slot) => *slot,
+            None => {
+                self.groups.push((key.clone(), Vec::new()));
+                self.slot.insert(key, self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+        };
+        self.groups[slot].1.push(unit);
+    }
+
+    pub fn into_groups(self) -> impl Iterator<Item = (K, Vec<T>)> {
+        self.groups.into_iter()
+    }
+}
+
+impl<K: Hash + Eq + Clone, T> Default for Groups<K, T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A POST of `body`, gzipped when `gzip` (the headers then already say so).
 pub fn post(
     url: &str,
@@ -289,6 +329,19 @@ mod tests {
         };
         let events: Vec<Vec<usize>> = pack(by_events, &units).into_iter().map(|p| p.1).collect();
         assert_eq!(events, vec![vec![0, 1, 2], vec![3]]);
+    }
+
+    #[test]
+    fn groups_keep_the_order_of_their_first_unit() {
+        let mut groups = Groups::new();
+        for (key, unit) in [("b", 0), ("a", 1), ("b", 2), ("c", 3), ("a", 4)] {
+            groups.push(key, unit);
+        }
+        let sorted: Vec<(&str, Vec<i32>)> = groups.into_groups().collect();
+        assert_eq!(
+            sorted,
+            vec![("b", vec![0, 2]), ("a", vec![1, 4]), ("c", vec![3])]
+        );
     }
 
     #[test]

@@ -376,13 +376,7 @@ fn resolve_name<'a>(names: &'a EventNames, event: &'a Event) -> Result<Cow<'a, s
 }
 
 fn resolve_type<'a>(names: &'a EventNames, ty: &'a str) -> Result<Cow<'a, str>, Unnamed> {
-    match names.resolve(ty, default_name(ty)) {
-        Err(Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
-            Some(custom) => Ok(Cow::Borrowed(custom)),
-            None => Err(Unnamed::Unmapped),
-        },
-        other => other,
-    }
+    names.resolve_custom(ty, default_name(ty), Cow::Borrowed)
 }
 
 fn non_empty(s: &Option<String>) -> Option<&str> {

@@ -7,7 +7,7 @@
 //! kbps, volume 0–100 (0 when muted); sub-second durations keep ms with an `_ms` key.
 
 use super::names::Unnamed;
-use super::pack::{ad_type, kbps, post, seconds, sound, Limits, Packed, Packer, Val};
+use super::pack::{ad_type, kbps, post, seconds, sound, Groups, Limits, Packed, Packer, Val};
 use super::segment::is_http_url;
 use super::{
     BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
@@ -20,7 +20,6 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use time::OffsetDateTime;
 
 /// `/bulk-event` takes at most 10 events.
@@ -240,16 +239,8 @@ impl TealiumTranslator {
     }
 
     fn resolve_type<'a>(&'a self, ty: &'a str) -> Result<Cow<'a, str>, Unnamed> {
-        match self
-            .names
-            .resolve(ty, default_name_for(self.vocabulary, ty))
-        {
-            Err(Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
-                Some(custom) => Ok(Cow::Borrowed(custom)),
-                None => Err(Unnamed::Unmapped),
-            },
-            other => other,
-        }
+        self.names
+            .resolve_custom(ty, default_name_for(self.vocabulary, ty), Cow::Borrowed)
     }
 
     /// The keys every event of a visitor shares, without braces:
@@ -304,9 +295,6 @@ impl TealiumTranslator {
     }
 }
 
-/// An input index and its encoded event object.
-type Encoded = (usize, Vec<u8>);
-
 fn bulk_open(body: &mut Vec<u8>, shared: &[u8]) {
     body.reserve(16 * 1024);
     body.extend_from_slice(b"{\"shared\":{");
@@ -318,8 +306,8 @@ impl Translate for TealiumTranslator {
     fn translate(&self, events: &[&Event], _sent_at: OffsetDateTime) -> Translation {
         let mut translation = Translation::default();
         // Events grouped by visitor in order of first appearance.
-        let mut groups: Vec<(&str, Vec<Encoded>)> = Vec::new();
-        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        // Each unit is an input index and its encoded event object.
+        let mut groups: Groups<&str, (usize, Vec<u8>)> = Groups::new();
         // The shared keys' length for a visitor is `shared_base` plus the visitor id as
         // JSON: measured per event without building the shared keys each time.
         let mut visitor_json = Vec::with_capacity(64);
@@ -375,13 +363,9 @@ impl Translate for TealiumTranslator {
                 ));
                 continue;
             }
-            let slot = *group_of.entry(visitor).or_insert_with(|| {
-                groups.push((visitor, Vec::new()));
-                groups.len() - 1
-            });
-            groups[slot].1.push((index, item));
+            groups.push(visitor, (index, item));
         }
-        for (visitor, items) in groups {
+        for (visitor, items) in groups.into_groups() {
             let shared = self.shared(visitor);
             // Even chunks: 11 events make 6 + 5, two bulk requests, rather than 10 + 1.
             let chunks = items.len().div_ceil(self.limits.max_events);
