@@ -83,6 +83,17 @@ impl Planner {
         })
     }
 
+    /// A planner for `translator` alone: no privacy rules, nothing skipped.
+    #[cfg(test)]
+    pub(crate) fn with_translator(name: &str, translator: Box<dyn Translate>) -> Planner {
+        Planner {
+            name: name.to_string(),
+            privacy: None,
+            skipped: HashMap::new(),
+            encoder: Encoder::Http(translator),
+        }
+    }
+
     /// The reason events of this type are never sent here, if they are not.
     pub fn skips(&self, event: &Event) -> Option<&'static str> {
         if self.skipped.is_empty() {

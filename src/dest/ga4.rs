@@ -8,8 +8,10 @@
 //! Units: seconds (floored) for times, percent for progress; live durations are left out.
 
 use super::engagement::EngagementClock;
-use super::pack::{ad_type, kbps, post, seconds, sound, Groups, Limits, Packed, Packer, Val};
-use super::segment::is_http_url;
+use super::pack::{
+    ad_type, endpoint_base, kbps, post, seconds, sendable, sound, Groups, Limits, Packed, Packer,
+    Val,
+};
 use super::{
     BatchLimits, EventNames, NameOverride, Note, Refusal, Translate, Translation, VendorRequest,
     VendorResponse, Verdict,
@@ -132,7 +134,7 @@ pub enum Ga4Error {
     EmptyFirebaseAppId,
     #[error("api_secret: must not be empty")]
     EmptyApiSecret,
-    #[error("endpoint: {0:?} is not an http:// or https:// URL")]
+    #[error("endpoint: {0}")]
     Endpoint(String),
     #[error("events.{event_type:?}: {name:?} is not a valid GA4 event name: {problem}")]
     EventName {
@@ -294,12 +296,7 @@ impl Ga4Translator {
             }
         }
         let base = match &config.endpoint {
-            Some(endpoint) => {
-                if !is_http_url(endpoint) {
-                    return Err(Ga4Error::Endpoint(endpoint.clone()));
-                }
-                endpoint.trim_end_matches('/')
-            }
+            Some(endpoint) => endpoint_base(endpoint).map_err(Ga4Error::Endpoint)?,
             None => match config.region {
                 Ga4Region::Global => GLOBAL_BASE,
                 Ga4Region::Eu => EU_BASE,
@@ -311,10 +308,11 @@ impl Ga4Translator {
             "/mp/collect"
         };
         let secret = utf8_percent_encode(&config.api_secret, QUERY_VALUE).to_string();
-        let url = format!(
+        let url = sendable(format!(
             "{base}{path}?{id_key}={}&api_secret={secret}",
             utf8_percent_encode(id, QUERY_VALUE)
-        );
+        ))
+        .map_err(Ga4Error::Endpoint)?;
         let mut secrets = vec![config.api_secret.clone()];
         if secret != config.api_secret {
             secrets.push(secret);

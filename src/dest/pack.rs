@@ -80,6 +80,34 @@ pub fn ad_type(position: PodPosition) -> &'static str {
     }
 }
 
+/// The base URL an `endpoint` override gives (its trailing `/` dropped), or why it
+/// gives none: it must be an http:// or https:// URL with a host that the HTTP client
+/// takes, and have no query or fragment, as the vendor's path is appended to it.
+pub fn endpoint_base(endpoint: &str) -> Result<&str, String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL: {e}"))?;
+    let host = uri.host().is_some_and(|h| !h.is_empty());
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || !host {
+        return Err(format!("{endpoint:?} is not an http:// or https:// URL"));
+    }
+    if endpoint.contains(['?', '#']) {
+        return Err(format!(
+            "{endpoint:?} has a query or fragment: the vendor's path is appended to it"
+        ));
+    }
+    Ok(endpoint.trim_end_matches('/'))
+}
+
+/// `url` if the HTTP client can send to it. Only an `endpoint` override can make it
+/// otherwise (a URL too long); the message leaves the URL out, as it may hold secrets.
+pub fn sendable(url: String) -> Result<String, String> {
+    match http::Uri::try_from(url.as_str()) {
+        Ok(_) => Ok(url),
+        Err(e) => Err(format!("makes a request URL the HTTP client refuses: {e}")),
+    }
+}
+
 /// What one request may carry: the vendor's caps, lowered by the destination's `batch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -329,6 +357,32 @@ mod tests {
         };
         let events: Vec<Vec<usize>> = pack(by_events, &units).into_iter().map(|p| p.1).collect();
         assert_eq!(events, vec![vec![0, 1, 2], vec![3]]);
+    }
+
+    #[test]
+    fn endpoints_are_urls_the_client_can_send_to() {
+        assert_eq!(
+            endpoint_base("http://127.0.0.1:9/"),
+            Ok("http://127.0.0.1:9")
+        );
+        assert_eq!(
+            endpoint_base("https://proxy.example/segment"),
+            Ok("https://proxy.example/segment")
+        );
+        let refused = |endpoint: &str| endpoint_base(endpoint).expect_err(endpoint);
+        assert_eq!(
+            refused("ftp://x"),
+            "\"ftp://x\" is not an http:// or https:// URL"
+        );
+        assert!(refused("http://127.0.0.1:9/v1/<batch>").contains("is not a URL"));
+        assert!(refused("http://a b/").contains("is not a URL"));
+        assert!(refused("http:///path").contains("not"));
+        assert!(refused("127.0.0.1:9").contains("not"));
+        assert!(refused("http://h/?key=1").contains("query or fragment"));
+        assert!(sendable("http://h/v1/batch".into()).is_ok());
+        let long = format!("http://h/{}", "a".repeat(70_000));
+        let error = sendable(long).expect_err("too long");
+        assert!(!error.contains("aaaa"), "{error}");
     }
 
     #[test]

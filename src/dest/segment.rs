@@ -5,7 +5,9 @@
 //! `sound` 0–100 (0 when muted), `total_length` null for live streams.
 
 use super::names::Unnamed;
-use super::pack::{ad_type, kbps, post, seconds, sound, Limits, Packed, Packer, Val};
+use super::pack::{
+    ad_type, endpoint_base, kbps, post, seconds, sendable, sound, Limits, Packed, Packer, Val,
+};
 use super::{
     BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
     Verdict,
@@ -93,7 +95,7 @@ pub enum SegmentError {
     EmptyWriteKey,
     #[error("write_key: must not contain control characters")]
     WriteKeyCharacters,
-    #[error("endpoint: {0:?} is not an http:// or https:// URL")]
+    #[error("endpoint: {0}")]
     Endpoint(String),
     #[error("consent_categories: ids must not be empty and must differ")]
     ConsentCategories,
@@ -180,12 +182,7 @@ impl SegmentTranslator {
             return Err(SegmentError::ConsentCategories);
         }
         let base = match &config.endpoint {
-            Some(endpoint) => {
-                if !is_http_url(endpoint) {
-                    return Err(SegmentError::Endpoint(endpoint.clone()));
-                }
-                endpoint.trim_end_matches('/')
-            }
+            Some(endpoint) => endpoint_base(endpoint).map_err(SegmentError::Endpoint)?,
             None => match config.region {
                 SegmentRegion::Us => US_BASE,
                 SegmentRegion::Eu => EU_BASE,
@@ -204,7 +201,7 @@ impl SegmentTranslator {
         }
         Ok(SegmentTranslator {
             categories: config.consent_categories.clone(),
-            url: format!("{base}/v1/batch"),
+            url: sendable(format!("{base}/v1/batch")).map_err(SegmentError::Endpoint)?,
             headers,
             names,
             pass_properties,
@@ -227,13 +224,6 @@ impl SegmentTranslator {
             self.gzip,
         )
     }
-}
-
-pub(crate) fn is_http_url(s: &str) -> bool {
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"));
-    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
 }
 
 impl Translate for SegmentTranslator {

@@ -7,8 +7,10 @@
 //! kbps, volume 0–100 (0 when muted); sub-second durations keep ms with an `_ms` key.
 
 use super::names::Unnamed;
-use super::pack::{ad_type, kbps, post, seconds, sound, Groups, Limits, Packed, Packer, Val};
-use super::segment::is_http_url;
+use super::pack::{
+    ad_type, endpoint_base, kbps, post, seconds, sendable, sound, Groups, Limits, Packed, Packer,
+    Val,
+};
 use super::{
     BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
     Verdict,
@@ -69,7 +71,7 @@ pub enum TealiumError {
     Profile,
     #[error("region: {0:?} must be lowercase letters, digits and - (e.g. \"eu-central-1\")")]
     Region(String),
-    #[error("endpoint: {0:?} is not an http:// or https:// URL")]
+    #[error("endpoint: {0}")]
     Endpoint(String),
     #[error("datasource: must not be empty when set")]
     Datasource,
@@ -191,12 +193,9 @@ impl TealiumTranslator {
             return Err(TealiumError::Environment);
         }
         let base = match (&config.endpoint, &config.region) {
-            (Some(endpoint), _) => {
-                if !is_http_url(endpoint) {
-                    return Err(TealiumError::Endpoint(endpoint.clone()));
-                }
-                endpoint.trim_end_matches('/').to_string()
-            }
+            (Some(endpoint), _) => endpoint_base(endpoint)
+                .map_err(TealiumError::Endpoint)?
+                .to_string(),
             (None, Some(region)) => {
                 if !valid_region(region) {
                     return Err(TealiumError::Region(region.clone()));
@@ -211,8 +210,8 @@ impl TealiumTranslator {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         let mut translator = TealiumTranslator {
-            event_url: format!("{base}/event"),
-            bulk_url: format!("{base}/bulk-event"),
+            event_url: sendable(format!("{base}/event")).map_err(TealiumError::Endpoint)?,
+            bulk_url: sendable(format!("{base}/bulk-event")).map_err(TealiumError::Endpoint)?,
             headers,
             names,
             vocabulary: config.vocabulary,

@@ -312,3 +312,27 @@ fn qoe_is_off_by_default_and_its_mistakes_are_located() {
     assert_eq!(errors[0].line, 23, "{}", errors[0]);
     assert!(errors[0].to_string().contains("enable"), "{}", errors[0]);
 }
+
+/// A vendor endpoint the HTTP client would refuse is refused here, at its own line,
+/// rather than by every request the destination builds.
+#[test]
+fn vendor_endpoints_the_client_cannot_send_to_name_their_line() {
+    for (vendor, keys) in [
+        ("segment", "write_key = \"wk-0123456789\""),
+        (
+            "ga4",
+            "measurement_id = \"G-1\"\napi_secret = \"api-secret-1\"",
+        ),
+        ("tealium", "account = \"acme\"\nprofile = \"main\""),
+    ] {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[destinations.vendor]\ntype = \"{vendor}\"\n{keys}\nendpoint = \"http://127.0.0.1:9/v1/<batch>\"\n"
+        );
+        let errors = load(&text).expect_err(vendor).0;
+        assert_eq!(errors.len(), 1, "{vendor}: {errors:?}");
+        let error = &errors[0];
+        assert_eq!(error.field, "destinations.vendor.endpoint", "{vendor}");
+        assert_eq!(error.line, 6 + keys.lines().count(), "{vendor}: {error}");
+        assert!(error.message.contains("is not a URL"), "{vendor}: {error}");
+    }
+}
