@@ -6,10 +6,7 @@ mod env;
 mod load;
 mod vendors;
 
-pub use edge::{
-    canonical, Cidr, ConsentCategory, InboundTls, IngestRateLimit, IpPolicy, Secret, SourceConfig,
-    PROTECTED_FIELDS,
-};
+pub use edge::{canonical, Cidr, InboundTls, IngestRateLimit, SourceConfig};
 pub use load::{load_file, load_str, ConfigError, ConfigErrors};
 pub use vendors::{build_translator, configured_secrets, max_concurrency_default, Vendor, VENDORS};
 
@@ -18,6 +15,8 @@ pub use crate::deliver::{
     BatchConfig, BreakerConfig, ConcurrencySetting, QueueConfig, RateLimitConfig, RetryConfig,
     WhenFull,
 };
+pub use crate::dest::Secret;
+pub use crate::privacy::{ConsentCategory, IpPolicy, PrivacyConfig, PROTECTED_FIELDS};
 pub use crate::route::RouteConfig;
 
 use crate::dest::file::FileConfig;
@@ -233,6 +232,18 @@ impl DestinationCommon {
             ConcurrencySetting::Adaptive => self
                 .max_concurrency
                 .unwrap_or_else(|| max_concurrency_default(type_name)),
+        }
+    }
+}
+
+impl DestinationCommon {
+    /// The privacy keys, for the privacy rules.
+    pub fn privacy(&self) -> PrivacyConfig {
+        PrivacyConfig {
+            consent: self.consent,
+            drop_fields: self.drop_fields.clone(),
+            hash_fields: self.hash_fields.clone(),
+            ip: self.ip,
         }
     }
 }

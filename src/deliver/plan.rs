@@ -4,9 +4,11 @@
 //! dry run and `playrelay test` all call [`Planner::plan`], so what they show is what
 //! the relay does.
 
-use crate::config::{build_translator, DestinationConfig, DestinationKind, Secret};
+use crate::config::{build_translator, DestinationConfig, DestinationKind};
 use crate::dest::file::encode_lines;
-use crate::dest::{BuildError, EventNames, NameOverride, Note, Refusal, Translate, VendorRequest};
+use crate::dest::{
+    BuildError, EventNames, NameOverride, Note, Refusal, Secret, Translate, VendorRequest,
+};
 use crate::event::{Event, EventType};
 use crate::privacy::Policy;
 use std::collections::HashMap;
@@ -77,7 +79,7 @@ impl Planner {
             .collect();
         Ok(Planner {
             name: config.name.clone(),
-            privacy: Policy::new(&config.common, hash_salt),
+            privacy: Policy::new(&config.common.privacy(), hash_salt),
             skipped,
             encoder,
         })

@@ -56,7 +56,7 @@ pub struct Environment {
     /// Where a `dry_run` destination writes its requests.
     pub dry_run_path: PathBuf,
     /// The key of the destination's `hash_fields`.
-    pub hash_salt: Option<crate::config::Secret>,
+    pub hash_salt: Option<crate::dest::Secret>,
     /// The destination's cursor in the disk spool, and what it is owed from before a
     /// restart; `None` with the memory spool.
     pub cursor: Option<(Arc<Cursor>, Recovered)>,

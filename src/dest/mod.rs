@@ -13,7 +13,7 @@ pub mod tealium;
 pub mod webhook;
 
 pub use names::{EventNames, NameOverride};
-pub use secrets::{redact, redact_url, MIN_SECRET_CHARS};
+pub use secrets::{redact, redact_url, Secret, MIN_SECRET_CHARS};
 
 use crate::event::Event;
 use bytes::Bytes;
