@@ -1,12 +1,10 @@
 //! `routes.toml`: typed, defaulted, and validated in one place ([`load`]), with every
 //! error naming the file, the line and the field.
 
-mod edge;
 mod env;
 mod load;
 mod vendors;
 
-pub use edge::{canonical, Cidr, InboundTls, IngestRateLimit, SourceConfig};
 pub use load::{load_file, load_str, ConfigError, ConfigErrors};
 pub use vendors::{build_translator, configured_secrets, max_concurrency_default, Vendor, VENDORS};
 
@@ -16,6 +14,7 @@ pub use crate::deliver::{
     WhenFull,
 };
 pub use crate::dest::Secret;
+pub use crate::ingest::config::{canonical, Cidr, InboundTls, IngestRateLimit, SourceConfig};
 pub use crate::privacy::{ConsentCategory, IpPolicy, PrivacyConfig, PROTECTED_FIELDS};
 pub use crate::route::RouteConfig;
 

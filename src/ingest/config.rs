@@ -1,7 +1,7 @@
-//! Config types for the edge: ingest sources and their keys, inbound TLS, trusted
-//! proxies, per-client rate limits.
+//! Ingest's own settings: sources and their keys, inbound TLS, trusted proxies,
+//! per-client rate limits. `crate::config` reads them from routes.toml and checks them.
 
-use super::Secret;
+use crate::dest::Secret;
 use serde::{Deserialize, Deserializer};
 use std::net::IpAddr;
 use std::path::PathBuf;
