@@ -160,10 +160,11 @@ pub struct DestinationCommon {
     #[serde(default)]
     pub concurrency: ConcurrencySetting,
     /// The most requests an adaptive limit may keep in flight; unset: the vendor's
-    /// default (see [`max_concurrency_default`]).
+    /// default (see [`max_concurrency_default`]), filled in at load.
     #[serde(default)]
     pub max_concurrency: Option<usize>,
-    /// Unset: the vendor's documented default (see [`RateLimitConfig::vendor_default`]).
+    /// Unset: the vendor's documented default (see [`RateLimitConfig::vendor_default`]),
+    /// filled in at load.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]
@@ -216,7 +217,7 @@ impl Config {
     pub fn max_in_flight(&self) -> usize {
         self.destinations
             .values()
-            .map(|d| d.common.max_in_flight(d.kind.type_name()))
+            .map(|d| d.common.max_in_flight())
             .max()
             .unwrap_or(1)
     }
@@ -224,13 +225,11 @@ impl Config {
 
 impl DestinationCommon {
     /// The most requests this destination may have in flight: the pinned number, or
-    /// the adaptive limit's cap.
-    pub fn max_in_flight(&self, type_name: &str) -> usize {
+    /// the adaptive limit's cap (the vendor's default once loaded, see [`load_str`]).
+    pub fn max_in_flight(&self) -> usize {
         match self.concurrency {
             ConcurrencySetting::Fixed(n) => n,
-            ConcurrencySetting::Adaptive => self
-                .max_concurrency
-                .unwrap_or_else(|| max_concurrency_default(type_name)),
+            ConcurrencySetting::Adaptive => self.max_concurrency.unwrap_or(1),
         }
     }
 }

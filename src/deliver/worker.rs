@@ -12,7 +12,7 @@ use super::dispatch::dispatch;
 use super::plan::Planner;
 use super::queue::{self, Settle};
 use super::rate_limit::RateLimits;
-use super::{ConcurrencySetting, HttpClient, RateLimitConfig, WhenFull};
+use super::{ConcurrencySetting, HttpClient, WhenFull};
 use crate::config::{DestinationConfig, DestinationKind};
 use crate::event::{Event, EventType};
 use crate::spool::{Cursor, Lease, Recovered};
@@ -150,11 +150,7 @@ fn start_planned(
     }
     let lease = env.lease.clone();
     let settle = Arc::new(Settle::new(metrics.clone(), cursor.clone()).with_lease(lease.clone()));
-    let rate_limit = config
-        .common
-        .rate_limit
-        .or_else(|| RateLimitConfig::vendor_default(config.kind.type_name()));
-    let max_in_flight = config.common.max_in_flight(config.kind.type_name());
+    let max_in_flight = config.common.max_in_flight();
     let stack = Arc::new(Stack {
         name: config.name.clone(),
         config: config.clone(),
@@ -162,7 +158,7 @@ fn start_planned(
         file,
         client: env.client.clone(),
         metrics: metrics.clone(),
-        rate_limits: RateLimits::new(rate_limit),
+        rate_limits: RateLimits::new(config.common.rate_limit),
         breaker: Breaker::new(config.common.breaker, metrics.breaker_state.clone()),
         dead_letter: DeadLetter::new(
             &config.name,

@@ -89,7 +89,7 @@ fn concurrency_is_adaptive_by_default_and_batches_are_vendor_sized() {
     let config = load(GOOD).expect("valid");
     let warehouse = &config.destinations["warehouse"].common;
     assert_eq!(warehouse.concurrency, ConcurrencySetting::Adaptive);
-    assert_eq!(warehouse.max_in_flight("webhook"), 128);
+    assert_eq!(warehouse.max_in_flight(), 128);
     // max_events was set; max_bytes takes the webhook's default.
     assert_eq!(warehouse.batch.max_events, 20);
     assert_eq!(warehouse.batch.max_bytes, 512 * 1024);
@@ -100,26 +100,38 @@ fn concurrency_is_adaptive_by_default_and_batches_are_vendor_sized() {
     let config = load(&text).expect("valid");
     let warehouse = &config.destinations["warehouse"].common;
     assert_eq!(warehouse.concurrency, ConcurrencySetting::Fixed(6));
-    assert_eq!(warehouse.max_in_flight("webhook"), 6);
+    assert_eq!(warehouse.max_in_flight(), 6);
     assert_eq!(warehouse.batch.max_events, 500);
     let text = GOOD.replace(
         "batch = { max_events = 20 }",
         "concurrency = \"adaptive\"\nmax_concurrency = 9",
     );
     let config = load(&text).expect("valid");
-    assert_eq!(
-        config.destinations["warehouse"]
-            .common
-            .max_in_flight("webhook"),
-        9
-    );
+    assert_eq!(config.destinations["warehouse"].common.max_in_flight(), 9);
     let segment = GOOD.replace(
             "type = \"webhook\"\nendpoint = \"http://127.0.0.1:9000/events\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\nbatch = { max_events = 20 }",
             "type = \"segment\"\nwrite_key = \"segment-write-key\"",
         );
     let config = load(&segment).expect("valid");
-    let batch = config.destinations["warehouse"].common.batch;
-    assert_eq!((batch.max_events, batch.max_bytes), (2500, 480 * 1024));
+    let common = &config.destinations["warehouse"].common;
+    assert_eq!(
+        (common.batch.max_events, common.batch.max_bytes),
+        (2500, 480 * 1024)
+    );
+    // The vendor's rate limit and concurrency cap, filled in for delivery.
+    assert_eq!(common.max_concurrency, Some(100));
+    assert_eq!(
+        common.rate_limit.and_then(|r| r.requests_per_second),
+        Some(1000)
+    );
+    let mine = segment.replace(
+        "write_key = \"segment-write-key\"",
+        "write_key = \"segment-write-key\"\nrate_limit = { events_per_second = 5 }",
+    );
+    let config = load(&mine).expect("valid");
+    let limit = config.destinations["warehouse"].common.rate_limit;
+    assert_eq!(limit.and_then(|r| r.events_per_second), Some(5));
+    assert_eq!(limit.and_then(|r| r.requests_per_second), None);
 }
 
 #[test]
