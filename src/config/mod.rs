@@ -6,7 +6,7 @@ mod load;
 mod vendors;
 
 pub use load::{load_file, load_str, ConfigError, ConfigErrors};
-pub use vendors::{build_translator, configured_secrets, max_concurrency_default, Vendor, VENDORS};
+pub use vendors::{build_translator, max_concurrency_default, Vendor, VENDORS};
 
 // Delivery's own settings, owned by the steps that use them.
 pub use crate::deliver::{
@@ -18,11 +18,7 @@ pub use crate::ingest::config::{canonical, Cidr, InboundTls, IngestRateLimit, So
 pub use crate::privacy::{ConsentCategory, IpPolicy, PrivacyConfig, PROTECTED_FIELDS};
 pub use crate::route::RouteConfig;
 
-use crate::dest::file::FileConfig;
-use crate::dest::ga4::Ga4Config;
-use crate::dest::segment::SegmentConfig;
-use crate::dest::tealium::TealiumConfig;
-use crate::dest::webhook::WebhookConfig;
+pub use crate::dest::DestinationKind;
 use crate::dest::{BatchLimits, NameOverride};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -114,29 +110,8 @@ pub struct DestinationConfig {
     pub common: DestinationCommon,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum DestinationKind {
-    Webhook(WebhookConfig),
-    File(FileConfig),
-    Segment(SegmentConfig),
-    Ga4(Ga4Config),
-    Tealium(TealiumConfig),
-}
-
 /// The `type` values, for messages.
 pub const DESTINATION_TYPES: &str = "webhook, file, segment, ga4 or tealium";
-
-impl DestinationKind {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            DestinationKind::Webhook(_) => "webhook",
-            DestinationKind::File(_) => "file",
-            DestinationKind::Segment(_) => "segment",
-            DestinationKind::Ga4(_) => "ga4",
-            DestinationKind::Tealium(_) => "tealium",
-        }
-    }
-}
 
 /// Keys every destination type takes, whatever its `type`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

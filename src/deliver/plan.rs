@@ -4,10 +4,11 @@
 //! dry run and `playrelay test` all call [`Planner::plan`], so what they show is what
 //! the relay does.
 
-use crate::config::{build_translator, DestinationConfig, DestinationKind};
+use crate::config::DestinationConfig;
 use crate::dest::file::encode_lines;
 use crate::dest::{
-    BuildError, EventNames, NameOverride, Note, Refusal, Secret, Translate, VendorRequest,
+    BatchLimits, BuildError, DestinationKind, EventNames, NameOverride, Note, Refusal, Secret,
+    Translate, VendorRequest,
 };
 use crate::event::{Event, EventType};
 use crate::privacy::Policy;
@@ -66,7 +67,14 @@ impl Planner {
                 names: EventNames::new(config.common.events.clone()),
                 pass_properties: config.common.properties,
             },
-            _ => Encoder::Http(build_translator(config)?),
+            kind => Encoder::Http(kind.translator(
+                EventNames::new(config.common.events.clone()),
+                config.common.properties,
+                BatchLimits {
+                    max_events: config.common.batch.max_events,
+                    max_bytes: config.common.batch.max_bytes,
+                },
+            )?),
         };
         let skipped = EventType::ALL
             .into_iter()

@@ -244,7 +244,7 @@ impl Loader<'_> {
                 }
             }
         }
-        for (key, secret) in super::super::configured_secrets(kind) {
+        for (key, secret) in kind.secrets() {
             if !secret.is_empty() && secret.chars().count() < crate::dest::MIN_SECRET_CHARS {
                 problems.push((
                     key,
