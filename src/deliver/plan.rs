@@ -4,7 +4,7 @@
 //! dry run and `playrelay test` all call [`Planner::plan`], so what they show is what
 //! the relay does.
 
-use crate::config::DestinationConfig;
+use super::DestinationConfig;
 use crate::dest::file::encode_lines;
 use crate::dest::{
     BatchLimits, BuildError, DestinationKind, EventNames, NameOverride, Note, Refusal, Secret,
