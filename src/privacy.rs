@@ -6,12 +6,64 @@
 //! transformed event. Dead-letter files keep the event as it was received, so `replay`
 //! applies the rules exactly once.
 
-use crate::config::{ConsentCategory, DestinationCommon, IpPolicy, Secret};
+use crate::dest::Secret;
 use crate::event::{Event, EventError};
 use hmac::{Hmac, Mac};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 use std::net::IpAddr;
+
+/// A destination's privacy keys (`consent`, `drop_fields`, `hash_fields`, `ip`); the
+/// key of `hash_fields` is the server's `hash_salt`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Events whose `context.consent.<category>` is `false` are not sent.
+    #[serde(default)]
+    pub consent: Option<ConsentCategory>,
+    /// Dotted paths removed from events before they are sent.
+    #[serde(default)]
+    pub drop_fields: Vec<String>,
+    /// Dotted paths replaced by their keyed SHA-256 before sending.
+    #[serde(default)]
+    pub hash_fields: Vec<String>,
+    /// What happens to `context.ip`.
+    #[serde(default)]
+    pub ip: IpPolicy,
+}
+
+/// `consent = "analytics" | "advertising"` on a destination.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentCategory {
+    Analytics,
+    Advertising,
+}
+
+/// `ip = "keep" | "anonymize" | "drop"` on a destination: what happens to `context.ip`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IpPolicy {
+    #[default]
+    Keep,
+    /// Last IPv4 octet, last 80 bits of IPv6 set to zero.
+    Anonymize,
+    Drop,
+}
+
+/// Fields the privacy rules may not remove or rewrite: without them an event is not
+/// an event (or the relay owns them).
+pub const PROTECTED_FIELDS: &[&str] = &[
+    "schema",
+    "event_id",
+    "type",
+    "timestamp",
+    "session",
+    "session.id",
+    "user",
+    "received_at",
+];
 
 /// One destination's rules, compiled.
 #[derive(Clone)]
@@ -34,7 +86,7 @@ pub enum PrivacyError {
 
 impl Policy {
     /// The rules of a destination; `None` when it has none, so the worker skips the step.
-    pub fn new(common: &DestinationCommon, salt: Option<&Secret>) -> Option<Policy> {
+    pub fn new(common: &PrivacyConfig, salt: Option<&Secret>) -> Option<Policy> {
         let rewrites = !common.drop_fields.is_empty()
             || !common.hash_fields.is_empty()
             || common.ip != IpPolicy::Keep;
@@ -216,8 +268,8 @@ mod tests {
         event
     }
 
-    fn common(text: &str) -> DestinationCommon {
-        toml::from_str(text).expect("common keys")
+    fn common(text: &str) -> PrivacyConfig {
+        toml::from_str(text).expect("privacy keys")
     }
 
     const SALT: &str = "0123456789abcdef-salt";

@@ -702,3 +702,59 @@ to = ["hook"]
         "{on}"
     );
 }
+
+/// A vendor `endpoint` the HTTP client would refuse (a `<` in it) or that would lose
+/// the vendor's path (a query) is refused at load, at its line, for each vendor. (Such
+/// an endpoint used to load and make every request fail as `invalid_request`; that
+/// path, for a translator bug, is tested in `deliver::worker`.)
+#[test]
+fn validate_refuses_vendor_endpoints_the_client_cannot_send_to() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        r#"[server]
+listen = "127.0.0.1:8080"
+
+[destinations.segment]
+type = "segment"
+write_key = "wk-0123456789"
+endpoint = "http://127.0.0.1:9/v1/<batch>"
+
+[destinations.ga4]
+type = "ga4"
+measurement_id = "G-1"
+api_secret = "api-secret-1"
+endpoint = "http://127.0.0.1:9 /"
+
+[destinations.tealium]
+type = "tealium"
+account = "acme"
+profile = "main"
+endpoint = "https://collect.example/?account=acme"
+"#,
+    )
+    .expect("write config");
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .expect("run playrelay");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for (line, field, words) in [
+        (7, "destinations.segment.endpoint", "is not a URL"),
+        (13, "destinations.ga4.endpoint", "is not a URL"),
+        (19, "destinations.tealium.endpoint", "query or fragment"),
+    ] {
+        let expected = format!("{file}:{line}:");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&expected) && l.contains(field) && l.contains(words)),
+            "missing {expected} {field} {words} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+}

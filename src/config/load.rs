@@ -4,7 +4,8 @@
 use super::env::interpolate;
 use super::{
     BatchConfig, ConcurrencySetting, Config, DestinationCommon, DestinationConfig, DestinationKind,
-    RouteConfig, ServerConfig, SourceConfig, COMMON_KEYS, DESTINATION_TYPES, PROTECTED_FIELDS,
+    RateLimitConfig, RouteConfig, ServerConfig, SourceConfig, COMMON_KEYS, DESTINATION_TYPES,
+    PROTECTED_FIELDS,
 };
 use crate::qoe::QoeConfig;
 use crate::route::compile_glob;

@@ -1,33 +1,28 @@
 //! `routes.toml`: typed, defaulted, and validated in one place ([`load`]), with every
 //! error naming the file, the line and the field.
 
-mod edge;
 mod env;
 mod load;
 mod vendors;
 
-pub use edge::{
-    canonical, Cidr, ConsentCategory, InboundTls, IngestRateLimit, IpPolicy, Secret, SourceConfig,
-    PROTECTED_FIELDS,
-};
 pub use load::{load_file, load_str, ConfigError, ConfigErrors};
-pub use vendors::{build_translator, configured_secrets, max_concurrency_default, Vendor, VENDORS};
+pub use vendors::{build_translator, max_concurrency_default, Vendor, VENDORS};
 
 // Delivery's own settings, owned by the steps that use them.
+pub(crate) use crate::deliver::COMMON_KEYS;
 pub use crate::deliver::{
-    BatchConfig, BreakerConfig, ConcurrencySetting, QueueConfig, RateLimitConfig, RetryConfig,
-    WhenFull,
+    BatchConfig, BreakerConfig, ConcurrencySetting, DestinationCommon, DestinationConfig,
+    QueueConfig, RateLimitConfig, RetryConfig, WhenFull,
 };
+pub use crate::dest::Secret;
+pub use crate::ingest::config::{canonical, Cidr, InboundTls, IngestRateLimit, SourceConfig};
+pub use crate::privacy::{ConsentCategory, IpPolicy, PrivacyConfig, PROTECTED_FIELDS};
 pub use crate::route::RouteConfig;
 
-use crate::dest::file::FileConfig;
-use crate::dest::ga4::Ga4Config;
-use crate::dest::segment::SegmentConfig;
-use crate::dest::tealium::TealiumConfig;
-use crate::dest::webhook::WebhookConfig;
-use crate::dest::{BatchLimits, NameOverride};
+use crate::dest::BatchLimits;
+pub use crate::dest::DestinationKind;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -109,108 +104,8 @@ pub struct ServerConfig {
     pub hash_salt: Option<Secret>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct DestinationConfig {
-    pub name: String,
-    pub kind: DestinationKind,
-    pub common: DestinationCommon,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum DestinationKind {
-    Webhook(WebhookConfig),
-    File(FileConfig),
-    Segment(SegmentConfig),
-    Ga4(Ga4Config),
-    Tealium(TealiumConfig),
-}
-
 /// The `type` values, for messages.
 pub const DESTINATION_TYPES: &str = "webhook, file, segment, ga4 or tealium";
-
-impl DestinationKind {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            DestinationKind::Webhook(_) => "webhook",
-            DestinationKind::File(_) => "file",
-            DestinationKind::Segment(_) => "segment",
-            DestinationKind::Ga4(_) => "ga4",
-            DestinationKind::Tealium(_) => "tealium",
-        }
-    }
-}
-
-/// Keys every destination type takes, whatever its `type`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationCommon {
-    /// Per event type: a new name, or `false` to leave the type out.
-    #[serde(default)]
-    pub events: HashMap<String, NameOverride>,
-    /// Pass the event's custom `properties` through where the vendor allows.
-    #[serde(default = "defaults::yes")]
-    pub properties: bool,
-    #[serde(default)]
-    pub batch: BatchConfig,
-    #[serde(default)]
-    pub queue: QueueConfig,
-    /// Time allowed for one request, from connect to the end of the answer.
-    #[serde(default = "defaults::timeout_ms")]
-    pub timeout_ms: u64,
-    /// Requests in flight at once: `"adaptive"` (default) follows the vendor's round
-    /// trip and back-pressure up to `max_concurrency`; a number pins it.
-    #[serde(default)]
-    pub concurrency: ConcurrencySetting,
-    /// The most requests an adaptive limit may keep in flight; unset: the vendor's
-    /// default (see [`max_concurrency_default`]).
-    #[serde(default)]
-    pub max_concurrency: Option<usize>,
-    /// Unset: the vendor's documented default (see [`RateLimitConfig::vendor_default`]).
-    #[serde(default)]
-    pub rate_limit: Option<RateLimitConfig>,
-    #[serde(default)]
-    pub retry: RetryConfig,
-    #[serde(default)]
-    pub breaker: BreakerConfig,
-    /// Write the requests to `server.dry_run_dir/<name>.http` instead of sending them.
-    #[serde(default)]
-    pub dry_run: bool,
-    /// When true, `/readyz` answers 503 while this destination's breaker is not closed.
-    #[serde(default)]
-    pub critical: bool,
-    /// Events whose `context.consent.<category>` is `false` are not sent here.
-    #[serde(default)]
-    pub consent: Option<ConsentCategory>,
-    /// Dotted paths removed from events before they are sent here.
-    #[serde(default)]
-    pub drop_fields: Vec<String>,
-    /// Dotted paths replaced by their keyed SHA-256 (`server.hash_salt`) before sending.
-    #[serde(default)]
-    pub hash_fields: Vec<String>,
-    /// What happens to `context.ip`.
-    #[serde(default)]
-    pub ip: IpPolicy,
-}
-
-/// The keys of [`DestinationCommon`], which are split off before the type's own keys are read.
-pub(crate) const COMMON_KEYS: &[&str] = &[
-    "events",
-    "properties",
-    "batch",
-    "queue",
-    "timeout_ms",
-    "concurrency",
-    "max_concurrency",
-    "rate_limit",
-    "retry",
-    "breaker",
-    "dry_run",
-    "critical",
-    "consent",
-    "drop_fields",
-    "hash_fields",
-    "ip",
-];
 
 impl Config {
     /// The most requests any destination may have in flight: what the shared
@@ -218,22 +113,9 @@ impl Config {
     pub fn max_in_flight(&self) -> usize {
         self.destinations
             .values()
-            .map(|d| d.common.max_in_flight(d.kind.type_name()))
+            .map(|d| d.common.max_in_flight())
             .max()
             .unwrap_or(1)
-    }
-}
-
-impl DestinationCommon {
-    /// The most requests this destination may have in flight: the pinned number, or
-    /// the adaptive limit's cap.
-    pub fn max_in_flight(&self, type_name: &str) -> usize {
-        match self.concurrency {
-            ConcurrencySetting::Fixed(n) => n,
-            ConcurrencySetting::Adaptive => self
-                .max_concurrency
-                .unwrap_or_else(|| max_concurrency_default(type_name)),
-        }
     }
 }
 
@@ -263,12 +145,6 @@ mod defaults {
         1000
     }
     pub fn drain_timeout_ms() -> u64 {
-        10_000
-    }
-    pub fn yes() -> bool {
-        true
-    }
-    pub fn timeout_ms() -> u64 {
         10_000
     }
     pub fn dead_letter_dir() -> std::path::PathBuf {

@@ -1,8 +1,8 @@
 //! One table of destination types and their defaults: what a new vendor fills in
-//! (besides its own file in `dest/` and its `DestinationKind`).
+//! (besides its own file in `dest/` and its arms in `dest::vendors`).
 
-use super::{BatchConfig, DestinationConfig, DestinationKind, RateLimitConfig};
-use crate::dest::{ga4, segment, tealium, webhook, BuildError, EventNames, Translate};
+use super::{BatchConfig, DestinationConfig, RateLimitConfig};
+use crate::dest::{BuildError, EventNames, Translate};
 
 /// A destination type's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,35 +108,13 @@ impl BatchConfig {
     }
 }
 
-/// The translator of an HTTP destination.
+/// The translator of an HTTP destination, with its common keys applied.
 pub fn build_translator(config: &DestinationConfig) -> Result<Box<dyn Translate>, BuildError> {
-    let names = EventNames::new(config.common.events.clone());
-    let properties = config.common.properties;
-    let limits = config.common.batch.limits();
-    Ok(match &config.kind {
-        DestinationKind::Webhook(c) => Box::new(webhook::WebhookTranslator::new(
-            c, names, properties, limits,
-        )?),
-        DestinationKind::Segment(c) => Box::new(segment::SegmentTranslator::new(
-            c, names, properties, limits,
-        )?),
-        DestinationKind::Ga4(c) => Box::new(ga4::Ga4Translator::new(c, names, properties, limits)?),
-        DestinationKind::Tealium(c) => Box::new(tealium::TealiumTranslator::new(
-            c, names, properties, limits,
-        )?),
-        DestinationKind::File(_) => return Err(BuildError::NotHttp("file")),
-    })
-}
-
-/// The secrets a destination's config holds, each with the key that holds it, for
-/// the length check at config load (see [`MIN_SECRET_CHARS`]).
-pub fn configured_secrets(kind: &DestinationKind) -> Vec<(&'static str, String)> {
-    match kind {
-        DestinationKind::Segment(c) => vec![("write_key", c.write_key.clone())],
-        DestinationKind::Ga4(c) => vec![("api_secret", c.api_secret.clone())],
-        DestinationKind::Webhook(c) => webhook::configured_secrets(c),
-        DestinationKind::Tealium(_) | DestinationKind::File(_) => Vec::new(),
-    }
+    config.kind.translator(
+        EventNames::new(config.common.events.clone()),
+        config.common.properties,
+        config.common.batch.limits(),
+    )
 }
 
 #[cfg(test)]

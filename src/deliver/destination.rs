@@ -1,9 +1,13 @@
 //! The sending side of a destination: what routing offers events to. It never waits:
 //! an event is queued, waits on disk in the spool, or is dead-lettered or dropped and
-//! counted.
+//! counted. And a destination's settings: its own keys by type, and the keys every
+//! type takes.
 
 use super::dead_letter::Reason;
+use super::{BatchConfig, BreakerConfig, ConcurrencySetting, RateLimitConfig, RetryConfig};
+use crate::dest::{DestinationKind, NameOverride};
 use crate::event::{Event, EventType};
+use crate::privacy::{ConsentCategory, IpPolicy, PrivacyConfig};
 use crate::spool::{Cursor, Lease};
 use crate::telemetry::DestinationMetrics;
 use prometheus_client::metrics::counter::Counter;
@@ -155,6 +159,109 @@ impl Destination {
     }
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationConfig {
+    pub name: String,
+    pub kind: DestinationKind,
+    pub common: DestinationCommon,
+}
+
+/// Keys every destination type takes, whatever its `type`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationCommon {
+    /// Per event type: a new name, or `false` to leave the type out.
+    #[serde(default)]
+    pub events: HashMap<String, NameOverride>,
+    /// Pass the event's custom `properties` through where the vendor allows.
+    #[serde(default = "defaults::yes")]
+    pub properties: bool,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// Time allowed for one request, from connect to the end of the answer.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// Requests in flight at once: `"adaptive"` (default) follows the vendor's round
+    /// trip and back-pressure up to `max_concurrency`; a number pins it.
+    #[serde(default)]
+    pub concurrency: ConcurrencySetting,
+    /// The most requests an adaptive limit may keep in flight; unset: the vendor's
+    /// default (see [`max_concurrency_default`]), filled in at load.
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    /// Unset: the vendor's documented default (see [`RateLimitConfig::vendor_default`]),
+    /// filled in at load.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Write the requests to `server.dry_run_dir/<name>.http` instead of sending them.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// When true, `/readyz` answers 503 while this destination's breaker is not closed.
+    #[serde(default)]
+    pub critical: bool,
+    /// Events whose `context.consent.<category>` is `false` are not sent here.
+    #[serde(default)]
+    pub consent: Option<ConsentCategory>,
+    /// Dotted paths removed from events before they are sent here.
+    #[serde(default)]
+    pub drop_fields: Vec<String>,
+    /// Dotted paths replaced by their keyed SHA-256 (`server.hash_salt`) before sending.
+    #[serde(default)]
+    pub hash_fields: Vec<String>,
+    /// What happens to `context.ip`.
+    #[serde(default)]
+    pub ip: IpPolicy,
+}
+
+/// The keys of [`DestinationCommon`], which are split off before the type's own keys are read.
+pub(crate) const COMMON_KEYS: &[&str] = &[
+    "events",
+    "properties",
+    "batch",
+    "queue",
+    "timeout_ms",
+    "concurrency",
+    "max_concurrency",
+    "rate_limit",
+    "retry",
+    "breaker",
+    "dry_run",
+    "critical",
+    "consent",
+    "drop_fields",
+    "hash_fields",
+    "ip",
+];
+
+impl DestinationCommon {
+    /// The most requests this destination may have in flight: the pinned number, or
+    /// the adaptive limit's cap (the vendor's default once loaded).
+    pub fn max_in_flight(&self) -> usize {
+        match self.concurrency {
+            ConcurrencySetting::Fixed(n) => n,
+            ConcurrencySetting::Adaptive => self.max_concurrency.unwrap_or(1),
+        }
+    }
+}
+
+impl DestinationCommon {
+    /// The privacy keys, for the privacy rules.
+    pub fn privacy(&self) -> PrivacyConfig {
+        PrivacyConfig {
+            consent: self.consent,
+            drop_fields: self.drop_fields.clone(),
+            hash_fields: self.hash_fields.clone(),
+            ip: self.ip,
+        }
+    }
+}
+
 /// `queue` in a destination's config: how much waits for it, and what happens past that.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +303,12 @@ impl Default for QueueConfig {
 }
 
 mod defaults {
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn timeout_ms() -> u64 {
+        10_000
+    }
     /// About 3 KB per queued event: 10,000 is ~30 MB for a destination that stalls.
     pub fn queue_max_events() -> usize {
         10_000

@@ -39,7 +39,10 @@ pub use self::rate_limit::RateLimitConfig;
 pub use self::retry::RetryConfig;
 
 pub use self::breaker::state_name as breaker_state_name;
-pub use self::destination::{Destination, QueueConfig, WhenFull};
+pub(crate) use self::destination::COMMON_KEYS;
+pub use self::destination::{
+    Destination, DestinationCommon, DestinationConfig, QueueConfig, WhenFull,
+};
 pub use self::http::{HttpClient, SendError, TlsRoots};
 pub use self::plan::{Plan, Planner};
 pub use self::worker::{dead_letter_removed, start, BuildError, Environment, Worker};

@@ -4,9 +4,12 @@
 //! dry run and `playrelay test` all call [`Planner::plan`], so what they show is what
 //! the relay does.
 
-use crate::config::{build_translator, DestinationConfig, DestinationKind, Secret};
+use super::DestinationConfig;
 use crate::dest::file::encode_lines;
-use crate::dest::{BuildError, EventNames, NameOverride, Note, Refusal, Translate, VendorRequest};
+use crate::dest::{
+    BatchLimits, BuildError, DestinationKind, EventNames, NameOverride, Note, Refusal, Secret,
+    Translate, VendorRequest,
+};
 use crate::event::{Event, EventType};
 use crate::privacy::Policy;
 use std::collections::HashMap;
@@ -64,7 +67,14 @@ impl Planner {
                 names: EventNames::new(config.common.events.clone()),
                 pass_properties: config.common.properties,
             },
-            _ => Encoder::Http(build_translator(config)?),
+            kind => Encoder::Http(kind.translator(
+                EventNames::new(config.common.events.clone()),
+                config.common.properties,
+                BatchLimits {
+                    max_events: config.common.batch.max_events,
+                    max_bytes: config.common.batch.max_bytes,
+                },
+            )?),
         };
         let skipped = EventType::ALL
             .into_iter()
@@ -77,10 +87,21 @@ impl Planner {
             .collect();
         Ok(Planner {
             name: config.name.clone(),
-            privacy: Policy::new(&config.common, hash_salt),
+            privacy: Policy::new(&config.common.privacy(), hash_salt),
             skipped,
             encoder,
         })
+    }
+
+    /// A planner for `translator` alone: no privacy rules, nothing skipped.
+    #[cfg(test)]
+    pub(crate) fn with_translator(name: &str, translator: Box<dyn Translate>) -> Planner {
+        Planner {
+            name: name.to_string(),
+            privacy: None,
+            skipped: HashMap::new(),
+            encoder: Encoder::Http(translator),
+        }
     }
 
     /// The reason events of this type are never sent here, if they are not.

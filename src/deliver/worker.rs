@@ -12,8 +12,9 @@ use super::dispatch::dispatch;
 use super::plan::Planner;
 use super::queue::{self, Settle};
 use super::rate_limit::RateLimits;
-use super::{ConcurrencySetting, HttpClient, RateLimitConfig, WhenFull};
-use crate::config::{DestinationConfig, DestinationKind};
+use super::DestinationConfig;
+use super::{ConcurrencySetting, HttpClient, WhenFull};
+use crate::dest::DestinationKind;
 use crate::event::{Event, EventType};
 use crate::spool::{Cursor, Lease, Recovered};
 use crate::telemetry::{DestinationMetrics, Metrics};
@@ -56,7 +57,7 @@ pub struct Environment {
     /// Where a `dry_run` destination writes its requests.
     pub dry_run_path: PathBuf,
     /// The key of the destination's `hash_fields`.
-    pub hash_salt: Option<crate::config::Secret>,
+    pub hash_salt: Option<crate::dest::Secret>,
     /// The destination's cursor in the disk spool, and what it is owed from before a
     /// restart; `None` with the memory spool.
     pub cursor: Option<(Arc<Cursor>, Recovered)>,
@@ -93,6 +94,15 @@ pub fn start(
         name: config.name.clone(),
         source,
     })?;
+    Ok(start_planned(config, planner, env))
+}
+
+/// [`start`] with the planner already built.
+fn start_planned(
+    config: &DestinationConfig,
+    planner: Planner,
+    env: Environment,
+) -> (Arc<Destination>, Worker) {
     let file = match &config.kind {
         DestinationKind::File(file) => Some(append::AppendFile::new(file.path.clone())),
         _ => None,
@@ -141,11 +151,7 @@ pub fn start(
     }
     let lease = env.lease.clone();
     let settle = Arc::new(Settle::new(metrics.clone(), cursor.clone()).with_lease(lease.clone()));
-    let rate_limit = config
-        .common
-        .rate_limit
-        .or_else(|| RateLimitConfig::vendor_default(config.kind.type_name()));
-    let max_in_flight = config.common.max_in_flight(config.kind.type_name());
+    let max_in_flight = config.common.max_in_flight();
     let stack = Arc::new(Stack {
         name: config.name.clone(),
         config: config.clone(),
@@ -153,7 +159,7 @@ pub fn start(
         file,
         client: env.client.clone(),
         metrics: metrics.clone(),
-        rate_limits: RateLimits::new(rate_limit),
+        rate_limits: RateLimits::new(config.common.rate_limit),
         breaker: Breaker::new(config.common.breaker, metrics.breaker_state.clone()),
         dead_letter: DeadLetter::new(
             &config.name,
@@ -225,7 +231,7 @@ pub fn start(
         handover_rx,
         reader,
     ));
-    Ok((
+    (
         Arc::new(Destination {
             name: config.name.clone(),
             queue: sender,
@@ -239,7 +245,7 @@ pub fn start(
             lease,
         }),
         Worker { handle, handover },
-    ))
+    )
 }
 
 /// Everything a destination's tasks share.
@@ -412,5 +418,120 @@ async fn write_overflow(stack: Arc<Stack>, mut overflow: mpsc::Receiver<Arc<Even
             .dead_letter(&refs, &Cause::new(Reason::QueueFull))
             .await;
         buffer.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::deliver::TlsRoots;
+    use crate::dest::{Translate, Translation, VendorResponse, Verdict};
+    use std::path::Path;
+    use time::OffsetDateTime;
+
+    /// A translator whose requests the HTTP stack cannot build. No config makes one
+    /// (the endpoints are checked at load), so a wrapper stands in for a translator
+    /// with such a bug: the real one's requests, with a `<` in their URL.
+    struct Unbuildable(Box<dyn Translate>);
+
+    impl Translate for Unbuildable {
+        fn translate(&self, events: &[&Event], sent_at: OffsetDateTime) -> Translation {
+            let mut translation = self.0.translate(events, sent_at);
+            for request in &mut translation.requests {
+                request.url.push_str("/<batch>");
+            }
+            translation
+        }
+
+        fn classify(&self, response: &VendorResponse) -> Verdict {
+            self.0.classify(response)
+        }
+    }
+
+    fn event(n: u8) -> Arc<Event> {
+        let json = format!(
+            r#"{{"event_id":"0190f6d2-7c3a-7b1e-9a1e-3f2c8d1e4b{n:02x}","type":"playback.paused","timestamp":"2026-01-15T10:20:30.123Z","session":{{"id":"s1"}},"user":{{"anonymous_id":"a-1"}}}}"#
+        );
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(&json).expect("json");
+        Arc::new(Event::from_json(&raw, OffsetDateTime::UNIX_EPOCH).expect("valid"))
+    }
+
+    /// A request that could not be built never reached the vendor: it is dead-lettered
+    /// as `invalid_request` after one attempt, not retried, and not held against the
+    /// breaker, which stays closed however many such requests fail.
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_neither_retried_nor_held_against_the_breaker() {
+        let vendor = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listener");
+        let port = vendor.local_addr().expect("address").port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[destinations.vendor]
+type = "segment"
+write_key = "wk-0123456789"
+endpoint = "http://127.0.0.1:{port}"
+batch = {{ max_events = 1, max_wait_ms = 1 }}
+breaker = {{ failure_threshold = 2, probe_interval_ms = 60000 }}
+retry = {{ max_attempts = 6, initial_backoff_ms = 5, max_backoff_ms = 40 }}
+[[routes]]
+name = "all"
+match = {{ types = ["*"] }}
+to = ["vendor"]
+"#
+        );
+        let config = config::load_str(&toml, Path::new("t.toml"), &|_| None).expect("config");
+        let destination = &config.destinations["vendor"];
+        let translator = config::build_translator(destination).expect("translator");
+        let planner = Planner::with_translator("vendor", Box::new(Unbuildable(translator)));
+        let metrics = Arc::new(Metrics::new());
+        let (_abandon, abandon) = watch::channel(false);
+        let dead_letters = dir.path().join("vendor.ndjson");
+        let env = Environment {
+            client: HttpClient::new(TlsRoots::Webpki, 1).expect("client"),
+            metrics: metrics.clone(),
+            clock: crate::system_clock(),
+            abandon,
+            dead_letter_path: dead_letters.clone(),
+            dry_run_path: dir.path().join("vendor.http"),
+            hash_salt: None,
+            cursor: None,
+            lease: None,
+        };
+        let (handle, worker) = start_planned(destination, planner, env);
+        for n in 0..5 {
+            assert!(handle.offer(event(n)));
+        }
+        let accounts = handle.metrics.clone();
+        drop(handle);
+        drop(worker.handover);
+        worker.handle.await.expect("worker");
+        assert_eq!(accounts.dead_lettered.get(), 5);
+        assert_eq!(accounts.sent.get(), 0);
+        assert_eq!(accounts.retries.get(), 0);
+        assert_eq!(
+            accounts.breaker_state.get(),
+            0,
+            "closed after five failures"
+        );
+        let text = std::fs::read_to_string(&dead_letters).expect("dead letters");
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("record"))
+            .collect();
+        assert_eq!(records.len(), 5);
+        for record in &records {
+            assert_eq!(record["reason"], "invalid_request", "{record}");
+            assert_eq!(record["attempts"], 1, "{record}");
+            let error = record["error"].as_str().unwrap_or_default();
+            assert!(error.starts_with("invalid request: "), "{record}");
+        }
+        // Nothing ever connected to the vendor.
+        let connected = futures_util::FutureExt::now_or_never(vendor.accept());
+        assert!(connected.is_none(), "a request reached the vendor");
     }
 }

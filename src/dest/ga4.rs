@@ -8,21 +8,22 @@
 //! Units: seconds (floored) for times, percent for progress; live durations are left out.
 
 use super::engagement::EngagementClock;
-use super::segment::{is_http_url, kbps, seconds, sound};
+use super::pack::{
+    ad_type, endpoint_base, kbps, post, seconds, sendable, sound, Groups, Limits, Packed, Packer,
+    Val,
+};
 use super::{
     BatchLimits, EventNames, NameOverride, Note, Refusal, Translate, Translation, VendorRequest,
     VendorResponse, Verdict,
 };
 use crate::event::{Event, EventType, PresentationMode};
-use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{HeaderMap, Method};
+use http::HeaderMap;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Mutex;
 use time::{Duration, OffsetDateTime};
 
@@ -133,7 +134,7 @@ pub enum Ga4Error {
     EmptyFirebaseAppId,
     #[error("api_secret: must not be empty")]
     EmptyApiSecret,
-    #[error("endpoint: {0:?} is not an http:// or https:// URL")]
+    #[error("endpoint: {0}")]
     Endpoint(String),
     #[error("events.{event_type:?}: {name:?} is not a valid GA4 event name: {problem}")]
     EventName {
@@ -148,8 +149,7 @@ pub struct Ga4Translator {
     headers: HeaderMap,
     names: EventNames,
     pass_properties: bool,
-    max_events: usize,
-    max_bytes: usize,
+    limits: Limits,
     secrets: Vec<String>,
     /// `client_id` (web stream) or `app_instance_id` (app stream).
     app_stream: bool,
@@ -296,12 +296,7 @@ impl Ga4Translator {
             }
         }
         let base = match &config.endpoint {
-            Some(endpoint) => {
-                if !is_http_url(endpoint) {
-                    return Err(Ga4Error::Endpoint(endpoint.clone()));
-                }
-                endpoint.trim_end_matches('/')
-            }
+            Some(endpoint) => endpoint_base(endpoint).map_err(Ga4Error::Endpoint)?,
             None => match config.region {
                 Ga4Region::Global => GLOBAL_BASE,
                 Ga4Region::Eu => EU_BASE,
@@ -313,10 +308,11 @@ impl Ga4Translator {
             "/mp/collect"
         };
         let secret = utf8_percent_encode(&config.api_secret, QUERY_VALUE).to_string();
-        let url = format!(
+        let url = sendable(format!(
             "{base}{path}?{id_key}={}&api_secret={secret}",
             utf8_percent_encode(id, QUERY_VALUE)
-        );
+        ))
+        .map_err(Ga4Error::Endpoint)?;
         let mut secrets = vec![config.api_secret.clone()];
         if secret != config.api_secret {
             secrets.push(secret);
@@ -328,8 +324,11 @@ impl Ga4Translator {
             headers,
             names,
             pass_properties,
-            max_events: limits.max_events.clamp(1, MAX_REQUEST_EVENTS),
-            max_bytes: limits.max_bytes.min(MAX_BODY_BYTES - 1),
+            limits: Limits {
+                max_events: limits.max_events.clamp(1, MAX_REQUEST_EVENTS),
+                max_items: usize::MAX,
+                max_bytes: limits.max_bytes.min(MAX_BODY_BYTES - 1),
+            },
             secrets,
             app_stream: config.firebase_app_id.is_some(),
             engagement: Mutex::new(EngagementClock::default()),
@@ -341,49 +340,26 @@ impl Ga4Translator {
     }
 
     fn resolve_type<'a>(&'a self, ty: &'a str) -> Result<Cow<'a, str>, super::names::Unnamed> {
-        match self.names.resolve(ty, default_name(ty)) {
-            Err(super::names::Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
-                Some(custom) => Ok(legal_name(custom, true)),
-                None => Err(super::names::Unnamed::Unmapped),
-            },
-            other => other,
-        }
+        self.names
+            .resolve_custom(ty, default_name(ty), |custom| legal_name(custom, true))
     }
 }
 
-/// A param value: GA4 takes only strings and numbers.
-enum P<'a> {
-    Str(&'a str),
-    U(u64),
-    F(f64),
-    Json(&'a serde_json::Number),
-}
-
-impl Serialize for P<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            P::Str(v) => s.serialize_str(cut(v)),
-            P::U(v) => s.serialize_u64(*v),
-            P::F(v) => s.serialize_f64(*v),
-            P::Json(v) => v.serialize(s),
-        }
-    }
-}
-
-fn flag(b: bool) -> P<'static> {
-    P::Str(if b { "true" } else { "false" })
+/// GA4 takes only strings and numbers: a flag is `"true"` or `"false"`.
+fn flag(b: bool) -> Val<'static> {
+    Val::Str(if b { "true" } else { "false" })
 }
 
 /// The params of one event in priority order; [`MAX_PARAMS`] are kept, the rest dropped.
-struct Params<'a>(Vec<(Cow<'a, str>, P<'a>)>);
+struct Params<'a>(Vec<(Cow<'a, str>, Val<'a>)>);
 
 impl<'a> Params<'a> {
-    fn push(&mut self, name: &'static str, value: P<'a>) {
+    fn push(&mut self, name: &'static str, value: Val<'a>) {
         self.0.push((Cow::Borrowed(name), value));
     }
     fn str(&mut self, name: &'static str, value: &'a Option<String>) {
         if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
-            self.push(name, P::Str(v));
+            self.push(name, Val::Str(v));
         }
     }
 }
@@ -392,7 +368,10 @@ impl Serialize for Params<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.0.len().min(MAX_PARAMS)))?;
         for (k, v) in self.0.iter().take(MAX_PARAMS) {
-            map.serialize_entry(k, v)?;
+            match v {
+                Val::Str(v) => map.serialize_entry(k, cut(v))?,
+                v => map.serialize_entry(k, v)?,
+            }
         }
         map.end()
     }
@@ -410,8 +389,8 @@ fn params<'a>(event: &'a Event, engagement_msec: u64, pass_properties: bool) -> 
     }
     match body.session.app_session_id.as_deref() {
         Some(id) if !id.is_empty() => match id.parse::<u64>() {
-            Ok(n) => p.push("session_id", P::U(n)),
-            Err(_) => p.push("session_id", P::Str(id)),
+            Ok(n) => p.push("session_id", Val::U(n)),
+            Err(_) => p.push("session_id", Val::Str(id)),
         },
         _ => {
             let key = body
@@ -419,20 +398,20 @@ fn params<'a>(event: &'a Event, engagement_msec: u64, pass_properties: bool) -> 
                 .player_session_id
                 .as_deref()
                 .unwrap_or(&body.session.id);
-            p.push("session_id", P::U(derived_session_id(key)));
+            p.push("session_id", Val::U(derived_session_id(key)));
         }
     }
-    p.push("engagement_time_msec", P::U(engagement_msec));
+    p.push("engagement_time_msec", Val::U(engagement_msec));
     let content = body.content.as_ref();
     let playback = body.playback.as_ref();
     let live = content.is_none_or(|c| c.is_live());
     let duration = content.and_then(|c| c.duration_ms).filter(|_| !live);
     let position = playback.and_then(|pb| pb.position_ms);
     if let Some(v) = position {
-        p.push("video_current_time", P::U(seconds(v)));
+        p.push("video_current_time", Val::U(seconds(v)));
     }
     if let Some(d) = duration {
-        p.push("video_duration", P::U(seconds(d)));
+        p.push("video_duration", Val::U(seconds(d)));
     }
     let percent = body.data.as_ref().and_then(|d| d.percent).map(u64::from);
     let percent = percent.or_else(|| match (position, duration) {
@@ -440,7 +419,7 @@ fn params<'a>(event: &'a Event, engagement_msec: u64, pass_properties: bool) -> 
         _ => None,
     });
     if let Some(v) = percent {
-        p.push("video_percent", P::U(v));
+        p.push("video_percent", Val::U(v));
     }
     if let Some(c) = content {
         p.str("video_title", &c.title);
@@ -455,7 +434,7 @@ fn params<'a>(event: &'a Event, engagement_msec: u64, pass_properties: bool) -> 
         })
         .filter(|v| !v.is_empty());
     if let Some(v) = provider {
-        p.push("video_provider", P::Str(v));
+        p.push("video_provider", Val::Str(v));
     }
     if let Some(c) = content {
         p.str("video_url", &c.url);
@@ -473,24 +452,24 @@ fn params<'a>(event: &'a Event, engagement_msec: u64, pass_properties: bool) -> 
     }
     if let Some(d) = &body.data {
         if let Some(v) = d.startup_ms {
-            p.push("startup_time_msec", P::U(v));
+            p.push("startup_time_msec", Val::U(v));
         }
         if let Some(v) = d.duration_ms {
-            p.push("duration_msec", P::U(v));
+            p.push("duration_msec", Val::U(v));
         }
         if let Some(v) = d.from_ms {
-            p.push("seek_from_time", P::U(seconds(v)));
+            p.push("seek_from_time", Val::U(seconds(v)));
         }
         if let Some(v) = d.to_ms {
-            p.push("seek_to_time", P::U(seconds(v)));
+            p.push("seek_to_time", Val::U(seconds(v)));
         }
         p.str("exit_reason", &d.reason);
         p.str("interrupt_method", &d.method);
         if let Some(v) = d.from_bitrate_bps {
-            p.push("previous_bitrate", P::U(kbps(v)));
+            p.push("previous_bitrate", Val::U(kbps(v)));
         }
         if let Some(v) = d.quartile {
-            p.push("ad_quartile", P::U(v.into()));
+            p.push("ad_quartile", Val::U(v.into()));
         }
     }
     if let Some(e) = &body.error {
@@ -502,7 +481,7 @@ fn params<'a>(event: &'a Event, engagement_msec: u64, pass_properties: bool) -> 
         }
         p.str("error_source", &e.source);
         if let Some(v) = e.http_status {
-            p.push("error_http_status", P::U(v.into()));
+            p.push("error_http_status", Val::U(v.into()));
         }
         p.str("error_phase", &e.phase);
     }
@@ -513,17 +492,17 @@ fn params<'a>(event: &'a Event, engagement_msec: u64, pass_properties: bool) -> 
         p.str("ad_system", &ad.system);
         if let Some(pod) = &ad.pod {
             if let Some(pos) = pod.position {
-                p.push("ad_type", P::Str(super::segment::ad_type(pos)));
+                p.push("ad_type", Val::Str(ad_type(pos)));
             }
             if let Some(v) = pod.ad_position {
-                p.push("ad_position", P::U(v.into()));
+                p.push("ad_position", Val::U(v.into()));
             }
         }
         if let Some(v) = ad.duration_ms {
-            p.push("ad_duration", P::U(seconds(v)));
+            p.push("ad_duration", Val::U(seconds(v)));
         }
         if let Some(v) = ad.position_ms {
-            p.push("ad_current_time", P::U(seconds(v)));
+            p.push("ad_current_time", Val::U(seconds(v)));
         }
     }
     let stream_type = match content.and_then(|c| c.stream_type) {
@@ -534,23 +513,23 @@ fn params<'a>(event: &'a Event, engagement_msec: u64, pass_properties: bool) -> 
         None => None,
     };
     if let Some(v) = stream_type {
-        p.push("video_stream_type", P::Str(v));
+        p.push("video_stream_type", Val::Str(v));
     }
     if let Some(pb) = playback {
         if let Some(r) = &pb.rendition {
             if let Some(v) = r.bitrate_bps {
-                p.push("video_bitrate", P::U(kbps(v)));
+                p.push("video_bitrate", Val::U(kbps(v)));
             }
             p.str("video_quality", &r.label);
         }
         if let Some(v) = sound(pb.volume, pb.muted) {
-            p.push("video_volume", P::U(v));
+            p.push("video_volume", Val::U(v));
         }
         if let Some(m) = pb.presentation_mode {
             p.push("video_fullscreen", flag(m == PresentationMode::Fullscreen));
         }
         if let Some(v) = pb.playback_rate {
-            p.push("video_playback_rate", P::F(v));
+            p.push("video_playback_rate", Val::F(v));
         }
     }
     if let Some(c) = content {
@@ -582,14 +561,14 @@ fn summary_params<'a>(event: &'a Event, p: &mut Params<'a>) {
         .unwrap_or(&body.session.id);
     match body.session.app_session_id.as_deref() {
         Some(id) if !id.is_empty() => match id.parse::<u64>() {
-            Ok(n) => p.push("session_id", P::U(n)),
-            Err(_) => p.push("session_id", P::Str(id)),
+            Ok(n) => p.push("session_id", Val::U(n)),
+            Err(_) => p.push("session_id", Val::Str(id)),
         },
-        _ => p.push("session_id", P::U(derived_session_id(key))),
+        _ => p.push("session_id", Val::U(derived_session_id(key))),
     }
     // The session's watching was counted by its own events: the summary adds none
     // (GA4 wants the param present and above 0).
-    p.push("engagement_time_msec", P::U(1));
+    p.push("engagement_time_msec", Val::U(1));
     let content = body.content.as_ref();
     if let Some(c) = content {
         p.str("video_id", &c.asset_id);
@@ -597,7 +576,7 @@ fn summary_params<'a>(event: &'a Event, p: &mut Params<'a>) {
     }
     p.push(
         "video_stream_type",
-        P::Str(crate::qoe::summary::stream_type_label(
+        Val::Str(crate::qoe::summary::stream_type_label(
             content.and_then(|c| c.stream_type),
         )),
     );
@@ -608,13 +587,13 @@ fn summary_params<'a>(event: &'a Event, p: &mut Params<'a>) {
         return;
     };
     if let Some(v) = d.outcome {
-        p.push("qoe_outcome", P::Str(v.as_str()));
+        p.push("qoe_outcome", Val::Str(v.as_str()));
     }
     if let Some(v) = d.ended_by {
-        p.push("ended_by", P::Str(v.as_str()));
+        p.push("ended_by", Val::Str(v.as_str()));
     }
     if let Some(v) = d.playback_failure {
-        p.push("playback_failure", P::U(u64::from(v)));
+        p.push("playback_failure", Val::U(u64::from(v)));
     }
     let numbers = [
         ("startup_time_msec", d.startup_ms),
@@ -637,11 +616,11 @@ fn summary_params<'a>(event: &'a Event, p: &mut Params<'a>) {
     ];
     for (k, v) in numbers {
         if let Some(v) = v {
-            p.push(k, P::U(v));
+            p.push(k, Val::U(v));
         }
     }
     if let Some(v) = d.rebuffer_ratio {
-        p.push("rebuffer_ratio", P::F(v));
+        p.push("rebuffer_ratio", Val::F(v));
     }
     p.str("error_code", &d.error_code);
 }
@@ -651,8 +630,8 @@ fn summary_params<'a>(event: &'a Event, p: &mut Params<'a>) {
 fn push_custom<'a>(p: &mut Params<'a>, custom: &'a Map<String, Value>) {
     for (key, value) in custom {
         let value = match value {
-            Value::String(s) => P::Str(s),
-            Value::Number(n) => P::Json(n),
+            Value::String(s) => Val::Str(s),
+            Value::Number(n) => Val::Num(n),
             Value::Bool(b) => flag(*b),
             Value::Null | Value::Array(_) | Value::Object(_) => continue,
         };
@@ -682,9 +661,7 @@ impl Translate for Ga4Translator {
         // IP, device), in order of first appearance; each entry is (input index, event
         // time, encoded event).
         type Key<'e> = (&'e str, Option<&'e str>, Vec<u8>);
-        type Group<'e> = (Key<'e>, Vec<(usize, i128, Vec<u8>)>);
-        let mut groups: Vec<Group> = Vec::new();
-        let mut group_of: HashMap<Key, usize> = HashMap::new();
+        let mut groups: Groups<Key, (usize, i128, Vec<u8>)> = Groups::new();
         // Only its length is needed per event: one buffer, not one allocation each.
         let mut header = Vec::with_capacity(256);
         // A poisoned lock only means another batch panicked mid-way: the clock is
@@ -771,7 +748,10 @@ impl Translate for Ga4Translator {
             let context = request_context(event);
             header.clear();
             write_header(&mut header, id, user_id, micros(time), &context);
-            if header.len() + item.len() + 2 > self.max_bytes {
+            if !self
+                .limits
+                .fits_alone(header.len(), item.len(), CLOSE.len())
+            {
                 translation.notes.retain(|n| n.index != index);
                 translation.refused.push(Refusal::refused(
                     index,
@@ -785,16 +765,7 @@ impl Translate for Ga4Translator {
                 continue;
             }
             clock.sent(event, time);
-            let key = (id.1, user_id, context);
-            let slot = match group_of.get(&key) {
-                Some(slot) => *slot,
-                None => {
-                    groups.push((key.clone(), Vec::new()));
-                    group_of.insert(key, groups.len() - 1);
-                    groups.len() - 1
-                }
-            };
-            groups[slot].1.push((index, micros(time), item));
+            groups.push((id.1, user_id, context), (index, micros(time), item));
         }
         drop(clock);
         let id_key = if self.app_stream {
@@ -802,38 +773,25 @@ impl Translate for Ga4Translator {
         } else {
             "client_id"
         };
-        for ((id, user_id, context), items) in groups {
-            let mut body: Vec<u8> = Vec::new();
-            let mut in_body: Vec<usize> = Vec::new();
+        for ((id, user_id, context), items) in groups.into_groups() {
+            let mut packer = Packer::new(self.limits, CLOSE);
             for (i, (index, time, item)) in items.iter().enumerate() {
-                let (index, time) = (*index, *time);
-                let fits = !in_body.is_empty()
-                    && in_body.len() < self.max_events
-                    && body.len() + 1 + item.len() + 2 <= self.max_bytes;
-                if !in_body.is_empty() && !fits {
-                    body.extend_from_slice(b"]}");
-                    translation.requests.push(
-                        self.request(std::mem::take(&mut body), std::mem::take(&mut in_body)),
-                    );
-                }
-                if in_body.is_empty() {
+                let open = |body: &mut Vec<u8>| {
                     // Room for the request's events, so the body is not grown in steps.
                     let estimate: usize = items[i..]
                         .iter()
-                        .take(self.max_events)
+                        .take(self.limits.max_events)
                         .map(|(_, _, item)| item.len() + 1)
                         .sum();
-                    body = Vec::with_capacity((header.len() + estimate + 2).min(self.max_bytes));
-                    write_header(&mut body, (id_key, id), user_id, time, &context);
-                } else {
-                    body.push(b',');
+                    body.reserve((header.len() + estimate + 2).min(self.limits.max_bytes));
+                    write_header(body, (id_key, id), user_id, *time, &context);
+                };
+                if let Some(full) = packer.push(*index, item, 1, open) {
+                    translation.requests.push(self.request(full));
                 }
-                body.extend_from_slice(item);
-                in_body.push(index);
             }
-            if !in_body.is_empty() {
-                body.extend_from_slice(b"]}");
-                translation.requests.push(self.request(body, in_body));
+            if let Some(last) = packer.finish() {
+                translation.requests.push(self.request(last));
             }
         }
         translation
@@ -895,16 +853,13 @@ impl Translate for Ga4Translator {
 }
 
 impl Ga4Translator {
-    fn request(&self, body: Vec<u8>, events: Vec<usize>) -> VendorRequest {
-        VendorRequest {
-            method: Method::POST,
-            url: self.url.clone(),
-            headers: self.headers.clone(),
-            body: Bytes::from(body),
-            events,
-        }
+    fn request(&self, packed: Packed) -> VendorRequest {
+        post(&self.url, &self.headers, packed.body, packed.events, false)
     }
 }
+
+/// What closes a request body that [`write_header`] opened.
+const CLOSE: &[u8] = b"]}";
 
 /// `{"client_id":…,"user_id":…,"timestamp_micros":…,<context>,"events":[` — the
 /// request's time is its first event's; each event also carries its own
@@ -1079,7 +1034,9 @@ pub fn browser(user_agent: &str) -> Option<(&'static str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use http::StatusCode;
+    use std::collections::HashMap;
 
     #[test]
     fn names_are_checked_and_made_legal() {

@@ -6,13 +6,16 @@ pub mod engagement;
 pub mod file;
 pub mod ga4;
 pub mod names;
+pub mod pack;
 pub mod secrets;
 pub mod segment;
 pub mod tealium;
+pub mod vendors;
 pub mod webhook;
 
 pub use names::{EventNames, NameOverride};
-pub use secrets::{redact, redact_url, MIN_SECRET_CHARS};
+pub use secrets::{redact, redact_url, Secret, MIN_SECRET_CHARS};
+pub use vendors::DestinationKind;
 
 use crate::event::Event;
 use bytes::Bytes;

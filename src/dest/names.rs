@@ -60,6 +60,23 @@ impl EventNames {
         }
     }
 
+    /// [`EventNames::resolve`], and for an unmapped `custom.<name>` type the name
+    /// `custom` makes of `<name>` (vendors send custom events under their own name).
+    pub fn resolve_custom<'a>(
+        &'a self,
+        event_type: &'a str,
+        default: Option<&'static str>,
+        custom: impl FnOnce(&'a str) -> Cow<'a, str>,
+    ) -> Result<Cow<'a, str>, Unnamed> {
+        match self.resolve(event_type, default) {
+            Err(Unnamed::Unmapped) => match event_type.strip_prefix("custom.") {
+                Some(name) => Ok(custom(name)),
+                None => Err(Unnamed::Unmapped),
+            },
+            other => other,
+        }
+    }
+
     /// For pass-through destinations, where every type keeps its own name by default.
     pub fn resolve_passthrough<'a>(&'a self, event_type: &'a str) -> Result<&'a str, Unnamed> {
         if self.overrides.is_empty() {
@@ -100,5 +117,16 @@ mod tests {
         );
         assert_eq!(names.resolve("ad.clicked", None), Err(Unnamed::Unmapped));
         assert_eq!(names.resolve_passthrough("ad.clicked"), Ok("ad.clicked"));
+        let upper = |name: &str| Cow::Owned(name.to_uppercase());
+        assert_eq!(
+            names
+                .resolve_custom("custom.chapter", None, upper)
+                .as_deref(),
+            Ok("CHAPTER")
+        );
+        assert_eq!(
+            names.resolve_custom("ad.clicked", None, upper),
+            Err(Unnamed::Unmapped)
+        );
     }
 }

@@ -3,6 +3,41 @@
 //! secret's characters, which turns `api_secret = "s"` into `http***://…`.
 
 use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+
+/// A value that must never be shown: its `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for comparing or keying; never for printing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
 
 /// Configured secrets shorter than this are refused at config load: no real API key
 /// is this short, and a short one would be found inside ordinary words.
@@ -275,6 +310,12 @@ fn find_url(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2-hunter2-hunter2");
+        assert_eq!(format!("{secret:?} {secret}"), "*** ***");
+    }
 
     #[test]
     fn a_short_secret_does_not_mangle_the_url() {

@@ -5,24 +5,21 @@
 //! `sound` 0–100 (0 when muted), `total_length` null for live streams.
 
 use super::names::Unnamed;
+use super::pack::{
+    ad_type, endpoint_base, kbps, post, seconds, sendable, sound, Limits, Packed, Packer, Val,
+};
 use super::{
     BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
     Verdict,
 };
-use crate::event::{
-    format_rfc3339, Event, EventType, PodPosition, PresentationMode, Rfc3339Millis,
-};
+use crate::event::{format_rfc3339, Event, EventType, PresentationMode, Rfc3339Millis};
 use base64::Engine as _;
-use bytes::Bytes;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::io::Write as _;
 use time::OffsetDateTime;
 
 /// Segment rejects a single event above 32 KB.
@@ -98,7 +95,7 @@ pub enum SegmentError {
     EmptyWriteKey,
     #[error("write_key: must not contain control characters")]
     WriteKeyCharacters,
-    #[error("endpoint: {0:?} is not an http:// or https:// URL")]
+    #[error("endpoint: {0}")]
     Endpoint(String),
     #[error("consent_categories: ids must not be empty and must differ")]
     ConsentCategories,
@@ -110,8 +107,7 @@ pub struct SegmentTranslator {
     headers: HeaderMap,
     names: EventNames,
     pass_properties: bool,
-    max_events: usize,
-    max_bytes: usize,
+    limits: Limits,
     secrets: Vec<String>,
     gzip: bool,
 }
@@ -186,12 +182,7 @@ impl SegmentTranslator {
             return Err(SegmentError::ConsentCategories);
         }
         let base = match &config.endpoint {
-            Some(endpoint) => {
-                if !is_http_url(endpoint) {
-                    return Err(SegmentError::Endpoint(endpoint.clone()));
-                }
-                endpoint.trim_end_matches('/')
-            }
+            Some(endpoint) => endpoint_base(endpoint).map_err(SegmentError::Endpoint)?,
             None => match config.region {
                 SegmentRegion::Us => US_BASE,
                 SegmentRegion::Eu => EU_BASE,
@@ -210,41 +201,29 @@ impl SegmentTranslator {
         }
         Ok(SegmentTranslator {
             categories: config.consent_categories.clone(),
-            url: format!("{base}/v1/batch"),
+            url: sendable(format!("{base}/v1/batch")).map_err(SegmentError::Endpoint)?,
             headers,
             names,
             pass_properties,
-            max_events: limits.max_events.clamp(1, MAX_REQUEST_EVENTS),
-            max_bytes: limits.max_bytes.min(MAX_REQUEST_BYTES),
+            limits: Limits {
+                max_events: limits.max_events.clamp(1, MAX_REQUEST_EVENTS),
+                max_items: MAX_REQUEST_EVENTS,
+                max_bytes: limits.max_bytes.min(MAX_REQUEST_BYTES),
+            },
             secrets: vec![config.write_key.clone(), auth],
             gzip: config.gzip,
         })
     }
 
-    fn request(&self, body: Vec<u8>, events: Vec<usize>) -> VendorRequest {
-        let body = if self.gzip {
-            let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
-            // Writing into a Vec cannot fail.
-            let _ = gz.write_all(&body);
-            gz.finish().unwrap_or(body)
-        } else {
-            body
-        };
-        VendorRequest {
-            method: Method::POST,
-            url: self.url.clone(),
-            headers: self.headers.clone(),
-            body: Bytes::from(body),
-            events,
-        }
+    fn request(&self, packed: Packed) -> VendorRequest {
+        post(
+            &self.url,
+            &self.headers,
+            packed.body,
+            packed.events,
+            self.gzip,
+        )
     }
-}
-
-pub(crate) fn is_http_url(s: &str) -> bool {
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"));
-    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
 }
 
 impl Translate for SegmentTranslator {
@@ -253,10 +232,7 @@ impl Translate for SegmentTranslator {
         const OPEN: &[u8] = b"{\"batch\":[";
         let close = format!("],\"sentAt\":\"{}\"}}", format_rfc3339(sent_at));
         let framing = OPEN.len() + close.len();
-        let mut body = Vec::new();
-        let mut in_body: Vec<usize> = Vec::new();
-        // Items in the body: a completion makes two, and Segment's cap counts items.
-        let mut in_items = 0;
+        let mut packer = Packer::new(self.limits, close.as_bytes());
         let mut item = Vec::with_capacity(2048);
         for (index, event) in events.iter().enumerate() {
             let name = match resolve_name(&self.names, event) {
@@ -283,6 +259,7 @@ impl Translate for SegmentTranslator {
             item.clear();
             let name = segment_name(event, name);
             let mut largest = 0;
+            // Items in the unit: a completion makes two, and Segment's cap counts items.
             let pieces = if closes_content(event, &name) { 2 } else { 1 };
             if pieces == 2 {
                 // The spec's lifecycle closes the content before the playback.
@@ -299,7 +276,9 @@ impl Translate for SegmentTranslator {
             let start = item.len();
             write_item(event, &name, "", self, &mut item);
             largest = largest.max(item.len() - start);
-            if largest > MAX_EVENT_BYTES || item.len() + framing > self.max_bytes {
+            if largest > MAX_EVENT_BYTES
+                || !self.limits.fits_alone(OPEN.len(), item.len(), close.len())
+            {
                 translation.refused.push(Refusal::refused(
                     index,
                     "oversize",
@@ -307,42 +286,27 @@ impl Translate for SegmentTranslator {
                         "event is {} bytes; segment takes at most {} per event and {} per request",
                         largest.max(item.len()),
                         MAX_EVENT_BYTES,
-                        self.max_bytes
+                        self.limits.max_bytes
                     ),
                 ));
                 continue;
             }
-            if !in_body.is_empty()
-                && (in_body.len() >= self.max_events
-                    || in_items + pieces > MAX_REQUEST_EVENTS
-                    || body.len() + 1 + item.len() + close.len() > self.max_bytes)
-            {
-                body.extend_from_slice(close.as_bytes());
-                let full = std::mem::take(&mut body);
-                translation
-                    .requests
-                    .push(self.request(full, std::mem::take(&mut in_body)));
-                in_items = 0;
-            }
-            if in_body.is_empty() {
+            let open = |body: &mut Vec<u8>| {
                 // Items run a little larger than the events as sent.
                 let estimate: usize = events[index..]
                     .iter()
-                    .take(self.max_events)
+                    .take(self.limits.max_events)
                     .map(|e| e.raw_json().len() + 256)
                     .sum();
-                body.reserve(estimate.min(self.max_bytes) + framing);
+                body.reserve(estimate.min(self.limits.max_bytes) + framing);
                 body.extend_from_slice(OPEN);
-            } else {
-                body.push(b',');
+            };
+            if let Some(full) = packer.push(index, &item, pieces, open) {
+                translation.requests.push(self.request(full));
             }
-            body.extend_from_slice(&item);
-            in_body.push(index);
-            in_items += pieces;
         }
-        if !in_body.is_empty() {
-            body.extend_from_slice(close.as_bytes());
-            translation.requests.push(self.request(body, in_body));
+        if let Some(last) = packer.finish() {
+            translation.requests.push(self.request(last));
         }
         translation
     }
@@ -402,74 +366,17 @@ fn resolve_name<'a>(names: &'a EventNames, event: &'a Event) -> Result<Cow<'a, s
 }
 
 fn resolve_type<'a>(names: &'a EventNames, ty: &'a str) -> Result<Cow<'a, str>, Unnamed> {
-    match names.resolve(ty, default_name(ty)) {
-        Err(Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
-            Some(custom) => Ok(Cow::Borrowed(custom)),
-            None => Err(Unnamed::Unmapped),
-        },
-        other => other,
-    }
+    names.resolve_custom(ty, default_name(ty), Cow::Borrowed)
 }
 
 fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().filter(|s| !s.is_empty())
 }
 
-/// Whole seconds from milliseconds, floored.
-pub fn seconds(ms: u64) -> u64 {
-    ms / 1000
-}
-
-/// kbps from bits per second, floored.
-pub fn kbps(bps: u64) -> u64 {
-    bps / 1000
-}
-
-/// Volume 0.0–1.0 as 0–100, rounded; 0 when muted; `None` when neither is known.
-pub fn sound(volume: Option<f64>, muted: Option<bool>) -> Option<u64> {
-    if muted == Some(true) {
-        return Some(0);
-    }
-    volume.map(|v| (v.clamp(0.0, 1.0) * 100.0).round() as u64)
-}
-
-pub fn ad_type(position: PodPosition) -> &'static str {
-    match position {
-        PodPosition::Preroll => "pre-roll",
-        PodPosition::Midroll => "mid-roll",
-        PodPosition::Postroll => "post-roll",
-    }
-}
-
-/// A property value borrowed from the event where possible.
-enum V<'a> {
-    Str(&'a str),
-    Text(String),
-    U(u64),
-    F(f64),
-    B(bool),
-    Null,
-    Strs(&'a [String]),
-}
-
-impl Serialize for V<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            V::Str(v) => s.serialize_str(v),
-            V::Text(v) => s.serialize_str(v),
-            V::U(v) => s.serialize_u64(*v),
-            V::F(v) => s.serialize_f64(*v),
-            V::B(v) => s.serialize_bool(*v),
-            V::Null => s.serialize_unit(),
-            V::Strs(v) => v.serialize(s),
-        }
-    }
-}
-
 /// The Video Spec properties of one event, in a fixed order, then the custom
 /// properties (when they pass) whose keys the spec properties do not already use.
 struct Properties<'a> {
-    fields: Vec<(&'static str, V<'a>)>,
+    fields: Vec<(&'static str, Val<'a>)>,
     custom: Option<&'a Map<String, Value>>,
 }
 
@@ -492,35 +399,35 @@ impl Serialize for Properties<'_> {
 
 fn properties<'a>(event: &'a Event, name: &str, pass_properties: bool) -> Properties<'a> {
     let body = &event.body;
-    let mut f: Vec<(&'static str, V<'a>)> = Vec::with_capacity(32);
+    let mut f: Vec<(&'static str, Val<'a>)> = Vec::with_capacity(32);
     let session_id = body
         .session
         .player_session_id
         .as_deref()
         .unwrap_or(&body.session.id);
-    f.push(("session_id", V::Str(session_id)));
+    f.push(("session_id", Val::Str(session_id)));
     let content = body.content.as_ref();
     let playback = body.playback.as_ref();
     let is_ad_event = event.event_type().starts_with("ad.");
     if let Some(c) = content {
         if let Some(v) = &c.asset_id {
-            f.push(("content_asset_id", V::Str(v)));
+            f.push(("content_asset_id", Val::Str(v)));
             // Playback events carry the spec's plural too: the contents of the playback.
             if name.starts_with("Video Playback") {
-                f.push(("content_asset_ids", V::Strs(std::slice::from_ref(v))));
+                f.push(("content_asset_ids", Val::Strs(std::slice::from_ref(v))));
             }
         }
     }
     if let Some(ad) = &body.ad {
         if let Some(v) = &ad.ad_id {
-            f.push(("ad_asset_id", V::Str(v)));
+            f.push(("ad_asset_id", Val::Str(v)));
         }
         if let Some(pod) = &ad.pod {
             if let Some(v) = &pod.id {
-                f.push(("ad_pod_id", V::Str(v)));
+                f.push(("ad_pod_id", Val::Str(v)));
             }
             if let Some(p) = pod.position {
-                f.push(("ad_type", V::Str(ad_type(p))));
+                f.push(("ad_type", Val::Str(ad_type(p))));
             }
         }
     }
@@ -529,33 +436,33 @@ fn properties<'a>(event: &'a Event, name: &str, pass_properties: bool) -> Proper
         // Ad events carry the Video Spec's ad properties: position and length in the ad.
         if let Some(ad) = &body.ad {
             if let Some(v) = &ad.ad_id {
-                f.push(("asset_id", V::Str(v)));
+                f.push(("asset_id", Val::Str(v)));
             }
             if let Some(pod) = &ad.pod {
                 if let Some(v) = &pod.id {
-                    f.push(("pod_id", V::Str(v)));
+                    f.push(("pod_id", Val::Str(v)));
                 }
                 if let Some(v) = pod.ad_position {
-                    f.push(("pod_position", V::U(v.into())));
+                    f.push(("pod_position", Val::U(v.into())));
                 }
                 if let Some(v) = pod.ad_count {
-                    f.push(("pod_length", V::U(v.into())));
+                    f.push(("pod_length", Val::U(v.into())));
                 }
                 if let Some(p) = pod.position {
-                    f.push(("type", V::Str(ad_type(p))));
+                    f.push(("type", Val::Str(ad_type(p))));
                 }
             }
             if let Some(v) = &ad.title {
-                f.push(("title", V::Str(v)));
+                f.push(("title", Val::Str(v)));
             }
             if let Some(v) = &ad.advertiser {
-                f.push(("publisher", V::Str(v)));
+                f.push(("publisher", Val::Str(v)));
             }
             if let Some(v) = ad.position_ms {
-                f.push(("position", V::U(seconds(v))));
+                f.push(("position", Val::U(seconds(v))));
             }
             if let Some(v) = ad.duration_ms {
-                f.push(("total_length", V::U(seconds(v))));
+                f.push(("total_length", Val::U(seconds(v))));
             }
             if let Some(i) = ad.insertion {
                 // SSAI ads are stitched into the stream ("linear"); CSAI ads load apart.
@@ -563,23 +470,23 @@ fn properties<'a>(event: &'a Event, name: &str, pass_properties: bool) -> Proper
                     crate::event::AdInsertion::Ssai => "linear",
                     crate::event::AdInsertion::Csai => "dynamic",
                 };
-                f.push(("load_type", V::Str(load)));
+                f.push(("load_type", Val::Str(load)));
             }
         }
     } else {
         if let Some(v) = playback.and_then(|p| p.position_ms) {
-            f.push(("position", V::U(seconds(v))));
+            f.push(("position", Val::U(seconds(v))));
         }
         match content.and_then(|c| c.duration_ms) {
-            Some(d) if !live => f.push(("total_length", V::U(seconds(d)))),
-            _ => f.push(("total_length", V::Null)),
+            Some(d) if !live => f.push(("total_length", Val::U(seconds(d)))),
+            _ => f.push(("total_length", Val::Null)),
         }
         if let Some(c) = content {
             if let Some(v) = &c.asset_id {
-                f.push(("asset_id", V::Str(v)));
+                f.push(("asset_id", Val::Str(v)));
             }
             if let Some(v) = &c.title {
-                f.push(("title", V::Str(v)));
+                f.push(("title", Val::Str(v)));
             }
             let text = [
                 ("description", &c.description),
@@ -593,35 +500,35 @@ fn properties<'a>(event: &'a Event, name: &str, pass_properties: bool) -> Proper
             ];
             for (k, v) in text {
                 if let Some(v) = v {
-                    f.push((k, V::Str(v)));
+                    f.push((k, Val::Str(v)));
                 }
             }
             if let Some(v) = &c.keywords {
-                f.push(("keywords", V::Strs(v)));
+                f.push(("keywords", Val::Strs(v)));
             }
         }
     }
-    f.push(("livestream", V::B(live)));
+    f.push(("livestream", Val::B(live)));
     if let Some(p) = playback {
         if let Some(r) = &p.rendition {
             if let Some(v) = r.bitrate_bps {
-                f.push(("bitrate", V::U(kbps(v))));
+                f.push(("bitrate", Val::U(kbps(v))));
             }
             if let Some(v) = r.framerate {
-                f.push(("framerate", V::F(v)));
+                f.push(("framerate", Val::F(v)));
             }
             if let Some(v) = &r.label {
-                f.push(("quality", V::Str(v)));
+                f.push(("quality", Val::Str(v)));
             }
         }
         if let Some(v) = sound(p.volume, p.muted) {
-            f.push(("sound", V::U(v)));
+            f.push(("sound", Val::U(v)));
         }
         if let Some(m) = p.presentation_mode {
-            f.push(("full_screen", V::B(m == PresentationMode::Fullscreen)));
+            f.push(("full_screen", Val::B(m == PresentationMode::Fullscreen)));
         }
         if let Some(v) = p.dropped_frames {
-            f.push(("droppedFrames", V::U(v)));
+            f.push(("droppedFrames", Val::U(v)));
         }
     }
     if let Some(v) = body
@@ -630,41 +537,41 @@ fn properties<'a>(event: &'a Event, name: &str, pass_properties: bool) -> Proper
         .and_then(|c| c.player.as_ref())
         .and_then(|p| p.name.as_deref())
     {
-        f.push(("video_player", V::Str(v)));
+        f.push(("video_player", Val::Str(v)));
     }
     if let Some(d) = &body.data {
         // Sub-second durations keep their milliseconds; the key names the unit.
         if let Some(v) = d.startup_ms {
-            f.push(("startup_time_ms", V::U(v)));
+            f.push(("startup_time_ms", Val::U(v)));
         }
         if let Some(v) = d.duration_ms {
-            f.push(("duration_ms", V::U(v)));
+            f.push(("duration_ms", Val::U(v)));
         }
         if let Some(v) = d.to_ms {
-            f.push(("seek_position", V::U(seconds(v))));
+            f.push(("seek_position", Val::U(seconds(v))));
         }
         if let Some(v) = d.from_ms {
             // Seek Started: `position` is where the seek came from.
             if let Some(slot) = f.iter_mut().find(|(k, _)| *k == "position") {
-                slot.1 = V::U(seconds(v));
+                slot.1 = Val::U(seconds(v));
             } else {
-                f.push(("position", V::U(seconds(v))));
+                f.push(("position", Val::U(seconds(v))));
             }
         }
         if let Some(v) = d.quartile {
-            f.push(("quartile", V::U(v.into())));
+            f.push(("quartile", Val::U(v.into())));
         }
         if let Some(v) = d.percent {
-            f.push(("percent", V::U(v.into())));
+            f.push(("percent", Val::U(v.into())));
         }
         if let Some(v) = &d.reason {
-            f.push(("reason", V::Str(v)));
+            f.push(("reason", Val::Str(v)));
         }
         if let Some(v) = &d.method {
-            f.push(("method", V::Str(v)));
+            f.push(("method", Val::Str(v)));
         }
         if let Some(v) = d.from_bitrate_bps {
-            f.push(("previous_bitrate", V::U(kbps(v))));
+            f.push(("previous_bitrate", Val::U(kbps(v))));
         }
     }
     if event.event_type() == crate::qoe::summary::SUMMARY_TYPE {
@@ -675,7 +582,7 @@ fn properties<'a>(event: &'a Event, name: &str, pass_properties: bool) -> Proper
     if let Some(e) = &body.error {
         // Errors travel as Video Playback Interrupted with `method` = the error.
         if !f.iter().any(|(k, _)| *k == "method") {
-            f.push(("method", V::Text(error_method(e))));
+            f.push(("method", Val::Text(error_method(e))));
         }
         let text = [
             ("error_code", &e.code),
@@ -686,14 +593,14 @@ fn properties<'a>(event: &'a Event, name: &str, pass_properties: bool) -> Proper
         ];
         for (k, v) in text {
             if let Some(v) = v {
-                f.push((k, V::Str(v)));
+                f.push((k, Val::Str(v)));
             }
         }
         if let Some(v) = e.fatal {
-            f.push(("error_fatal", V::B(v)));
+            f.push(("error_fatal", Val::B(v)));
         }
         if let Some(v) = e.http_status {
-            f.push(("error_http_status", V::U(v.into())));
+            f.push(("error_http_status", Val::U(v.into())));
         }
     }
     Properties {
@@ -709,15 +616,15 @@ fn properties<'a>(event: &'a Event, name: &str, pass_properties: bool) -> Proper
 /// `session.summary`'s metrics, named as in `data` but with the unit the Video Spec's
 /// other properties use: durations as `*_time_ms` (like `startup_time_ms`), the bitrate
 /// in kbps like `bitrate`.
-fn summary_properties<'a>(d: &'a crate::event::EventData, f: &mut Vec<(&'static str, V<'a>)>) {
+fn summary_properties<'a>(d: &'a crate::event::EventData, f: &mut Vec<(&'static str, Val<'a>)>) {
     if let Some(v) = d.outcome {
-        f.push(("outcome", V::Str(v.as_str())));
+        f.push(("outcome", Val::Str(v.as_str())));
     }
     if let Some(v) = d.playback_failure {
-        f.push(("playback_failure", V::B(v)));
+        f.push(("playback_failure", Val::B(v)));
     }
     if let Some(v) = d.ended_by {
-        f.push(("ended_by", V::Str(v.as_str())));
+        f.push(("ended_by", Val::Str(v.as_str())));
     }
     let counts = [
         ("session_events", d.events),
@@ -738,24 +645,24 @@ fn summary_properties<'a>(d: &'a crate::event::EventData, f: &mut Vec<(&'static 
     ];
     for (k, v) in times {
         if let Some(v) = v {
-            f.push((k, V::U(v)));
+            f.push((k, Val::U(v)));
         }
     }
     for (k, v) in counts {
         if let Some(v) = v {
-            f.push((k, V::U(v.into())));
+            f.push((k, Val::U(v.into())));
         }
     }
     if let Some(v) = d.rebuffer_ratio {
-        f.push(("rebuffer_ratio", V::F(v)));
+        f.push(("rebuffer_ratio", Val::F(v)));
     }
     // The average of the time played; null when it never played.
     f.push((
         "average_bitrate",
-        d.avg_bitrate_bps.map_or(V::Null, |v| V::U(kbps(v))),
+        d.avg_bitrate_bps.map_or(Val::Null, |v| Val::U(kbps(v))),
     ));
     if let Some(v) = &d.error_code {
-        f.push(("error_code", V::Str(v)));
+        f.push(("error_code", Val::Str(v)));
     }
 }
 
@@ -933,18 +840,7 @@ fn write_item(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn units_are_floored_seconds_kbps_and_percent() {
-        assert_eq!(seconds(1999), 1);
-        assert_eq!(seconds(0), 0);
-        assert_eq!(kbps(2_445_999), 2445);
-        assert_eq!(sound(Some(0.555), Some(false)), Some(56));
-        assert_eq!(sound(Some(1.0), Some(true)), Some(0));
-        assert_eq!(sound(None, Some(true)), Some(0));
-        assert_eq!(sound(None, None), None);
-        assert_eq!(ad_type(PodPosition::Midroll), "mid-roll");
-    }
+    use bytes::Bytes;
 
     #[test]
     fn config_errors_name_the_field() {
@@ -985,8 +881,8 @@ mod tests {
         let t =
             SegmentTranslator::new(&config, EventNames::default(), false, limits).expect("valid");
         assert_eq!(t.url, "https://events.eu1.segmentapis.com/v1/batch");
-        assert_eq!(t.max_events, MAX_REQUEST_EVENTS);
-        assert_eq!(t.max_bytes, MAX_REQUEST_BYTES);
+        assert_eq!(t.limits.max_events, MAX_REQUEST_EVENTS);
+        assert_eq!(t.limits.max_bytes, MAX_REQUEST_BYTES);
         // base64("abc:")
         assert_eq!(t.secrets(), vec!["abc".to_string(), "YWJjOg==".to_string()]);
         let bad: Result<SegmentConfig, _> =

@@ -7,23 +7,21 @@
 //! kbps, volume 0–100 (0 when muted); sub-second durations keep ms with an `_ms` key.
 
 use super::names::Unnamed;
-use super::segment::{ad_type, is_http_url, kbps, seconds, sound};
+use super::pack::{
+    ad_type, endpoint_base, kbps, post, seconds, sendable, sound, Groups, Limits, Packed, Packer,
+    Val,
+};
 use super::{
     BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
     Verdict,
 };
 use crate::event::{AdInsertion, Event, EventType, PlaybackState, PresentationMode, Rfc3339Millis};
-use bytes::Bytes;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::io::Write as _;
 use time::OffsetDateTime;
 
 /// `/bulk-event` takes at most 10 events.
@@ -73,7 +71,7 @@ pub enum TealiumError {
     Profile,
     #[error("region: {0:?} must be lowercase letters, digits and - (e.g. \"eu-central-1\")")]
     Region(String),
-    #[error("endpoint: {0:?} is not an http:// or https:// URL")]
+    #[error("endpoint: {0}")]
     Endpoint(String),
     #[error("datasource: must not be empty when set")]
     Datasource,
@@ -88,8 +86,7 @@ pub struct TealiumTranslator {
     names: EventNames,
     vocabulary: Vocabulary,
     pass_properties: bool,
-    max_events: usize,
-    max_bytes: usize,
+    limits: Limits,
     gzip: bool,
     account: String,
     profile: String,
@@ -196,12 +193,9 @@ impl TealiumTranslator {
             return Err(TealiumError::Environment);
         }
         let base = match (&config.endpoint, &config.region) {
-            (Some(endpoint), _) => {
-                if !is_http_url(endpoint) {
-                    return Err(TealiumError::Endpoint(endpoint.clone()));
-                }
-                endpoint.trim_end_matches('/').to_string()
-            }
+            (Some(endpoint), _) => endpoint_base(endpoint)
+                .map_err(TealiumError::Endpoint)?
+                .to_string(),
             (None, Some(region)) => {
                 if !valid_region(region) {
                     return Err(TealiumError::Region(region.clone()));
@@ -216,14 +210,17 @@ impl TealiumTranslator {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         let mut translator = TealiumTranslator {
-            event_url: format!("{base}/event"),
-            bulk_url: format!("{base}/bulk-event"),
+            event_url: sendable(format!("{base}/event")).map_err(TealiumError::Endpoint)?,
+            bulk_url: sendable(format!("{base}/bulk-event")).map_err(TealiumError::Endpoint)?,
             headers,
             names,
             vocabulary: config.vocabulary,
             pass_properties,
-            max_events: limits.max_events.clamp(1, MAX_REQUEST_EVENTS),
-            max_bytes: limits.max_bytes.min(MAX_BODY_BYTES),
+            limits: Limits {
+                max_events: limits.max_events.clamp(1, MAX_REQUEST_EVENTS),
+                max_items: usize::MAX,
+                max_bytes: limits.max_bytes.min(MAX_BODY_BYTES),
+            },
             gzip: config.gzip,
             account: config.account.clone(),
             profile: config.profile.clone(),
@@ -241,16 +238,8 @@ impl TealiumTranslator {
     }
 
     fn resolve_type<'a>(&'a self, ty: &'a str) -> Result<Cow<'a, str>, Unnamed> {
-        match self
-            .names
-            .resolve(ty, default_name_for(self.vocabulary, ty))
-        {
-            Err(Unnamed::Unmapped) => match ty.strip_prefix("custom.") {
-                Some(custom) => Ok(Cow::Borrowed(custom)),
-                None => Err(Unnamed::Unmapped),
-            },
-            other => other,
-        }
+        self.names
+            .resolve_custom(ty, default_name_for(self.vocabulary, ty), Cow::Borrowed)
     }
 
     /// The keys every event of a visitor shares, without braces:
@@ -288,75 +277,36 @@ impl TealiumTranslator {
         body
     }
 
-    fn request(&self, url: &str, body: Vec<u8>, events: Vec<usize>) -> VendorRequest {
-        let body = if self.gzip {
-            let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
-            // Writing into a Vec cannot fail.
-            let _ = gz.write_all(&body);
-            gz.finish().unwrap_or(body)
+    /// One event alone goes to `/event` as a flat object; more to `/bulk-event`.
+    fn request(&self, shared: &[u8], packed: Packed) -> VendorRequest {
+        if let [index] = packed.events[..] {
+            let body = Self::single_body(shared, packed.units());
+            post(&self.event_url, &self.headers, body, vec![index], self.gzip)
         } else {
-            body
-        };
-        VendorRequest {
-            method: Method::POST,
-            url: url.to_string(),
-            headers: self.headers.clone(),
-            body: Bytes::from(body),
-            events,
-        }
-    }
-
-    fn flush(
-        &self,
-        shared: &[u8],
-        items: &mut Vec<(usize, Vec<u8>)>,
-        translation: &mut Translation,
-    ) {
-        match items.len() {
-            0 => {}
-            1 => {
-                let (index, item) = items.remove(0);
-                let body = Self::single_body(shared, &item);
-                translation
-                    .requests
-                    .push(self.request(&self.event_url, body, vec![index]));
-            }
-            _ => {
-                let mut body = bulk_open(shared);
-                let mut indices = Vec::with_capacity(items.len());
-                for (i, (index, item)) in items.drain(..).enumerate() {
-                    if i > 0 {
-                        body.push(b',');
-                    }
-                    body.extend_from_slice(&item);
-                    indices.push(index);
-                }
-                body.extend_from_slice(b"]}");
-                translation
-                    .requests
-                    .push(self.request(&self.bulk_url, body, indices));
-            }
+            post(
+                &self.bulk_url,
+                &self.headers,
+                packed.body,
+                packed.events,
+                self.gzip,
+            )
         }
     }
 }
 
-/// An input index and its encoded event object.
-type Encoded = (usize, Vec<u8>);
-
-fn bulk_open(shared: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(16 * 1024);
+fn bulk_open(body: &mut Vec<u8>, shared: &[u8]) {
+    body.reserve(16 * 1024);
     body.extend_from_slice(b"{\"shared\":{");
     body.extend_from_slice(shared);
     body.extend_from_slice(b"},\"events\":[");
-    body
 }
 
 impl Translate for TealiumTranslator {
     fn translate(&self, events: &[&Event], _sent_at: OffsetDateTime) -> Translation {
         let mut translation = Translation::default();
         // Events grouped by visitor in order of first appearance.
-        let mut groups: Vec<(&str, Vec<Encoded>)> = Vec::new();
-        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        // Each unit is an input index and its encoded event object.
+        let mut groups: Groups<&str, (usize, Vec<u8>)> = Groups::new();
         // The shared keys' length for a visitor is `shared_base` plus the visitor id as
         // JSON: measured per event without building the shared keys each time.
         let mut visitor_json = Vec::with_capacity(64);
@@ -401,42 +351,36 @@ impl Translate for TealiumTranslator {
             // Writing a string into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut visitor_json, visitor);
             let single = self.shared_base + visitor_json.len() + item.len() + 1;
-            if single > self.max_bytes {
+            if single > self.limits.max_bytes {
                 translation.refused.push(Refusal::refused(
                     index,
                     "oversize",
                     format!(
                         "event is about {single} bytes; tealium takes at most {} per request",
-                        self.max_bytes
+                        self.limits.max_bytes
                     ),
                 ));
                 continue;
             }
-            let slot = *group_of.entry(visitor).or_insert_with(|| {
-                groups.push((visitor, Vec::new()));
-                groups.len() - 1
-            });
-            groups[slot].1.push((index, item));
+            groups.push(visitor, (index, item));
         }
-        for (visitor, items) in groups {
+        for (visitor, items) in groups.into_groups() {
             let shared = self.shared(visitor);
-            let open = bulk_open(&shared).len() + 2;
             // Even chunks: 11 events make 6 + 5, two bulk requests, rather than 10 + 1.
-            let chunks = items.len().div_ceil(self.max_events);
-            let per_chunk = items.len().div_ceil(chunks.max(1));
-            let mut chunk: Vec<(usize, Vec<u8>)> = Vec::new();
-            let mut chunk_bytes = open;
+            let chunks = items.len().div_ceil(self.limits.max_events);
+            let limits = Limits {
+                max_events: items.len().div_ceil(chunks.max(1)),
+                ..self.limits
+            };
+            let mut packer = Packer::new(limits, b"]}");
             for (index, item) in items {
-                let full =
-                    chunk.len() >= per_chunk || chunk_bytes + 1 + item.len() > self.max_bytes;
-                if !chunk.is_empty() && full {
-                    self.flush(&shared, &mut chunk, &mut translation);
-                    chunk_bytes = open;
+                if let Some(full) = packer.push(index, &item, 1, |b| bulk_open(b, &shared)) {
+                    translation.requests.push(self.request(&shared, full));
                 }
-                chunk_bytes += item.len() + 1;
-                chunk.push((index, item));
             }
-            self.flush(&shared, &mut chunk, &mut translation);
+            if let Some(last) = packer.finish() {
+                translation.requests.push(self.request(&shared, last));
+            }
         }
         translation
     }
@@ -552,8 +496,8 @@ pub fn media_key(key: &'static str) -> Option<&'static str> {
 /// (`fullscreen`, `picture_in_picture`).
 fn media_fields<'a>(
     event: &'a Event,
-    basic: Vec<(&'static str, T<'a>)>,
-) -> Vec<(&'static str, T<'a>)> {
+    basic: Vec<(&'static str, Val<'a>)>,
+) -> Vec<(&'static str, Val<'a>)> {
     let body = &event.body;
     let mut out = Vec::with_capacity(basic.len() + 6);
     let mut session_keys_at = None;
@@ -575,14 +519,14 @@ fn media_fields<'a>(
         None => "vod",
     };
     let mut session = vec![
-        ("media_uuid", T::Str(body.session.id.as_str())),
-        ("media_type", T::Str("video")),
-        ("media_stream_type", T::Str(stream_type)),
+        ("media_uuid", Val::Str(body.session.id.as_str())),
+        ("media_type", Val::Str("video")),
+        ("media_stream_type", Val::Str(stream_type)),
         // Every significant event, the heartbeat and the milestones are sent.
-        ("media_tracking_type", T::Str("heartbeat_milestone")),
+        ("media_tracking_type", Val::Str("heartbeat_milestone")),
     ];
     if let Some(v) = body.data.as_ref().and_then(|d| d.percent) {
-        session.push(("media_milestone", T::Text(format!("{v}%"))));
+        session.push(("media_milestone", Val::Text(format!("{v}%"))));
     }
     let state = body
         .playback
@@ -594,40 +538,15 @@ fn media_fields<'a>(
             PresentationMode::Inline => None,
         });
     if let Some(state) = state {
-        session.push(("media_player_state", T::Str(state)));
+        session.push(("media_player_state", Val::Str(state)));
     }
     let at = session_keys_at.unwrap_or(out.len());
     out.splice(at..at, session);
     out
 }
 
-/// A flat value borrowed from the event where possible.
-enum T<'a> {
-    Str(&'a str),
-    Text(String),
-    Time(Rfc3339Millis),
-    U(u64),
-    F(f64),
-    B(bool),
-    Strs(&'a [String]),
-}
-
-impl Serialize for T<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            T::Str(v) => s.serialize_str(v),
-            T::Text(v) => s.serialize_str(v),
-            T::Time(v) => v.serialize(s),
-            T::U(v) => s.serialize_u64(*v),
-            T::F(v) => s.serialize_f64(*v),
-            T::B(v) => s.serialize_bool(*v),
-            T::Strs(v) => v.serialize(s),
-        }
-    }
-}
-
 struct Flat<'a> {
-    fields: Vec<(&'static str, T<'a>)>,
+    fields: Vec<(&'static str, Val<'a>)>,
     custom: Option<&'a Map<String, Value>>,
 }
 
@@ -689,15 +608,15 @@ fn flatten_value<'a>(key: String, value: &'a Value, out: &mut Vec<(String, &'a V
 
 /// `session.summary`'s metrics as flat `video_*` keys (times in ms like
 /// `video_startup_time_ms`, the bitrate in kbps like `video_bitrate`).
-fn summary_fields<'a>(d: &'a crate::event::EventData, f: &mut Vec<(&'static str, T<'a>)>) {
+fn summary_fields<'a>(d: &'a crate::event::EventData, f: &mut Vec<(&'static str, Val<'a>)>) {
     if let Some(v) = d.outcome {
-        f.push(("video_qoe_outcome", T::Str(v.as_str())));
+        f.push(("video_qoe_outcome", Val::Str(v.as_str())));
     }
     if let Some(v) = d.playback_failure {
-        f.push(("video_playback_failure", T::B(v)));
+        f.push(("video_playback_failure", Val::B(v)));
     }
     if let Some(v) = d.ended_by {
-        f.push(("video_ended_by", T::Str(v.as_str())));
+        f.push(("video_ended_by", Val::Str(v.as_str())));
     }
     let numbers = [
         ("video_session_events", d.events.map(u64::from)),
@@ -723,33 +642,33 @@ fn summary_fields<'a>(d: &'a crate::event::EventData, f: &mut Vec<(&'static str,
     ];
     for (k, v) in numbers {
         if let Some(v) = v {
-            f.push((k, T::U(v)));
+            f.push((k, Val::U(v)));
         }
     }
     if let Some(v) = d.rebuffer_ratio {
-        f.push(("video_rebuffer_ratio", T::F(v)));
+        f.push(("video_rebuffer_ratio", Val::F(v)));
     }
     if let Some(v) = d.error_code.as_deref() {
-        f.push(("video_error_code", T::Str(v)));
+        f.push(("video_error_code", Val::Str(v)));
     }
 }
 
-fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
+fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, Val<'a>)> {
     let body = &event.body;
-    let mut f: Vec<(&'static str, T<'a>)> = Vec::with_capacity(64);
-    let s = |f: &mut Vec<(&'static str, T<'a>)>, k: &'static str, v: &'a Option<String>| {
+    let mut f: Vec<(&'static str, Val<'a>)> = Vec::with_capacity(64);
+    let s = |f: &mut Vec<(&'static str, Val<'a>)>, k: &'static str, v: &'a Option<String>| {
         if let Some(v) = v.as_deref() {
-            f.push((k, T::Str(v)));
+            f.push((k, Val::Str(v)));
         }
     };
-    f.push(("tealium_event", T::Str(name)));
-    f.push(("event_id", T::Str(&body.event_id)));
-    f.push(("event_type", T::Str(&body.event_type)));
-    f.push(("event_timestamp", T::Time(Rfc3339Millis(event.timestamp))));
+    f.push(("tealium_event", Val::Str(name)));
+    f.push(("event_id", Val::Str(&body.event_id)));
+    f.push(("event_type", Val::Str(&body.event_type)));
+    f.push(("event_timestamp", Val::Time(Rfc3339Millis(event.timestamp))));
     if let Some(v) = body.sequence {
-        f.push(("event_sequence", T::U(v)));
+        f.push(("event_sequence", Val::U(v)));
     }
-    f.push(("session_id", T::Str(&body.session.id)));
+    f.push(("session_id", Val::Str(&body.session.id)));
     s(&mut f, "player_session_id", &body.session.player_session_id);
     s(&mut f, "app_session_id", &body.session.app_session_id);
     s(&mut f, "user_id", &body.user.user_id);
@@ -763,21 +682,21 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
         s(&mut f, "video_id", &c.asset_id);
         s(&mut f, "video_name", &c.title);
         if let Some(d) = c.duration_ms.filter(|_| !live) {
-            f.push(("video_length", T::U(seconds(d))));
+            f.push(("video_length", Val::U(seconds(d))));
         }
     }
     if let Some(v) = playback.and_then(|p| p.position_ms) {
-        f.push(("video_playhead", T::U(seconds(v))));
+        f.push(("video_playhead", Val::U(seconds(v))));
     }
     if let Some(v) = body.data.as_ref().and_then(|d| d.percent) {
-        f.push(("video_milestone", T::U(v.into())));
+        f.push(("video_milestone", Val::U(v.into())));
     }
     let ctx = body.context.as_ref();
     let player = ctx.and_then(|c| c.player.as_ref());
     if let Some(p) = player {
         s(&mut f, "video_platform", &p.name);
     }
-    f.push(("video_live", T::B(live)));
+    f.push(("video_live", Val::B(live)));
     if let Some(c) = content {
         if let Some(t) = c.stream_type {
             let v = match t {
@@ -786,7 +705,7 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
                 crate::event::StreamType::LiveDvr => "live_dvr",
                 crate::event::StreamType::Linear => "linear",
             };
-            f.push(("video_stream_type", T::Str(v)));
+            f.push(("video_stream_type", Val::Str(v)));
         }
         s(&mut f, "video_url", &c.url);
         s(&mut f, "video_streaming_format", &c.streaming_format);
@@ -799,7 +718,7 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
         s(&mut f, "video_channel", &c.channel);
         s(&mut f, "video_provider", &c.provider);
         if let Some(v) = &c.keywords {
-            f.push(("video_keywords", T::Strs(v)));
+            f.push(("video_keywords", Val::Strs(v)));
         }
         s(&mut f, "video_airdate", &c.airdate);
         s(&mut f, "video_language", &c.language);
@@ -815,36 +734,36 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
                 PlaybackState::Ended => "ended",
                 PlaybackState::Error => "error",
             };
-            f.push(("video_state", T::Str(v)));
+            f.push(("video_state", Val::Str(v)));
         }
         if let Some(v) = p.buffer_ms {
-            f.push(("video_buffer", T::U(seconds(v))));
+            f.push(("video_buffer", Val::U(seconds(v))));
         }
         if let Some(r) = &p.rendition {
             s(&mut f, "video_rendition_id", &r.id);
             if let Some(v) = r.bitrate_bps {
-                f.push(("video_bitrate", T::U(kbps(v))));
+                f.push(("video_bitrate", Val::U(kbps(v))));
             }
             if let Some(v) = r.framerate {
-                f.push(("video_framerate", T::F(v)));
+                f.push(("video_framerate", Val::F(v)));
             }
             if let Some(v) = r.width {
-                f.push(("video_width", T::U(v.into())));
+                f.push(("video_width", Val::U(v.into())));
             }
             if let Some(v) = r.height {
-                f.push(("video_height", T::U(v.into())));
+                f.push(("video_height", Val::U(v.into())));
             }
             s(&mut f, "video_codecs", &r.codecs);
             s(&mut f, "video_quality", &r.label);
         }
         if let Some(v) = p.playback_rate {
-            f.push(("video_playback_rate", T::F(v)));
+            f.push(("video_playback_rate", Val::F(v)));
         }
         if let Some(v) = sound(p.volume, p.muted) {
-            f.push(("video_volume", T::U(v)));
+            f.push(("video_volume", Val::U(v)));
         }
         if let Some(v) = p.muted {
-            f.push(("video_muted", T::B(v)));
+            f.push(("video_muted", Val::B(v)));
         }
         if let Some(m) = p.presentation_mode {
             let v = match m {
@@ -852,36 +771,36 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
                 PresentationMode::Fullscreen => "fullscreen",
                 PresentationMode::Pip => "pip",
             };
-            f.push(("video_presentation_mode", T::Str(v)));
+            f.push(("video_presentation_mode", Val::Str(v)));
         }
         if let Some(v) = p.dropped_frames {
-            f.push(("video_dropped_frames", T::U(v)));
+            f.push(("video_dropped_frames", Val::U(v)));
         }
         s(&mut f, "video_cdn", &p.cdn);
         if let Some(v) = p.autoplay {
-            f.push(("video_autoplay", T::B(v)));
+            f.push(("video_autoplay", Val::B(v)));
         }
     }
     if let Some(d) = &body.data {
         if let Some(v) = d.startup_ms {
-            f.push(("video_startup_time_ms", T::U(v)));
+            f.push(("video_startup_time_ms", Val::U(v)));
         }
         if let Some(v) = d.duration_ms {
-            f.push(("video_event_duration_ms", T::U(v)));
+            f.push(("video_event_duration_ms", Val::U(v)));
         }
         if let Some(v) = d.from_ms {
-            f.push(("video_seek_from", T::U(seconds(v))));
+            f.push(("video_seek_from", Val::U(seconds(v))));
         }
         if let Some(v) = d.to_ms {
-            f.push(("video_seek_to", T::U(seconds(v))));
+            f.push(("video_seek_to", Val::U(seconds(v))));
         }
         s(&mut f, "video_exit_reason", &d.reason);
         s(&mut f, "video_interrupt_method", &d.method);
         if let Some(v) = d.from_bitrate_bps {
-            f.push(("video_previous_bitrate", T::U(kbps(v))));
+            f.push(("video_previous_bitrate", Val::U(kbps(v))));
         }
         if let Some(v) = d.quartile {
-            f.push(("video_ad_quartile", T::U(v.into())));
+            f.push(("video_ad_quartile", Val::U(v.into())));
         }
     }
     if event.event_type() == crate::qoe::summary::SUMMARY_TYPE {
@@ -900,30 +819,30 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
                 AdInsertion::Csai => "csai",
                 AdInsertion::Ssai => "ssai",
             };
-            f.push(("video_ad_insertion", T::Str(v)));
+            f.push(("video_ad_insertion", Val::Str(v)));
         }
         if let Some(v) = ad.duration_ms {
-            f.push(("video_ad_length", T::U(seconds(v))));
+            f.push(("video_ad_length", Val::U(seconds(v))));
         }
         if let Some(v) = ad.position_ms {
-            f.push(("video_ad_playhead", T::U(seconds(v))));
+            f.push(("video_ad_playhead", Val::U(seconds(v))));
         }
         if let Some(v) = ad.skip_offset_ms {
-            f.push(("video_ad_skip_offset", T::U(seconds(v))));
+            f.push(("video_ad_skip_offset", Val::U(seconds(v))));
         }
         if let Some(pod) = &ad.pod {
             s(&mut f, "video_ad_pod_id", &pod.id);
             if let Some(v) = pod.index {
-                f.push(("video_ad_pod_index", T::U(v.into())));
+                f.push(("video_ad_pod_index", Val::U(v.into())));
             }
             if let Some(v) = pod.position {
-                f.push(("video_ad_type", T::Str(ad_type(v))));
+                f.push(("video_ad_type", Val::Str(ad_type(v))));
             }
             if let Some(v) = pod.ad_count {
-                f.push(("video_ad_pod_size", T::U(v.into())));
+                f.push(("video_ad_pod_size", Val::U(v.into())));
             }
             if let Some(v) = pod.ad_position {
-                f.push(("video_ad_position", T::U(v.into())));
+                f.push(("video_ad_position", Val::U(v.into())));
             }
         }
     }
@@ -932,11 +851,11 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
         s(&mut f, "video_error_category", &e.category);
         s(&mut f, "video_error_message", &e.message);
         if let Some(v) = e.fatal {
-            f.push(("video_error_fatal", T::B(v)));
+            f.push(("video_error_fatal", Val::B(v)));
         }
         s(&mut f, "video_error_source", &e.source);
         if let Some(v) = e.http_status {
-            f.push(("video_error_http_status", T::U(v.into())));
+            f.push(("video_error_http_status", Val::U(v.into())));
         }
         s(&mut f, "video_error_phase", &e.phase);
     }
@@ -961,8 +880,8 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
         s(&mut f, "user_agent", &c.user_agent);
         // The player's own, else the address the relay saw (after the `ip` rule).
         match (&c.ip, event.client_ip) {
-            (Some(ip), _) => f.push(("ip", T::Str(ip))),
-            (None, Some(ip)) => f.push(("ip", T::Text(ip.to_string()))),
+            (Some(ip), _) => f.push(("ip", Val::Str(ip))),
+            (None, Some(ip)) => f.push(("ip", Val::Text(ip.to_string()))),
             (None, None) => {}
         }
         s(&mut f, "locale", &c.locale);
@@ -973,10 +892,10 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
         }
         if let Some(consent) = &c.consent {
             if let Some(v) = consent.analytics {
-                f.push(("consent_analytics", T::B(v)));
+                f.push(("consent_analytics", Val::B(v)));
             }
             if let Some(v) = consent.advertising {
-                f.push(("consent_advertising", T::B(v)));
+                f.push(("consent_advertising", Val::B(v)));
             }
         }
     }
@@ -986,6 +905,7 @@ fn fields<'a>(event: &'a Event, name: &'a str) -> Vec<(&'static str, T<'a>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn config() -> TealiumConfig {
         TealiumConfig {

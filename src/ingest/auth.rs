@@ -2,7 +2,7 @@
 //! digests in constant time, every configured key each time, so neither the position
 //! of a mismatch nor a key's length shows in the answer's timing.
 
-use crate::config::{IngestRateLimit, SourceConfig};
+use super::config::{IngestRateLimit, SourceConfig};
 use axum::http::{header::AUTHORIZATION, HeaderMap, Uri};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
@@ -216,7 +216,7 @@ pub fn query_key(uri: &Uri) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::dest::Secret;
 
     fn sources(keyless: bool) -> Sources {
         let mut config = BTreeMap::new();

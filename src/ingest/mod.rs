@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod body;
+pub mod config;
 pub mod cors;
 pub mod limits;
 pub mod serve;

@@ -1,7 +1,7 @@
 //! Inbound TLS: a rustls acceptor (ring provider) from PEM files, offering HTTP/2 and
 //! HTTP/1.1 by ALPN.
 
-use crate::config::InboundTls;
+use super::config::InboundTls;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;

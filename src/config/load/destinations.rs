@@ -111,6 +111,15 @@ impl Loader<'_> {
             common.batch.max_bytes = vendor.max_bytes;
         }
         self.check_destination(field, &kind, &common, type_span.clone());
+        // Left unset, the vendor's documented rate limit and concurrency cap apply:
+        // filled in here, so delivery reads its settings and no vendor table.
+        let type_name = kind.type_name();
+        if common.rate_limit.is_none() {
+            common.rate_limit = RateLimitConfig::vendor_default(type_name);
+        }
+        if common.max_concurrency.is_none() {
+            common.max_concurrency = Some(super::super::max_concurrency_default(type_name));
+        }
         let destination = DestinationConfig {
             name: name.to_string(),
             kind,
@@ -235,7 +244,7 @@ impl Loader<'_> {
                 }
             }
         }
-        for (key, secret) in super::super::configured_secrets(kind) {
+        for (key, secret) in kind.secrets() {
             if !secret.is_empty() && secret.chars().count() < crate::dest::MIN_SECRET_CHARS {
                 problems.push((
                     key,

@@ -89,7 +89,7 @@ fn concurrency_is_adaptive_by_default_and_batches_are_vendor_sized() {
     let config = load(GOOD).expect("valid");
     let warehouse = &config.destinations["warehouse"].common;
     assert_eq!(warehouse.concurrency, ConcurrencySetting::Adaptive);
-    assert_eq!(warehouse.max_in_flight("webhook"), 128);
+    assert_eq!(warehouse.max_in_flight(), 128);
     // max_events was set; max_bytes takes the webhook's default.
     assert_eq!(warehouse.batch.max_events, 20);
     assert_eq!(warehouse.batch.max_bytes, 512 * 1024);
@@ -100,26 +100,38 @@ fn concurrency_is_adaptive_by_default_and_batches_are_vendor_sized() {
     let config = load(&text).expect("valid");
     let warehouse = &config.destinations["warehouse"].common;
     assert_eq!(warehouse.concurrency, ConcurrencySetting::Fixed(6));
-    assert_eq!(warehouse.max_in_flight("webhook"), 6);
+    assert_eq!(warehouse.max_in_flight(), 6);
     assert_eq!(warehouse.batch.max_events, 500);
     let text = GOOD.replace(
         "batch = { max_events = 20 }",
         "concurrency = \"adaptive\"\nmax_concurrency = 9",
     );
     let config = load(&text).expect("valid");
-    assert_eq!(
-        config.destinations["warehouse"]
-            .common
-            .max_in_flight("webhook"),
-        9
-    );
+    assert_eq!(config.destinations["warehouse"].common.max_in_flight(), 9);
     let segment = GOOD.replace(
             "type = \"webhook\"\nendpoint = \"http://127.0.0.1:9000/events\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\nbatch = { max_events = 20 }",
             "type = \"segment\"\nwrite_key = \"segment-write-key\"",
         );
     let config = load(&segment).expect("valid");
-    let batch = config.destinations["warehouse"].common.batch;
-    assert_eq!((batch.max_events, batch.max_bytes), (2500, 480 * 1024));
+    let common = &config.destinations["warehouse"].common;
+    assert_eq!(
+        (common.batch.max_events, common.batch.max_bytes),
+        (2500, 480 * 1024)
+    );
+    // The vendor's rate limit and concurrency cap, filled in for delivery.
+    assert_eq!(common.max_concurrency, Some(100));
+    assert_eq!(
+        common.rate_limit.and_then(|r| r.requests_per_second),
+        Some(1000)
+    );
+    let mine = segment.replace(
+        "write_key = \"segment-write-key\"",
+        "write_key = \"segment-write-key\"\nrate_limit = { events_per_second = 5 }",
+    );
+    let config = load(&mine).expect("valid");
+    let limit = config.destinations["warehouse"].common.rate_limit;
+    assert_eq!(limit.and_then(|r| r.events_per_second), Some(5));
+    assert_eq!(limit.and_then(|r| r.requests_per_second), None);
 }
 
 #[test]
@@ -311,4 +323,28 @@ fn qoe_is_off_by_default_and_its_mistakes_are_located() {
     let errors = load(&unknown).expect_err("invalid").0;
     assert_eq!(errors[0].line, 23, "{}", errors[0]);
     assert!(errors[0].to_string().contains("enable"), "{}", errors[0]);
+}
+
+/// A vendor endpoint the HTTP client would refuse is refused here, at its own line,
+/// rather than by every request the destination builds.
+#[test]
+fn vendor_endpoints_the_client_cannot_send_to_name_their_line() {
+    for (vendor, keys) in [
+        ("segment", "write_key = \"wk-0123456789\""),
+        (
+            "ga4",
+            "measurement_id = \"G-1\"\napi_secret = \"api-secret-1\"",
+        ),
+        ("tealium", "account = \"acme\"\nprofile = \"main\""),
+    ] {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[destinations.vendor]\ntype = \"{vendor}\"\n{keys}\nendpoint = \"http://127.0.0.1:9/v1/<batch>\"\n"
+        );
+        let errors = load(&text).expect_err(vendor).0;
+        assert_eq!(errors.len(), 1, "{vendor}: {errors:?}");
+        let error = &errors[0];
+        assert_eq!(error.field, "destinations.vendor.endpoint", "{vendor}");
+        assert_eq!(error.line, 6 + keys.lines().count(), "{vendor}: {error}");
+        assert!(error.message.contains("is not a URL"), "{vendor}: {error}");
+    }
 }

@@ -1,43 +1,10 @@
-//! Config types for the edge: ingest sources and their keys, inbound TLS, trusted
-//! proxies, per-client rate limits, and the per-destination privacy keys.
+//! Ingest's own settings: sources and their keys, inbound TLS, trusted proxies,
+//! per-client rate limits. `crate::config` reads them from routes.toml and checks them.
 
+use crate::dest::Secret;
 use serde::{Deserialize, Deserializer};
-use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-
-/// A value that must never be shown: its `Debug` and `Display` print `***`.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for comparing or keying; never for printing.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
-    }
-}
 
 /// `[sources.NAME]`: who may post events, from where, and how fast.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -152,38 +119,6 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
-/// `consent = "analytics" | "advertising"` on a destination.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ConsentCategory {
-    Analytics,
-    Advertising,
-}
-
-/// `ip = "keep" | "anonymize" | "drop"` on a destination: what happens to `context.ip`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum IpPolicy {
-    #[default]
-    Keep,
-    /// Last IPv4 octet, last 80 bits of IPv6 set to zero.
-    Anonymize,
-    Drop,
-}
-
-/// Fields the privacy rules may not remove or rewrite: without them an event is not
-/// an event (or the relay owns them).
-pub const PROTECTED_FIELDS: &[&str] = &[
-    "schema",
-    "event_id",
-    "type",
-    "timestamp",
-    "session",
-    "session.id",
-    "user",
-    "received_at",
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,11 +137,5 @@ mod tests {
         assert!(all.contains("8.8.8.8".parse().expect("ip")));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("ten".parse::<Cidr>().is_err());
-    }
-
-    #[test]
-    fn secrets_never_print() {
-        let secret = Secret::new("hunter2-hunter2-hunter2");
-        assert_eq!(format!("{secret:?} {secret}"), "*** ***");
     }
 }
