@@ -62,9 +62,18 @@ impl Template {
         let start = out.len();
         out.extend_from_slice(&line.text);
         let id = &mut out[start + line.id_at..start + line.id_at + 36];
-        id[..8].copy_from_slice(format!("{conn:08x}").as_bytes());
-        id[24..].copy_from_slice(format!("{:012x}", seq & 0xffff_ffff_ffff).as_bytes());
+        put_hex(&mut id[..8], u64::from(conn));
+        put_hex(&mut id[24..], seq & 0xffff_ffff_ffff);
         out[start + line.ts_at..start + line.ts_at + 24].copy_from_slice(timestamp);
+    }
+}
+
+/// `value` as lower-case hex filling `out`, zero-padded, as `{:0Nx}` writes it but
+/// without allocating: the generator writes two per event.
+fn put_hex(out: &mut [u8], mut value: u64) {
+    for byte in out.iter_mut().rev() {
+        *byte = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
@@ -196,7 +205,11 @@ pub(crate) async fn connection(
         let request = hyper::Request::post(uri.as_str())
             .header(hyper::header::HOST, "127.0.0.1")
             .header(hyper::header::CONTENT_TYPE, content_type)
-            .body(Full::new(Bytes::copy_from_slice(&body)))
+            // Handed over, not copied: the next request gets a fresh buffer.
+            .body(Full::new(Bytes::from(std::mem::replace(
+                &mut body,
+                Vec::with_capacity(per_request * 1100),
+            ))))
             .expect("request");
         if sender.ready().await.is_err() {
             result.failed_requests += 1;

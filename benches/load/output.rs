@@ -73,8 +73,9 @@ pub(crate) fn print_table(reports: &[Report], machine: &str) {
     println!();
     for r in reports {
         println!(
-            "scenario {}: {} — {} requests ({} failed), {} events accepted in {:.1} s, delivery finished {:.1} s after the load",
-            r.id, r.title, r.requests, r.failed_requests, r.accepted, r.load_seconds, r.drain_seconds
+            "scenario {}: {} — {} requests ({} failed), {} events accepted in {:.1} s, delivery finished {:.1} s after the load; CPU per accepted event: relay {:.1} µs, stand-ins and load generator {:.1} µs",
+            r.id, r.title, r.requests, r.failed_requests, r.accepted, r.load_seconds, r.drain_seconds,
+            per_event(r.cpu_seconds, r.accepted), per_event(r.harness_cpu_seconds, r.accepted)
         );
     }
 }
@@ -105,6 +106,8 @@ pub(crate) fn report_json(reports: &[Report], machine: &str, options: Options) -
             "relay_cpu_seconds": r.cpu_seconds,
             "slow_window_seconds": r.slow_window.map(|(a, b)| json!([a, b])),
             "relay_cpu_us_per_event": if r.accepted > 0 { r.cpu_seconds * 1e6 / r.accepted as f64 } else { 0.0 },
+            "harness_cpu_seconds": r.harness_cpu_seconds,
+            "harness_cpu_us_per_event": if r.accepted > 0 { r.harness_cpu_seconds * 1e6 / r.accepted as f64 } else { 0.0 },
             "destinations": r.destinations.iter().map(|d| json!({
                 "name": d.name,
                 "type": d.kind.name(),
@@ -151,4 +154,11 @@ pub(crate) fn machine_state() -> String {
         "machine: {cpus} CPUs ({model}); before the run: {}",
         run("uptime", &[])
     )
+}
+
+fn per_event(seconds: f64, events: u64) -> f64 {
+    if events == 0 {
+        return 0.0;
+    }
+    seconds * 1e6 / events as f64
 }

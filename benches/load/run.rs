@@ -59,6 +59,8 @@ pub(crate) struct Report {
     pub(crate) drain_seconds: f64,
     pub(crate) peak_rss_mb: f64,
     pub(crate) cpu_seconds: f64,
+    /// This process's (stand-ins and load generator) over the same time as `cpu_seconds`.
+    pub(crate) harness_cpu_seconds: f64,
     /// When the slowing vendor was slow, seconds since the load started.
     pub(crate) slow_window: Option<(f64, f64)>,
 }
@@ -148,6 +150,9 @@ pub(crate) async fn run_scenario(
         panic!("the relay did not become ready:\n{log}\n{toml}");
     }
     let cpu_before = relay.cpu_seconds();
+    // The stand-ins and the generator take CPU from the relay on a small box: say how much.
+    let harness_cpu = || crate::relay::cpu_seconds("/proc/self/stat", relay.clk_tck);
+    let harness_before = harness_cpu();
     let load_start = epoch.elapsed();
     if let Some(kind) = scenario.special.slow {
         let at =
@@ -224,6 +229,7 @@ pub(crate) async fn run_scenario(
     }
     let drain_seconds = load_end.elapsed().as_secs_f64();
     let cpu_seconds = relay.cpu_seconds() - cpu_before;
+    let harness_cpu_seconds = harness_cpu() - harness_before;
     let peak_rss_mb = relay.peak_rss_mb();
     let mut losses = relay.losses().await;
     let backlogs = relay
@@ -295,6 +301,7 @@ pub(crate) async fn run_scenario(
         drain_seconds,
         peak_rss_mb,
         cpu_seconds,
+        harness_cpu_seconds,
         slow_window: scenario.special.slow.map(|_| {
             let d = scenario.load.duration.as_secs_f64();
             (0.3 * d, 0.6 * d)

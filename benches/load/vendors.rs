@@ -1,6 +1,9 @@
 //! Vendors and what the stand-ins count.
 
 use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use memchr::memmem;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,18 +214,41 @@ impl StandIn {
             within_5s: AtomicU64::new(u64::MAX),
         });
         let state = stand_in.clone();
-        let app = axum::Router::new()
-            .fallback(
-                |axum::extract::State(s): axum::extract::State<Arc<StandIn>>, body: Bytes| async move {
-                    s.receive(&body).await
-                },
-            )
-            .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
-            .with_state(state);
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                tokio::spawn(async move {
+                    // hyper alone, no router: the stand-ins share the box with the relay,
+                    // so every cycle they spend is one the relay does not get.
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(state.answer(request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
         });
         stand_in
+    }
+
+    async fn answer(&self, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+        let body = match request.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        let (status, (header, value), text) = self.receive(&body).await;
+        let mut response = hyper::Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(header, hyper::header::HeaderValue::from_static(value));
+        response
     }
 
     pub(crate) fn base(&self) -> String {
@@ -233,8 +259,8 @@ impl StandIn {
         &self,
         body: &[u8],
     ) -> (
-        axum::http::StatusCode,
-        [(&'static str, &'static str); 1],
+        hyper::StatusCode,
+        (&'static str, &'static str),
         &'static str,
     ) {
         let n_request = self.requests.fetch_add(1, Ordering::Relaxed);
@@ -261,8 +287,8 @@ impl StandIn {
         if self.refuse_share > 0.0 && ((roll >> 32) % 1000) < (self.refuse_share * 1000.0) as u64 {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return (
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                [("retry-after", "1")],
+                hyper::StatusCode::TOO_MANY_REQUESTS,
+                ("retry-after", "1"),
                 "{}",
             );
         }
@@ -289,7 +315,7 @@ impl StandIn {
             self.last_ns
                 .fetch_max(self.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
-        (axum::http::StatusCode::OK, [("x-stand-in", "1")], "{}")
+        (hyper::StatusCode::OK, ("x-stand-in", "1"), "{}")
     }
 }
 
