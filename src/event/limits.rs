@@ -344,7 +344,8 @@ fn string_end(text: &[u8], start: usize) -> Option<(usize, bool)> {
     let mut i = start;
     let mut escaped = false;
     // Every byte of every event passes here: memchr finds the next quote or escape a
-    // vector at a time rather than a byte at a time.
+    // vector at a time rather than a byte at a time. (A plain loop over the first 24
+    // bytes, tried for short keys, cost 19% more instructions on the fixture.)
     while let Some(at) = text
         .get(i..)
         .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
@@ -508,6 +509,38 @@ mod tests {
         assert_eq!(message(run(&big, limits)), "event: duplicate key \"k03\"");
         // Keys of a closed object are not the next sibling's.
         assert_eq!(run(r#"[{"a":{"x":1},"b":{"x":2}},{"x":3}]"#, limits), Ok(2));
+    }
+
+    #[test]
+    fn string_ends_are_found_short_or_long_with_escapes_anywhere() {
+        let reference = |text: &[u8], start: usize| {
+            let mut i = start;
+            let mut escaped = false;
+            while i < text.len() {
+                match text[i] {
+                    b'"' => return Some((i, escaped)),
+                    b'\\' => {
+                        escaped = true;
+                        i += 2;
+                    }
+                    _ => i += 1,
+                }
+            }
+            None
+        };
+        for len in 0..60 {
+            for escape_at in [None, Some(0), Some(len / 2), Some(23), Some(24), Some(len)] {
+                let mut text = vec![b'a'; len];
+                if let Some(at) = escape_at.filter(|at| *at < len) {
+                    text[at] = b'\\';
+                }
+                let closed = [b"\"".as_slice(), &text, b"\"x"].concat();
+                let open = [b"\"".as_slice(), &text].concat();
+                for text in [closed, open] {
+                    assert_eq!(string_end(&text, 1), reference(&text, 1), "{text:?}");
+                }
+            }
+        }
     }
 
     #[test]
