@@ -1,7 +1,7 @@
 //! Request bodies → events. A body that is not well-formed as a whole is refused whole
 //! (nothing half-parsed is forwarded); a well-formed body is judged event by event.
 
-use super::limits::{check, JsonLimits, LimitError};
+use super::limits::{check_with, JsonLimits, LimitError, Scratch};
 use super::{Event, EventError};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -162,8 +162,10 @@ fn parse_checked(
 /// The shape limits, over the whole body, before serde allocates anything per value.
 fn prescan(body: &[u8], format: BodyFormat, limits: &BodyLimits) -> Result<(), BodyError> {
     let mut events = 0;
+    let mut scratch = Scratch::default();
     let result = match format {
-        BodyFormat::Json => check(
+        BodyFormat::Json => check_with(
+            &mut scratch,
             body,
             &limits.json,
             true,
@@ -171,25 +173,41 @@ fn prescan(body: &[u8], format: BodyFormat, limits: &BodyLimits) -> Result<(), B
             &mut events,
             None,
         ),
-        BodyFormat::Ndjson => body
-            .split(|b| *b == b'\n')
-            .enumerate()
-            .try_for_each(|(i, line)| {
-                check(
-                    line,
-                    &limits.json,
-                    false,
-                    limits.max_events,
-                    &mut events,
-                    Some(i + 1),
-                )
-            }),
+        BodyFormat::Ndjson => lines(body).enumerate().try_for_each(|(i, line)| {
+            check_with(
+                &mut scratch,
+                line,
+                &limits.json,
+                false,
+                limits.max_events,
+                &mut events,
+                Some(i + 1),
+            )
+        }),
     };
     result.map_err(|e| match e {
         LimitError::TooManyEvents => BodyError::TooManyEvents {
             max: limits.max_events,
         },
         LimitError::Shape { at, message } => BodyError::Limit { at, message },
+    })
+}
+
+/// The body split at every `\n`, as `split(|b| *b == b'\n')` does, a vector at a time.
+fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(body);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match memchr::memchr(b'\n', text) {
+            Some(at) => {
+                rest = Some(&text[at + 1..]);
+                Some(&text[..at])
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
     })
 }
 
@@ -220,7 +238,7 @@ fn split_json(body: &[u8]) -> Result<Vec<&RawValue>, BodyError> {
 
 fn split_ndjson(body: &[u8]) -> Result<Vec<&RawValue>, BodyError> {
     let mut records = Vec::new();
-    for (line_index, line) in body.split(|b| *b == b'\n').enumerate() {
+    for (line_index, line) in lines(body).enumerate() {
         let line = line.trim_ascii();
         if line.is_empty() {
             continue;
@@ -378,6 +396,15 @@ mod tests {
             OffsetDateTime::UNIX_EPOCH
         )
         .is_err());
+    }
+
+    #[test]
+    fn lines_split_as_slice_split_does() {
+        for body in ["", "\n", "a", "a\n", "\na", "a\nb", "a\n\nb\n", "\n\n"] {
+            let ours: Vec<&[u8]> = lines(body.as_bytes()).collect();
+            let std: Vec<&[u8]> = body.as_bytes().split(|b| *b == b'\n').collect();
+            assert_eq!(ours, std, "{body:?}");
+        }
     }
 
     #[test]

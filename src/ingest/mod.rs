@@ -320,16 +320,17 @@ async fn ingest_inner(
         tracing::debug!(rejected = parsed.rejected.len(), first = %parsed.rejected[0].error, "events rejected");
     }
     let accepted = parsed.events.len();
-    let source_name = source.map(|s| s.name.clone());
-    let mut events = Vec::with_capacity(parsed.events.len());
-    for mut event in parsed.events {
-        event.source = source_name.clone();
-        events.push(event);
+    // Stamped in place: an event is over a kilobyte, and moving each into a new Vec
+    // showed in profiles.
+    if let Some(source) = source {
+        for event in &mut parsed.events {
+            event.source = Some(source.name.clone());
+        }
     }
     // Seen before the spool answers: should it refuse, the client's retry carries
     // the same event ids, which the sessionizer counts once. One lock per request.
-    relay.qoe.observe_all(&events);
-    accept(relay, routing, events).await?;
+    relay.qoe.observe_all(&parsed.events);
+    accept(relay, routing, parsed.events).await?;
     // Accepted means routed and, with the disk spool, durable.
     metrics.events_accepted.inc_by(accepted as u64);
     Ok(Accepted {
