@@ -199,6 +199,12 @@ fn memory(events: &[Event], what: &str) {
             per(after.1.saturating_sub(before.1)),
             per(qoe.approximate_bytes()),
         );
+        let parts = qoe.memory().per_session();
+        let parts: Vec<String> = parts
+            .iter()
+            .map(|(name, bytes)| format!("{name} {bytes:.0}"))
+            .collect();
+        println!("    estimate by part, bytes/session: {}", parts.join(", "));
         drop(qoe);
     }
 }

@@ -376,6 +376,11 @@ impl Qoe {
         self.state().sessions.approximate_bytes()
     }
 
+    /// Where those bytes go, by part.
+    pub fn memory(&self) -> sessionizer::MemoryUse {
+        self.state().sessions.memory()
+    }
+
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
     }

@@ -357,27 +357,90 @@ impl Sessionizer {
     /// Heap bytes held for open sessions, approximately (the benchmark measures the
     /// real figure next to it).
     pub fn approximate_bytes(&self) -> usize {
+        self.memory().total()
+    }
+
+    /// Where the heap bytes held for open sessions go, approximately.
+    pub fn memory(&self) -> MemoryUse {
         let slot = std::mem::size_of::<(Arc<str>, Box<Open>)>() + 1;
         let deadline_entry = std::mem::size_of::<((Instant, u64), Arc<str>)>();
-        self.open.capacity() * slot
-            + self.interner.heap_bytes()
-            + self
-                .open
+        let mut m = MemoryUse {
+            sessions: self.open.len(),
+            table: self.open.capacity() * slot,
+            // B-tree leaves appended to on the right end up a little over half full.
+            deadlines: self.deadlines.len() * deadline_entry * 11 / 6,
+            shared_texts: self.interner.heap_bytes(),
+            ..MemoryUse::default()
+        };
+        for (id, open) in &self.open {
+            m.states += std::mem::size_of::<Open>();
+            m.ids += 16 + id.len();
+            m.facts += open.facts.len() * std::mem::size_of::<Fact>();
+            m.spare_facts +=
+                (open.facts.capacity() - open.facts.len()) * std::mem::size_of::<Fact>();
+            m.own_texts += open.envelope.heap_bytes();
+            m.fatal_codes += open
+                .fatal_codes
                 .iter()
-                .map(|(id, open)| {
-                    std::mem::size_of::<Open>()
-                        + deadline_entry
-                        + 16
-                        + id.len()
-                        + open.facts.capacity() * std::mem::size_of::<Fact>()
-                        + open.envelope.heap_bytes()
-                        + open
-                            .fatal_codes
-                            .iter()
-                            .map(|(_, c)| 24 + c.len())
-                            .sum::<usize>()
-                })
-                .sum::<usize>()
+                .map(|(_, c)| 24 + c.len())
+                .sum::<usize>();
+        }
+        m
+    }
+}
+
+/// Heap bytes held for open sessions, by part (see [`Sessionizer::memory`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub sessions: usize,
+    /// The session table's slots, spare ones included.
+    pub table: usize,
+    /// Each session's boxed state.
+    pub states: usize,
+    /// Session ids (with their reference counts).
+    pub ids: usize,
+    /// The deadline index.
+    pub deadlines: usize,
+    pub facts: usize,
+    /// Room for facts to come.
+    pub spare_facts: usize,
+    /// Envelope texts a session holds alone (`session`, `user`).
+    pub own_texts: usize,
+    /// The interner's table and the shared texts (`content`, `context`).
+    pub shared_texts: usize,
+    pub fatal_codes: usize,
+}
+
+impl MemoryUse {
+    pub fn total(&self) -> usize {
+        self.table
+            + self.states
+            + self.ids
+            + self.deadlines
+            + self.facts
+            + self.spare_facts
+            + self.own_texts
+            + self.shared_texts
+            + self.fatal_codes
+    }
+
+    /// Each part per open session, as `name bytes` pairs.
+    pub fn per_session(&self) -> Vec<(&'static str, f64)> {
+        let n = self.sessions.max(1) as f64;
+        [
+            ("table", self.table),
+            ("state", self.states),
+            ("id", self.ids),
+            ("deadline", self.deadlines),
+            ("facts", self.facts),
+            ("spare facts", self.spare_facts),
+            ("own texts", self.own_texts),
+            ("shared texts", self.shared_texts),
+            ("fatal codes", self.fatal_codes),
+        ]
+        .into_iter()
+        .map(|(name, bytes)| (name, bytes as f64 / n))
+        .collect()
     }
 }
 
