@@ -9,6 +9,7 @@
 //! - [`summary`]: the `session.summary` event.
 
 pub mod checkpoint;
+pub mod compact;
 pub mod metrics;
 pub mod sessionizer;
 pub mod summary;
