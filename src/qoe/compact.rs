@@ -169,27 +169,23 @@ impl FactList for Facts {
         }
     }
 
-    fn key(&self, i: usize) -> (u64, u32, u16) {
+    fn scan(&self, fact: &Fact) -> Option<Option<usize>> {
         match &self.0 {
             Repr::Packed { items, .. } => {
-                let p = &items[i];
-                (p.id, p.sequence, p.run)
+                super::metrics::scan(items, |p| (p.id, p.sequence, p.run), fact)
             }
-            Repr::Wide(facts) => {
-                let f = &facts[i];
-                (f.id, f.sequence, f.run)
-            }
+            Repr::Wide(facts) => facts.scan(fact),
         }
     }
 
-    fn set(&mut self, i: usize, fact: Fact) {
-        if let Repr::Packed { base, items, rates } = &mut self.0 {
-            if let Some(p) = packed(*base, rates, &fact) {
-                items[i] = p;
-                return;
+    fn fold(&mut self, i: usize, run: u16, span_ms: u32) {
+        match &mut self.0 {
+            Repr::Packed { items, .. } => {
+                items[i].run = run;
+                items[i].span_ms = span_ms;
             }
+            Repr::Wide(facts) => facts.fold(i, run, span_ms),
         }
-        self.widen()[i] = fact;
     }
 
     fn push(&mut self, fact: Fact) {
@@ -359,12 +355,21 @@ pub fn pack(text: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(bytes);
         return;
     }
+    out.reserve(bytes.len());
     let (mut at, mut literal) = (0, 0);
-    while let Some(quote) = memchr::memchr(b'"', &bytes[at..]).map(|q| at + q) {
+    while at < bytes.len() {
+        if bytes[at] != b'"' {
+            at += 1;
+            continue;
+        }
+        let quote = at;
         let rest = &bytes[quote..];
-        let value = [HTTPS, MOZILLA]
-            .into_iter()
-            .find(|i| rest.starts_with(TOKENS[*i].as_bytes()));
+        let value = match rest.get(1) {
+            Some(b'h') => Some(HTTPS),
+            Some(b'M') => Some(MOZILLA),
+            _ => None,
+        }
+        .filter(|i| rest.starts_with(TOKENS[*i].as_bytes()));
         if let Some(i) = value {
             out.extend_from_slice(&bytes[literal..quote]);
             out.push(code(i));
@@ -372,9 +377,13 @@ pub fn pack(text: &str, out: &mut Vec<u8>) {
             literal = at;
             continue;
         }
-        let Some(end) = memchr::memchr(b'"', &rest[1..]).map(|e| quote + 1 + e) else {
+        let mut end = quote + 1;
+        while end < bytes.len() && bytes[end] != b'"' {
+            end += 1;
+        }
+        if end >= bytes.len() {
             break;
-        };
+        }
         let key = (bytes.get(end + 1) == Some(&b':'))
             .then(|| key_token(&bytes[quote + 1..end]))
             .flatten();
@@ -386,7 +395,14 @@ pub fn pack(text: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(&bytes[literal..quote]);
         out.push(code(i));
         at = end + 2;
-        if let Some(v) = (NULL..NULL + 3).find(|v| bytes[at..].starts_with(TOKENS[*v].as_bytes())) {
+        let value = match bytes.get(at) {
+            Some(b'n') => Some(NULL),
+            Some(b't') => Some(NULL + 1),
+            Some(b'f') => Some(NULL + 2),
+            _ => None,
+        }
+        .filter(|v| bytes[at..].starts_with(TOKENS[*v].as_bytes()));
+        if let Some(v) = value {
             out.push(code(v));
             at += TOKENS[v].len();
         }
@@ -511,10 +527,12 @@ mod tests {
             facts.push(f);
             plain.push(f);
         }
-        let mut f = fact(3, 1_700_000_000_000 - 2_000_000_000, 77);
+        let mut f = fact(300, 1_700_000_000_000 - 2_000_000_000, 77);
         f.flags = FATAL | DOWNSWITCH;
-        facts.set(3, f);
-        plain[3] = f;
+        facts.push(f);
+        plain.push(f);
+        facts.fold(3, 9, 12_345);
+        (plain[3].run, plain[3].span_ms) = (9, 12_345);
         assert!(facts.is_packed());
         assert_eq!(facts.to_vec(), plain);
         assert_eq!(Facts::from(plain.clone()).to_vec(), plain);

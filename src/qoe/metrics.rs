@@ -280,9 +280,10 @@ pub trait FactList {
         self.len() == 0
     }
     fn get(&self, i: usize) -> Fact;
-    /// `(id, sequence, run)` of fact `i`: what the duplicate scan reads.
-    fn key(&self, i: usize) -> (u64, u32, u16);
-    fn set(&mut self, i: usize, fact: Fact);
+    /// [`scan`] of the facts.
+    fn scan(&self, fact: &Fact) -> Option<Option<usize>>;
+    /// Sets `run` and `span_ms` of fact `i` (one more event folded into it).
+    fn fold(&mut self, i: usize, run: u16, span_ms: u32);
     fn push(&mut self, fact: Fact);
 }
 
@@ -293,12 +294,12 @@ impl FactList for Vec<Fact> {
     fn get(&self, i: usize) -> Fact {
         self[i]
     }
-    fn key(&self, i: usize) -> (u64, u32, u16) {
-        let f = &self[i];
-        (f.id, f.sequence, f.run)
+    fn scan(&self, fact: &Fact) -> Option<Option<usize>> {
+        scan(self, |f| (f.id, f.sequence, f.run), fact)
     }
-    fn set(&mut self, i: usize, fact: Fact) {
-        self[i] = fact;
+    fn fold(&mut self, i: usize, run: u16, span_ms: u32) {
+        self[i].run = run;
+        self[i].span_ms = span_ms;
     }
     fn push(&mut self, fact: Fact) {
         if self.len() == self.capacity() {
@@ -309,29 +310,45 @@ impl FactList for Vec<Fact> {
     }
 }
 
-/// [`add`] on any [`FactList`], saying where the fact went.
-pub fn insert<L: FactList + ?Sized>(facts: &mut L, fact: Fact) -> Inserted {
+/// What [`insert`] looks for before adding `fact` to `items`, whose `(id, sequence,
+/// run)` `key` reads: `None` when the session has the event already (its id, or its
+/// sequence within a folded run), else the fact of the event right before it by
+/// sequence, if any. One pass over any layout of facts.
+#[inline]
+pub fn scan<T>(
+    items: &[T],
+    key: impl Fn(&T) -> (u64, u32, u16),
+    fact: &Fact,
+) -> Option<Option<usize>> {
     let numbered = fact.sequence != NO_SEQUENCE;
     let mut before = None;
-    for i in (0..facts.len()).rev() {
-        let (id, sequence, run) = facts.key(i);
+    for (i, item) in items.iter().enumerate().rev() {
+        let (id, sequence, run) = key(item);
         if id == fact.id {
-            return Inserted::Duplicate;
+            return None;
         }
         if numbered && sequence != NO_SEQUENCE {
             let end = sequence.saturating_add(u32::from(run));
             // A copy of an event folded into this fact.
             if run > 0 && sequence < fact.sequence && fact.sequence <= end {
-                return Inserted::Duplicate;
+                return None;
             }
             if before.is_none() && end.checked_add(1) == Some(fact.sequence) {
                 before = Some(i);
             }
         }
     }
+    Some(before)
+}
+
+/// [`add`] on any [`FactList`], saying where the fact went.
+pub fn insert<L: FactList + ?Sized>(facts: &mut L, fact: Fact) -> Inserted {
+    let Some(before) = facts.scan(&fact) else {
+        return Inserted::Duplicate;
+    };
     let foldable = fact.kind == Kind::Other && fact.flags == PLAYING && fact.run == 0;
     if let Some(i) = before.filter(|_| foldable) {
-        let mut previous = facts.get(i);
+        let previous = facts.get(i);
         let span = fact.at_ms.checked_sub(previous.at_ms).map(u32::try_from);
         if previous.flags & PLAYING != 0
             && previous.bitrate_bps == fact.bitrate_bps
@@ -339,9 +356,7 @@ pub fn insert<L: FactList + ?Sized>(facts: &mut L, fact: Fact) -> Inserted {
             && fact.at_ms >= previous.end_ms()
         {
             if let Some(Ok(span)) = span {
-                previous.run += 1;
-                previous.span_ms = span;
-                facts.set(i, previous);
+                facts.fold(i, previous.run + 1, span);
                 return Inserted::Folded;
             }
         }
