@@ -73,14 +73,17 @@ const FIXTURE: &str = include_str!("../tests/fixtures/sessions.ndjson");
 const NOW: OffsetDateTime = datetime!(2026-11-01 20:00:00 UTC);
 
 /// The fixture `copies` times over, each copy with its own session and event ids,
-/// copies interleaved the way concurrent viewers' events arrive. With `unique`, every
-/// copy also has its own content (`url`, `asset_id`) and context (`user_agent`), so no
-/// two viewers' envelopes share anything: the worst case for memory.
+/// copies interleaved the way concurrent viewers' events arrive. Session ids stay
+/// UUIDs (the fixture's, with copy `k` in the last 12 digits), as the schema
+/// recommends. With `unique`, every copy also has its own content (`url`,
+/// `asset_id`) and context (`user_agent`), so no two viewers' envelopes share
+/// anything: the worst case for memory. With `text_ids`, session ids are the
+/// fixture's with `-k` appended instead (not UUIDs: kept as text).
 fn viewers(copies: usize) -> Vec<String> {
-    viewers_of(copies, false)
+    viewers_of(copies, false, false)
 }
 
-fn viewers_of(copies: usize, unique: bool) -> Vec<String> {
+fn viewers_of(copies: usize, unique: bool, text_ids: bool) -> Vec<String> {
     let lines: Vec<Value> = FIXTURE
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
@@ -91,7 +94,10 @@ fn viewers_of(copies: usize, unique: bool) -> Vec<String> {
             let mut v = line.clone();
             v["event_id"] = Value::String(format!("{k:08x}-0000-4000-8000-{i:012x}"));
             let session = v["session"]["id"].as_str().unwrap_or("s").to_string();
-            v["session"]["id"] = Value::String(format!("{session}-{k}"));
+            v["session"]["id"] = Value::String(match session.get(..24) {
+                Some(prefix) if !text_ids => format!("{prefix}{k:012x}"),
+                _ => format!("{session}-{k}"),
+            });
             if unique {
                 if let Some(content) = v.get_mut("content").and_then(Value::as_object_mut) {
                     for key in ["url", "asset_id"] {
@@ -173,8 +179,13 @@ fn sessionizer(quick: bool) {
         &events,
         &format!("the fixture's sessions, {copies} viewers of each content"),
     );
-    let unique = parse(&viewers_of(copies, true));
+    let unique = parse(&viewers_of(copies, true, false));
     memory(&unique, "every viewer with its own content and context");
+    let unique = parse(&viewers_of(copies, true, true));
+    memory(
+        &unique,
+        "every viewer with its own content and context, session ids not UUIDs",
+    );
 }
 
 /// Memory with every session open, at a quarter, half and all of its events: the heap
@@ -199,6 +210,12 @@ fn memory(events: &[Event], what: &str) {
             per(after.1.saturating_sub(before.1)),
             per(qoe.approximate_bytes()),
         );
+        let parts = qoe.memory().per_session();
+        let parts: Vec<String> = parts
+            .iter()
+            .map(|(name, bytes)| format!("{name} {bytes:.0}"))
+            .collect();
+        println!("    estimate by part, bytes/session: {}", parts.join(", "));
         drop(qoe);
     }
 }

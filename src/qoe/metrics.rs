@@ -34,7 +34,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, by its `u8` value.
-    const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Requested,
         Kind::Started,
         Kind::Paused,
@@ -60,6 +60,38 @@ impl Kind {
             .get(usize::from(value))
             .copied()
             .filter(|k| *k as u8 == value)
+    }
+
+    /// The kind of an event: by its parsed type when it has one (no string compares).
+    pub fn of_event(event: &Event) -> Kind {
+        match event.known_type() {
+            Some(known) => Kind::of_known(known),
+            None => Kind::of(event.event_type()),
+        }
+    }
+
+    /// [`Kind::of`] a contract type.
+    pub fn of_known(event_type: crate::event::EventType) -> Kind {
+        use crate::event::EventType as T;
+        match event_type {
+            T::PlaybackRequested => Kind::Requested,
+            T::PlaybackStarted => Kind::Started,
+            T::PlaybackPaused => Kind::Paused,
+            T::PlaybackResumed => Kind::Resumed,
+            T::PlaybackRebufferStarted => Kind::RebufferStarted,
+            T::PlaybackRebufferEnded => Kind::RebufferEnded,
+            T::PlaybackSeekStarted => Kind::SeekStarted,
+            T::PlaybackSeekEnded => Kind::SeekEnded,
+            T::PlaybackCompleted => Kind::Completed,
+            T::PlaybackExited => Kind::Exited,
+            T::PlaybackError => Kind::Error,
+            T::QualityChanged => Kind::QualityChanged,
+            T::AdBreakStarted => Kind::AdBreakStarted,
+            T::AdBreakEnded => Kind::AdBreakEnded,
+            T::AdStarted => Kind::AdStarted,
+            T::AdCompleted => Kind::AdCompleted,
+            _ => Kind::Other,
+        }
     }
 
     pub fn of(event_type: &str) -> Kind {
@@ -120,7 +152,7 @@ pub struct Fact {
 impl Fact {
     pub fn of(event: &Event) -> Fact {
         let body = &event.body;
-        let kind = Kind::of(event.event_type());
+        let kind = Kind::of_event(event);
         let playback = body.playback.as_ref();
         let bitrate = playback
             .and_then(|p| p.rendition.as_ref())
@@ -131,7 +163,10 @@ impl Fact {
             // No state said: the types that only happen while playing imply it.
             None => {
                 matches!(kind, Kind::Started | Kind::Resumed | Kind::RebufferEnded)
-                    || event.event_type() == "playback.heartbeat"
+                    || match event.known_type() {
+                        Some(known) => known == crate::event::EventType::PlaybackHeartbeat,
+                        None => event.event_type() == "playback.heartbeat",
+                    }
             }
         };
         if playing {
@@ -172,11 +207,6 @@ impl Fact {
     /// The sequence of the last event this fact stands for.
     pub fn end_sequence(&self) -> u32 {
         self.sequence.saturating_add(u32::from(self.run))
-    }
-
-    /// Whether `sequence` is one of the events folded into this fact.
-    fn folds(&self, sequence: u32) -> bool {
-        self.run > 0 && self.sequence < sequence && sequence <= self.end_sequence()
     }
 
     /// The order of a session's events: `sequence`, then `timestamp` (then the id, so
@@ -228,21 +258,97 @@ pub struct Metrics {
 /// what happened in it, not to its length. A later copy of a folded event is known by
 /// its `sequence`, since its id is no longer kept.
 pub fn add(facts: &mut Vec<Fact>, fact: Fact) -> bool {
-    let mut before = None;
-    for (i, f) in facts.iter().enumerate().rev() {
-        if f.id == fact.id || (fact.sequence != NO_SEQUENCE && f.folds(fact.sequence)) {
-            return false;
+    insert(facts, fact) != Inserted::Duplicate
+}
+
+/// Where [`insert`] put a fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The session already had the event.
+    Duplicate,
+    /// Folded into the fact of the event right before it.
+    Folded,
+    /// A fact of its own, at the end.
+    Pushed,
+}
+
+/// A session's facts, as [`insert`] reads and changes them: a `Vec<Fact>`, or the
+/// sessionizer's compact store.
+pub trait FactList {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn get(&self, i: usize) -> Fact;
+    /// [`scan`] of the facts.
+    fn scan(&self, fact: &Fact) -> Option<Option<usize>>;
+    /// Sets `run` and `span_ms` of fact `i` (one more event folded into it).
+    fn fold(&mut self, i: usize, run: u16, span_ms: u32);
+    fn push(&mut self, fact: Fact);
+}
+
+impl FactList for Vec<Fact> {
+    fn len(&self) -> usize {
+        <[Fact]>::len(self)
+    }
+    fn get(&self, i: usize) -> Fact {
+        self[i]
+    }
+    fn scan(&self, fact: &Fact) -> Option<Option<usize>> {
+        scan(self, |f| (f.id, f.sequence, f.run), fact)
+    }
+    fn fold(&mut self, i: usize, run: u16, span_ms: u32) {
+        self[i].run = run;
+        self[i].span_ms = span_ms;
+    }
+    fn push(&mut self, fact: Fact) {
+        if self.len() == self.capacity() {
+            // Grow by half, not double: an open session's memory is the relay's.
+            self.reserve_exact(self.len() / 2 + 2);
         }
-        if before.is_none()
-            && fact.sequence != NO_SEQUENCE
-            && f.sequence != NO_SEQUENCE
-            && f.end_sequence().checked_add(1) == Some(fact.sequence)
-        {
-            before = Some(i);
+        Vec::push(self, fact);
+    }
+}
+
+/// What [`insert`] looks for before adding `fact` to `items`, whose `(id, sequence,
+/// run)` `key` reads: `None` when the session has the event already (its id, or its
+/// sequence within a folded run), else the fact of the event right before it by
+/// sequence, if any. One pass over any layout of facts.
+#[inline]
+pub fn scan<T>(
+    items: &[T],
+    key: impl Fn(&T) -> (u64, u32, u16),
+    fact: &Fact,
+) -> Option<Option<usize>> {
+    let numbered = fact.sequence != NO_SEQUENCE;
+    let mut before = None;
+    for (i, item) in items.iter().enumerate().rev() {
+        let (id, sequence, run) = key(item);
+        if id == fact.id {
+            return None;
+        }
+        if numbered && sequence != NO_SEQUENCE {
+            let end = sequence.saturating_add(u32::from(run));
+            // A copy of an event folded into this fact.
+            if run > 0 && sequence < fact.sequence && fact.sequence <= end {
+                return None;
+            }
+            if before.is_none() && end.checked_add(1) == Some(fact.sequence) {
+                before = Some(i);
+            }
         }
     }
+    Some(before)
+}
+
+/// [`add`] on any [`FactList`], saying where the fact went.
+pub fn insert<L: FactList + ?Sized>(facts: &mut L, fact: Fact) -> Inserted {
+    let Some(before) = facts.scan(&fact) else {
+        return Inserted::Duplicate;
+    };
     let foldable = fact.kind == Kind::Other && fact.flags == PLAYING && fact.run == 0;
-    if let Some(previous) = before.filter(|_| foldable).map(|i| &mut facts[i]) {
+    if let Some(i) = before.filter(|_| foldable) {
+        let previous = facts.get(i);
         let span = fact.at_ms.checked_sub(previous.at_ms).map(u32::try_from);
         if previous.flags & PLAYING != 0
             && previous.bitrate_bps == fact.bitrate_bps
@@ -250,18 +356,13 @@ pub fn add(facts: &mut Vec<Fact>, fact: Fact) -> bool {
             && fact.at_ms >= previous.end_ms()
         {
             if let Some(Ok(span)) = span {
-                previous.run += 1;
-                previous.span_ms = span;
-                return true;
+                facts.fold(i, previous.run + 1, span);
+                return Inserted::Folded;
             }
         }
     }
-    if facts.len() == facts.capacity() {
-        // Grow by half, not double: an open session's memory is the relay's.
-        facts.reserve_exact(facts.len() / 2 + 2);
-    }
     facts.push(fact);
-    true
+    Inserted::Pushed
 }
 
 /// Sorts `facts` into the session's order and removes repeated event ids.
@@ -565,6 +666,13 @@ mod tests {
             Some((10 * 1_000_000 + 8 * 2_000_000) / 18)
         );
         assert_eq!(m.events, 6);
+    }
+
+    #[test]
+    fn the_kind_of_a_parsed_type_is_the_kind_of_its_name() {
+        for ty in crate::event::EventType::ALL {
+            assert_eq!(Kind::of_known(ty), Kind::of(ty.as_str()), "{ty:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`summary`]: the `session.summary` event.
 
 pub mod checkpoint;
+pub mod compact;
 pub mod metrics;
 pub mod sessionizer;
 pub mod summary;
@@ -374,6 +375,11 @@ impl Qoe {
     /// Heap bytes held for open sessions, approximately (benchmarks, capacity planning).
     pub fn approximate_bytes(&self) -> usize {
         self.state().sessions.approximate_bytes()
+    }
+
+    /// Where those bytes go, by part.
+    pub fn memory(&self) -> sessionizer::MemoryUse {
+        self.state().sessions.memory()
     }
 
     pub fn enabled(&self) -> bool {

@@ -2,6 +2,7 @@
 //! and the session's metrics in `data`. It is built as JSON text and parsed like a
 //! client's event, so it is a valid `player-event/1` event by construction.
 
+use super::compact::{self, SeededHash};
 use super::metrics::{Fact, Metrics};
 use crate::event::{Event, EventError, Rfc3339Millis, StreamType, SCHEMA_VERSION};
 use serde::Serialize;
@@ -68,18 +69,20 @@ pub fn stream_type_label(stream_type: Option<StreamType>) -> &'static str {
 /// `user`, `content` and `context` as JSON text (smaller than the typed values), its
 /// ingest source and the metric labels.
 ///
+/// The texts are kept packed (see [`compact::pack`]: object keys as single bytes).
 /// `content` and `context` are the same for many viewers (one asset, one player build
 /// and browser), so the sessionizer shares one copy of each text between its sessions
-/// (see [`Interner`]); `session` is kept without its `id`, which is the session's key.
+/// (see [`Interner`]); `session` is kept without its `id`, which is the session's key,
+/// and with `user` in one allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
-    pub order: (u32, i64, u64),
     /// `session` less its leading `{"id":"…"` (so starting with `,` or `}`), or the whole
-    /// object (starting with `{`) should it ever not start with its id.
-    session: Box<str>,
-    user: Box<str>,
-    content: Option<Arc<str>>,
-    context: Option<Arc<str>>,
+    /// object (starting with `{`) should it ever not start with its id; then `user`.
+    own: Box<[u8]>,
+    /// Where `user` starts in `own`.
+    user_at: u32,
+    content: Option<Arc<[u8]>>,
+    context: Option<Arc<[u8]>>,
     pub source: Option<Arc<str>>,
     /// [`STREAM_TYPES`] and [`PLATFORM_LABELS`] indexes of the labels.
     stream_type: u8,
@@ -89,25 +92,35 @@ pub struct Envelope {
 /// Metric label values of `content.stream_type`, by index.
 const STREAM_TYPES: [&str; 5] = ["vod", "live", "live_dvr", "linear", "unknown"];
 
-/// One shared copy of each envelope part text that open sessions hold. Entries no
-/// session holds any more are swept now and then, at an amortized O(1) per session.
-#[derive(Debug, Default)]
+/// One shared copy of each (packed) envelope part text that open sessions hold.
+/// Entries no session holds any more are swept now and then, at an amortized O(1) per
+/// session.
+#[derive(Debug)]
 pub struct Interner {
-    texts: std::collections::HashSet<Arc<str>>,
+    texts: std::collections::HashSet<Arc<[u8]>, SeededHash>,
     /// Sweep when there are more entries than this.
     sweep_at: usize,
 }
 
+impl Default for Interner {
+    fn default() -> Self {
+        Interner {
+            texts: std::collections::HashSet::with_hasher(SeededHash::random()),
+            sweep_at: 0,
+        }
+    }
+}
+
 impl Interner {
     /// The shared copy of `text`.
-    pub fn intern(&mut self, text: &str) -> Arc<str> {
+    pub fn intern(&mut self, text: &[u8]) -> Arc<[u8]> {
         if let Some(shared) = self.texts.get(text) {
             return shared.clone();
         }
         if self.texts.len() >= self.sweep_at {
             self.sweep();
         }
-        let shared: Arc<str> = Arc::from(text);
+        let shared: Arc<[u8]> = Arc::from(text);
         self.texts.insert(shared.clone());
         shared
     }
@@ -128,7 +141,7 @@ impl Interner {
 
     /// Heap bytes of the table and its texts, approximately.
     pub fn heap_bytes(&self) -> usize {
-        self.texts.capacity() * (std::mem::size_of::<Arc<str>>() + 1)
+        self.texts.capacity() * (std::mem::size_of::<Arc<[u8]>>() + 1)
             + self.texts.iter().map(|t| 16 + t.len()).sum::<usize>()
     }
 }
@@ -143,24 +156,41 @@ fn session_prefix(id: &str) -> String {
     format!("{{\"id\":{}", to_json(&id))
 }
 
+/// The order of the event an envelope is from (see [`Fact::order`]).
+pub type Order = (u32, i64, u64);
+
 impl Envelope {
     /// The envelope of `event`, with its own copies of every part.
-    pub fn of(event: &Event, fact: &Fact) -> Envelope {
-        Envelope::build(event, fact, |text| Arc::from(text))
+    pub fn of(event: &Event) -> Envelope {
+        Envelope::build(event, |text| Arc::from(text))
     }
 
     /// The envelope of `event`, sharing `content` and `context` through `interner`.
-    pub fn interned(event: &Event, fact: &Fact, interner: &mut Interner) -> Envelope {
-        Envelope::build(event, fact, |text| interner.intern(text))
+    pub fn interned(event: &Event, interner: &mut Interner) -> Envelope {
+        Envelope::build(event, |text| interner.intern(text))
     }
 
-    fn build(event: &Event, fact: &Fact, mut share: impl FnMut(&str) -> Arc<str>) -> Envelope {
+    fn build(event: &Event, mut share: impl FnMut(&[u8]) -> Arc<[u8]>) -> Envelope {
         let body = &event.body;
         let session = to_json(&body.session);
-        let session = match session.strip_prefix(&session_prefix(&body.session.id)) {
-            Some(rest) => rest.into(),
-            None => session.into_boxed_str(),
+        let session = session
+            .strip_prefix(&session_prefix(&body.session.id))
+            .unwrap_or(&session);
+        let user = to_json(&body.user);
+        let mut own = Vec::with_capacity(session.len() + user.len());
+        compact::pack(session, &mut own);
+        let user_at = own.len();
+        compact::pack(&user, &mut own);
+        let mut packed = Vec::with_capacity(256);
+        let mut shared = |text: Option<String>| {
+            text.map(|text| {
+                packed.clear();
+                compact::pack(&text, &mut packed);
+                share(&packed)
+            })
         };
+        let content = shared(body.content.as_ref().map(to_json));
+        let context = shared(body.context.as_ref().map(to_json));
         let stream_type = stream_type_label(body.content.as_ref().and_then(|c| c.stream_type));
         let platform = platform_label(
             body.context
@@ -169,15 +199,21 @@ impl Envelope {
                 .and_then(|p| p.platform.as_deref()),
         );
         Envelope {
-            order: fact.order(),
-            session,
-            user: to_json(&body.user).into_boxed_str(),
-            content: body.content.as_ref().map(|c| share(&to_json(c))),
-            context: body.context.as_ref().map(|c| share(&to_json(c))),
+            // Request bodies are far below 4 GiB.
+            user_at: u32::try_from(user_at).unwrap_or(u32::MAX),
+            own: own.into_boxed_slice(),
+            content,
+            context,
             source: event.source.clone(),
             stream_type: label_index(&STREAM_TYPES, stream_type),
             platform: label_index(&PLATFORM_LABELS, platform),
         }
+    }
+
+    /// The packed `session` and `user` texts.
+    fn parts(&self) -> (&[u8], &[u8]) {
+        self.own
+            .split_at((self.user_at as usize).min(self.own.len()))
     }
 
     pub fn labels(&self) -> Labels {
@@ -196,59 +232,80 @@ impl Envelope {
     /// The members `"session":…,"user":…[,"content":…][,"context":…]` of the summary,
     /// as one JSON object of the four would have them.
     pub fn write_members(&self, session_id: &str, out: &mut String) {
+        let (session, user) = self.parts();
         out.push_str("\"session\":");
-        if !self.session.starts_with('{') {
-            out.push_str(&session_prefix(session_id));
+        let at = out.len();
+        compact::unpack(session, out);
+        if !out[at..].starts_with('{') {
+            out.insert_str(at, &session_prefix(session_id));
         }
-        out.push_str(&self.session);
         out.push_str(",\"user\":");
-        out.push_str(&self.user);
+        compact::unpack(user, out);
         if let Some(content) = &self.content {
             out.push_str(",\"content\":");
-            out.push_str(content);
+            compact::unpack(content, out);
         }
         if let Some(context) = &self.context {
             out.push_str(",\"context\":");
-            out.push_str(context);
+            compact::unpack(context, out);
         }
     }
 
-    /// Appends the envelope to a checkpoint (see [`super::checkpoint`]).
-    pub fn save(&self, out: &mut Vec<u8>) {
+    /// Appends the envelope, from the event of order `order`, to a checkpoint (see
+    /// [`super::checkpoint`]). The texts are written unpacked, so the file does not
+    /// depend on how they are packed.
+    pub fn save(&self, order: Order, out: &mut Vec<u8>) {
         use super::checkpoint::*;
-        put_u32(out, self.order.0);
-        put_i64(out, self.order.1);
-        put_u64(out, self.order.2);
-        put_str(out, &self.session);
-        put_str(out, &self.user);
-        put_opt_str(out, self.content.as_deref());
-        put_opt_str(out, self.context.as_deref());
+        let (session, user) = self.parts();
+        put_u32(out, order.0);
+        put_i64(out, order.1);
+        put_u64(out, order.2);
+        put_str(out, &compact::unpacked_text(session));
+        put_str(out, &compact::unpacked_text(user));
+        let text = |t: &Option<Arc<[u8]>>| t.as_deref().map(compact::unpacked_text);
+        put_opt_str(out, text(&self.content).as_deref());
+        put_opt_str(out, text(&self.context).as_deref());
         put_opt_str(out, self.source.as_deref());
         put_u8(out, self.stream_type);
         put_u8(out, self.platform);
     }
 
-    /// An envelope [`Envelope::save`] wrote; `None` when the bytes are not one.
+    /// An envelope [`Envelope::save`] wrote and its event's order; `None` when the bytes
+    /// are not one.
     pub fn restore(
         r: &mut super::checkpoint::Reader<'_>,
         interner: &mut Interner,
-    ) -> Option<Envelope> {
-        Some(Envelope {
-            order: (r.u32()?, r.i64()?, r.u64()?),
-            session: r.str()?.into(),
-            user: r.str()?.into(),
-            content: r.opt_str()?.map(|t| interner.intern(t)),
-            context: r.opt_str()?.map(|t| interner.intern(t)),
+    ) -> Option<(Order, Envelope)> {
+        let order = (r.u32()?, r.i64()?, r.u64()?);
+        let mut own = Vec::new();
+        compact::pack(r.str()?, &mut own);
+        let user_at = u32::try_from(own.len()).ok()?;
+        compact::pack(r.str()?, &mut own);
+        let mut shared = |text: Option<&str>| {
+            text.map(|text| {
+                let mut packed = Vec::with_capacity(text.len());
+                compact::pack(text, &mut packed);
+                interner.intern(&packed)
+            })
+        };
+        let content = shared(r.opt_str()?);
+        let context = shared(r.opt_str()?);
+        let envelope = Envelope {
+            own: own.into_boxed_slice(),
+            user_at,
+            content,
+            context,
             source: r.opt_str()?.map(Arc::from),
             stream_type: r.u8()?,
             platform: r.u8()?,
-        })
+        };
+        Some((order, envelope))
     }
 
     /// Heap bytes this envelope holds by itself (shared parts are counted by the
     /// [`Interner`]).
     pub fn heap_bytes(&self) -> usize {
-        self.session.len() + self.user.len()
+        self.own.len()
     }
 }
 
