@@ -5,7 +5,7 @@
 //! spool whole (and the move starts again) or the new one whole (and only the old
 //! files are left to delete).
 
-use super::store::{open_database, ChunkBuilder, CHUNKS, FILE, META};
+use super::store::{chunk_count, open_database, ChunkBuilder, CHUNKS, FILE, META};
 use super::SpoolError;
 use fjall::{KeyspaceCreateOptions, PersistMode};
 use redb::Durability;
@@ -85,7 +85,7 @@ fn copy(dir: &Path, to: &Path, cache_bytes: u64) -> Result<(u64, u64), SpoolErro
                 Kind::Chunks | Kind::Records => {
                     let Some(seq) = seq_of(&k) else { continue };
                     let value = if kind == Kind::Chunks {
-                        records += chunk_records(&v);
+                        records += chunk_count(&v);
                         v.to_vec()
                     } else {
                         // The layout before chunks: each record becomes a chunk of one.
@@ -124,13 +124,6 @@ fn seq_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
-fn chunk_records(chunk: &[u8]) -> u64 {
-    chunk
-        .get(1..5)
-        .and_then(|c| c.try_into().ok())
-        .map_or(0, |c| u64::from(u32::from_be_bytes(c)))
-}
-
 fn remove_fjall(dir: &Path) -> Result<(), SpoolError> {
     let keyspaces = dir.join(FJALL_KEYSPACES);
     std::fs::remove_dir_all(&keyspaces).map_err(|e| SpoolError::io(&keyspaces, e))?;
@@ -167,11 +160,7 @@ mod tests {
     use super::super::store::Store;
     use super::*;
 
-    fn record(seq: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        record::encode(&record::fixture_event(seq), &[seq as u16], &mut out);
-        out
-    }
+    use record::fixture_record as record;
 
     #[test]
     fn a_fjall_spool_is_moved_into_redb_with_its_records_and_cursors() {

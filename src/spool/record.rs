@@ -192,6 +192,14 @@ pub(crate) fn fixture_event(seq: u64) -> Event {
     event
 }
 
+/// The encoded record of [`fixture_event`], routed to destination id `seq as u16`.
+#[cfg(test)]
+pub(crate) fn fixture_record(seq: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(&fixture_event(seq), &[seq as u16], &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

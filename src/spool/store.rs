@@ -135,7 +135,7 @@ impl ChunkBuilder {
 }
 
 /// How many records a chunk says it holds (0 for one too short to say).
-fn chunk_count(chunk: &[u8]) -> u64 {
+pub(super) fn chunk_count(chunk: &[u8]) -> u64 {
     match chunk.get(1..CHUNK_HEAD) {
         Some(count) if chunk[0] == CHUNK_FORMAT => {
             u64::from(u32::from_be_bytes([count[0], count[1], count[2], count[3]]))
@@ -268,15 +268,7 @@ impl Store {
         let db = self.db()?;
         let tx = db.begin_read().map_err(SpoolError::engine)?;
         let chunks = tx.open_table(CHUNKS).map_err(SpoolError::engine)?;
-        // The chunk that holds `from` starts at or before it.
-        let start = match chunks
-            .range(..=from)
-            .map_err(SpoolError::engine)?
-            .next_back()
-        {
-            Some(entry) => entry.map_err(SpoolError::engine)?.0.value(),
-            None => from,
-        };
+        let start = chunk_holding(&chunks, from)?;
         for entry in chunks.range(start..).map_err(SpoolError::engine)? {
             if out.len() >= limit {
                 break;
@@ -372,15 +364,7 @@ impl Store {
         let db = self.db()?;
         let tx = db.begin_read().map_err(SpoolError::engine)?;
         let chunks = tx.open_table(CHUNKS).map_err(SpoolError::engine)?;
-        // From the chunk that holds `from`, should `from` not be where one starts.
-        let start = match chunks
-            .range(..=from)
-            .map_err(SpoolError::engine)?
-            .next_back()
-        {
-            Some(entry) => entry.map_err(SpoolError::engine)?.0.value(),
-            None => from,
-        };
+        let start = chunk_holding(&chunks, from)?;
         let mut starts = Vec::new();
         // One more than asked: a chunk ends where the next begins.
         for entry in chunks
@@ -412,6 +396,19 @@ impl Store {
     /// (redb reuses them, and gives the end of the file back as it frees up).
     pub fn disk_bytes(&self) -> u64 {
         std::fs::metadata(self.dir.join(FILE)).map_or(0, |m| m.len())
+    }
+}
+
+/// Where the chunk that holds position `from` starts (at or before it; `from` itself
+/// when no chunk starts that early).
+fn chunk_holding(chunks: &redb::ReadOnlyTable<u64, &[u8]>, from: u64) -> Result<u64, SpoolError> {
+    match chunks
+        .range(..=from)
+        .map_err(SpoolError::engine)?
+        .next_back()
+    {
+        Some(entry) => Ok(entry.map_err(SpoolError::engine)?.0.value()),
+        None => Ok(from),
     }
 }
 
@@ -568,11 +565,7 @@ fn aside_name(dir: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn record(seq: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        record::encode(&record::fixture_event(seq), &[seq as u16], &mut out);
-        out
-    }
+    use record::fixture_record as record;
 
     fn open(dir: &Path) -> Store {
         Store::open(dir, 4 << 20).expect("open").0
