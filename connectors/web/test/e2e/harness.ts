@@ -23,6 +23,27 @@ const IN_CI = process.env.CI === 'true' || process.env.CI === '1';
 
 // ---- prerequisites: a failure in CI, a plain skip elsewhere --------------------------
 
+/**
+ * Runs a command to completion without blocking the event loop: a synchronous spawn
+ * starves vitest's worker RPC, which then fails the run with "Timeout calling onTaskUpdate".
+ */
+function run(cmd: string, args: string[], options: { cwd?: string; timeoutMs: number }): Promise<{ status: number | null; stderr: string; error?: Error }> {
+  return new Promise((done) => {
+    const child = spawn(cmd, args, { cwd: options.cwd, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs);
+    child.once('error', (error) => {
+      clearTimeout(timer);
+      done({ status: null, stderr, error });
+    });
+    child.once('close', (status) => {
+      clearTimeout(timer);
+      done({ status, stderr });
+    });
+  });
+}
+
 function onPath(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
 }
@@ -89,14 +110,14 @@ export function tempDir(): string {
 // ---- the clip --------------------------------------------------------------------------
 
 /** A `seconds`-long H.264 MP4 (testsrc, 320x240, 25 fps, a keyframe a second) made now. */
-export function makeClip(dir: string, seconds: number): string {
+export async function makeClip(dir: string, seconds: number): Promise<string> {
   const out = join(dir, 'clip.mp4');
-  const run = spawnSync(
+  const ffmpeg = await run(
     'ffmpeg',
     ['-hide_banner', '-loglevel', 'error', '-y', '-f', 'lavfi', '-i', `testsrc=duration=${seconds}:size=320x240:rate=25`, '-c:v', 'libx264', '-preset', 'ultrafast', '-pix_fmt', 'yuv420p', '-g', '25', '-movflags', '+faststart', out],
-    { encoding: 'utf8', timeout: 60_000 },
+    { timeoutMs: 60_000 },
   );
-  if (run.status !== 0) throw new Error(`ffmpeg failed (${run.status}): ${run.stderr}`);
+  if (ffmpeg.status !== 0) throw new Error(`ffmpeg failed (${ffmpeg.status}): ${ffmpeg.stderr || ffmpeg.error}`);
   return out;
 }
 
@@ -168,10 +189,13 @@ export async function startPageServer(): Promise<PageServer> {
 // ---- the relay -------------------------------------------------------------------------
 
 /** The relay binary: `PLAYRELAY_BIN`, else `cargo build` (a no-op when fresh) and target/debug. */
-export function relayBinary(): string {
-  if (process.env.PLAYRELAY_BIN) return process.env.PLAYRELAY_BIN;
-  const build = spawnSync('cargo', ['build', '--quiet', '--locked', '--bin', 'playrelay'], { cwd: REPO_DIR, encoding: 'utf8', timeout: 900_000 });
-  if (build.status !== 0) throw new Error(`cargo build --bin playrelay failed: ${build.stderr || build.error}`);
+export async function relayBinary(): Promise<string> {
+  if (process.env.PLAYRELAY_BIN) {
+    if (!existsSync(process.env.PLAYRELAY_BIN)) throw new Error(`PLAYRELAY_BIN=${process.env.PLAYRELAY_BIN} does not exist`);
+    return process.env.PLAYRELAY_BIN;
+  }
+  const build = await run('cargo', ['build', '--quiet', '--locked', '--bin', 'playrelay'], { cwd: REPO_DIR, timeoutMs: 900_000 });
+  if (build.status !== 0) throw new Error(`cargo build --bin playrelay failed (${build.status}): ${build.stderr || build.error}`);
   const target = process.env.CARGO_TARGET_DIR ? resolve(REPO_DIR, process.env.CARGO_TARGET_DIR) : join(REPO_DIR, 'target');
   const bin = join(target, 'debug', 'playrelay');
   if (!existsSync(bin)) throw new Error(`no relay binary at ${bin} after cargo build`);
@@ -214,7 +238,7 @@ match = { types = ["*"] }
 to = ["local"]
 `,
   );
-  const child = spawn(relayBinary(), ['--log-format', 'json', 'run', '--config', config], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(await relayBinary(), ['--log-format', 'json', 'run', '--config', config], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   cleanups.push(() => stopChild(child));
   let log = '';

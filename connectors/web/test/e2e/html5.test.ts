@@ -69,7 +69,7 @@ const lifecycle = (events: Record<string, any>[]) => events.map((e) => e.type).f
 describe.skipIf(missing !== '')('HTML5 <video> in Chromium, through the relay', () => {
   beforeAll(async () => {
     const dir = tempDir();
-    const clip = makeClip(dir, CLIP_SECONDS);
+    const clip = await makeClip(dir, CLIP_SECONDS);
     server = await startPageServer();
     server.route('/index.html', { text: pageHtml(), type: 'text/html; charset=utf-8' });
     server.route('/blank.html', { text: '<!doctype html><title>blank</title>', type: 'text/html; charset=utf-8' });

@@ -63,7 +63,7 @@ function pageHtml(): string {
 describe.skipIf(missing !== '')('THEOplayer in Chromium, through the relay', () => {
   beforeAll(async () => {
     const dir = tempDir();
-    const clip = makeClip(dir, CLIP_SECONDS);
+    const clip = await makeClip(dir, CLIP_SECONDS);
     server = await startPageServer();
     // Licenses are issued for host names: serve the page as localhost.
     origin = server.origin.replace('127.0.0.1', 'localhost');
