@@ -47,6 +47,9 @@ pub(crate) fn print_table(reports: &[Report], machine: &str) {
             if d.backlog > 0 {
                 let _ = write!(check, "; backlog {}", d.backlog);
             }
+            if d.read_back > 0 {
+                let _ = write!(check, "; read back from disk {}", d.read_back);
+            }
             if d.refused > 0 {
                 let _ = write!(check, "; 429s {}", d.refused);
             }
@@ -121,6 +124,7 @@ pub(crate) fn report_json(reports: &[Report], machine: &str, options: Options) -
                 "delivered_share_within_5s": if d.expected > 0 { d.within_5s as f64 / d.expected as f64 } else { 1.0 },
                 "refused_on_purpose_429": d.refused,
                 "backlog_at_end": d.backlog,
+                "read_back_from_disk": d.read_back,
                 "concurrency_series": d.concurrency.iter().map(|(t, l, r)| json!([t, l, r])).collect::<Vec<_>>(),
                 "e2e_latency_ms": {"p50": d.e2e_p50_ms, "p99": d.e2e_p99_ms},
             })).collect::<Vec<_>>(),

@@ -38,6 +38,9 @@ pub(crate) struct DestinationReport {
     pub(crate) refused: u64,
     /// From the relay's metrics at the end: events still queued (on disk or in memory).
     pub(crate) backlog: u64,
+    /// Events read back from the disk spool (and parsed again) because the destination
+    /// fell out of its in-memory window.
+    pub(crate) read_back: u64,
     /// (seconds since the load started, adaptive limit, average round trip s).
     pub(crate) concurrency: Vec<(f64, f64, f64)>,
 }
@@ -232,16 +235,13 @@ pub(crate) async fn run_scenario(
     let harness_cpu_seconds = harness_cpu() - harness_before;
     let peak_rss_mb = relay.peak_rss_mb();
     let mut losses = relay.losses().await;
-    let backlogs = relay
+    let final_metrics = relay
         .get("/metrics")
         .await
-        .map(|t| {
-            per_destination(
-                &String::from_utf8_lossy(&t),
-                "playrelay_destination_queue_depth",
-            )
-        })
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
         .unwrap_or_default();
+    let backlogs = per_destination(&final_metrics, "playrelay_destination_queue_depth");
+    let read_backs = per_destination(&final_metrics, "playrelay_destination_backlog_read_total");
     sampling.store(false, Ordering::Relaxed);
     let mut series = sampler.await.unwrap_or_default();
     relay.stop().await;
@@ -276,6 +276,7 @@ pub(crate) async fn run_scenario(
                 },
                 refused: s.refused.load(Ordering::Relaxed),
                 backlog: backlogs.get(&s.name).copied().unwrap_or(0.0) as u64,
+                read_back: read_backs.get(&s.name).copied().unwrap_or(0.0) as u64,
                 concurrency: series.remove(&s.name).unwrap_or_default(),
             }
         })
