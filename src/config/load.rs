@@ -3,9 +3,8 @@
 
 use super::env::interpolate;
 use super::{
-    BatchConfig, ConcurrencySetting, Config, DestinationCommon, DestinationConfig, DestinationKind,
-    RateLimitConfig, RouteConfig, ServerConfig, SourceConfig, COMMON_KEYS, DESTINATION_TYPES,
-    PROTECTED_FIELDS,
+    ConcurrencySetting, Config, DestinationCommon, DestinationConfig, DestinationKind,
+    RateLimitConfig, RouteConfig, ServerConfig, SourceConfig, COMMON_KEYS, PROTECTED_FIELDS,
 };
 use crate::qoe::QoeConfig;
 use crate::route::compile_glob;
@@ -191,24 +190,24 @@ impl Loader<'_> {
     }
 
     fn read<T: DeserializeOwned>(&mut self, field: &str, value: Spanned<DeValue<'_>>) -> Option<T> {
+        self.read_with(field, value, |de| T::deserialize(de))
+    }
+
+    /// Reads `value` with `parse`, each error located at the deepest key that holds it.
+    fn read_with<T>(
+        &mut self,
+        field: &str,
+        value: Spanned<DeValue<'_>>,
+        parse: impl FnOnce(ValueDeserializer<'_>) -> Result<T, toml::de::Error>,
+    ) -> Option<T> {
         let probe = value.get_ref().clone();
-        match T::deserialize(ValueDeserializer::from(value)) {
+        match parse(ValueDeserializer::from(value)) {
             Ok(parsed) => Some(parsed),
             Err(error) => {
                 self.toml_error(field, &error, Some(&probe));
                 None
             }
         }
-    }
-
-    /// Reads a destination type's own keys.
-    fn read_kind<T: DeserializeOwned>(
-        &mut self,
-        field: &str,
-        own: Spanned<DeValue<'_>>,
-        kind: fn(T) -> DestinationKind,
-    ) -> Option<DestinationKind> {
-        self.read::<T>(field, own).map(kind)
     }
 
     fn read_root(&mut self, root: DeTable<'_>) -> Option<Config> {

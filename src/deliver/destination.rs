@@ -5,7 +5,7 @@
 
 use super::dead_letter::Reason;
 use super::{BatchConfig, BreakerConfig, ConcurrencySetting, RateLimitConfig, RetryConfig};
-use crate::dest::{DestinationKind, NameOverride};
+use crate::dest::{BuildError, DestinationKind, EventNames, NameOverride, Translate};
 use crate::event::{Event, EventType};
 use crate::privacy::{ConsentCategory, IpPolicy, PrivacyConfig};
 use crate::spool::{Cursor, Lease};
@@ -166,6 +166,17 @@ pub struct DestinationConfig {
     pub common: DestinationCommon,
 }
 
+impl DestinationConfig {
+    /// The translator of an HTTP destination, with its common keys applied.
+    pub fn translator(&self) -> Result<Box<dyn Translate>, BuildError> {
+        self.kind.translator(
+            EventNames::new(self.common.events.clone()),
+            self.common.properties,
+            self.common.batch.limits(),
+        )
+    }
+}
+
 /// Keys every destination type takes, whatever its `type`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -188,11 +199,11 @@ pub struct DestinationCommon {
     #[serde(default)]
     pub concurrency: ConcurrencySetting,
     /// The most requests an adaptive limit may keep in flight; unset: the vendor's
-    /// default (see [`max_concurrency_default`]), filled in at load.
+    /// default (see [`crate::dest::vendors::VendorDefaults`]), filled in at load.
     #[serde(default)]
     pub max_concurrency: Option<usize>,
-    /// Unset: the vendor's documented default (see [`RateLimitConfig::vendor_default`]),
-    /// filled in at load.
+    /// Unset: the vendor's documented default (see
+    /// [`crate::dest::vendors::VendorDefaults`]), filled in at load.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]
