@@ -3,8 +3,8 @@
 
 use super::env::interpolate;
 use super::{
-    ConcurrencySetting, Config, DestinationCommon, DestinationConfig, DestinationKind,
-    RateLimitConfig, RouteConfig, ServerConfig, SourceConfig, COMMON_KEYS, PROTECTED_FIELDS,
+    Config, DestinationCommon, DestinationConfig, DestinationKind, RateLimitConfig, RouteConfig,
+    ServerConfig, SourceConfig, COMMON_KEYS,
 };
 use crate::qoe::QoeConfig;
 use crate::route::compile_glob;

@@ -150,73 +150,9 @@ impl Loader<'_> {
         common: &DestinationCommon,
         at: Range<usize>,
     ) {
-        let mut problems = Vec::new();
-        if common.batch.max_events == 0 {
-            problems.push(("batch.max_events", "must be greater than 0".to_string()));
-        }
-        if common.batch.max_bytes < 1024 {
-            problems.push(("batch.max_bytes", "must be at least 1024".to_string()));
-        }
-        if common.queue.max_events == 0 {
-            problems.push(("queue.max_events", "must be greater than 0".to_string()));
-        }
-        if common.queue.max_bytes == 0 {
-            problems.push(("queue.max_bytes", "must be greater than 0".to_string()));
-        }
-        if common.timeout_ms == 0 {
-            problems.push(("timeout_ms", "must be greater than 0".to_string()));
-        }
-        if common.concurrency == ConcurrencySetting::Fixed(0) {
-            problems.push((
-                "concurrency",
-                "must be greater than 0, or \"adaptive\"".to_string(),
-            ));
-        }
-        if common.max_concurrency == Some(0) {
-            problems.push(("max_concurrency", "must be greater than 0".to_string()));
-        }
-        if let Some(limit) = &common.rate_limit {
-            if limit.requests_per_second == Some(0)
-                || limit.events_per_second == Some(0)
-                || limit.burst == Some(0)
-            {
-                problems.push((
-                    "rate_limit",
-                    "rates and burst must be greater than 0 (leave a key out for no limit)"
-                        .to_string(),
-                ));
-            }
-        }
-        if common.retry.max_attempts == 0 {
-            problems.push((
-                "retry.max_attempts",
-                "must be at least 1 (1 means no retry)".to_string(),
-            ));
-        }
-        if common.retry.initial_backoff_ms > common.retry.max_backoff_ms {
-            problems.push((
-                "retry.initial_backoff_ms",
-                "must not exceed retry.max_backoff_ms".to_string(),
-            ));
-        }
-        if common.breaker.failure_threshold == 0 || common.breaker.probe_interval_ms == 0 {
-            problems.push((
-                "breaker",
-                "failure_threshold and probe_interval_ms must be greater than 0".to_string(),
-            ));
-        }
-        for (event_type, _) in common.events.iter() {
-            if crate::event::EventType::parse(event_type).is_none()
-                && !event_type.starts_with("custom.")
-            {
-                problems.push((
-                    "events",
-                    format!("{event_type:?} is not a player-event/1 type"),
-                ));
-            }
-        }
-        // The type's own checks, each at its key (or the text it names).
-        for problem in kind.validate() {
+        // The common keys' checks, then the type's own, each at its key (or the text
+        // it names).
+        for problem in common.validate().into_iter().chain(kind.validate()) {
             let span = match &problem.near {
                 Some(text) => {
                     let first = problem.key.split('.').next().unwrap_or(&problem.key);
@@ -227,25 +163,6 @@ impl Loader<'_> {
             };
             let span = span.unwrap_or_else(|| at.clone());
             self.error_at(span, &join(field, &problem.key), problem.message);
-        }
-        for (key, paths) in [
-            ("drop_fields", &common.drop_fields),
-            ("hash_fields", &common.hash_fields),
-        ] {
-            for path in paths {
-                if path.is_empty() || path.split('.').any(str::is_empty) {
-                    problems.push((key, format!("{path:?} is not a dotted field path")));
-                } else if PROTECTED_FIELDS.contains(&path.as_str()) {
-                    problems.push((
-                        key,
-                        format!("{path:?} cannot be removed or rewritten: events need it"),
-                    ));
-                }
-            }
-        }
-        for (key, message) in problems {
-            let span = self.find_key_span(field, key).unwrap_or_else(|| at.clone());
-            self.error_at(span, &format!("{field}.{key}"), message);
         }
     }
 }
