@@ -7,7 +7,6 @@ use super::{
     ServerConfig, SourceConfig, COMMON_KEYS,
 };
 use crate::qoe::QoeConfig;
-use crate::route::compile_glob;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
