@@ -285,16 +285,7 @@ impl Loader<'_> {
         };
         for (name, destination) in &destinations {
             let when_full = destination.common.queue.when_full;
-            use super::WhenFull;
-            let wrong = match spool.backend {
-                crate::spool::Backend::Disk => (when_full == WhenFull::DropNewest)
-                    .then_some("drop_newest applies to the memory spool; with the disk spool the backlog sheds its oldest: use \"drop_oldest\", \"dead_letter\" or \"block\""),
-                crate::spool::Backend::Memory => matches!(when_full, WhenFull::DropOldest | WhenFull::Block)
-                    .then_some("drop_oldest and block need the disk spool ([spool] backend = \"disk\"); the memory spool takes \"dead_letter\" or \"drop_newest\""),
-                // The stream's max_bytes bounds the backlog: past it ingest answers 503.
-                crate::spool::Backend::JetStream => None,
-            };
-            if let Some(message) = wrong {
+            if let Some(message) = spool.backend.refuses(when_full) {
                 let field = format!("destinations.{name}");
                 let span = self.find_key_span(&field, "queue").unwrap_or(0..0);
                 self.error_at(span, &format!("{field}.queue.when_full"), message);
