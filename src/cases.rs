@@ -18,8 +18,9 @@
 //! `events` of the session) also make the session's `session.summary`, which
 //! `expect.summary.destinations` and `expect.summary.values` check the same way.
 
-use crate::config::{Config, DestinationConfig};
+use crate::config::Config;
 use crate::deliver::plan::{Output, Planner};
+use crate::deliver::DestinationConfig;
 use crate::dest::webhook::WebhookConfig;
 use crate::event::Event;
 use crate::route::{Decision, RouteTable};

@@ -2,11 +2,12 @@
 //! own so one mistake does not hide the next, then check what types alone cannot.
 
 use super::env::interpolate;
-use super::{
-    Config, DestinationCommon, DestinationConfig, DestinationKind, RateLimitConfig, RouteConfig,
-    ServerConfig, SourceConfig, COMMON_KEYS,
-};
+use super::{Config, ServerConfig};
+use crate::deliver::{DestinationCommon, DestinationConfig, RateLimitConfig, COMMON_KEYS};
+use crate::dest::DestinationKind;
+use crate::ingest::config::SourceConfig;
 use crate::qoe::QoeConfig;
+use crate::route::RouteConfig;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;

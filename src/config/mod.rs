@@ -6,18 +6,11 @@ mod load;
 
 pub use load::{load_file, load_str, ConfigError, ConfigErrors};
 
-// Delivery's own settings, owned by the steps that use them.
-pub(crate) use crate::deliver::COMMON_KEYS;
-pub use crate::deliver::{
-    BatchConfig, BreakerConfig, ConcurrencySetting, DestinationCommon, DestinationConfig,
-    QueueConfig, RateLimitConfig, RetryConfig, WhenFull,
-};
-pub use crate::dest::Secret;
-pub use crate::ingest::config::{canonical, Cidr, InboundTls, IngestRateLimit, SourceConfig};
-pub use crate::privacy::{ConsentCategory, IpPolicy, PrivacyConfig, PROTECTED_FIELDS};
-pub use crate::route::RouteConfig;
-
-pub use crate::dest::DestinationKind;
+// Each component owns its settings; the config only gathers them.
+use crate::deliver::DestinationConfig;
+use crate::dest::Secret;
+use crate::ingest::config::{Cidr, InboundTls, IngestRateLimit, SourceConfig};
+use crate::route::RouteConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

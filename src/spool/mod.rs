@@ -56,11 +56,11 @@ pub struct SpoolConfig {
     /// Auth, one of: a token; a user and password; a creds file (JWT + nkey seed); an
     /// nkey seed file.
     #[serde(default)]
-    pub token: Option<crate::config::Secret>,
+    pub token: Option<crate::dest::Secret>,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
-    pub password: Option<crate::config::Secret>,
+    pub password: Option<crate::dest::Secret>,
     #[serde(default)]
     pub creds_file: Option<PathBuf>,
     #[serde(default)]

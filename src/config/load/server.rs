@@ -200,11 +200,11 @@ impl Loader<'_> {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     #[serde(default)]
-    keys: Vec<Spanned<crate::config::Secret>>,
+    keys: Vec<Spanned<crate::dest::Secret>>,
     #[serde(default)]
     allowed_origins: Vec<Spanned<String>>,
     #[serde(default)]
-    rate_limit: Option<Spanned<crate::config::IngestRateLimit>>,
+    rate_limit: Option<Spanned<crate::ingest::config::IngestRateLimit>>,
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, lower case, no path. `*`: any.

@@ -87,7 +87,7 @@ fn errors_in_several_sections_are_all_reported_in_line_order() {
 
 #[test]
 fn concurrency_is_adaptive_by_default_and_batches_are_vendor_sized() {
-    use crate::config::ConcurrencySetting;
+    use crate::deliver::ConcurrencySetting;
     let config = load(GOOD).expect("valid");
     let warehouse = &config.destinations["warehouse"].common;
     assert_eq!(warehouse.concurrency, ConcurrencySetting::Adaptive);
