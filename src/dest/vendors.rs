@@ -1,7 +1,8 @@
 //! Every destination type in one table, [`VENDORS`]: its `type` name, its defaults, how
 //! its keys are read, and (through [`VendorConfig`]) how its config is checked, which
-//! secrets it holds and how its translator is built. The loader, delivery, `translate`
-//! and `test` only walk this table; none of them names a vendor.
+//! secrets it holds and how its translator is built. The loader walks this table, and
+//! nothing outside `dest/` matches on a type: the few steps that treat one apart ask
+//! for its config type ([`DestinationKind::config`]: a file is written, not sent).
 //!
 //! A fifth vendor needs exactly this:
 //! 1. its own file `dest/<vendor>.rs` holding its config type (serde, `deny_unknown_fields`),
