@@ -3,7 +3,6 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use playrelay::config;
-use playrelay::config::build_translator;
 use playrelay::event::{parse_body, BodyFormat, BodyLimits, Event};
 use std::path::Path;
 use time::OffsetDateTime;
@@ -102,7 +101,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("translate");
     group.throughput(Throughput::Elements(1));
     for (name, destination) in &config.destinations {
-        let translator = build_translator(destination).expect("translator");
+        let translator = destination.translator().expect("translator");
         let translation = translator.translate(&[&event], now);
         assert_eq!(translation.requests.len(), 1, "{name} sends the event");
         group.bench_function(format!("{name}/1 event"), |b| {
@@ -130,7 +129,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("translate_batch");
     group.throughput(Throughput::Elements(refs.len() as u64));
     for (name, destination) in &config.destinations {
-        let translator = build_translator(destination).expect("translator");
+        let translator = destination.translator().expect("translator");
         group.bench_function(format!("{name}/100 events"), |b| {
             b.iter(|| translator.translate(black_box(&refs), now))
         });

@@ -18,8 +18,10 @@
 //! `events` of the session) also make the session's `session.summary`, which
 //! `expect.summary.destinations` and `expect.summary.values` check the same way.
 
-use crate::config::{Config, DestinationConfig, DestinationKind};
+use crate::config::Config;
 use crate::deliver::plan::{Output, Planner};
+use crate::deliver::DestinationConfig;
+use crate::dest::webhook::WebhookConfig;
 use crate::event::Event;
 use crate::route::{Decision, RouteTable};
 use serde::Deserialize;
@@ -363,7 +365,8 @@ fn fate(
             .unwrap_or(Value::Null),
     };
     // A JSON-array webhook body holds one event here: let pointers start at the event.
-    if let (DestinationKind::Webhook(_), Value::Array(items)) = (&destination.kind, &mut value) {
+    let webhook = destination.kind.config::<WebhookConfig>().is_some();
+    if let (true, Value::Array(items)) = (webhook, &mut value) {
         if items.len() == 1 {
             value = items.remove(0);
         }

@@ -2,8 +2,9 @@
 //! without sending them. Same parser, same batching limits, same plan (privacy rules,
 //! skipped types, translator) as the relay's worker.
 
-use crate::config::{Config, DestinationKind};
+use crate::config::Config;
 use crate::deliver::plan::{Output, Planner};
+use crate::dest::file::FileConfig;
 use crate::dest::render_request;
 use crate::event::{parse_body, BodyFormat, BodyLimits, Event, SessionEnd};
 use std::fmt::Write as _;
@@ -74,8 +75,8 @@ pub fn preview(
     for (batch_index, batch) in events.chunks(chunk).enumerate() {
         let offset = batch_index * chunk;
         let plan = planner.plan(batch, sent_at);
-        match (&plan.output, &dest.kind) {
-            (Output::Lines { body, .. }, DestinationKind::File(file)) => {
+        match (&plan.output, dest.kind.config::<FileConfig>()) {
+            (Output::Lines { body, .. }, Some(file)) => {
                 let _ = writeln!(
                     out,
                     "# append to {}\n{}",

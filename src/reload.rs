@@ -4,7 +4,8 @@
 //! and their queued events move to the new worker; removed ones drain what they hold;
 //! new ones start. A change that needs a restart is reported, never silently ignored.
 
-use crate::config::{self, Config, ConfigErrors, DestinationConfig, ServerConfig};
+use crate::config::{self, Config, ConfigErrors, ServerConfig};
+use crate::deliver::DestinationConfig;
 use crate::deliver::{self, Destination, HttpClient};
 use crate::event::format_rfc3339;
 use crate::ingest::Edge;
@@ -114,7 +115,7 @@ impl Controller {
             .iter()
             .map(|(name, slot)| (name.clone(), slot.destination.clone()))
             .collect();
-        let routing = build_routing(&config, &routed, Arc::new(Edge::new(&config)), &metrics)?;
+        let routing = build_routing(&config, &routed, Arc::new(edge(&config)), &metrics)?;
         let relay = Arc::new(Relay::new(metrics, clock, routing, spool));
         relay.qoe.configure(&config.qoe);
         let controller = Arc::new(Controller {
@@ -221,7 +222,7 @@ impl Controller {
         // Keys, origins and limiters are rebuilt only when their settings changed, so a
         // reload does not hand every client a fresh rate-limit allowance.
         let edge = if edge_settings_changed(&state.config, &new) {
-            Arc::new(Edge::new(&new))
+            Arc::new(edge(&new))
         } else {
             self.relay.routing.load().edge.clone()
         };
@@ -387,6 +388,16 @@ fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
         "max_header_bytes",
     );
     changes
+}
+
+/// The edge (keys, origins, client limits, in-flight cap) a config asks for.
+fn edge(config: &Config) -> Edge {
+    Edge::new(
+        &config.sources,
+        config.server.per_client_rate_limit,
+        config.server.trusted_proxies.clone(),
+        config.server.max_in_flight_requests,
+    )
 }
 
 fn edge_settings_changed(old: &Config, new: &Config) -> bool {

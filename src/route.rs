@@ -189,11 +189,72 @@ pub struct RouteConfig {
     pub sources: Vec<String>,
 }
 
+/// What is wrong with a route's values; the loader adds file, line and field.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteConfigError {
+    /// `types[index]` is not a glob.
+    #[error("bad glob {pattern:?}: {source}")]
+    Glob {
+        index: usize,
+        pattern: String,
+        source: globset::Error,
+    },
+    #[error("{0} is outside 0.0-1.0")]
+    Sample(f64),
+}
+
+impl RouteConfig {
+    /// What the types alone cannot check: every glob compiles, the sample is a share.
+    pub fn validate(&self) -> Vec<RouteConfigError> {
+        let mut problems = Vec::new();
+        for (index, pattern) in self.types.iter().enumerate() {
+            if let Err(source) = compile_glob(pattern) {
+                problems.push(RouteConfigError::Glob {
+                    index,
+                    pattern: pattern.clone(),
+                    source,
+                });
+            }
+        }
+        if let Some(v) = self.sample {
+            if !(0.0..=1.0).contains(&v) || v.is_nan() {
+                problems.push(RouteConfigError::Sample(v));
+            }
+        }
+        problems
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::value::RawValue;
     use time::OffsetDateTime;
+
+    #[test]
+    fn validate_names_each_bad_glob_by_index_and_a_sample_outside_a_share() {
+        let route = RouteConfig {
+            name: "r".into(),
+            types: vec!["playback.*".into(), "ad.[".into()],
+            to: vec!["d".into()],
+            sample: Some(1.5),
+            sources: Vec::new(),
+        };
+        let problems = route.validate();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            matches!(&problems[0], RouteConfigError::Glob { index: 1, pattern, .. } if pattern == "ad.["),
+            "{problems:?}"
+        );
+        assert!(problems[0].to_string().starts_with("bad glob \"ad.[\": "));
+        assert_eq!(problems[1].to_string(), "1.5 is outside 0.0-1.0");
+        let nan = RouteConfig {
+            types: vec!["*".into()],
+            sample: Some(f64::NAN),
+            ..route
+        };
+        assert_eq!(nan.validate().len(), 1, "NaN is no share");
+    }
 
     fn event(event_type: &str, session: &str) -> Event {
         let text = format!(

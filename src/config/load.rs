@@ -2,13 +2,12 @@
 //! own so one mistake does not hide the next, then check what types alone cannot.
 
 use super::env::interpolate;
-use super::{
-    BatchConfig, ConcurrencySetting, Config, DestinationCommon, DestinationConfig, DestinationKind,
-    RateLimitConfig, RouteConfig, ServerConfig, SourceConfig, COMMON_KEYS, DESTINATION_TYPES,
-    PROTECTED_FIELDS,
-};
+use super::{Config, ServerConfig};
+use crate::deliver::{DestinationCommon, DestinationConfig, RateLimitConfig, COMMON_KEYS};
+use crate::dest::DestinationKind;
+use crate::ingest::config::SourceConfig;
 use crate::qoe::QoeConfig;
-use crate::route::compile_glob;
+use crate::route::RouteConfig;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -191,24 +190,24 @@ impl Loader<'_> {
     }
 
     fn read<T: DeserializeOwned>(&mut self, field: &str, value: Spanned<DeValue<'_>>) -> Option<T> {
+        self.read_with(field, value, |de| T::deserialize(de))
+    }
+
+    /// Reads `value` with `parse`, each error located at the deepest key that holds it.
+    fn read_with<T>(
+        &mut self,
+        field: &str,
+        value: Spanned<DeValue<'_>>,
+        parse: impl FnOnce(ValueDeserializer<'_>) -> Result<T, toml::de::Error>,
+    ) -> Option<T> {
         let probe = value.get_ref().clone();
-        match T::deserialize(ValueDeserializer::from(value)) {
+        match parse(ValueDeserializer::from(value)) {
             Ok(parsed) => Some(parsed),
             Err(error) => {
                 self.toml_error(field, &error, Some(&probe));
                 None
             }
         }
-    }
-
-    /// Reads a destination type's own keys.
-    fn read_kind<T: DeserializeOwned>(
-        &mut self,
-        field: &str,
-        own: Spanned<DeValue<'_>>,
-        kind: fn(T) -> DestinationKind,
-    ) -> Option<DestinationKind> {
-        self.read::<T>(field, own).map(kind)
     }
 
     fn read_root(&mut self, root: DeTable<'_>) -> Option<Config> {
@@ -287,16 +286,7 @@ impl Loader<'_> {
         };
         for (name, destination) in &destinations {
             let when_full = destination.common.queue.when_full;
-            use super::WhenFull;
-            let wrong = match spool.backend {
-                crate::spool::Backend::Disk => (when_full == WhenFull::DropNewest)
-                    .then_some("drop_newest applies to the memory spool; with the disk spool the backlog sheds its oldest: use \"drop_oldest\", \"dead_letter\" or \"block\""),
-                crate::spool::Backend::Memory => matches!(when_full, WhenFull::DropOldest | WhenFull::Block)
-                    .then_some("drop_oldest and block need the disk spool ([spool] backend = \"disk\"); the memory spool takes \"dead_letter\" or \"drop_newest\""),
-                // The stream's max_bytes bounds the backlog: past it ingest answers 503.
-                crate::spool::Backend::JetStream => None,
-            };
-            if let Some(message) = wrong {
+            if let Some(message) = spool.backend.refuses(when_full) {
                 let field = format!("destinations.{name}");
                 let span = self.find_key_span(&field, "queue").unwrap_or(0..0);
                 self.error_at(span, &format!("{field}.queue.when_full"), message);

@@ -3,24 +3,14 @@
 
 mod env;
 mod load;
-mod vendors;
 
 pub use load::{load_file, load_str, ConfigError, ConfigErrors};
-pub use vendors::{build_translator, max_concurrency_default, Vendor, VENDORS};
 
-// Delivery's own settings, owned by the steps that use them.
-pub(crate) use crate::deliver::COMMON_KEYS;
-pub use crate::deliver::{
-    BatchConfig, BreakerConfig, ConcurrencySetting, DestinationCommon, DestinationConfig,
-    QueueConfig, RateLimitConfig, RetryConfig, WhenFull,
-};
-pub use crate::dest::Secret;
-pub use crate::ingest::config::{canonical, Cidr, InboundTls, IngestRateLimit, SourceConfig};
-pub use crate::privacy::{ConsentCategory, IpPolicy, PrivacyConfig, PROTECTED_FIELDS};
-pub use crate::route::RouteConfig;
-
-use crate::dest::BatchLimits;
-pub use crate::dest::DestinationKind;
+// Each component owns its settings; the config only gathers them.
+use crate::deliver::DestinationConfig;
+use crate::dest::Secret;
+use crate::ingest::config::{Cidr, InboundTls, IngestRateLimit, SourceConfig};
+use crate::route::RouteConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -104,9 +94,6 @@ pub struct ServerConfig {
     pub hash_salt: Option<Secret>,
 }
 
-/// The `type` values, for messages.
-pub const DESTINATION_TYPES: &str = "webhook, file, segment, ga4 or tealium";
-
 impl Config {
     /// The most requests any destination may have in flight: what the shared
     /// client's keep-alive pool is sized to.
@@ -116,21 +103,6 @@ impl Config {
             .map(|d| d.common.max_in_flight())
             .max()
             .unwrap_or(1)
-    }
-}
-
-impl BatchConfig {
-    /// Batch sizes for a vendor when `batch.max_events` / `max_bytes` are unset: as
-    /// large as the vendor takes in one request, so round trips carry the most events.
-    /// Segment: 2,500 events and 480 KB per `/v1/batch` (its own library's cap under the
-    /// 500 KB limit). A webhook: 500 events and 512 KB (under the common 1 MB body
-    /// limit of web servers). GA4 and Tealium split each batch by client (25) and
-    /// visitor (10) per request; their batch is what one translation sorts.
-    pub fn limits(&self) -> BatchLimits {
-        BatchLimits {
-            max_events: self.max_events,
-            max_bytes: self.max_bytes,
-        }
     }
 }
 

@@ -68,6 +68,16 @@ impl Default for BatchConfig {
     }
 }
 
+impl BatchConfig {
+    /// What translators must respect when they split a batch into vendor requests.
+    pub fn limits(&self) -> crate::dest::BatchLimits {
+        crate::dest::BatchLimits {
+            max_events: self.max_events,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
 mod defaults {
     pub fn batch_max_events() -> usize {
         100

@@ -5,7 +5,9 @@
 
 use super::dead_letter::Reason;
 use super::{BatchConfig, BreakerConfig, ConcurrencySetting, RateLimitConfig, RetryConfig};
-use crate::dest::{DestinationKind, NameOverride};
+use crate::dest::{
+    BuildError, ConfigProblem, DestinationKind, EventNames, NameOverride, Translate,
+};
 use crate::event::{Event, EventType};
 use crate::privacy::{ConsentCategory, IpPolicy, PrivacyConfig};
 use crate::spool::{Cursor, Lease};
@@ -166,6 +168,106 @@ pub struct DestinationConfig {
     pub common: DestinationCommon,
 }
 
+impl DestinationConfig {
+    /// The translator of an HTTP destination, with its common keys applied.
+    pub fn translator(&self) -> Result<Box<dyn Translate>, BuildError> {
+        self.kind.translator(
+            EventNames::new(self.common.events.clone()),
+            self.common.properties,
+            self.common.batch.limits(),
+        )
+    }
+}
+
+impl DestinationCommon {
+    /// What the types alone cannot check in the keys every destination takes; each
+    /// problem names its key, which the loader locates.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        if self.batch.max_events == 0 {
+            problems.push(("batch.max_events", "must be greater than 0".to_string()));
+        }
+        if self.batch.max_bytes < 1024 {
+            problems.push(("batch.max_bytes", "must be at least 1024".to_string()));
+        }
+        if self.queue.max_events == 0 {
+            problems.push(("queue.max_events", "must be greater than 0".to_string()));
+        }
+        if self.queue.max_bytes == 0 {
+            problems.push(("queue.max_bytes", "must be greater than 0".to_string()));
+        }
+        if self.timeout_ms == 0 {
+            problems.push(("timeout_ms", "must be greater than 0".to_string()));
+        }
+        if self.concurrency == ConcurrencySetting::Fixed(0) {
+            problems.push((
+                "concurrency",
+                "must be greater than 0, or \"adaptive\"".to_string(),
+            ));
+        }
+        if self.max_concurrency == Some(0) {
+            problems.push(("max_concurrency", "must be greater than 0".to_string()));
+        }
+        if let Some(limit) = &self.rate_limit {
+            if limit.requests_per_second == Some(0)
+                || limit.events_per_second == Some(0)
+                || limit.burst == Some(0)
+            {
+                problems.push((
+                    "rate_limit",
+                    "rates and burst must be greater than 0 (leave a key out for no limit)"
+                        .to_string(),
+                ));
+            }
+        }
+        if self.retry.max_attempts == 0 {
+            problems.push((
+                "retry.max_attempts",
+                "must be at least 1 (1 means no retry)".to_string(),
+            ));
+        }
+        if self.retry.initial_backoff_ms > self.retry.max_backoff_ms {
+            problems.push((
+                "retry.initial_backoff_ms",
+                "must not exceed retry.max_backoff_ms".to_string(),
+            ));
+        }
+        if self.breaker.failure_threshold == 0 || self.breaker.probe_interval_ms == 0 {
+            problems.push((
+                "breaker",
+                "failure_threshold and probe_interval_ms must be greater than 0".to_string(),
+            ));
+        }
+        for (event_type, _) in self.events.iter() {
+            if EventType::parse(event_type).is_none() && !event_type.starts_with("custom.") {
+                problems.push((
+                    "events",
+                    format!("{event_type:?} is not a player-event/1 type"),
+                ));
+            }
+        }
+        for (key, paths) in [
+            ("drop_fields", &self.drop_fields),
+            ("hash_fields", &self.hash_fields),
+        ] {
+            for path in paths {
+                if path.is_empty() || path.split('.').any(str::is_empty) {
+                    problems.push((key, format!("{path:?} is not a dotted field path")));
+                } else if crate::privacy::PROTECTED_FIELDS.contains(&path.as_str()) {
+                    problems.push((
+                        key,
+                        format!("{path:?} cannot be removed or rewritten: events need it"),
+                    ));
+                }
+            }
+        }
+        problems
+            .into_iter()
+            .map(|(key, message)| ConfigProblem::new(key, message))
+            .collect()
+    }
+}
+
 /// Keys every destination type takes, whatever its `type`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -188,11 +290,11 @@ pub struct DestinationCommon {
     #[serde(default)]
     pub concurrency: ConcurrencySetting,
     /// The most requests an adaptive limit may keep in flight; unset: the vendor's
-    /// default (see [`max_concurrency_default`]), filled in at load.
+    /// default (see [`crate::dest::vendors::VendorDefaults`]), filled in at load.
     #[serde(default)]
     pub max_concurrency: Option<usize>,
-    /// Unset: the vendor's documented default (see [`RateLimitConfig::vendor_default`]),
-    /// filled in at load.
+    /// Unset: the vendor's documented default (see
+    /// [`crate::dest::vendors::VendorDefaults`]), filled in at load.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]

@@ -5,10 +5,10 @@
 //! the relay does.
 
 use super::DestinationConfig;
-use crate::dest::file::encode_lines;
+use crate::dest::file::{encode_lines, FileConfig};
 use crate::dest::{
-    BatchLimits, BuildError, DestinationKind, EventNames, NameOverride, Note, Refusal, Secret,
-    Translate, VendorRequest,
+    BatchLimits, BuildError, EventNames, NameOverride, Note, Refusal, Secret, Translate,
+    VendorRequest,
 };
 use crate::event::{Event, EventType};
 use crate::privacy::Policy;
@@ -62,12 +62,13 @@ pub struct Plan {
 
 impl Planner {
     pub fn new(config: &DestinationConfig, hash_salt: Option<&Secret>) -> Result<Self, BuildError> {
-        let encoder = match &config.kind {
-            DestinationKind::File(_) => Encoder::File {
+        let kind = &config.kind;
+        let encoder = match kind.config::<FileConfig>() {
+            Some(_) => Encoder::File {
                 names: EventNames::new(config.common.events.clone()),
                 pass_properties: config.common.properties,
             },
-            kind => Encoder::Http(kind.translator(
+            None => Encoder::Http(kind.translator(
                 EventNames::new(config.common.events.clone()),
                 config.common.properties,
                 BatchLimits {

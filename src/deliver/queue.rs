@@ -7,7 +7,7 @@
 
 use super::dead_letter::{Cause, Reason};
 use super::Stack;
-use crate::config::WhenFull;
+use super::WhenFull;
 use crate::event::Event;
 use crate::spool::cursor::ReadAhead;
 use crate::spool::jetstream::Pulled;

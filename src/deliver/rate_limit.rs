@@ -68,6 +68,17 @@ pub struct RateLimitConfig {
     pub burst: Option<u32>,
 }
 
+impl From<crate::dest::vendors::VendorRate> for RateLimitConfig {
+    /// A vendor's documented rate, with the default burst.
+    fn from(rate: crate::dest::vendors::VendorRate) -> Self {
+        RateLimitConfig {
+            requests_per_second: rate.requests_per_second,
+            events_per_second: rate.events_per_second,
+            burst: None,
+        }
+    }
+}
+
 #[cfg(test)]
 // governor keeps its own real clock (paused tokio time does not reach it), so this test
 // measures real time.

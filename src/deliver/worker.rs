@@ -14,7 +14,7 @@ use super::queue::{self, Settle};
 use super::rate_limit::RateLimits;
 use super::DestinationConfig;
 use super::{ConcurrencySetting, HttpClient, WhenFull};
-use crate::dest::DestinationKind;
+use crate::dest::file::FileConfig;
 use crate::event::{Event, EventType};
 use crate::spool::{Cursor, Lease, Recovered};
 use crate::telemetry::{DestinationMetrics, Metrics};
@@ -103,10 +103,10 @@ fn start_planned(
     planner: Planner,
     env: Environment,
 ) -> (Arc<Destination>, Worker) {
-    let file = match &config.kind {
-        DestinationKind::File(file) => Some(append::AppendFile::new(file.path.clone())),
-        _ => None,
-    };
+    let file = config
+        .kind
+        .config::<FileConfig>()
+        .map(|file| append::AppendFile::new(file.path.clone()));
     let dry_run = config.common.dry_run.then(|| {
         tracing::info!(destination = %config.name, file = %env.dry_run_path.display(), "dry run: requests are written to a file, not sent");
         append::AppendFile::new(env.dry_run_path.clone())
@@ -486,7 +486,7 @@ to = ["vendor"]
         );
         let config = config::load_str(&toml, Path::new("t.toml"), &|_| None).expect("config");
         let destination = &config.destinations["vendor"];
-        let translator = config::build_translator(destination).expect("translator");
+        let translator = destination.translator().expect("translator");
         let planner = Planner::with_translator("vendor", Box::new(Unbuildable(translator)));
         let metrics = Arc::new(Metrics::new());
         let (_abandon, abandon) = watch::channel(false);

@@ -1,8 +1,9 @@
 //! `type = "file"`: events appended as NDJSON to a local file, exactly as a webhook
 //! would carry them. Useful as a local sink, an audit trail, or a demo with no account.
 
+use super::vendors::{self, ConfigProblem, Vendor, VendorConfig, VendorDefaults};
 use super::webhook::encode_passthrough;
-use super::{EventNames, Refusal};
+use super::{BatchLimits, BuildError, EventNames, Refusal, Translate};
 use crate::event::Event;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -13,6 +14,41 @@ use std::path::PathBuf;
 pub struct FileConfig {
     /// Relative paths are taken from the directory the relay runs in.
     pub path: PathBuf,
+}
+
+/// Appends are local and in order: one writer, batches of 1,000 events or 1 MB.
+pub static VENDOR: Vendor = Vendor {
+    type_name: "file",
+    defaults: VendorDefaults {
+        batch: BatchLimits {
+            max_events: 1000,
+            max_bytes: 1 << 20,
+        },
+        max_concurrency: 1,
+        rate_limit: None,
+    },
+    parse: vendors::parse::<FileConfig>,
+    example: r#"path = "playrelay-out/events.ndjson""#,
+};
+
+impl VendorConfig for FileConfig {
+    /// Delivery writes a file itself ([`encode_lines`]): there is no request to build.
+    fn translator(
+        &self,
+        _names: EventNames,
+        _properties: bool,
+        _limits: BatchLimits,
+    ) -> Result<Box<dyn Translate>, BuildError> {
+        Err(BuildError::NotHttp(VENDOR.type_name))
+    }
+
+    fn validate(&self) -> Vec<ConfigProblem> {
+        if self.path.as_os_str().is_empty() {
+            vec![ConfigProblem::new("path", "must not be empty")]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// NDJSON lines for a batch, and what was left out.

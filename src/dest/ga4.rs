@@ -12,9 +12,10 @@ use super::pack::{
     ad_type, endpoint_base, kbps, post, seconds, sendable, sound, Groups, Limits, Packed, Packer,
     Val,
 };
+use super::vendors::{self, Vendor, VendorConfig, VendorDefaults};
 use super::{
-    BatchLimits, EventNames, NameOverride, Note, Refusal, Translate, Translation, VendorRequest,
-    VendorResponse, Verdict,
+    BatchLimits, BuildError, EventNames, NameOverride, Note, Refusal, Translate, Translation,
+    VendorRequest, VendorResponse, Verdict,
 };
 use crate::event::{Event, EventType, PresentationMode};
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -142,6 +143,40 @@ pub enum Ga4Error {
         name: String,
         problem: &'static str,
     },
+}
+
+/// GA4 splits each batch by client (25 events of one client per request): the batch
+/// is what one translation sorts. It states no rate but each request carries few
+/// events, so it needs many in flight.
+pub static VENDOR: Vendor = Vendor {
+    type_name: "ga4",
+    defaults: VendorDefaults {
+        batch: BatchLimits {
+            max_events: 500,
+            max_bytes: 512 * 1024,
+        },
+        max_concurrency: 256,
+        rate_limit: None,
+    },
+    parse: vendors::parse::<Ga4Config>,
+    example: "measurement_id = \"G-XXXXXXXXXX\"\napi_secret = \"ga4-api-secret\"",
+};
+
+impl VendorConfig for Ga4Config {
+    fn translator(
+        &self,
+        names: EventNames,
+        properties: bool,
+        limits: BatchLimits,
+    ) -> Result<Box<dyn Translate>, BuildError> {
+        Ga4Translator::new(self, names, properties, limits)
+            .map(|t| Box::new(t) as Box<dyn Translate>)
+            .map_err(BuildError::vendor)
+    }
+
+    fn secrets(&self) -> Vec<(&'static str, String)> {
+        vec![("api_secret", self.api_secret.clone())]
+    }
 }
 
 pub struct Ga4Translator {

@@ -15,7 +15,7 @@ pub mod webhook;
 
 pub use names::{EventNames, NameOverride};
 pub use secrets::{redact, redact_url, Secret, MIN_SECRET_CHARS};
-pub use vendors::DestinationKind;
+pub use vendors::{ConfigProblem, DestinationKind, Vendor, VendorConfig, VENDORS};
 
 use crate::event::Event;
 use bytes::Bytes;
@@ -193,18 +193,20 @@ pub fn default_classify(status: StatusCode) -> Verdict {
     }
 }
 
+/// Why a destination's translator could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The vendor's own error (`WebhookError`, `SegmentError`, …), which names the key.
     #[error(transparent)]
-    Webhook(#[from] webhook::WebhookError),
-    #[error(transparent)]
-    Segment(#[from] segment::SegmentError),
-    #[error(transparent)]
-    Ga4(#[from] ga4::Ga4Error),
-    #[error(transparent)]
-    Tealium(#[from] tealium::TealiumError),
+    Vendor(Box<dyn std::error::Error + Send + Sync>),
     #[error("type: a {0} destination does not send HTTP requests")]
     NotHttp(&'static str),
+}
+
+impl BuildError {
+    pub fn vendor(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BuildError::Vendor(Box::new(error))
+    }
 }
 
 /// A request as text: method and URL, headers, blank line, body; secrets as `***`,
@@ -299,7 +301,7 @@ to = ["segment", "ga4", "tealium", "webhook"]
         let raw: Box<serde_json::value::RawValue> = serde_json::from_str(custom).expect("json");
         events.push(Event::from_json(&raw, at).expect("valid"));
         for (name, destination) in &config.destinations {
-            let translator = config::build_translator(destination).expect("translator");
+            let translator = destination.translator().expect("translator");
             for event in &events {
                 let translation = translator.translate(&[event], event.timestamp);
                 let dropped = translation

@@ -8,9 +8,10 @@ use super::names::Unnamed;
 use super::pack::{
     ad_type, endpoint_base, kbps, post, seconds, sendable, sound, Limits, Packed, Packer, Val,
 };
+use super::vendors::{self, Vendor, VendorConfig, VendorDefaults, VendorRate};
 use super::{
-    BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
-    Verdict,
+    BatchLimits, BuildError, EventNames, Refusal, Translate, Translation, VendorRequest,
+    VendorResponse, Verdict,
 };
 use crate::event::{format_rfc3339, Event, EventType, PresentationMode, Rfc3339Millis};
 use base64::Engine as _;
@@ -99,6 +100,43 @@ pub enum SegmentError {
     Endpoint(String),
     #[error("consent_categories: ids must not be empty and must differ")]
     ConsentCategories,
+}
+
+/// Batches as large as one `/v1/batch` takes (2,500 events, 480 KB: its own library's
+/// cap under the 500 KB limit); 100 requests in flight of ~100 ms each is its
+/// documented ~1,000 requests/s per workspace, which is also its rate limit.
+pub static VENDOR: Vendor = Vendor {
+    type_name: "segment",
+    defaults: VendorDefaults {
+        batch: BatchLimits {
+            max_events: MAX_REQUEST_EVENTS,
+            max_bytes: MAX_REQUEST_BYTES,
+        },
+        max_concurrency: 100,
+        rate_limit: Some(VendorRate {
+            requests_per_second: Some(1000),
+            events_per_second: None,
+        }),
+    },
+    parse: vendors::parse::<SegmentConfig>,
+    example: "write_key = \"segment-write-key\"",
+};
+
+impl VendorConfig for SegmentConfig {
+    fn translator(
+        &self,
+        names: EventNames,
+        properties: bool,
+        limits: BatchLimits,
+    ) -> Result<Box<dyn Translate>, BuildError> {
+        SegmentTranslator::new(self, names, properties, limits)
+            .map(|t| Box::new(t) as Box<dyn Translate>)
+            .map_err(BuildError::vendor)
+    }
+
+    fn secrets(&self) -> Vec<(&'static str, String)> {
+        vec![("write_key", self.write_key.clone())]
+    }
 }
 
 pub struct SegmentTranslator {

@@ -11,9 +11,10 @@ use super::pack::{
     ad_type, endpoint_base, kbps, post, seconds, sendable, sound, Groups, Limits, Packed, Packer,
     Val,
 };
+use super::vendors::{self, Vendor, VendorConfig, VendorDefaults, VendorRate};
 use super::{
-    BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
-    Verdict,
+    BatchLimits, BuildError, EventNames, Refusal, Translate, Translation, VendorRequest,
+    VendorResponse, Verdict,
 };
 use crate::event::{AdInsertion, Event, EventType, PlaybackState, PresentationMode, Rfc3339Millis};
 use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
@@ -77,6 +78,39 @@ pub enum TealiumError {
     Datasource,
     #[error("environment: must not be empty when set")]
     Environment,
+}
+
+/// Tealium splits each batch by visitor (10 per request): the batch is what one
+/// translation sorts. Its 100 events/s per account is 10 requests of 10 a second,
+/// so 8 in flight is plenty.
+pub static VENDOR: Vendor = Vendor {
+    type_name: "tealium",
+    defaults: VendorDefaults {
+        batch: BatchLimits {
+            max_events: 100,
+            max_bytes: 512 * 1024,
+        },
+        max_concurrency: 8,
+        rate_limit: Some(VendorRate {
+            requests_per_second: None,
+            events_per_second: Some(100),
+        }),
+    },
+    parse: vendors::parse::<TealiumConfig>,
+    example: "account = \"acme\"\nprofile = \"main\"",
+};
+
+impl VendorConfig for TealiumConfig {
+    fn translator(
+        &self,
+        names: EventNames,
+        properties: bool,
+        limits: BatchLimits,
+    ) -> Result<Box<dyn Translate>, BuildError> {
+        TealiumTranslator::new(self, names, properties, limits)
+            .map(|t| Box::new(t) as Box<dyn Translate>)
+            .map_err(BuildError::vendor)
+    }
 }
 
 pub struct TealiumTranslator {

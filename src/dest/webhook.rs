@@ -4,9 +4,10 @@
 //! to a flat selection of fields.
 
 use super::secrets::{is_secret_name, url_secrets};
+use super::vendors::{self, ConfigProblem, Vendor, VendorConfig, VendorDefaults};
 use super::{
-    BatchLimits, EventNames, Refusal, Translate, Translation, VendorRequest, VendorResponse,
-    Verdict,
+    BatchLimits, BuildError, EventNames, Refusal, Translate, Translation, VendorRequest,
+    VendorResponse, Verdict,
 };
 use crate::event::{Event, Rfc3339Millis};
 use bytes::Bytes;
@@ -71,6 +72,82 @@ pub struct WebhookConfig {
     pub fields: Option<BTreeMap<String, String>>,
 }
 
+/// Batches of 500 events and 512 KB, under the common 1 MB body limit of web servers;
+/// the user's own server: 128 requests in flight, raise it with `max_concurrency`.
+pub static VENDOR: Vendor = Vendor {
+    type_name: "webhook",
+    defaults: VendorDefaults {
+        batch: BatchLimits {
+            max_events: 500,
+            max_bytes: 512 * 1024,
+        },
+        max_concurrency: 128,
+        rate_limit: None,
+    },
+    parse: vendors::parse::<WebhookConfig>,
+    example: r#"endpoint = "https://collect.example.com/events""#,
+};
+
+impl VendorConfig for WebhookConfig {
+    fn translator(
+        &self,
+        names: EventNames,
+        properties: bool,
+        limits: BatchLimits,
+    ) -> Result<Box<dyn Translate>, BuildError> {
+        WebhookTranslator::new(self, names, properties, limits)
+            .map(|t| Box::new(t) as Box<dyn Translate>)
+            .map_err(BuildError::vendor)
+    }
+
+    fn secrets(&self) -> Vec<(&'static str, String)> {
+        configured_secrets(self)
+    }
+
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        if let Err(message) = check_http_url(&self.endpoint) {
+            problems.push(ConfigProblem::new("endpoint", message));
+        }
+        // Each bad `fields` entry at its own line: found by its pointer's text.
+        for (key, pointer) in self.fields.iter().flatten() {
+            if let Some(problem) = field_problem(key, pointer) {
+                problems.push(ConfigProblem {
+                    key: format!("fields.{key}"),
+                    message: problem,
+                    near: Some(toml::Value::String(pointer.clone()).to_string()),
+                });
+            }
+        }
+        for (header, value) in &self.headers {
+            if HeaderName::from_bytes(header.as_bytes()).is_err() {
+                problems.push(ConfigProblem::new(
+                    "headers",
+                    format!("{header:?} is not a valid header name"),
+                ));
+            } else if HeaderValue::from_str(value).is_err() {
+                problems.push(ConfigProblem::new(
+                    "headers",
+                    format!("the value of {header} is not a valid header value"),
+                ));
+            }
+        }
+        problems
+    }
+}
+
+fn check_http_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(()),
+        _ => Err(format!(
+            "{url:?} must be an http:// or https:// URL with a host"
+        )),
+    }
+}
+
 /// The header with the request's batch id; the same events give the same id.
 pub const BATCH_ID_HEADER: &str = "x-playrelay-batch-id";
 /// The batch id again, under the name of the IETF idempotency-key draft.
@@ -94,7 +171,7 @@ pub struct WebhookTranslator {
     fields: Option<Vec<(String, String)>>,
 }
 
-/// Errors building a webhook from a config already checked by `config::validate`.
+/// Errors building a webhook from a config already checked by its `validate`.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     #[error("headers.{0}: not a valid header name")]
@@ -112,7 +189,7 @@ pub enum WebhookError {
 /// What is wrong with a `fields` entry (its output key and its JSON pointer), if
 /// anything: a pointer is `""` (the whole event) or `/`-separated tokens in which `~`
 /// is only `~0` or `~1` (RFC 6901).
-pub fn field_problem(key: &str, pointer: &str) -> Option<String> {
+fn field_problem(key: &str, pointer: &str) -> Option<String> {
     if key.is_empty() {
         return Some("the output key must not be empty".into());
     }

@@ -1,5 +1,6 @@
 //! Ingest's own settings: sources and their keys, inbound TLS, trusted proxies,
-//! per-client rate limits. `crate::config` reads them from routes.toml and checks them.
+//! per-client rate limits, and the checks only ingest knows how to make;
+//! `crate::config` reads them from routes.toml and places each error.
 
 use crate::dest::Secret;
 use serde::{Deserialize, Deserializer};
@@ -32,7 +33,37 @@ pub struct IngestRateLimit {
     pub burst: Option<u32>,
 }
 
+/// What is wrong with one of ingest's values; the loader adds file, line and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestConfigError {
+    #[error("an ingest key must be at least {MIN_KEY_CHARS} characters")]
+    ShortKey,
+    #[error("{0:?} is not an origin: write scheme://host[:port], no path (or \"*\")")]
+    Origin(String),
+    #[error("requests_per_second and burst must be greater than 0")]
+    ZeroRate,
+}
+
+/// The shortest ingest key taken, in bytes: a shorter one is too easy to guess.
+pub const MIN_KEY_CHARS: usize = 16;
+
+/// Whether `key` may be an ingest key.
+pub fn check_key(key: &str) -> Result<(), IngestConfigError> {
+    if key.len() < MIN_KEY_CHARS {
+        return Err(IngestConfigError::ShortKey);
+    }
+    Ok(())
+}
+
 impl IngestRateLimit {
+    /// A zero rate or burst would refuse everything: leave the limit out instead.
+    pub fn validate(&self) -> Result<(), IngestConfigError> {
+        if self.requests_per_second == 0 || self.burst == Some(0) {
+            return Err(IngestConfigError::ZeroRate);
+        }
+        Ok(())
+    }
+
     pub fn burst(&self) -> u32 {
         self.burst.unwrap_or(self.requests_per_second).max(1)
     }
@@ -119,9 +150,70 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, lower case, no path. `*`: any.
+pub fn normalize_origin(origin: &str) -> Result<String, IngestConfigError> {
+    if origin == "*" {
+        return Ok(origin.to_string());
+    }
+    let bad = || IngestConfigError::Origin(origin.to_string());
+    let uri: http::Uri = origin.parse().map_err(|_| bad())?;
+    let scheme = uri.scheme_str().ok_or_else(bad)?;
+    let authority = uri.authority().ok_or_else(bad)?;
+    if !matches!(scheme, "http" | "https")
+        || origin.ends_with('/')
+        || uri
+            .path_and_query()
+            .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+        || authority.as_str().contains('@')
+    {
+        return Err(bad());
+    }
+    Ok(format!(
+        "{scheme}://{}",
+        authority.as_str().to_ascii_lowercase()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_keys_and_rates_are_checked_where_ingest_uses_them() {
+        assert_eq!(
+            normalize_origin("HTTPS://Player.Example.com:8443").as_deref(),
+            Ok("https://player.example.com:8443")
+        );
+        assert_eq!(normalize_origin("*").as_deref(), Ok("*"));
+        for bad in [
+            "player.example.com",
+            "https://a.example/",
+            "https://a.example/x",
+            "ftp://a.example",
+            "https://u@a.example",
+        ] {
+            assert_eq!(
+                normalize_origin(bad),
+                Err(IngestConfigError::Origin(bad.to_string())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            check_key("0123456789abcde"),
+            Err(IngestConfigError::ShortKey)
+        );
+        assert_eq!(check_key("0123456789abcdef"), Ok(()));
+        let limit = |requests_per_second, burst| IngestRateLimit {
+            requests_per_second,
+            burst,
+        };
+        assert_eq!(limit(0, None).validate(), Err(IngestConfigError::ZeroRate));
+        assert_eq!(
+            limit(5, Some(0)).validate(),
+            Err(IngestConfigError::ZeroRate)
+        );
+        assert_eq!(limit(5, None).validate(), Ok(()));
+    }
 
     #[test]
     fn cidr_blocks_match_their_addresses_only() {

@@ -1,7 +1,7 @@
 //! Per-client rate limits, keyed by the client's address, and the client address
 //! itself: the peer, or what `X-Forwarded-For` says when the peer is a trusted proxy.
 
-use crate::config::{canonical, Cidr, IngestRateLimit};
+use super::config::{canonical, Cidr, IngestRateLimit};
 use axum::http::HeaderMap;
 use governor::DefaultKeyedRateLimiter;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};

@@ -13,7 +13,7 @@ pub mod limits;
 pub mod serve;
 pub mod tls;
 
-use crate::config::Config;
+use self::config::{Cidr, IngestRateLimit, SourceConfig};
 use crate::event::{parse_body, BodyError, BodyLimits, Event, Rejection};
 use crate::route::Decision;
 use crate::spool::{Routed, Spool, SpoolError};
@@ -27,6 +27,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use limits::Clients;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,15 +42,18 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn new(config: &Config) -> Edge {
+    /// From `[sources]` and the edge's own `[server]` keys.
+    pub fn new(
+        sources: &BTreeMap<String, SourceConfig>,
+        per_client_rate_limit: Option<IngestRateLimit>,
+        trusted_proxies: Vec<Cidr>,
+        max_in_flight_requests: usize,
+    ) -> Edge {
         Edge {
-            sources: Sources::new(&config.sources),
-            clients: Clients::new(
-                config.server.per_client_rate_limit,
-                config.server.trusted_proxies.clone(),
-            ),
-            in_flight: Arc::new(Semaphore::new(config.server.max_in_flight_requests)),
-            max_in_flight: config.server.max_in_flight_requests,
+            sources: Sources::new(sources),
+            clients: Clients::new(per_client_rate_limit, trusted_proxies),
+            in_flight: Arc::new(Semaphore::new(max_in_flight_requests)),
+            max_in_flight: max_in_flight_requests,
         }
     }
 

@@ -18,7 +18,7 @@ pub use jetstream::{JetStreamSpool, Lease};
 pub use cursor::Cursor;
 pub use store::Scanned;
 
-use crate::deliver::Destination;
+use crate::deliver::{Destination, WhenFull};
 use crate::event::Event;
 use crate::telemetry::{DestinationLabel, Metrics};
 use serde::Deserialize;
@@ -56,11 +56,11 @@ pub struct SpoolConfig {
     /// Auth, one of: a token; a user and password; a creds file (JWT + nkey seed); an
     /// nkey seed file.
     #[serde(default)]
-    pub token: Option<crate::config::Secret>,
+    pub token: Option<crate::dest::Secret>,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
-    pub password: Option<crate::config::Secret>,
+    pub password: Option<crate::dest::Secret>,
     #[serde(default)]
     pub creds_file: Option<PathBuf>,
     #[serde(default)]
@@ -158,6 +158,20 @@ impl Default for SpoolConfig {
             ack_wait_ms: jetstream::default_ack_wait_ms(),
             publish_timeout_ms: jetstream::default_publish_timeout_ms(),
             connect_timeout_ms: jetstream::default_connect_timeout_ms(),
+        }
+    }
+}
+
+impl Backend {
+    /// Why a destination's `queue.when_full` cannot work with this backend, if it cannot.
+    pub fn refuses(self, when_full: WhenFull) -> Option<&'static str> {
+        match self {
+            Backend::Disk => (when_full == WhenFull::DropNewest)
+                .then_some("drop_newest applies to the memory spool; with the disk spool the backlog sheds its oldest: use \"drop_oldest\", \"dead_letter\" or \"block\""),
+            Backend::Memory => matches!(when_full, WhenFull::DropOldest | WhenFull::Block)
+                .then_some("drop_oldest and block need the disk spool ([spool] backend = \"disk\"); the memory spool takes \"dead_letter\" or \"drop_newest\""),
+            // The stream's max_bytes bounds the backlog: past it ingest answers 503.
+            Backend::JetStream => None,
         }
     }
 }
@@ -619,4 +633,24 @@ fn recover(
         }
     }
     Ok((bytes, count, first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each backend sheds load its own way; `dead_letter` works with all of them.
+    #[test]
+    fn each_backend_refuses_the_when_full_it_cannot_honour() {
+        use WhenFull::{Block, DeadLetter, DropNewest, DropOldest};
+        let refused = |backend: Backend| -> Vec<WhenFull> {
+            [DeadLetter, DropNewest, DropOldest, Block]
+                .into_iter()
+                .filter(|w| backend.refuses(*w).is_some())
+                .collect()
+        };
+        assert_eq!(refused(Backend::Disk), [DropNewest]);
+        assert_eq!(refused(Backend::Memory), [DropOldest, Block]);
+        assert_eq!(refused(Backend::JetStream), []);
+    }
 }

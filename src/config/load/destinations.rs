@@ -1,6 +1,7 @@
 //! `[destinations.NAME]`: the common keys, each type's own, and what types alone cannot check.
 
 use super::*;
+use crate::dest::{vendors, BuildError};
 
 impl Loader<'_> {
     pub(super) fn read_destinations(
@@ -58,7 +59,7 @@ impl Loader<'_> {
                 own.insert(key, value);
             }
         }
-        // Batch sizes left unset take the vendor's (see `BatchConfig::vendor_default`).
+        // Batch sizes left unset take the vendor's (see `VendorDefaults`).
         let batch_set = |key: &str| {
             common.iter().any(|(k, v)| {
                 k.get_ref().as_ref() == "batch"
@@ -72,53 +73,49 @@ impl Loader<'_> {
             self.error_at(
                 span,
                 &format!("{field}.type"),
-                format!("missing `type` ({DESTINATION_TYPES})"),
+                format!("missing `type` ({})", vendors::type_names()),
             );
             return None;
         };
         let type_span = type_value.span();
         let own = Spanned::new(span, DeValue::Table(own));
-        let kind = match type_value.get_ref() {
-            DeValue::String(t) if t == "webhook" => {
-                self.read_kind(field, own, DestinationKind::Webhook)
-            }
-            DeValue::String(t) if t == "file" => self.read_kind(field, own, DestinationKind::File),
-            DeValue::String(t) if t == "segment" => {
-                self.read_kind(field, own, DestinationKind::Segment)
-            }
-            DeValue::String(t) if t == "ga4" => self.read_kind(field, own, DestinationKind::Ga4),
-            DeValue::String(t) if t == "tealium" => {
-                self.read_kind(field, own, DestinationKind::Tealium)
-            }
-            other => {
+        let vendor = match type_value.get_ref() {
+            DeValue::String(t) => vendors::vendor(t),
+            _ => None,
+        };
+        let kind = match vendor {
+            Some(vendor) => self
+                .read_with(field, own, vendor.parse)
+                .map(|config| DestinationKind::new(vendor, config)),
+            None => {
                 self.error_at(
                     type_span.clone(),
                     &format!("{field}.type"),
                     format!(
-                        "unknown destination type {}, expected {DESTINATION_TYPES}",
-                        show(other)
+                        "unknown destination type {}, expected {}",
+                        show(type_value.get_ref()),
+                        vendors::type_names()
                     ),
                 );
                 None
             }
         };
         let (kind, mut common) = (kind?, common?);
-        let vendor = BatchConfig::vendor_default(kind.type_name());
+        let defaults = kind.vendor().defaults;
         if !events_set {
-            common.batch.max_events = vendor.max_events;
+            common.batch.max_events = defaults.batch.max_events;
         }
         if !bytes_set {
-            common.batch.max_bytes = vendor.max_bytes;
+            common.batch.max_bytes = defaults.batch.max_bytes;
         }
         self.check_destination(field, &kind, &common, type_span.clone());
         // Left unset, the vendor's documented rate limit and concurrency cap apply:
         // filled in here, so delivery reads its settings and no vendor table.
-        let type_name = kind.type_name();
         if common.rate_limit.is_none() {
-            common.rate_limit = RateLimitConfig::vendor_default(type_name);
+            common.rate_limit = defaults.rate_limit.map(RateLimitConfig::from);
         }
         if common.max_concurrency.is_none() {
-            common.max_concurrency = Some(super::super::max_concurrency_default(type_name));
+            common.max_concurrency = Some(defaults.max_concurrency);
         }
         let destination = DestinationConfig {
             name: name.to_string(),
@@ -127,11 +124,11 @@ impl Loader<'_> {
         };
         // The translators check their own keys; building one here reports those
         // problems now instead of at start-up.
-        let is_http = !matches!(destination.kind, DestinationKind::File(_));
-        if let Err(error) = super::super::build_translator(&destination)
-            .map(|_| ())
-            .or_else(|e| if is_http { Err(e) } else { Ok(()) })
-        {
+        // A file has no translator to build; nothing else answers `NotHttp`.
+        if let Err(error) = destination.translator().map(|_| ()).or_else(|e| match e {
+            BuildError::NotHttp(_) => Ok(()),
+            e => Err(e),
+        }) {
             let text = error.to_string();
             let (key, message) = text.split_once(": ").unwrap_or(("", text.as_str()));
             // Already reported at its own line by `check_destination`.
@@ -153,143 +150,19 @@ impl Loader<'_> {
         common: &DestinationCommon,
         at: Range<usize>,
     ) {
-        let mut problems = Vec::new();
-        if common.batch.max_events == 0 {
-            problems.push(("batch.max_events", "must be greater than 0".to_string()));
-        }
-        if common.batch.max_bytes < 1024 {
-            problems.push(("batch.max_bytes", "must be at least 1024".to_string()));
-        }
-        if common.queue.max_events == 0 {
-            problems.push(("queue.max_events", "must be greater than 0".to_string()));
-        }
-        if common.queue.max_bytes == 0 {
-            problems.push(("queue.max_bytes", "must be greater than 0".to_string()));
-        }
-        if common.timeout_ms == 0 {
-            problems.push(("timeout_ms", "must be greater than 0".to_string()));
-        }
-        if common.concurrency == ConcurrencySetting::Fixed(0) {
-            problems.push((
-                "concurrency",
-                "must be greater than 0, or \"adaptive\"".to_string(),
-            ));
-        }
-        if common.max_concurrency == Some(0) {
-            problems.push(("max_concurrency", "must be greater than 0".to_string()));
-        }
-        if let Some(limit) = &common.rate_limit {
-            if limit.requests_per_second == Some(0)
-                || limit.events_per_second == Some(0)
-                || limit.burst == Some(0)
-            {
-                problems.push((
-                    "rate_limit",
-                    "rates and burst must be greater than 0 (leave a key out for no limit)"
-                        .to_string(),
-                ));
-            }
-        }
-        if common.retry.max_attempts == 0 {
-            problems.push((
-                "retry.max_attempts",
-                "must be at least 1 (1 means no retry)".to_string(),
-            ));
-        }
-        if common.retry.initial_backoff_ms > common.retry.max_backoff_ms {
-            problems.push((
-                "retry.initial_backoff_ms",
-                "must not exceed retry.max_backoff_ms".to_string(),
-            ));
-        }
-        if common.breaker.failure_threshold == 0 || common.breaker.probe_interval_ms == 0 {
-            problems.push((
-                "breaker",
-                "failure_threshold and probe_interval_ms must be greater than 0".to_string(),
-            ));
-        }
-        for (event_type, _) in common.events.iter() {
-            if crate::event::EventType::parse(event_type).is_none()
-                && !event_type.starts_with("custom.")
-            {
-                problems.push((
-                    "events",
-                    format!("{event_type:?} is not a player-event/1 type"),
-                ));
-            }
-        }
-        if let DestinationKind::Webhook(webhook) = kind {
-            if let Err(message) = check_http_url(&webhook.endpoint) {
-                problems.push(("endpoint", message));
-            }
-            // Each bad `fields` entry at its own line: found by its pointer's text.
-            for (key, pointer) in webhook.fields.iter().flatten() {
-                if let Some(problem) = crate::dest::webhook::field_problem(key, pointer) {
-                    let quoted = toml::Value::String(pointer.clone()).to_string();
-                    let span = self
-                        .find_after_header(field, &quoted)
-                        .or_else(|| self.find_key_span(field, "fields"))
-                        .unwrap_or_else(|| at.clone());
-                    self.error_at(span, &format!("{field}.fields.{key}"), problem);
+        // The common keys' checks, then the type's own, each at its key (or the text
+        // it names).
+        for problem in common.validate().into_iter().chain(kind.validate()) {
+            let span = match &problem.near {
+                Some(text) => {
+                    let first = problem.key.split('.').next().unwrap_or(&problem.key);
+                    self.find_after_header(field, text)
+                        .or_else(|| self.find_key_span(field, first))
                 }
-            }
-            for (header, value) in &webhook.headers {
-                if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                    problems.push(("headers", format!("{header:?} is not a valid header name")));
-                } else if http::HeaderValue::from_str(value).is_err() {
-                    problems.push((
-                        "headers",
-                        format!("the value of {header} is not a valid header value"),
-                    ));
-                }
-            }
+                None => self.find_key_span(field, &problem.key),
+            };
+            let span = span.unwrap_or_else(|| at.clone());
+            self.error_at(span, &join(field, &problem.key), problem.message);
         }
-        for (key, secret) in kind.secrets() {
-            if !secret.is_empty() && secret.chars().count() < crate::dest::MIN_SECRET_CHARS {
-                problems.push((
-                    key,
-                    format!(
-                        "a secret here must be at least {} characters: a shorter one is not a real credential and cannot be told apart from ordinary text",
-                        crate::dest::MIN_SECRET_CHARS
-                    ),
-                ));
-            }
-        }
-        if let DestinationKind::File(file) = kind {
-            if file.path.as_os_str().is_empty() {
-                problems.push(("path", "must not be empty".to_string()));
-            }
-        }
-        for (key, paths) in [
-            ("drop_fields", &common.drop_fields),
-            ("hash_fields", &common.hash_fields),
-        ] {
-            for path in paths {
-                if path.is_empty() || path.split('.').any(str::is_empty) {
-                    problems.push((key, format!("{path:?} is not a dotted field path")));
-                } else if PROTECTED_FIELDS.contains(&path.as_str()) {
-                    problems.push((
-                        key,
-                        format!("{path:?} cannot be removed or rewritten: events need it"),
-                    ));
-                }
-            }
-        }
-        for (key, message) in problems {
-            let span = self.find_key_span(field, key).unwrap_or_else(|| at.clone());
-            self.error_at(span, &format!("{field}.{key}"), message);
-        }
-    }
-}
-
-fn check_http_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") if uri.host().is_some() => Ok(()),
-        _ => Err(format!(
-            "{url:?} must be an http:// or https:// URL with a host"
-        )),
     }
 }

@@ -1,6 +1,7 @@
 //! `[[routes]]`: names, globs, sources, sampling and targets.
 
 use super::*;
+use crate::route::RouteConfigError;
 
 impl Loader<'_> {
     pub(super) fn read_routes(
@@ -28,17 +29,13 @@ impl Loader<'_> {
                     format!("route name {name:?} is used twice"),
                 );
             }
-            let mut types = Vec::new();
-            for (j, pattern) in raw.r#match.get_ref().types.iter().enumerate() {
-                match compile_glob(pattern.get_ref()) {
-                    Ok(_) => types.push(pattern.get_ref().clone()),
-                    Err(e) => self.error_at(
-                        pattern.span(),
-                        &format!("{field}.match.types[{j}]"),
-                        format!("bad glob {:?}: {e}", pattern.get_ref()),
-                    ),
-                }
-            }
+            let mut types: Vec<String> = raw
+                .r#match
+                .get_ref()
+                .types
+                .iter()
+                .map(|pattern| pattern.get_ref().clone())
+                .collect();
             let mut route_sources = Vec::new();
             for (j, source) in raw.r#match.get_ref().sources.iter().enumerate() {
                 if sources.contains(source.get_ref()) {
@@ -91,23 +88,28 @@ impl Loader<'_> {
                     to.push(target.get_ref().clone());
                 }
             }
-            if let Some(sample) = &raw.sample {
-                let v = *sample.get_ref();
-                if !(0.0..=1.0).contains(&v) || v.is_nan() {
-                    self.error_at(
-                        sample.span(),
-                        &format!("{field}.sample"),
-                        format!("{v} is outside 0.0-1.0"),
-                    );
-                }
-            }
-            out.push(RouteConfig {
+            let route = RouteConfig {
                 name,
                 types,
                 to,
-                sample: raw.sample.map(|s| s.into_inner()),
+                sample: raw.sample.as_ref().map(|s| *s.get_ref()),
                 sources: route_sources,
-            });
+            };
+            // The route's own checks, each at the value at fault.
+            for problem in route.validate() {
+                let (span, key) = match &problem {
+                    RouteConfigError::Glob { index, .. } => (
+                        raw.r#match.get_ref().types.get(*index).map(Spanned::span),
+                        format!("match.types[{index}]"),
+                    ),
+                    RouteConfigError::Sample(_) => {
+                        (raw.sample.as_ref().map(Spanned::span), "sample".into())
+                    }
+                };
+                let span = span.unwrap_or_else(|| raw.r#match.span());
+                self.error_at(span, &format!("{field}.{key}"), problem.to_string());
+            }
+            out.push(route);
         }
         out
     }

@@ -1,6 +1,7 @@
 //! `[server]`, `[qoe]` and `[sources]`: the edge's settings, keys and origins.
 
 use super::*;
+use crate::ingest::config::{check_key, normalize_origin};
 
 impl Loader<'_> {
     pub(super) fn check_qoe(&mut self, qoe: &QoeConfig, span: Range<usize>) {
@@ -73,11 +74,8 @@ impl Loader<'_> {
             problems.push(("max_header_bytes", "must be at least 8192".into()));
         }
         if let Some(limit) = &server.per_client_rate_limit {
-            if limit.requests_per_second == 0 || limit.burst == Some(0) {
-                problems.push((
-                    "per_client_rate_limit",
-                    "requests_per_second and burst must be greater than 0".into(),
-                ));
+            if let Err(error) = limit.validate() {
+                problems.push(("per_client_rate_limit", error.to_string()));
             }
         }
         if let Some(tls) = &server.tls {
@@ -132,12 +130,8 @@ impl Loader<'_> {
             };
             for (i, k) in raw.keys.iter().enumerate() {
                 let secret = k.get_ref().expose();
-                if secret.len() < 16 {
-                    self.error_at(
-                        k.span(),
-                        &format!("{field}.keys[{i}]"),
-                        "an ingest key must be at least 16 characters",
-                    );
+                if let Err(error) = check_key(secret) {
+                    self.error_at(k.span(), &format!("{field}.keys[{i}]"), error.to_string());
                 } else if let Some((other, _)) =
                     seen_keys.iter().find(|(_, seen)| seen.as_str() == secret)
                 {
@@ -166,20 +160,19 @@ impl Loader<'_> {
             for (i, origin) in raw.allowed_origins.iter().enumerate() {
                 match normalize_origin(origin.get_ref()) {
                     Ok(o) => origins.push(o),
-                    Err(message) => self.error_at(
+                    Err(error) => self.error_at(
                         origin.span(),
                         &format!("{field}.allowed_origins[{i}]"),
-                        message,
+                        error.to_string(),
                     ),
                 }
             }
             if let Some(limit) = &raw.rate_limit {
-                let l = limit.get_ref();
-                if l.requests_per_second == 0 || l.burst == Some(0) {
+                if let Err(error) = limit.get_ref().validate() {
                     self.error_at(
                         limit.span(),
                         &format!("{field}.rate_limit"),
-                        "requests_per_second and burst must be greater than 0",
+                        error.to_string(),
                     );
                 }
             }
@@ -200,34 +193,9 @@ impl Loader<'_> {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     #[serde(default)]
-    keys: Vec<Spanned<crate::config::Secret>>,
+    keys: Vec<Spanned<crate::dest::Secret>>,
     #[serde(default)]
     allowed_origins: Vec<Spanned<String>>,
     #[serde(default)]
-    rate_limit: Option<Spanned<crate::config::IngestRateLimit>>,
-}
-
-/// An origin as browsers send it: `scheme://host[:port]`, lower case, no path. `*`: any.
-fn normalize_origin(origin: &str) -> Result<String, String> {
-    if origin == "*" {
-        return Ok(origin.to_string());
-    }
-    let bad =
-        || format!("{origin:?} is not an origin: write scheme://host[:port], no path (or \"*\")");
-    let uri: http::Uri = origin.parse().map_err(|_| bad())?;
-    let scheme = uri.scheme_str().ok_or_else(bad)?;
-    let authority = uri.authority().ok_or_else(bad)?;
-    if !matches!(scheme, "http" | "https")
-        || origin.ends_with('/')
-        || uri
-            .path_and_query()
-            .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
-        || authority.as_str().contains('@')
-    {
-        return Err(bad());
-    }
-    Ok(format!(
-        "{scheme}://{}",
-        authority.as_str().to_ascii_lowercase()
-    ))
+    rate_limit: Option<Spanned<crate::ingest::config::IngestRateLimit>>,
 }

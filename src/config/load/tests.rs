@@ -1,6 +1,8 @@
 //! The loader's tests: good files, and every mistake located.
 
 use super::*;
+use crate::dest::file::FileConfig;
+use crate::dest::webhook::WebhookConfig;
 
 fn load(text: &str) -> Result<Config, ConfigErrors> {
     let env = |name: &str| (name == "TOKEN").then(|| "t0k-12345678".to_string());
@@ -35,7 +37,7 @@ fn good_file_loads_with_defaults_and_env() {
     assert_eq!(config.server.max_body_bytes, 1 << 20);
     assert_eq!(config.server.max_events_per_request, 1000);
     let warehouse = &config.destinations["warehouse"];
-    let DestinationKind::Webhook(webhook) = &warehouse.kind else {
+    let Some(webhook) = warehouse.kind.config::<WebhookConfig>() else {
         panic!("webhook expected");
     };
     assert_eq!(webhook.headers["Authorization"], "Bearer t0k-12345678");
@@ -52,7 +54,7 @@ fn env_values_cannot_inject_structure() {
     let text = text.replace("Bearer ${TOKEN}", "Bearer fixed-token");
     let config = load_str(&text, Path::new("r.toml"), &env).expect("valid");
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
-    let DestinationKind::File(file) = &config.destinations["local"].kind else {
+    let Some(file) = config.destinations["local"].kind.config::<FileConfig>() else {
         panic!("file expected");
     };
     assert!(file.path.to_string_lossy().starts_with("x\"\n[server]"));
@@ -85,7 +87,7 @@ fn errors_in_several_sections_are_all_reported_in_line_order() {
 
 #[test]
 fn concurrency_is_adaptive_by_default_and_batches_are_vendor_sized() {
-    use crate::config::ConcurrencySetting;
+    use crate::deliver::ConcurrencySetting;
     let config = load(GOOD).expect("valid");
     let warehouse = &config.destinations["warehouse"].common;
     assert_eq!(warehouse.concurrency, ConcurrencySetting::Adaptive);
