@@ -350,19 +350,17 @@ fn key_token(key: &[u8]) -> Option<usize> {
 /// other text is kept as it is behind a 0 byte.
 pub fn pack(text: &str, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
-    if bytes.iter().any(|b| *b < 0x20) {
+    // Without an early exit, so that it runs on whole vectors of bytes.
+    if bytes.iter().fold(false, |control, b| control | (*b < 0x20)) {
         out.push(0);
         out.extend_from_slice(bytes);
         return;
     }
     out.reserve(bytes.len());
     let (mut at, mut literal) = (0, 0);
-    while at < bytes.len() {
-        if bytes[at] != b'"' {
-            at += 1;
-            continue;
-        }
-        let quote = at;
+    // Only quotes matter: memchr finds them a word at a time.
+    while let Some(found) = memchr::memchr(b'"', &bytes[at..]) {
+        let quote = at + found;
         let rest = &bytes[quote..];
         let value = match rest.get(1) {
             Some(b'h') => Some(HTTPS),
@@ -377,13 +375,9 @@ pub fn pack(text: &str, out: &mut Vec<u8>) {
             literal = at;
             continue;
         }
-        let mut end = quote + 1;
-        while end < bytes.len() && bytes[end] != b'"' {
-            end += 1;
-        }
-        if end >= bytes.len() {
+        let Some(end) = memchr::memchr(b'"', &bytes[quote + 1..]).map(|e| quote + 1 + e) else {
             break;
-        }
+        };
         let key = (bytes.get(end + 1) == Some(&b':'))
             .then(|| key_token(&bytes[quote + 1..end]))
             .flatten();

@@ -313,9 +313,45 @@ impl FactList for Vec<Fact> {
 /// What [`insert`] looks for before adding `fact` to `items`, whose `(id, sequence,
 /// run)` `key` reads: `None` when the session has the event already (its id, or its
 /// sequence within a folded run), else the fact of the event right before it by
-/// sequence, if any. One pass over any layout of facts.
+/// sequence, if any (the last such in arrival order).
+///
+/// Every event pays for this over all of its session's facts, so the pass over them
+/// all has one test per check and no early exit but a copy; the fact right before,
+/// which is the last one when events come in order, is looked for from the end.
 #[inline]
 pub fn scan<T>(
+    items: &[T],
+    key: impl Fn(&T) -> (u64, u32, u16),
+    fact: &Fact,
+) -> Option<Option<usize>> {
+    if fact.sequence == NO_SEQUENCE {
+        return (!items.iter().any(|item| key(item).0 == fact.id)).then_some(None);
+    }
+    // `sequence < fact.sequence <= sequence + run` (the sequence of an event folded
+    // into that fact) as one unsigned compare: the difference wraps to a huge number
+    // when `sequence >= fact.sequence`, and a fact without a sequence (`u32::MAX`)
+    // never holds it. In u64, where nothing wraps back into range; `sequence + run`
+    // past `u32::MAX` is the same test as the saturated end, as `fact.sequence` is
+    // below it.
+    let wanted = u64::from(fact.sequence);
+    let copy = |(id, sequence, run): (u64, u32, u16)| {
+        id == fact.id || wanted.wrapping_sub(u64::from(sequence) + 1) < u64::from(run)
+    };
+    if items.iter().any(|item| copy(key(item))) {
+        return None;
+    }
+    let before = items.iter().rposition(|item| {
+        let (_, sequence, run) = key(item);
+        sequence != NO_SEQUENCE
+            && sequence.saturating_add(u32::from(run)).checked_add(1) == Some(fact.sequence)
+    });
+    Some(before)
+}
+
+/// [`scan`] as it was written first, one pass with every check in turn: what the fast
+/// form is tested against.
+#[cfg(test)]
+pub(crate) fn scan_reference<T>(
     items: &[T],
     key: impl Fn(&T) -> (u64, u32, u16),
     fact: &Fact,
@@ -626,6 +662,42 @@ mod tests {
         let m = compute(&facts, SessionEnd::IdleTimeout);
         assert_eq!(m.events, 12);
         assert_eq!(m.watched_ms, 110_000);
+    }
+
+    #[test]
+    fn the_fast_scan_finds_what_the_first_one_did() {
+        // Small ids and sequences so that copies, folded runs and ties are common, and
+        // the extremes where an end saturates or a fact has no sequence.
+        let sequences = [0, 1, 2, 3, 5, 8, u32::MAX - 2, u32::MAX - 1, NO_SEQUENCE];
+        let runs = [0, 0, 1, 2, 3, u16::MAX];
+        let mut rng = fastrand::Rng::with_seed(14);
+        let random_fact = |rng: &mut fastrand::Rng| Fact {
+            id: rng.u64(0..12),
+            sequence: if rng.u8(..) < 200 {
+                rng.u32(0..12)
+            } else {
+                sequences[rng.usize(..sequences.len())]
+            },
+            run: runs[rng.usize(..runs.len())],
+            ..fact(0, 0, Kind::Other, 0, 0)
+        };
+        let (mut duplicates, mut befores) = (0, 0);
+        for _ in 0..20_000 {
+            let items: Vec<Fact> = (0..rng.usize(0..14))
+                .map(|_| random_fact(&mut rng))
+                .collect();
+            let wanted = random_fact(&mut rng);
+            let key = |f: &Fact| (f.id, f.sequence, f.run);
+            let expected = scan_reference(&items, key, &wanted);
+            assert_eq!(scan(&items, key, &wanted), expected, "{items:?} {wanted:?}");
+            duplicates += usize::from(expected.is_none());
+            befores += usize::from(matches!(expected, Some(Some(_))));
+        }
+        // Both answers came up often enough for the comparison to mean something.
+        assert!(
+            duplicates > 2_000 && befores > 500,
+            "{duplicates} {befores}"
+        );
     }
 
     #[test]

@@ -397,39 +397,42 @@ impl Qoe {
         if !self.enabled() {
             return;
         }
-        let mut facts = Vec::with_capacity(events.len());
-        facts.extend(
-            events
-                .iter()
-                .filter(|e| e.event_type() != summary::SUMMARY_TYPE)
-                .map(|e| (e, Fact::of(e))),
-        );
-        if facts.is_empty() {
+        let observed = |e: &&Event| e.event_type() != summary::SUMMARY_TYPE;
+        // One event (a beacon's request) needs no list: its fact stays on the stack.
+        if let [event] = events {
+            if observed(&event) {
+                self.observe_facts([(event, Fact::of(event))]);
+            }
             return;
         }
+        let mut facts = Vec::with_capacity(events.len());
+        facts.extend(events.iter().filter(observed).map(|e| (e, Fact::of(e))));
+        if !facts.is_empty() {
+            self.observe_facts(facts);
+        }
+    }
+
+    /// [`Qoe::observe_all`] of events and their facts, under one lock.
+    fn observe_facts<'a>(&self, facts: impl IntoIterator<Item = (&'a Event, Fact)>) {
         let now = Instant::now();
         let mut state = self.state();
         if state.closed {
             return;
         }
-        let before = state.sessions.next_deadline();
-        let (mut duplicates, mut opened, mut closing) = (0u64, false, false);
+        state.sessions.take_sooner();
+        let (mut duplicates, mut opened) = (0u64, false);
         for (event, fact) in facts {
             match state.sessions.observe(event, fact, now) {
                 Observed::Duplicate => duplicates += 1,
                 Observed::Opened => opened = true,
-                Observed::Closing => closing = true,
-                Observed::Added => {}
+                Observed::Closing | Observed::Added => {}
             }
         }
-        // The emitter sleeps until the earliest deadline: wake it when that moved up.
-        let mut wake = state.sessions.has_evicted();
+        // The emitter sleeps until the earliest deadline: wake it when that moved up
+        // (or evicted sessions wait).
+        let wake = state.sessions.take_sooner() | state.sessions.has_evicted();
         if opened {
             self.metrics.open_sessions.set(state.sessions.len() as i64);
-        }
-        if opened || closing {
-            let after = state.sessions.next_deadline();
-            wake |= before.is_none_or(|b| after < Some(b));
         }
         drop(state);
         if duplicates > 0 {

@@ -102,32 +102,42 @@ struct Uuid([u8; 16]);
 
 impl Uuid {
     /// `None` for anything but a canonical UUID, so that [`Key::text`] gives the id back
-    /// exactly.
+    /// exactly. Every event pays for this, so it is a table look-up per digit and one
+    /// check at the end, not a branch per character.
     fn parse(id: &str) -> Option<Uuid> {
-        let text = id.as_bytes();
-        if text.len() != 36 {
+        let text: &[u8; 36] = id.as_bytes().try_into().ok()?;
+        if text[8] != b'-' || text[13] != b'-' || text[18] != b'-' || text[23] != b'-' {
             return None;
         }
+        // Where each byte's two hex digits start.
+        const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
         let mut out = [0u8; 16];
-        let mut nibble = 0;
-        for (i, c) in text.iter().enumerate() {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                if *c != b'-' {
-                    return None;
-                }
-                continue;
-            }
-            let value = match c {
-                b'0'..=b'9' => c - b'0',
-                b'a'..=b'f' => c - b'a' + 10,
-                _ => return None,
-            };
-            out[nibble / 2] |= value << if nibble % 2 == 0 { 4 } else { 0 };
-            nibble += 1;
+        let mut bad = 0u8;
+        for (byte, at) in out.iter_mut().zip(AT) {
+            let (high, low) = (
+                HEX_DIGIT[usize::from(text[at])],
+                HEX_DIGIT[usize::from(text[at + 1])],
+            );
+            bad |= high | low;
+            *byte = high << 4 | low;
         }
-        Some(Uuid(out))
+        (bad & NOT_HEX == 0).then_some(Uuid(out))
     }
 }
+
+/// [`HEX_DIGIT`] of a byte that is not a lowercase hex digit.
+const NOT_HEX: u8 = 0x80;
+
+/// The value of each lowercase hex digit, [`NOT_HEX`] for any other byte.
+const HEX_DIGIT: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// A key of a [`Table`]: the session id, as it can be given back.
 trait Key: std::hash::Hash + Eq + Ord + Clone {
@@ -254,6 +264,9 @@ pub struct Sessionizer {
     evicted: Vec<Closed>,
     /// Counts changes, so an unchanged sessionizer is not saved again.
     generation: u64,
+    /// An index entry came before every other since [`Sessionizer::take_sooner`]: the
+    /// next deadline moved up, and whoever sleeps until it must wake.
+    sooner: bool,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -308,6 +321,7 @@ impl Sessionizer {
             interner: Interner::default(),
             evicted: Vec::new(),
             generation: 0,
+            sooner: false,
         }
     }
 
@@ -365,6 +379,18 @@ impl Sessionizer {
         self.soonest().map(|(at, _)| self.instant(at))
     }
 
+    /// Before an index entry at `time` is made: whether it comes first.
+    fn note_entry(&mut self, time: u64) {
+        self.sooner |= self.soonest().is_none_or(|(first, _)| time < first);
+    }
+
+    /// Whether the next deadline moved up (an entry came before all the others) since
+    /// the last call: cheaper than comparing [`Sessionizer::next_deadline`] before and
+    /// after every request, which costs two index look-ups an event.
+    pub fn take_sooner(&mut self) -> bool {
+        std::mem::take(&mut self.sooner)
+    }
+
     /// Whether evicted sessions wait to be summarized.
     pub fn has_evicted(&self) -> bool {
         !self.evicted.is_empty()
@@ -387,6 +413,8 @@ impl Sessionizer {
             }
             self.generation += 1;
             if reindex {
+                let deadline = open.deadline;
+                self.note_entry(deadline);
                 match &uuid {
                     Some(uuid) => self.uuids.reindex(uuid),
                     None => {
@@ -422,6 +450,7 @@ impl Sessionizer {
             deadline,
             indexed: deadline,
         });
+        self.note_entry(deadline);
         match uuid {
             Some(uuid) => self.uuids.insert(uuid, open),
             None => self.texts.insert(Arc::from(session_id), open),

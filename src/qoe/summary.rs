@@ -4,7 +4,9 @@
 
 use super::compact::{self, SeededHash};
 use super::metrics::{Fact, Metrics};
-use crate::event::{Event, EventError, Rfc3339Millis, StreamType, SCHEMA_VERSION};
+use crate::event::{
+    Content, Context, Event, EventError, Rfc3339Millis, StreamType, SCHEMA_VERSION,
+};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -100,6 +102,11 @@ pub struct Interner {
     texts: std::collections::HashSet<Arc<[u8]>, SeededHash>,
     /// Sweep when there are more entries than this.
     sweep_at: usize,
+    /// The last few `content` and `context` values envelopes were made of, with their
+    /// shared texts: a session that opens with one of them takes its text without
+    /// serializing, packing and hashing it again (most of the cost of a new session).
+    contents: Recent<Content>,
+    contexts: Recent<Context>,
 }
 
 impl Default for Interner {
@@ -107,7 +114,48 @@ impl Default for Interner {
         Interner {
             texts: std::collections::HashSet::with_hasher(SeededHash::random()),
             sweep_at: 0,
+            contents: Recent::default(),
+            contexts: Recent::default(),
         }
+    }
+}
+
+/// Values seen last, with their texts; the oldest is replaced.
+#[derive(Debug)]
+struct Recent<T> {
+    entries: Vec<(T, Arc<[u8]>)>,
+    /// The entry replaced next once all are taken.
+    next: usize,
+}
+
+/// How many values [`Recent`] keeps: viewers of a few contents open sessions in
+/// turn, and a miss costs one compare per entry.
+const RECENT: usize = 4;
+
+impl<T> Default for Recent<T> {
+    fn default() -> Self {
+        Recent {
+            entries: Vec::new(),
+            next: 0,
+        }
+    }
+}
+
+impl<T: PartialEq + Clone> Recent<T> {
+    fn get(&self, value: &T) -> Option<Arc<[u8]>> {
+        self.entries
+            .iter()
+            .find(|(held, _)| held == value)
+            .map(|(_, text)| text.clone())
+    }
+
+    fn put(&mut self, value: &T, text: Arc<[u8]>) {
+        if self.entries.len() < RECENT {
+            self.entries.push((value.clone(), text));
+        } else if let Some(entry) = self.entries.get_mut(self.next) {
+            *entry = (value.clone(), text);
+        }
+        self.next = (self.next + 1) % RECENT;
     }
 }
 
@@ -123,6 +171,32 @@ impl Interner {
         let shared: Arc<[u8]> = Arc::from(text);
         self.texts.insert(shared.clone());
         shared
+    }
+
+    /// The shared packed text of a `content`.
+    fn content(&mut self, content: &Content) -> Arc<[u8]> {
+        // Equal values serialize to equal text, except in `custom`: its JSON numbers
+        // can be equal and written differently (`0.0`, `-0.0`), so it is left out.
+        let exact = content.custom.is_none();
+        if let Some(text) = exact.then(|| self.contents.get(content)).flatten() {
+            return text;
+        }
+        let text = self.intern(&packed_json(content));
+        if exact {
+            self.contents.put(content, text.clone());
+        }
+        text
+    }
+
+    /// The shared packed text of a `context` (strings and booleans only: equal values
+    /// are equal text).
+    fn context(&mut self, context: &Context) -> Arc<[u8]> {
+        if let Some(text) = self.contexts.get(context) {
+            return text;
+        }
+        let text = self.intern(&packed_json(context));
+        self.contexts.put(context, text.clone());
+        text
     }
 
     /// Drops the texts nothing else holds.
@@ -151,9 +225,31 @@ fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
 }
 
+/// A value's JSON text, packed.
+fn packed_json<T: Serialize>(value: &T) -> Vec<u8> {
+    let text = to_json(value);
+    let mut packed = Vec::with_capacity(text.len());
+    compact::pack(&text, &mut packed);
+    packed
+}
+
 /// `{"id":<id>` as serde_json writes it, the start of a `session` object.
 fn session_prefix(id: &str) -> String {
     format!("{{\"id\":{}", to_json(&id))
+}
+
+/// `session` less `{"id":<id>` as serde_json writes it, when it starts so (see
+/// [`Envelope::own`]). An id with nothing to escape is written as it is between
+/// quotes, which is compared in place; any other goes through serde_json.
+fn without_id<'a>(session: &'a str, id: &str) -> Option<&'a str> {
+    let plain = !id.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+    if !plain {
+        return session.strip_prefix(&session_prefix(id));
+    }
+    session
+        .strip_prefix("{\"id\":\"")?
+        .strip_prefix(id)?
+        .strip_prefix('"')
 }
 
 /// The order of the event an envelope is from (see [`Fact::order`]).
@@ -162,35 +258,34 @@ pub type Order = (u32, i64, u64);
 impl Envelope {
     /// The envelope of `event`, with its own copies of every part.
     pub fn of(event: &Event) -> Envelope {
-        Envelope::build(event, |text| Arc::from(text))
+        Envelope::build(event, None)
     }
 
     /// The envelope of `event`, sharing `content` and `context` through `interner`.
     pub fn interned(event: &Event, interner: &mut Interner) -> Envelope {
-        Envelope::build(event, |text| interner.intern(text))
+        Envelope::build(event, Some(interner))
     }
 
-    fn build(event: &Event, mut share: impl FnMut(&[u8]) -> Arc<[u8]>) -> Envelope {
+    fn build(event: &Event, mut interner: Option<&mut Interner>) -> Envelope {
         let body = &event.body;
         let session = to_json(&body.session);
-        let session = session
-            .strip_prefix(&session_prefix(&body.session.id))
-            .unwrap_or(&session);
+        let session = without_id(&session, &body.session.id).unwrap_or(&session);
         let user = to_json(&body.user);
         let mut own = Vec::with_capacity(session.len() + user.len());
         compact::pack(session, &mut own);
         let user_at = own.len();
         compact::pack(&user, &mut own);
-        let mut packed = Vec::with_capacity(256);
-        let mut shared = |text: Option<String>| {
-            text.map(|text| {
-                packed.clear();
-                compact::pack(&text, &mut packed);
-                share(&packed)
-            })
-        };
-        let content = shared(body.content.as_ref().map(to_json));
-        let context = shared(body.context.as_ref().map(to_json));
+        let content = body
+            .content
+            .as_ref()
+            .map(|content| match interner.as_deref_mut() {
+                Some(interner) => interner.content(content),
+                None => Arc::from(packed_json(content)),
+            });
+        let context = body.context.as_ref().map(|context| match interner {
+            Some(interner) => interner.context(context),
+            None => Arc::from(packed_json(context)),
+        });
         let stream_type = stream_type_label(body.content.as_ref().and_then(|c| c.stream_type));
         let platform = platform_label(
             body.context
@@ -425,4 +520,74 @@ pub fn build(
     };
     event.source = envelope.source.clone();
     Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(session_id: &str, content: &str, context: &str) -> Event {
+        let text = format!(
+            r#"{{"event_id":"00000000-0000-4000-8000-000000000001","type":"playback.started","timestamp":"2026-11-01T19:00:00.000Z","session":{{"id":{},"app_session_id":"app"}},"user":{{"anonymous_id":"a"}}{content}{context}}}"#,
+            to_json(&session_id)
+        );
+        let raw: Box<RawValue> = serde_json::from_str(&text).expect("json");
+        Event::from_json(&raw, OffsetDateTime::UNIX_EPOCH).expect("valid")
+    }
+
+    #[test]
+    fn shared_envelopes_are_the_envelopes_of_their_events() {
+        let contents = [
+            "",
+            r#","content":{"asset_id":"a","url":"https://cdn/a.m3u8","stream_type":"vod"}"#,
+            r#","content":{"asset_id":"b","url":"https://cdn/b.m3u8"}"#,
+            r#","content":{"asset_id":"a","keywords":["x","y"]}"#,
+            // Equal as values, written differently: never taken for one another.
+            r#","content":{"asset_id":"a","custom":{"n":0.0}}"#,
+            r#","content":{"asset_id":"a","custom":{"n":-0.0}}"#,
+        ];
+        let contexts = [
+            "",
+            r#","context":{"player":{"name":"p","platform":"web"},"locale":"fr-FR"}"#,
+            r#","context":{"player":{"name":"p","platform":"web"},"locale":"de-DE"}"#,
+            r#","context":{"player":{"name":"p","platform":"ios"},"consent":{"analytics":false}}"#,
+            r#","context":{"user_agent":"Mozilla/5.0 (X11)","consent":{"analytics":true}}"#,
+            r#","context":{"user_agent":"Mozilla/5.0 (X11) v2"}"#,
+        ];
+        let ids = [
+            "s-1",
+            "s\"2",
+            "s\\3",
+            "0b1e5d7c-0000-4000-8000-00000000000a",
+        ];
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut interner = Interner::default();
+        for _ in 0..400 {
+            let id = ids[rng.usize(..ids.len())];
+            let e = event(
+                id,
+                contents[rng.usize(..contents.len())],
+                contexts[rng.usize(..contexts.len())],
+            );
+            let shared = Envelope::interned(&e, &mut interner);
+            assert_eq!(shared, Envelope::of(&e));
+            let mut members = String::new();
+            shared.write_members(id, &mut members);
+            let value: serde_json::Value =
+                serde_json::from_str(&format!("{{{members}}}")).expect("members are JSON");
+            assert_eq!(value["session"], serde_json::json!(&e.body.session));
+            assert_eq!(value["content"], serde_json::json!(&e.body.content));
+            assert_eq!(
+                members.contains("-0.0"),
+                e.raw_json().contains("-0.0"),
+                "{members}"
+            );
+        }
+        // One shared copy of each text, however many envelopes were made.
+        assert!(
+            interner.len() <= contents.len() + contexts.len(),
+            "{}",
+            interner.len()
+        );
+    }
 }
