@@ -73,6 +73,24 @@ impl Default for QoeConfig {
     }
 }
 
+impl QoeConfig {
+    /// What the types alone cannot check: each key at fault and what is wrong with it.
+    /// The loader locates them in the file.
+    pub fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut problems = Vec::new();
+        if self.max_sessions == 0 {
+            problems.push(("max_sessions", "must be greater than 0"));
+        }
+        if self.idle_timeout_ms == 0 {
+            problems.push(("idle_timeout_ms", "must be greater than 0"));
+        }
+        if self.end_grace_ms > self.idle_timeout_ms {
+            problems.push(("end_grace_ms", "must be at most qoe.idle_timeout_ms"));
+        }
+        problems
+    }
+}
+
 /// Where a relay with this config saves its open sessions, if anywhere.
 pub fn checkpoint_path(qoe: &QoeConfig, spool: &crate::spool::SpoolConfig) -> Option<PathBuf> {
     if let Some(path) = &qoe.checkpoint_path {
@@ -760,4 +778,22 @@ pub fn summarize_events(
             summary_of(session, received_at).2.ok()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QoeConfig;
+
+    #[test]
+    fn the_config_names_each_key_it_refuses() {
+        assert!(QoeConfig::default().problems().is_empty());
+        let bad = QoeConfig {
+            max_sessions: 0,
+            idle_timeout_ms: 0,
+            end_grace_ms: 1,
+            ..QoeConfig::default()
+        };
+        let keys: Vec<&str> = bad.problems().iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys, ["max_sessions", "idle_timeout_ms", "end_grace_ms"]);
+    }
 }

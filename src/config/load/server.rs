@@ -5,17 +5,7 @@ use crate::ingest::config::{check_key, normalize_origin};
 
 impl Loader<'_> {
     pub(super) fn check_qoe(&mut self, qoe: &QoeConfig, span: Range<usize>) {
-        let mut problems: Vec<(&str, &str)> = Vec::new();
-        if qoe.max_sessions == 0 {
-            problems.push(("max_sessions", "must be greater than 0"));
-        }
-        if qoe.idle_timeout_ms == 0 {
-            problems.push(("idle_timeout_ms", "must be greater than 0"));
-        }
-        if qoe.end_grace_ms > qoe.idle_timeout_ms {
-            problems.push(("end_grace_ms", "must be at most qoe.idle_timeout_ms"));
-        }
-        for (key, message) in problems {
+        for (key, message) in qoe.problems() {
             // At the key when it is written in the section, else at the section.
             let at = self.text[span.start..]
                 .find(&format!("\n{key}"))
