@@ -85,6 +85,8 @@ impl Relay {
 /// destinations it points at, by index. Swapped whole on reload.
 pub struct Routing {
     pub server: ServerConfig,
+    /// What one ingest request may be (body size, read timeout, events, JSON depth).
+    pub requests: ingest::config::RequestLimits,
     /// Ingest keys, origins, per-client limits and the in-flight cap.
     pub edge: Arc<ingest::Edge>,
     pub table: RouteTable,

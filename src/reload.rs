@@ -8,6 +8,7 @@ use crate::config::{self, Config, ConfigErrors, ServerConfig};
 use crate::deliver::DestinationConfig;
 use crate::deliver::{self, Destination, HttpClient};
 use crate::event::format_rfc3339;
+use crate::ingest::config::RequestLimits;
 use crate::ingest::Edge;
 use crate::route::RouteTable;
 use crate::spool::{DiskSpool, JetStreamSpool, Spool};
@@ -133,11 +134,11 @@ impl Controller {
 
     /// Closes every queue and returns the workers to wait for.
     pub(crate) async fn close(&self) -> Vec<JoinHandle<()>> {
-        let server = self.relay.routing.load().server.clone();
-        let edge = self.relay.routing.load().edge.clone();
+        let current = self.relay.routing.load();
         self.relay.routing.store(Arc::new(Routing {
-            server,
-            edge,
+            server: current.server.clone(),
+            requests: current.requests,
+            edge: current.edge.clone(),
             table: RouteTable::empty(),
             destinations: Vec::new(),
             route_sampled_out: Vec::new(),
@@ -390,6 +391,17 @@ fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     changes
 }
 
+/// What one ingest request may be, as `[server]` says.
+fn request_limits(server: &ServerConfig) -> RequestLimits {
+    RequestLimits {
+        max_body_bytes: server.max_body_bytes,
+        max_decompressed_bytes: server.max_decompressed_bytes,
+        body_read_timeout_ms: server.body_read_timeout_ms,
+        max_events_per_request: server.max_events_per_request,
+        json: server.json,
+    }
+}
+
 /// The edge (keys, origins, client limits, in-flight cap) a config asks for.
 fn edge(config: &Config) -> Edge {
     Edge::new(
@@ -529,6 +541,7 @@ fn build_routing(
         .collect();
     Ok(Routing {
         server: config.server.clone(),
+        requests: request_limits(&config.server),
         edge,
         table,
         destinations,

@@ -1,6 +1,6 @@
 //! Reading an ingest body: content type, size cap, gzip with a cap on what it inflates to.
 
-use crate::config::ServerConfig;
+use super::config::RequestLimits;
 use crate::event::BodyFormat;
 use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
@@ -58,22 +58,22 @@ fn unsupported(what: &str) -> Refusal {
 pub async fn read(
     headers: &HeaderMap,
     body: axum::body::Body,
-    server: &ServerConfig,
+    limits: &RequestLimits,
 ) -> Result<Bytes, Refusal> {
     let too_large = || {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body is larger than {} bytes", server.max_body_bytes),
+            format!("body is larger than {} bytes", limits.max_body_bytes),
         )
     };
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > server.max_body_bytes as u64) {
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
         return Err(too_large());
     }
-    let bytes = match Limited::new(body, server.max_body_bytes).collect().await {
+    let bytes = match Limited::new(body, limits.max_body_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => {
@@ -88,7 +88,7 @@ pub async fn read(
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("identity") | Some("") => Ok(bytes),
-        Some("gzip") | Some("x-gzip") => gunzip(&bytes, server.max_decompressed_bytes),
+        Some("gzip") | Some("x-gzip") => gunzip(&bytes, limits.max_decompressed_bytes),
         Some(other) => Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Encoding {other:?} is not supported: use gzip or none"),

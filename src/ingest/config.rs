@@ -231,3 +231,14 @@ mod tests {
         assert!("ten".parse::<Cidr>().is_err());
     }
 }
+
+/// What one ingest request may be, from `[server]`: read from the routing snapshot on
+/// each request, so a reload applies to the next one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestLimits {
+    pub max_body_bytes: usize,
+    pub max_decompressed_bytes: usize,
+    pub body_read_timeout_ms: u64,
+    pub max_events_per_request: usize,
+    pub json: crate::event::JsonLimits,
+}

@@ -279,10 +279,11 @@ async fn ingest_inner(
             wait,
         ));
     }
-    let server = &routing.server;
+    let requests = &routing.requests;
     let format = body::format(headers)?;
-    let read_timeout = Duration::from_millis(server.body_read_timeout_ms);
-    let bytes = match tokio::time::timeout(read_timeout, body::read(headers, body, server)).await {
+    let read_timeout = Duration::from_millis(requests.body_read_timeout_ms);
+    let bytes = match tokio::time::timeout(read_timeout, body::read(headers, body, requests)).await
+    {
         Ok(read) => read?,
         Err(_) => {
             return Err(Refusal {
@@ -291,7 +292,7 @@ async fn ingest_inner(
                     StatusCode::REQUEST_TIMEOUT,
                     format!(
                         "the body did not arrive within server.body_read_timeout_ms ({} ms)",
-                        server.body_read_timeout_ms
+                        requests.body_read_timeout_ms
                     ),
                 )
                 .counted("body_timeout")
@@ -301,8 +302,8 @@ async fn ingest_inner(
     let format = format.unwrap_or_else(|| body::sniff(&bytes));
     let received_at = (relay.clock)();
     let limits = BodyLimits {
-        max_events: server.max_events_per_request,
-        json: server.json,
+        max_events: requests.max_events_per_request,
+        json: requests.json,
     };
     let mut parsed = parse_body(&bytes, format, limits, received_at).map_err(|e| match e {
         BodyError::TooManyEvents { .. } => {
