@@ -20,8 +20,12 @@ fn load(text: &str) -> playrelay::config::Config {
 }
 
 fn destination(name: &str, url: &str, max_events: usize) -> String {
+    destination_waiting(name, url, max_events, 2)
+}
+
+fn destination_waiting(name: &str, url: &str, max_events: usize, max_wait_ms: u64) -> String {
     format!(
-        "[destinations.{name}]\ntype = \"webhook\"\nendpoint = \"{url}\"\nbatch = {{ max_events = {max_events}, max_wait_ms = 2 }}\n"
+        "[destinations.{name}]\ntype = \"webhook\"\nendpoint = \"{url}\"\nbatch = {{ max_events = {max_events}, max_wait_ms = {max_wait_ms} }}\n"
     )
 }
 
@@ -213,8 +217,10 @@ async fn a_rebuilt_destination_takes_its_queued_events_along_and_a_kept_one_keep
     let version = |moving_url: &str, extra_route: &str| {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout_ms = 300\ndead_letter_dir = {dead:?}\n{}concurrency = 1\ntimeout_ms = 60000\n{}concurrency = 1\ntimeout_ms = 60000\n[[routes]]\nname = \"all\"\nmatch = {{ types = [\"*\"] }}\nto = [\"moving\", \"staying\"]\n{extra_route}",
-            destination("moving", moving_url, 10),
-            destination("staying", &other_hung.url("/"), 10),
+            // A batch waits for its 10 events: with a 2 ms wait, a busy box could send a
+            // smaller first batch and leave other than 90 queued.
+            destination_waiting("moving", moving_url, 10, 1_000),
+            destination_waiting("staying", &other_hung.url("/"), 10, 1_000),
             dead = dead.path().display().to_string(),
         )
     };
