@@ -169,9 +169,7 @@ impl VendorConfig for Ga4Config {
         properties: bool,
         limits: BatchLimits,
     ) -> Result<Box<dyn Translate>, BuildError> {
-        Ga4Translator::new(self, names, properties, limits)
-            .map(|t| Box::new(t) as Box<dyn Translate>)
-            .map_err(BuildError::vendor)
+        vendors::boxed(Ga4Translator::new(self, names, properties, limits))
     }
 
     fn secrets(&self) -> Vec<(&'static str, String)> {

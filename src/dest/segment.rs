@@ -129,9 +129,7 @@ impl VendorConfig for SegmentConfig {
         properties: bool,
         limits: BatchLimits,
     ) -> Result<Box<dyn Translate>, BuildError> {
-        SegmentTranslator::new(self, names, properties, limits)
-            .map(|t| Box::new(t) as Box<dyn Translate>)
-            .map_err(BuildError::vendor)
+        vendors::boxed(SegmentTranslator::new(self, names, properties, limits))
     }
 
     fn secrets(&self) -> Vec<(&'static str, String)> {

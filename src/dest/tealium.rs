@@ -107,9 +107,7 @@ impl VendorConfig for TealiumConfig {
         properties: bool,
         limits: BatchLimits,
     ) -> Result<Box<dyn Translate>, BuildError> {
-        TealiumTranslator::new(self, names, properties, limits)
-            .map(|t| Box::new(t) as Box<dyn Translate>)
-            .map_err(BuildError::vendor)
+        vendors::boxed(TealiumTranslator::new(self, names, properties, limits))
     }
 }
 

@@ -77,6 +77,18 @@ pub fn parse<T: VendorConfig + DeserializeOwned>(
     Ok(Arc::new(T::deserialize(de)?))
 }
 
+/// What [`VendorConfig::translator`] answers for a vendor's own constructor: the
+/// translator boxed, its error kept as the vendor's.
+pub fn boxed<T, E>(built: Result<T, E>) -> Result<Box<dyn Translate>, BuildError>
+where
+    T: Translate + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    built
+        .map(|t| Box::new(t) as Box<dyn Translate>)
+        .map_err(BuildError::vendor)
+}
+
 /// A destination type's own keys, once read.
 pub trait VendorConfig: Any + DynEq + fmt::Debug + Send + Sync {
     /// The translator of an HTTP destination; a local sink answers

@@ -95,9 +95,7 @@ impl VendorConfig for WebhookConfig {
         properties: bool,
         limits: BatchLimits,
     ) -> Result<Box<dyn Translate>, BuildError> {
-        WebhookTranslator::new(self, names, properties, limits)
-            .map(|t| Box::new(t) as Box<dyn Translate>)
-            .map_err(BuildError::vendor)
+        vendors::boxed(WebhookTranslator::new(self, names, properties, limits))
     }
 
     fn secrets(&self) -> Vec<(&'static str, String)> {
