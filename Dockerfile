@@ -1,7 +1,13 @@
 # Build: a full Rust toolchain; run: a slim Debian with only the binary and routes.toml.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
+# jemalloc (the relay's allocator) builds its C sources with make.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock ./
+# jemalloc's settings are build-time environment (.cargo/config.toml).
+COPY .cargo ./.cargo
 COPY src ./src
 # Declared bench targets must exist for cargo to read the manifest; they are not built.
 COPY benches ./benches

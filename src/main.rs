@@ -77,6 +77,12 @@ enum Command {
     Schema,
 }
 
+// Events are allocated on one thread and freed on another; glibc malloc spent a fifth
+// of the relay's CPU on that (docs/performance.md, "Allocator").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
