@@ -30,15 +30,6 @@ use tokio::task::{JoinHandle, JoinSet};
 /// dropped (counted): ingest never waits on a disk.
 const OVERFLOW_CAPACITY: usize = 1_000;
 
-/// The smallest in-memory window of a disk-spooled destination. A vendor of small
-/// batches (GA4 25, Tealium 10) with a pinned concurrency would otherwise get a window
-/// of a few hundred events, fill it in a scheduling hiccup, and then read every event
-/// back from disk and parse it again (docs/spool.md, "why paced 50k falls behind").
-const MIN_DISK_WINDOW: usize = 4_096;
-/// The smallest window pulled from JetStream; kept small so that the rest stays on the
-/// server for the other relays (docs/scale-out.md).
-const MIN_JETSTREAM_WINDOW: usize = 1_000;
-
 /// The controls of a running destination worker.
 pub struct Worker {
     pub handle: JoinHandle<()>,
@@ -193,16 +184,11 @@ fn start_planned(
     });
     let window = if cursor.is_some() || lease.is_some() {
         // The backlog lives on disk: memory holds what the next requests will take.
-        let floor = if cursor.is_some() {
-            MIN_DISK_WINDOW
-        } else {
-            MIN_JETSTREAM_WINDOW
-        };
         config
             .common
             .queue
             .max_events
-            .min((2 * config.common.batch.max_events * max_in_flight).max(floor))
+            .min((2 * config.common.batch.max_events * max_in_flight).max(256))
     } else {
         config.common.queue.max_events
     };
