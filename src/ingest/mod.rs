@@ -354,7 +354,11 @@ pub(crate) async fn accept(
     events: Vec<Event>,
 ) -> Result<(), Refusal> {
     let mut decision = Decision::default();
-    let mut spooled = Vec::new();
+    let mut spooled = Vec::with_capacity(if relay.spool.is_some() {
+        events.len()
+    } else {
+        0
+    });
     for event in events {
         routing.table.decide(&event, &mut decision);
         for route in &decision.sampled_out {
