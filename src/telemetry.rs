@@ -131,6 +131,7 @@ pub struct SpoolMetrics {
     /// JetStream: events handed to a relay and not yet acknowledged (fleet-wide).
     pub stream_ack_pending: Family<DestinationLabel, Gauge>,
     pub backlog_read: Family<DestinationLabel, Counter>,
+    pub backlog_recalled: Family<DestinationLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,6 +203,7 @@ impl Metrics {
                 stream_pending: Family::default(),
                 stream_ack_pending: Family::default(),
                 backlog_read: Family::default(),
+                backlog_recalled: Family::default(),
             },
             qoe: crate::qoe::QoeMetrics::default(),
             registry: Registry::default(),
@@ -443,6 +445,11 @@ impl Metrics {
             "destination_backlog_read",
             "Events a destination read back from the disk spool because it had fallen behind",
             spool.backlog_read.clone(),
+        );
+        registry.register(
+            "destination_backlog_recalled",
+            "Of the events read back, those still held in memory (by another destination or reader), so not parsed again",
+            spool.backlog_recalled.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -48,7 +48,11 @@ pub(crate) fn print_table(reports: &[Report], machine: &str) {
                 let _ = write!(check, "; backlog {}", d.backlog);
             }
             if d.read_back > 0 {
-                let _ = write!(check, "; read back from disk {}", d.read_back);
+                let _ = write!(
+                    check,
+                    "; read back from disk {} ({} of them still in memory)",
+                    d.read_back, d.recalled
+                );
             }
             if d.refused > 0 {
                 let _ = write!(check, "; 429s {}", d.refused);
@@ -125,6 +129,7 @@ pub(crate) fn report_json(reports: &[Report], machine: &str, options: Options) -
                 "refused_on_purpose_429": d.refused,
                 "backlog_at_end": d.backlog,
                 "read_back_from_disk": d.read_back,
+                "read_back_recalled": d.recalled,
                 "concurrency_series": d.concurrency.iter().map(|(t, l, r)| json!([t, l, r])).collect::<Vec<_>>(),
                 "e2e_latency_ms": {"p50": d.e2e_p50_ms, "p99": d.e2e_p99_ms},
             })).collect::<Vec<_>>(),

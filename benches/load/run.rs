@@ -41,6 +41,8 @@ pub(crate) struct DestinationReport {
     /// Events read back from the disk spool (and parsed again) because the destination
     /// fell out of its in-memory window.
     pub(crate) read_back: u64,
+    /// Of those, the ones still in memory, so not parsed again.
+    pub(crate) recalled: u64,
     /// (seconds since the load started, adaptive limit, average round trip s).
     pub(crate) concurrency: Vec<(f64, f64, f64)>,
 }
@@ -242,6 +244,10 @@ pub(crate) async fn run_scenario(
         .unwrap_or_default();
     let backlogs = per_destination(&final_metrics, "playrelay_destination_queue_depth");
     let read_backs = per_destination(&final_metrics, "playrelay_destination_backlog_read_total");
+    let recalls = per_destination(
+        &final_metrics,
+        "playrelay_destination_backlog_recalled_total",
+    );
     sampling.store(false, Ordering::Relaxed);
     let mut series = sampler.await.unwrap_or_default();
     relay.stop().await;
@@ -277,6 +283,7 @@ pub(crate) async fn run_scenario(
                 refused: s.refused.load(Ordering::Relaxed),
                 backlog: backlogs.get(&s.name).copied().unwrap_or(0.0) as u64,
                 read_back: read_backs.get(&s.name).copied().unwrap_or(0.0) as u64,
+                recalled: recalls.get(&s.name).copied().unwrap_or(0.0) as u64,
                 concurrency: series.remove(&s.name).unwrap_or_default(),
             }
         })

@@ -90,13 +90,20 @@ pub async fn read_backlog(
     window: mpsc::Sender<Arc<Event>>,
     generation: u64,
 ) {
+    let label = crate::telemetry::DestinationLabel {
+        destination: stack.name.clone(),
+    };
     let read_back = stack
         .metrics_root
         .spool
         .backlog_read
-        .get_or_create(&crate::telemetry::DestinationLabel {
-            destination: stack.name.clone(),
-        })
+        .get_or_create(&label)
+        .clone();
+    let recalled = stack
+        .metrics_root
+        .spool
+        .backlog_recalled
+        .get_or_create(&label)
         .clone();
     loop {
         tokio::select! {
@@ -138,17 +145,27 @@ pub async fn read_backlog(
                     continue;
                 }
                 let size = record.size();
-                let mut event = match header.event() {
-                    Ok(event) => event,
-                    Err(error) => {
-                        corrupt(&stack, record.seq, &error);
-                        cursor.take_backlog(size);
-                        stack.metrics.queue_depth.dec();
-                        stack.metrics.dropped("corrupt", 1);
-                        continue;
+                let event = match cursor.recall(record.seq) {
+                    Some(event) => {
+                        recalled.inc();
+                        event
                     }
+                    None => match header.event() {
+                        Ok(mut event) => {
+                            event.spool_seq = record.seq;
+                            let event = Arc::new(event);
+                            cursor.remember(record.seq, &event);
+                            event
+                        }
+                        Err(error) => {
+                            corrupt(&stack, record.seq, &error);
+                            cursor.take_backlog(size);
+                            stack.metrics.queue_depth.dec();
+                            stack.metrics.dropped("corrupt", 1);
+                            continue;
+                        }
+                    },
                 };
-                event.spool_seq = record.seq;
                 // Counted as dropped when it was offered: never queued, so not read.
                 if stack.skips(&event) {
                     continue;
@@ -178,10 +195,10 @@ pub async fn read_backlog(
                         if !cursor.hand_out(generation, record.seq) {
                             return;
                         }
-                        permit.send(Arc::new(event));
+                        permit.send(event);
                         read_back.inc();
                     }
-                    None if cursor.is_current(generation) => shed.push(event),
+                    None if cursor.is_current(generation) => shed.push(Arc::unwrap_or_clone(event)),
                     None => return,
                 }
             }

@@ -232,6 +232,7 @@ impl Committer {
                 let mut event = item.event;
                 event.spool_seq = event_seq;
                 let event = Arc::new(event);
+                self.store.recent().remember(event_seq, &event);
                 for destination in &item.to {
                     destination.offer_spooled(event.clone(), size);
                 }

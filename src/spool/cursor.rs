@@ -242,6 +242,17 @@ impl Cursor {
         Ok(ReadAhead::Records(Vec::new(), state.read_pos))
     }
 
+    /// The event at `seq` as it was committed or last read back, if anything still
+    /// holds it (see `recent.rs`); else the caller parses the record.
+    pub fn recall(&self, seq: u64) -> Option<Arc<Event>> {
+        self.store.recent().recall(seq)
+    }
+
+    /// Remembers an event read back from disk, for the other readers.
+    pub fn remember(&self, seq: u64, event: &Arc<Event>) {
+        self.store.recent().remember(seq, event);
+    }
+
     /// The reader of `generation` is about to hand `seq` to the destination; false when
     /// another reader took over (a rebuilt worker's), which then reads from here on.
     /// Moving the read position with each event, not per chunk, is what keeps a reader

@@ -10,6 +10,7 @@ mod committer;
 pub mod cursor;
 pub mod jetstream;
 mod migrate;
+mod recent;
 pub mod record;
 mod store;
 

@@ -18,6 +18,7 @@
 //! open (`migrate.rs`).
 
 use super::migrate;
+use super::recent::Recent;
 use super::record;
 use super::SpoolError;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -44,6 +45,8 @@ pub struct Store {
     /// The file was not closed cleanly: redb checked it and went back to its last
     /// complete commit.
     repaired: bool,
+    /// The events committed last, for readers to take rather than parse again.
+    recent: Recent,
 }
 
 /// One record read back from disk: a view into its chunk, which it shares.
@@ -222,7 +225,12 @@ impl Store {
             cache_bytes,
             inner: RwLock::new(Some(Arc::new(db))),
             repaired,
+            recent: Recent::default(),
         })
+    }
+
+    pub fn recent(&self) -> &Recent {
+        &self.recent
     }
 
     /// Whether the spool had not been closed cleanly (a crash, a power loss) and was
