@@ -243,6 +243,66 @@ async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
     relay.shutdown().await;
 }
 
+/// A destination that fell behind reads its backlog back, and takes the events another
+/// destination still holds (here: all of them, held in flight by a gated vendor) from
+/// memory rather than parsing their records again; both still get every event.
+#[tokio::test]
+async fn a_reader_takes_events_another_destination_still_holds_from_memory() {
+    let (fast_gate, fast_rx) = tokio::sync::watch::channel(false);
+    let (slow_gate, slow_rx) = tokio::sync::watch::channel(false);
+    let fast = StandIn::start(move |_| Reply::UntilOpen(fast_rx.clone(), 200)).await;
+    let slow = StandIn::start(move |_| Reply::UntilOpen(slow_rx.clone(), 200)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = two_webhooks(
+        &dir.path().join("spool"),
+        &dir.path().join("dead"),
+        &fast.url("/"),
+        &slow.url("/"),
+        "timeout_ms = 600000",
+    );
+    let relay = start_relay(&config).await;
+    // `fast` (window 1,600, up to 800 in flight) holds all 1,000 while its vendor
+    // waits; `slow` (window 256, 20 in flight) falls behind with the rest on disk.
+    let sent = events("recall", 1_000);
+    let answer = post_ndjson(relay.local_addr, ndjson(&sent)).await;
+    assert_eq!(answer.status, 202);
+    let ids: HashSet<String> = sent
+        .iter()
+        .map(|e| e["event_id"].as_str().expect("id").to_string())
+        .collect();
+    let _ = slow_gate.send(true);
+    wait_for_ids(&slow, &ids, Duration::from_secs(30), "slow").await;
+    let text = relay.relay.metrics.encode();
+    let read = metric(
+        &text,
+        "playrelay_destination_backlog_read_total{destination=\"slow\"}",
+    );
+    let recalled = metric(
+        &text,
+        "playrelay_destination_backlog_recalled_total{destination=\"slow\"}",
+    );
+    assert!(read >= 500.0, "slow fell behind and read back: {read}");
+    assert_eq!(
+        recalled, read,
+        "every event read back was still held by fast"
+    );
+    let _ = fast_gate.send(true);
+    wait_for_ids(&fast, &ids, Duration::from_secs(30), "fast").await;
+    for destination in ["fast", "slow"] {
+        wait_until(
+            &format!("{destination} settles"),
+            Duration::from_secs(10),
+            || {
+                let accounts = Accounts::read(&relay.relay.metrics.encode(), destination);
+                accounts.queued + accounts.in_flight == 0.0
+            },
+        )
+        .await;
+        Accounts::read(&relay.relay.metrics.encode(), destination).assert_balanced();
+    }
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_commit_torn_by_a_crash_is_rolled_back_and_the_rest_delivered() {
     let dir = tempfile::tempdir().expect("tempdir");
