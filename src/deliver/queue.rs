@@ -154,7 +154,7 @@ pub async fn read_backlog(
                         Ok(mut event) => {
                             event.spool_seq = record.seq;
                             let event = Arc::new(event);
-                            cursor.remember(record.seq, &event);
+                            cursor.remember(&event);
                             event
                         }
                         Err(error) => {

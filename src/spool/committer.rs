@@ -207,9 +207,24 @@ impl Committer {
         if accepted.is_empty() {
             return;
         }
+        let mut committed = Vec::with_capacity((seq - first_seq) as usize);
+        let mut replies = Vec::with_capacity(accepted.len());
+        for (items, sizes, reply) in accepted {
+            for (item, (event_seq, size)) in items.into_iter().zip(sizes) {
+                let mut event = item.event;
+                event.spool_seq = event_seq;
+                committed.push((Arc::new(event), size, item.to));
+            }
+            replies.push(reply);
+        }
+        // Remembered (under one lock) before the commit makes their records readable: a
+        // reader that is behind finds them here rather than parsing them again. If the
+        // commit fails, nothing holds them and the weak references lead nowhere.
+        self.store
+            .recent()
+            .remember(committed.iter().map(|(event, _, _)| event));
         let written = batch.commit_durable();
         if let Err(error) = written {
-            let replies = accepted.into_iter().map(|(_, _, reply)| reply).collect();
             self.fail(format!("cannot write to the spool ({error})"), replies);
             return;
         }
@@ -227,16 +242,12 @@ impl Committer {
         metrics
             .bytes
             .set(self.shared.bytes.load(Ordering::Relaxed) as i64);
-        for (items, sizes, reply) in accepted {
-            for (item, (event_seq, size)) in items.into_iter().zip(sizes) {
-                let mut event = item.event;
-                event.spool_seq = event_seq;
-                let event = Arc::new(event);
-                self.store.recent().remember(event_seq, &event);
-                for destination in &item.to {
-                    destination.offer_spooled(event.clone(), size);
-                }
+        for (event, size, to) in &committed {
+            for destination in to {
+                destination.offer_spooled(event.clone(), *size);
             }
+        }
+        for reply in replies {
             let _ = reply.send(Ok(()));
         }
         let cursors: Vec<_> = self.shared.lock().cursors.values().cloned().collect();

@@ -249,8 +249,8 @@ impl Cursor {
     }
 
     /// Remembers an event read back from disk, for the other readers.
-    pub fn remember(&self, seq: u64, event: &Arc<Event>) {
-        self.store.recent().remember(seq, event);
+    pub fn remember(&self, event: &Arc<Event>) {
+        self.store.recent().remember([event]);
     }
 
     /// The reader of `generation` is about to hand `seq` to the destination; false when

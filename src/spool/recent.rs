@@ -36,31 +36,33 @@ impl Recent {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Remembers the event at `seq` (positions start at 1; 0 is never remembered).
-    pub fn remember(&self, seq: u64, event: &Arc<Event>) {
-        let mask = SLOTS as u64 - 1;
+    /// Remembers events at their spool positions, under one lock: a group commit's
+    /// worth, or one event read back.
+    pub fn remember<'a>(&self, events: impl IntoIterator<Item = &'a Arc<Event>>) {
         let mut slots = self.lock();
-        slots[(seq & mask) as usize] = (seq, Arc::downgrade(event));
-        for distance in SWEEP {
-            let behind = &mut slots[(seq.wrapping_sub(distance) & mask) as usize];
-            if behind.0 != 0 && behind.1.strong_count() == 0 {
-                *behind = (0, Weak::new());
+        for event in events {
+            let seq = event.spool_seq;
+            slots[slot(seq)] = (seq, Arc::downgrade(event));
+            for distance in SWEEP {
+                let behind = &mut slots[slot(seq.wrapping_sub(distance))];
+                if behind.1.strong_count() == 0 {
+                    *behind = (0, Weak::new());
+                }
             }
         }
     }
 
     /// The event at `seq`, if something still holds it.
     pub fn recall(&self, seq: u64) -> Option<Arc<Event>> {
-        if seq == 0 {
-            return None;
-        }
         let slots = self.lock();
-        let (at, event) = &slots[(seq & (SLOTS as u64 - 1)) as usize];
-        if *at != seq {
-            return None;
-        }
-        event.upgrade()
+        let (at, event) = &slots[slot(seq)];
+        // An empty slot is (0, nothing): no position matches it and upgrades.
+        (*at == seq).then(|| event.upgrade()).flatten()
     }
+}
+
+fn slot(seq: u64) -> usize {
+    (seq & (SLOTS as u64 - 1)) as usize
 }
 
 #[cfg(test)]
@@ -83,7 +85,7 @@ mod tests {
     fn an_event_is_recalled_while_held_and_not_after() {
         let recent = Recent::default();
         let held = event(7);
-        recent.remember(7, &held);
+        recent.remember([&held]);
         let recalled = recent.recall(7).expect("held elsewhere");
         assert!(Arc::ptr_eq(&held, &recalled));
         assert!(recent.recall(8).is_none(), "never remembered");
@@ -96,8 +98,8 @@ mod tests {
         let recent = Recent::default();
         let first = event(3);
         let later = event(3 + SLOTS as u64);
-        recent.remember(3, &first);
-        recent.remember(3 + SLOTS as u64, &later);
+        recent.remember([&first]);
+        recent.remember([&later]);
         assert!(recent.recall(3).is_none());
         assert!(Arc::ptr_eq(
             &recent.recall(3 + SLOTS as u64).expect("held"),
@@ -110,10 +112,10 @@ mod tests {
         for distance in SWEEP {
             let recent = Recent::default();
             let kept = event(1);
-            recent.remember(1, &kept);
-            recent.remember(2, &event(2)); // dropped at once
-            recent.remember(1 + distance, &event(1 + distance));
-            recent.remember(2 + distance, &event(2 + distance));
+            recent.remember([&kept]);
+            recent.remember([&event(2)]); // dropped at once
+            recent.remember([&event(1 + distance)]);
+            recent.remember([&event(2 + distance)]);
             let slots = recent.lock();
             assert_eq!(slots[1].0, 1, "still held: kept ({distance})");
             assert_eq!(slots[2].0, 0, "gone: its slot was cleared ({distance})");
