@@ -48,6 +48,32 @@ to = ["fast", "slow"]
     )
 }
 
+/// A vendor that holds every answer until its gate is opened (`send(true)`).
+async fn gated_vendor() -> (tokio::sync::watch::Sender<bool>, StandIn) {
+    let (gate, open) = tokio::sync::watch::channel(false);
+    let vendor = StandIn::start(move |_| Reply::UntilOpen(open.clone(), 200)).await;
+    (gate, vendor)
+}
+
+fn ids_of(events: &[serde_json::Value]) -> HashSet<String> {
+    id_counts(events).into_keys().collect()
+}
+
+/// Waits until nothing is queued or in flight for `destination`, then checks that its
+/// accounts balance.
+async fn settles_balanced(relay: &playrelay::RunningRelay, destination: &str) {
+    wait_until(
+        &format!("{destination} settles"),
+        Duration::from_secs(10),
+        || {
+            let accounts = Accounts::read(&relay.relay.metrics.encode(), destination);
+            accounts.queued + accounts.in_flight == 0.0
+        },
+    )
+    .await;
+    Accounts::read(&relay.relay.metrics.encode(), destination).assert_balanced();
+}
+
 /// Waits until `vendor` has accepted (200) every one of `ids`. Each poll reads only the
 /// requests that arrived since the last: parsing every body again on each poll grew
 /// with the test and, on a busy machine, starved the relay it was waiting for.
@@ -184,8 +210,7 @@ async fn a_hung_destination_keeps_its_backlog_on_disk_and_memory_flat() {
 
 #[tokio::test]
 async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
-    let (gate, gate_rx) = tokio::sync::watch::channel(false);
-    let gated = StandIn::start(move |_| Reply::UntilOpen(gate_rx.clone(), 200)).await;
+    let (gate, gated) = gated_vendor().await;
     let fast = StandIn::ok().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = two_webhooks(
@@ -199,10 +224,7 @@ async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
     let sent = events("restart", 500);
     let answer = post_ndjson(relay.local_addr, ndjson(&sent)).await;
     assert_eq!(answer.status, 202);
-    let ids: HashSet<String> = sent
-        .iter()
-        .map(|e| e["event_id"].as_str().expect("id").to_string())
-        .collect();
+    let ids = ids_of(&sent);
     wait_for_ids(&fast, &ids, Duration::from_secs(10), "fast").await;
     // The gated vendor holds its first request; shutdown gives up on the rest.
     let report = relay.shutdown().await;
@@ -230,16 +252,7 @@ async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
         0.0,
         "the current destination owed nothing"
     );
-    wait_until(
-        "the slow destination settles",
-        Duration::from_secs(10),
-        || {
-            let accounts = Accounts::read(&relay.relay.metrics.encode(), "slow");
-            accounts.queued + accounts.in_flight == 0.0
-        },
-    )
-    .await;
-    Accounts::read(&relay.relay.metrics.encode(), "slow").assert_balanced();
+    settles_balanced(&relay, "slow").await;
     relay.shutdown().await;
 }
 
@@ -248,10 +261,8 @@ async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
 /// memory rather than parsing their records again; both still get every event.
 #[tokio::test]
 async fn a_reader_takes_events_another_destination_still_holds_from_memory() {
-    let (fast_gate, fast_rx) = tokio::sync::watch::channel(false);
-    let (slow_gate, slow_rx) = tokio::sync::watch::channel(false);
-    let fast = StandIn::start(move |_| Reply::UntilOpen(fast_rx.clone(), 200)).await;
-    let slow = StandIn::start(move |_| Reply::UntilOpen(slow_rx.clone(), 200)).await;
+    let (fast_gate, fast) = gated_vendor().await;
+    let (slow_gate, slow) = gated_vendor().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = two_webhooks(
         &dir.path().join("spool"),
@@ -266,10 +277,7 @@ async fn a_reader_takes_events_another_destination_still_holds_from_memory() {
     let sent = events("recall", 1_000);
     let answer = post_ndjson(relay.local_addr, ndjson(&sent)).await;
     assert_eq!(answer.status, 202);
-    let ids: HashSet<String> = sent
-        .iter()
-        .map(|e| e["event_id"].as_str().expect("id").to_string())
-        .collect();
+    let ids = ids_of(&sent);
     let _ = slow_gate.send(true);
     wait_for_ids(&slow, &ids, Duration::from_secs(30), "slow").await;
     let text = relay.relay.metrics.encode();
@@ -289,16 +297,7 @@ async fn a_reader_takes_events_another_destination_still_holds_from_memory() {
     let _ = fast_gate.send(true);
     wait_for_ids(&fast, &ids, Duration::from_secs(30), "fast").await;
     for destination in ["fast", "slow"] {
-        wait_until(
-            &format!("{destination} settles"),
-            Duration::from_secs(10),
-            || {
-                let accounts = Accounts::read(&relay.relay.metrics.encode(), destination);
-                accounts.queued + accounts.in_flight == 0.0
-            },
-        )
-        .await;
-        Accounts::read(&relay.relay.metrics.encode(), destination).assert_balanced();
+        settles_balanced(&relay, destination).await;
     }
     relay.shutdown().await;
 }
@@ -327,10 +326,7 @@ async fn a_commit_torn_by_a_crash_is_rolled_back_and_the_rest_delivered() {
     tear_the_last_commit(&spool.join("spool.redb"));
     let ok = StandIn::ok().await;
     let relay = start_relay(&config(&ok.url("/"))).await;
-    let ids: HashSet<String> = sent
-        .iter()
-        .map(|e| e["event_id"].as_str().expect("id").to_string())
-        .collect();
+    let ids = ids_of(&sent);
     wait_for_ids(
         &ok,
         &ids,
@@ -368,8 +364,7 @@ fn tear_the_last_commit(file: &Path) {
 
 #[tokio::test]
 async fn a_reload_with_a_backlog_loses_nothing() {
-    let (gate, gate_rx) = tokio::sync::watch::channel(false);
-    let gated = StandIn::start(move |_| Reply::UntilOpen(gate_rx.clone(), 200)).await;
+    let (gate, gated) = gated_vendor().await;
     let fast = StandIn::ok().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = |extra: &str| {
@@ -399,10 +394,7 @@ async fn a_reload_with_a_backlog_loses_nothing() {
     let outcome = relay.reloader().apply(new).await;
     assert_eq!(outcome.rebuilt, vec!["slow".to_string()], "{outcome:?}");
     let _ = gate.send(true);
-    let ids: HashSet<String> = sent
-        .iter()
-        .map(|e| e["event_id"].as_str().expect("id").to_string())
-        .collect();
+    let ids = ids_of(&sent);
     // 150 requests one at a time (20 events each, concurrency 1): 15–25 s in a debug
     // build on a busy box, so the bound leaves room; it only ends a failing run.
     wait_for_ids(
