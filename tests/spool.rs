@@ -256,6 +256,74 @@ async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
     relay.shutdown().await;
 }
 
+/// A type a destination leaves out (here heartbeats, `false` in its `events`) is never
+/// owed to it: its spooled records do not name the destination, so its reader does not
+/// read them back only to drop them, a restart does not count them owed, and its
+/// accounts settle at zero. Before, a restart counted them owed and they stayed queued.
+#[tokio::test]
+async fn a_type_a_destination_leaves_out_is_not_owed_to_it_across_a_restart() {
+    let (gate, gated) = gated_vendor().await;
+    let fast = StandIn::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = two_webhooks(
+        &dir.path().join("spool"),
+        &dir.path().join("dead"),
+        &fast.url("/"),
+        &gated.url("/"),
+        r#"events = { "playback.heartbeat" = false }"#,
+    );
+    let relay = start_relay(&config).await;
+    let sent = events("left-out", 500);
+    let kept: Vec<serde_json::Value> = sent
+        .iter()
+        .filter(|e| e["type"] != "playback.heartbeat")
+        .cloned()
+        .collect();
+    assert!(
+        kept.len() < sent.len() / 2,
+        "the fixture is mostly heartbeats"
+    );
+    let answer = post_ndjson(relay.local_addr, ndjson(&sent)).await;
+    assert_eq!(answer.status, 202);
+    wait_for_ids(&fast, &ids_of(&sent), Duration::from_secs(10), "fast").await;
+    // The gated vendor holds its first request; shutdown leaves the rest in the spool.
+    let report = relay.shutdown().await;
+    assert!(!report.drained);
+    let _ = gate.send(true);
+    let relay = start_relay(&config).await;
+    wait_for_ids(
+        &gated,
+        &ids_of(&kept),
+        Duration::from_secs(20),
+        "the gated vendor",
+    )
+    .await;
+    let text = relay.relay.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            "playrelay_destination_recovered_total{destination=\"slow\"}"
+        ),
+        kept.len() as f64,
+        "only the events it sends are owed after the restart"
+    );
+    settles_balanced(&relay, "slow").await;
+    let delivered = ids_of(
+        &gated
+            .recorded
+            .lock()
+            .expect("lock")
+            .iter()
+            .flat_map(|r| body_events(&r.body))
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        delivered.is_subset(&ids_of(&kept)),
+        "no heartbeat reached the destination that leaves them out"
+    );
+    relay.shutdown().await;
+}
+
 /// A destination that fell behind reads its backlog back, and takes the events another
 /// destination still holds (here: all of them, held in flight by a gated vendor) from
 /// memory rather than parsing their records again; both still get every event.

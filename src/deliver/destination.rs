@@ -57,6 +57,17 @@ impl Destination {
         self.cursor.as_ref().map(|c| c.id)
     }
 
+    /// A type this destination would only drop (unmapped, disabled): its spooled records
+    /// do not name the destination, so a reader that is behind never reads them back
+    /// (nor counts them owed after a restart) only to drop them. `offer_spooled` still
+    /// counts each as received and dropped.
+    pub fn leaves_out(&self, event: &Event) -> bool {
+        !self.skipped_types.is_empty()
+            && event
+                .known_type()
+                .is_some_and(|ty| self.skipped_types.contains_key(&ty))
+    }
+
     /// `when_full = "block"` and the backlog on disk is past `queue.max_bytes`: ingest
     /// refuses events routed here until it shrinks.
     pub fn blocked(&self) -> bool {

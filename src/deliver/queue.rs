@@ -166,8 +166,14 @@ pub async fn read_backlog(
                         }
                     },
                 };
-                // Counted as dropped when it was offered: never queued, so not read.
-                if stack.skips(&event) {
+                // A type the destination leaves out is kept out of its records when they
+                // are written. One that names it anyway was counted as backlog, by its
+                // offer or by the recovery after a restart: written before types were
+                // kept out, or left out by a reload since. It is settled here as dropped.
+                if let Some(reason) = stack.skips(&event) {
+                    cursor.take_backlog(size);
+                    stack.metrics.queue_depth.dec();
+                    stack.metrics.dropped(reason, 1);
                     continue;
                 }
                 let permit = loop {

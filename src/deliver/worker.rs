@@ -273,8 +273,9 @@ pub(super) struct Stack {
 }
 
 impl Stack {
-    pub(super) fn skips(&self, event: &Event) -> bool {
-        self.planner.skips(event).is_some()
+    /// Why the destination would only drop `event` (unmapped, disabled), if it would.
+    pub(super) fn skips(&self, event: &Event) -> Option<&'static str> {
+        self.planner.skips(event)
     }
 
     pub(super) fn when_full(&self) -> WhenFull {

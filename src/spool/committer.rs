@@ -174,7 +174,12 @@ impl Committer {
             let mut request_bytes = 0u64;
             let mut sizes = Vec::with_capacity(items.len());
             for item in &items {
-                let ids: Vec<u16> = item.to.iter().filter_map(|d| d.spool_id()).collect();
+                let ids: Vec<u16> = item
+                    .to
+                    .iter()
+                    .filter(|d| !d.leaves_out(&item.event))
+                    .filter_map(|d| d.spool_id())
+                    .collect();
                 let seq = chunk.next_seq();
                 // Encoded straight into the chunk the batch takes: no second copy.
                 let size = chunk.push(|out| record::encode(&item.event, &ids, out));
