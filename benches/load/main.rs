@@ -40,6 +40,8 @@ struct Args {
     scenarios: Vec<String>,
     /// `queue.max_events` of every destination; unset keeps the default (100,000).
     queue: Option<usize>,
+    /// Load connections of every scenario; unset keeps each scenario's own.
+    connections: Option<usize>,
     options: Options,
 }
 
@@ -50,6 +52,7 @@ fn parse_args() -> Args {
         settle: Duration::from_secs(30),
         scenarios: Vec::new(),
         queue: None,
+        connections: None,
         options: Options {
             vendor_latency: Duration::ZERO,
             vendor_jitter: Duration::ZERO,
@@ -70,6 +73,7 @@ fn parse_args() -> Args {
                 }
             }
             "--queue" => args.queue = it.next().and_then(|s| s.parse().ok()),
+            "--connections" => args.connections = it.next().and_then(|s| s.parse().ok()),
             "--vendor-latency-ms" => {
                 let ms = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
                 args.options.vendor_latency = Duration::from_millis(ms);
@@ -106,6 +110,9 @@ fn main() {
     if let Some(n) = args.queue {
         let _ = write!(machine, "; every destination: queue.max_events = {n}");
     }
+    if let Some(n) = args.connections {
+        let _ = write!(machine, "; every scenario: {n} connections");
+    }
     let o = args.options;
     let _ = write!(
         machine,
@@ -127,7 +134,10 @@ fn main() {
         .expect("runtime");
     let template = Arc::new(Template::new());
     let mut reports = Vec::new();
-    for scenario in scenarios(&args.scenarios, args.duration) {
+    for mut scenario in scenarios(&args.scenarios, args.duration) {
+        if let Some(n) = args.connections {
+            scenario.load.connections = n;
+        }
         eprintln!("running scenario {}: {}", scenario.id, scenario.title);
         let report = runtime.block_on(run_scenario(
             &scenario,
