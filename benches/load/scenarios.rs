@@ -254,6 +254,19 @@ pub(crate) fn scenarios(which: &[String], duration: Duration) -> Vec<Scenario> {
             destinations: three.clone(),
             load: paced,
         });
+        // GA4 leaves heartbeats out (71% of the fixture): once it falls behind, its
+        // reader reads the spool back, and a record it would only drop costs it a read.
+        out.push(Scenario {
+            id: "rt-slow-ga4".into(),
+            title: "GA4 slows to 2 s from 30% to 60% of the load, paced at 50,000 events/s".into(),
+            spool: "disk",
+            special: Special {
+                slow: Some(Kind::Ga4),
+                ..Special::default()
+            },
+            destinations: three.clone(),
+            load: paced,
+        });
         out.push(Scenario {
             id: "rt-429".into(),
             title: "the webhook answers 429 (Retry-After: 1) to 30% of requests, paced at 50,000 events/s"
