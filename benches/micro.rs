@@ -2,43 +2,11 @@
 //! translate one event for each vendor. `cargo bench --bench micro`.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use playrelay::config;
-use playrelay::event::{parse_body, BodyFormat, BodyLimits, Event};
-use std::path::Path;
-use time::OffsetDateTime;
+use playrelay::event::{parse_body, BodyFormat, BodyLimits};
 
-const FIXTURE: &str = include_str!("../tests/fixtures/sessions.ndjson");
-
-const ROUTES: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-
-[destinations.segment]
-type = "segment"
-write_key = "bench-write-key"
-endpoint = "http://127.0.0.1:9"
-
-[destinations.ga4]
-type = "ga4"
-measurement_id = "G-BENCH"
-api_secret = "bench-api-secret"
-endpoint = "http://127.0.0.1:9"
-
-[destinations.tealium]
-type = "tealium"
-account = "bench"
-profile = "main"
-endpoint = "http://127.0.0.1:9"
-
-[destinations.webhook]
-type = "webhook"
-endpoint = "http://127.0.0.1:9/events"
-
-[[routes]]
-name = "everything"
-match = { types = ["*"] }
-to = ["segment", "ga4", "tealium", "webhook"]
-"#;
+#[path = "common/hot_path.rs"]
+mod hot_path;
+use hot_path::{batch, fresh, ndjson, parse_one, FIXTURE};
 
 /// A `playback.started` of the fixture: a type every vendor maps, with content,
 /// playback, rendition and context filled in.
@@ -49,26 +17,11 @@ fn one_event_text() -> &'static str {
         .expect("fixture has a playback.started")
 }
 
-fn parse_one(text: &str, now: OffsetDateTime) -> Event {
-    let mut parsed = parse_body(
-        text.as_bytes(),
-        BodyFormat::Json,
-        BodyLimits::new(1000),
-        now,
-    )
-    .expect("parses");
-    parsed.events.pop().expect("valid")
-}
-
 fn benches(c: &mut Criterion) {
     let text = one_event_text();
     let now = playrelay::system_clock()();
     // GA4 refuses events over 72 h old: the event happens "now".
-    let fresh = {
-        let mut value: serde_json::Value = serde_json::from_str(text).expect("json");
-        value["timestamp"] = serde_json::json!(playrelay::event::format_rfc3339(now));
-        serde_json::to_string(&value).expect("json")
-    };
+    let fresh = fresh(text, now);
 
     let mut group = c.benchmark_group("parse");
     group.throughput(Throughput::Elements(1));
@@ -82,7 +35,7 @@ fn benches(c: &mut Criterion) {
             )
         })
     });
-    let ndjson: String = FIXTURE.lines().take(50).collect::<Vec<_>>().join("\n");
+    let ndjson = ndjson(50);
     group.throughput(Throughput::Elements(50));
     group.bench_function("parse_body/50 events (ndjson)", |b| {
         b.iter(|| {
@@ -96,7 +49,7 @@ fn benches(c: &mut Criterion) {
     });
     group.finish();
 
-    let config = config::load_str(ROUTES, Path::new("bench.toml"), &|_| None).expect("config");
+    let config = hot_path::config();
     let event = parse_one(&fresh, now);
     let mut group = c.benchmark_group("translate");
     group.throughput(Throughput::Elements(1));
@@ -114,18 +67,8 @@ fn benches(c: &mut Criterion) {
     }
     group.finish();
 
-    // A realistic batch: 100 events of the fixture in order (a few sessions, mostly
-    // heartbeats, which GA4 and Tealium leave out), per event.
-    let batch: Vec<Event> = FIXTURE
-        .lines()
-        .take(100)
-        .map(|line| {
-            let mut value: serde_json::Value = serde_json::from_str(line).expect("json");
-            value["timestamp"] = serde_json::json!(playrelay::event::format_rfc3339(now));
-            parse_one(&value.to_string(), now)
-        })
-        .collect();
-    let refs: Vec<&Event> = batch.iter().collect();
+    let batch = batch(100, now);
+    let refs: Vec<_> = batch.iter().collect();
     let mut group = c.benchmark_group("translate_batch");
     group.throughput(Throughput::Elements(refs.len() as u64));
     for (name, destination) in &config.destinations {
