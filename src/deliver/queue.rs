@@ -158,6 +158,9 @@ pub async fn read_backlog(
                             event
                         }
                         Err(error) => {
+                            if !cursor.pass_over(generation, record.seq) {
+                                return;
+                            }
                             corrupt(&stack, record.seq, &error);
                             cursor.take_backlog(size);
                             stack.metrics.queue_depth.dec();
@@ -171,6 +174,9 @@ pub async fn read_backlog(
                 // offer or by the recovery after a restart: written before types were
                 // kept out, or left out by a reload since. It is settled here as dropped.
                 if let Some(reason) = stack.skips(&event) {
+                    if !cursor.pass_over(generation, record.seq) {
+                        return;
+                    }
                     cursor.take_backlog(size);
                     stack.metrics.queue_depth.dec();
                     stack.metrics.dropped(reason, 1);

@@ -270,6 +270,24 @@ impl Cursor {
         true
     }
 
+    /// The reader of `generation` settled `seq` itself (dropped it, or found it
+    /// corrupt): the read position moves past it as `hand_out` moves it, so a reader
+    /// that takes over, or the read of a removed destination's backlog, never settles
+    /// it again. False when another reader took over or the destination was removed:
+    /// then the record is theirs, and this reader must not count it.
+    pub fn pass_over(&self, generation: u64, seq: u64) -> bool {
+        let mut state = self.lock();
+        // Read under the lock: `retire` marks the cursor removed before it takes the
+        // lock to read the position its owed records start from.
+        if state.generation != generation || self.is_removed() {
+            return false;
+        }
+        if state.read_pos <= seq {
+            state.read_pos = seq + 1;
+        }
+        true
+    }
+
     pub fn is_current(&self, generation: u64) -> bool {
         self.lock().generation == generation
     }
@@ -344,6 +362,31 @@ mod tests {
         let first = taken.try_recv().expect("in the window");
         cursor.settle(std::iter::once(first.spool_seq));
         assert_eq!(cursor.position().0, 7);
+    }
+
+    #[test]
+    fn a_record_the_reader_settles_itself_is_passed_over_for_its_successor() {
+        let (_dir, store) = store_with(1..4, 0);
+        let cursor = Cursor::new("d", 0, store, 1, true);
+        let old = cursor.attach();
+        assert!(cursor.pass_over(old, 1));
+        assert_eq!(cursor.unread_from(), 2, "the next reader starts after it");
+        let new = cursor.attach();
+        assert!(
+            !cursor.pass_over(old, 2),
+            "a replaced reader counts nothing"
+        );
+        assert_eq!(cursor.unread_from(), 2);
+        assert!(matches!(
+            cursor.read_ahead(new, 10),
+            Ok(ReadAhead::Records(ref r, 4)) if r.first().map(|r| r.seq) == Some(2)
+        ));
+        cursor.mark_removed();
+        assert!(
+            !cursor.pass_over(new, 2),
+            "a removed destination's records are the removal's to settle"
+        );
+        assert_eq!(cursor.unread_from(), 2);
     }
 
     #[test]
