@@ -208,8 +208,19 @@ async fn a_hung_destination_keeps_its_backlog_on_disk_and_memory_flat() {
     );
 }
 
-#[tokio::test]
-async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
+/// A relay started again on the spool it left: the slow webhook's vendor was gated, so
+/// shutdown left what it was owed in the spool.
+struct Restarted {
+    relay: playrelay::RunningRelay,
+    gated: StandIn,
+    sent: Vec<serde_json::Value>,
+    _dir: tempfile::TempDir,
+}
+
+/// Two webhooks, the slow one's vendor gated (its destination configured further by
+/// `slow_extra`): 500 fixture events go in, the fast one gets every one, shutdown gives
+/// up on the rest without dead-lettering them, the gate opens and the relay starts again.
+async fn restarted_owing_the_gated_vendor(prefix: &str, slow_extra: &str) -> Restarted {
     let (gate, gated) = gated_vendor().await;
     let fast = StandIn::ok().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -218,14 +229,13 @@ async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
         &dir.path().join("dead"),
         &fast.url("/"),
         &gated.url("/"),
-        "",
+        slow_extra,
     );
     let relay = start_relay(&config).await;
-    let sent = events("restart", 500);
+    let sent = events(prefix, 500);
     let answer = post_ndjson(relay.local_addr, ndjson(&sent)).await;
     assert_eq!(answer.status, 202);
-    let ids = ids_of(&sent);
-    wait_for_ids(&fast, &ids, Duration::from_secs(10), "fast").await;
+    wait_for_ids(&fast, &ids_of(&sent), Duration::from_secs(10), "fast").await;
     // The gated vendor holds its first request; shutdown gives up on the rest.
     let report = relay.shutdown().await;
     assert!(!report.drained);
@@ -234,21 +244,36 @@ async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
         "with the disk spool, shutdown leaves what is owed in the spool"
     );
     let _ = gate.send(true);
-    let relay = start_relay(&config).await;
-    wait_for_ids(&gated, &ids, Duration::from_secs(20), "the gated vendor").await;
-    let text = relay.relay.metrics.encode();
+    Restarted {
+        relay: start_relay(&config).await,
+        gated,
+        sent,
+        _dir: dir,
+    }
+}
+
+fn recovered(relay: &playrelay::RunningRelay, destination: &str) -> f64 {
+    metric(
+        &relay.relay.metrics.encode(),
+        &format!("playrelay_destination_recovered_total{{destination=\"{destination}\"}}"),
+    )
+}
+
+#[tokio::test]
+async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
+    let Restarted {
+        relay, gated, sent, ..
+    } = restarted_owing_the_gated_vendor("restart", "").await;
+    wait_for_ids(
+        &gated,
+        &ids_of(&sent),
+        Duration::from_secs(20),
+        "the gated vendor",
+    )
+    .await;
+    assert_eq!(recovered(&relay, "slow"), 500.0);
     assert_eq!(
-        metric(
-            &text,
-            "playrelay_destination_recovered_total{destination=\"slow\"}"
-        ),
-        500.0
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "playrelay_destination_recovered_total{destination=\"fast\"}"
-        ),
+        recovered(&relay, "fast"),
         0.0,
         "the current destination owed nothing"
     );
@@ -262,18 +287,13 @@ async fn a_restarted_relay_resumes_each_destination_from_its_cursor() {
 /// accounts settle at zero. Before, a restart counted them owed and they stayed queued.
 #[tokio::test]
 async fn a_type_a_destination_leaves_out_is_not_owed_to_it_across_a_restart() {
-    let (gate, gated) = gated_vendor().await;
-    let fast = StandIn::ok().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = two_webhooks(
-        &dir.path().join("spool"),
-        &dir.path().join("dead"),
-        &fast.url("/"),
-        &gated.url("/"),
+    let Restarted {
+        relay, gated, sent, ..
+    } = restarted_owing_the_gated_vendor(
+        "left-out",
         r#"events = { "playback.heartbeat" = false }"#,
-    );
-    let relay = start_relay(&config).await;
-    let sent = events("left-out", 500);
+    )
+    .await;
     let kept: Vec<serde_json::Value> = sent
         .iter()
         .filter(|e| e["type"] != "playback.heartbeat")
@@ -283,14 +303,6 @@ async fn a_type_a_destination_leaves_out_is_not_owed_to_it_across_a_restart() {
         kept.len() < sent.len() / 2,
         "the fixture is mostly heartbeats"
     );
-    let answer = post_ndjson(relay.local_addr, ndjson(&sent)).await;
-    assert_eq!(answer.status, 202);
-    wait_for_ids(&fast, &ids_of(&sent), Duration::from_secs(10), "fast").await;
-    // The gated vendor holds its first request; shutdown leaves the rest in the spool.
-    let report = relay.shutdown().await;
-    assert!(!report.drained);
-    let _ = gate.send(true);
-    let relay = start_relay(&config).await;
     wait_for_ids(
         &gated,
         &ids_of(&kept),
@@ -298,12 +310,8 @@ async fn a_type_a_destination_leaves_out_is_not_owed_to_it_across_a_restart() {
         "the gated vendor",
     )
     .await;
-    let text = relay.relay.metrics.encode();
     assert_eq!(
-        metric(
-            &text,
-            "playrelay_destination_recovered_total{destination=\"slow\"}"
-        ),
+        recovered(&relay, "slow"),
         kept.len() as f64,
         "only the events it sends are owed after the restart"
     );
