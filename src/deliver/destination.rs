@@ -62,10 +62,15 @@ impl Destination {
     /// (nor counts them owed after a restart) only to drop them. `offer_spooled` still
     /// counts each as received and dropped.
     pub fn leaves_out(&self, event: &Event) -> bool {
-        !self.skipped_types.is_empty()
-            && event
-                .known_type()
-                .is_some_and(|ty| self.skipped_types.contains_key(&ty))
+        self.dropped_for_type(event).is_some()
+    }
+
+    /// The counter of the reason this destination drops `event` for its type, if it does.
+    fn dropped_for_type(&self, event: &Event) -> Option<&Counter> {
+        if self.skipped_types.is_empty() {
+            return None;
+        }
+        self.skipped_types.get(&event.known_type()?)
     }
 
     /// `when_full = "block"` and the backlog on disk is past `queue.max_bytes`: ingest
@@ -77,10 +82,7 @@ impl Destination {
     /// Counts an event of a type this destination would only drop (received, dropped
     /// with its reason) and says so: the JetStream spool never publishes those.
     pub fn skip_counted(&self, event: &Event) -> bool {
-        match event
-            .known_type()
-            .and_then(|ty| self.skipped_types.get(&ty))
-        {
+        match self.dropped_for_type(event) {
             Some(dropped) => {
                 self.metrics.received.inc();
                 dropped.inc();
@@ -94,10 +96,7 @@ impl Destination {
     /// else it waits on disk for the destination's reader. Never waits.
     pub fn offer_spooled(&self, event: Arc<Event>, bytes: u64) {
         self.metrics.received.inc();
-        if let Some(dropped) = event
-            .known_type()
-            .and_then(|ty| self.skipped_types.get(&ty))
-        {
+        if let Some(dropped) = self.dropped_for_type(&event) {
             dropped.inc();
             return;
         }
@@ -128,14 +127,9 @@ impl Destination {
     /// dead-lettered (`when_full = "dead_letter"`) or dropped, and counted either way.
     pub fn offer(&self, event: Arc<Event>) -> bool {
         self.metrics.received.inc();
-        if !self.skipped_types.is_empty() {
-            if let Some(dropped) = event
-                .known_type()
-                .and_then(|ty| self.skipped_types.get(&ty))
-            {
-                dropped.inc();
-                return false;
-            }
+        if let Some(dropped) = self.dropped_for_type(&event) {
+            dropped.inc();
+            return false;
         }
         match self.queue.try_send(event) {
             Ok(()) => {
