@@ -158,13 +158,11 @@ pub async fn read_backlog(
                             event
                         }
                         Err(error) => {
-                            if !cursor.pass_over(generation, record.seq) {
+                            if !drop_read(&stack, &cursor, generation, record.seq, size, "corrupt")
+                            {
                                 return;
                             }
                             corrupt(&stack, record.seq, &error);
-                            cursor.take_backlog(size);
-                            stack.metrics.queue_depth.dec();
-                            stack.metrics.dropped("corrupt", 1);
                             continue;
                         }
                     },
@@ -174,12 +172,9 @@ pub async fn read_backlog(
                 // offer or by the recovery after a restart: written before types were
                 // kept out, or left out by a reload since. It is settled here as dropped.
                 if let Some(reason) = stack.skips(&event) {
-                    if !cursor.pass_over(generation, record.seq) {
+                    if !drop_read(&stack, &cursor, generation, record.seq, size, reason) {
                         return;
                     }
-                    cursor.take_backlog(size);
-                    stack.metrics.queue_depth.dec();
-                    stack.metrics.dropped(reason, 1);
                     continue;
                 }
                 let permit = loop {
@@ -220,6 +215,27 @@ pub async fn read_backlog(
             cursor.advance(generation, next);
         }
     }
+}
+
+/// Settles a record the reader read as dropped for `reason`: past it goes the read
+/// position, out of the backlog and the queue it goes, and the drop is counted. False,
+/// with nothing counted, when the record is no longer this reader's (it was replaced,
+/// or the destination removed).
+fn drop_read(
+    stack: &Stack,
+    cursor: &Cursor,
+    generation: u64,
+    seq: u64,
+    size: u64,
+    reason: &'static str,
+) -> bool {
+    if !cursor.pass_over(generation, seq) {
+        return false;
+    }
+    cursor.take_backlog(size);
+    stack.metrics.queue_depth.dec();
+    stack.metrics.dropped(reason, 1);
+    true
 }
 
 /// How long an idle reader's pull waits for the next event on the server.
