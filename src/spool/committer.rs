@@ -4,8 +4,7 @@
 //! destinations in commit order. Between commits: cursors are saved and the records
 //! every destination is past are deleted.
 
-use super::record;
-use super::store::{ChunkBuilder, SavedCursor, Store};
+use super::store::{ChunkBuilder, Framed, SavedCursor, Store};
 use super::{Routed, Shared, SpoolError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -17,6 +16,8 @@ use tokio::sync::oneshot;
 pub enum Command {
     Append {
         items: Vec<Routed>,
+        /// `items`' records, encoded by the request's task.
+        framed: Framed,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
 }
@@ -169,25 +170,13 @@ impl Committer {
         let mut group_bytes = 0u64;
         let held = self.shared.bytes.load(Ordering::Relaxed);
         for command in group {
-            let Command::Append { items, reply } = command;
-            let mark = chunk.mark();
-            let mut request_bytes = 0u64;
-            let mut sizes = Vec::with_capacity(items.len());
-            for item in &items {
-                let ids: Vec<u16> = item
-                    .to
-                    .iter()
-                    .filter(|d| !d.leaves_out(&item.event))
-                    .filter_map(|d| d.spool_id())
-                    .collect();
-                let seq = chunk.next_seq();
-                // Encoded straight into the chunk the batch takes: no second copy.
-                let size = chunk.push(|out| record::encode(&item.event, &ids, out));
-                request_bytes += size;
-                sizes.push((seq, size));
-            }
+            let Command::Append {
+                items,
+                framed,
+                reply,
+            } = command;
+            let request_bytes = framed.record_bytes();
             if held + group_bytes + request_bytes > self.shared.max_bytes {
-                chunk.rollback(mark);
                 refused.push((
                     reply,
                     SpoolError::Full {
@@ -198,7 +187,9 @@ impl Committer {
                 continue;
             }
             group_bytes += request_bytes;
-            accepted.push((items, sizes, reply));
+            let first = chunk.next_seq();
+            chunk.append_framed(&framed);
+            accepted.push((items, first, framed, reply));
             if chunk.is_full() {
                 let next = ChunkBuilder::new(chunk.next_seq());
                 batch.insert_chunk(std::mem::replace(&mut chunk, next));
@@ -214,8 +205,8 @@ impl Committer {
         }
         let mut committed = Vec::with_capacity((seq - first_seq) as usize);
         let mut replies = Vec::with_capacity(accepted.len());
-        for (items, sizes, reply) in accepted {
-            for (item, (event_seq, size)) in items.into_iter().zip(sizes) {
+        for (items, first, framed, reply) in accepted {
+            for ((item, event_seq), &size) in items.into_iter().zip(first..).zip(framed.sizes()) {
                 let mut event = item.event;
                 event.spool_seq = event_seq;
                 committed.push((Arc::new(event), size, item.to));
@@ -233,8 +224,13 @@ impl Committer {
             self.fail(format!("cannot write to the spool ({error})"), replies);
             return;
         }
-        let metrics = &self.shared.metrics.spool;
         self.shared.next_seq.store(seq, Ordering::Release);
+        // Durable: the clients hear so before the destinations are handed the events,
+        // which is work their answers need not wait for.
+        for reply in replies {
+            let _ = reply.send(Ok(()));
+        }
+        let metrics = &self.shared.metrics.spool;
         self.shared.bytes.fetch_add(group_bytes, Ordering::Relaxed);
         self.shared
             .records
@@ -248,12 +244,9 @@ impl Committer {
             .bytes
             .set(self.shared.bytes.load(Ordering::Relaxed) as i64);
         for (event, size, to) in &committed {
-            for destination in to {
+            for destination in to.iter() {
                 destination.offer_spooled(event.clone(), *size);
             }
-        }
-        for reply in replies {
-            let _ = reply.send(Ok(()));
         }
         let cursors: Vec<_> = self.shared.lock().cursors.values().cloned().collect();
         for cursor in cursors {
@@ -373,6 +366,6 @@ impl Committer {
 fn group_events(group: &[Command]) -> usize {
     group
         .iter()
-        .map(|Command::Append { items, .. }| items.len())
+        .map(|Command::Append { framed, .. }| framed.records())
         .sum()
 }
