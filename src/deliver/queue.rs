@@ -132,85 +132,100 @@ pub async fn read_backlog(
                     continue;
                 }
             };
+            // Events shed past the budget are held by the cursor until they are
+            // dead-lettered or dropped below, whatever ends this chunk's reading.
             let mut shed: Vec<Event> = Vec::new();
-            for record in &records {
-                let header = match record.header() {
-                    Ok(header) => header,
-                    Err(error) => {
-                        corrupt(&stack, record.seq, &error);
-                        continue;
-                    }
-                };
-                if !header.routes_to(cursor.id) {
-                    continue;
-                }
-                let size = record.size();
-                let event = match cursor.recall(record.seq) {
-                    Some(event) => {
-                        recalled.inc();
-                        event
-                    }
-                    None => match header.event() {
-                        Ok(mut event) => {
-                            event.spool_seq = record.seq;
-                            let event = Arc::new(event);
-                            cursor.remember(&event);
-                            event
-                        }
+            let read_on = 'records: {
+                for record in &records {
+                    let header = match record.header() {
+                        Ok(header) => header,
                         Err(error) => {
-                            if !drop_read(&stack, &cursor, generation, record.seq, size, "corrupt")
-                            {
-                                return;
-                            }
                             corrupt(&stack, record.seq, &error);
                             continue;
                         }
-                    },
-                };
-                // A type the destination leaves out is kept out of its records when they
-                // are written. One that names it anyway was counted as backlog, by its
-                // offer or by the recovery after a restart: written before types were
-                // kept out, or left out by a reload since. It is settled here as dropped.
-                if let Some(reason) = stack.skips(&event) {
-                    if !drop_read(&stack, &cursor, generation, record.seq, size, reason) {
-                        return;
+                    };
+                    if !header.routes_to(cursor.id) {
+                        continue;
                     }
-                    continue;
-                }
-                let permit = loop {
-                    if cursor.over_budget() && stack.when_full() != WhenFull::Block {
-                        break None;
-                    }
-                    if cursor.is_removed() {
-                        return;
-                    }
-                    tokio::select! {
-                        biased;
-                        _ = stack.abandoned() => return,
-                        reserved = tokio::time::timeout(BUDGET_CHECK, window.reserve()) => match reserved {
-                            Ok(Ok(permit)) => break Some(permit),
-                            Ok(Err(_)) => return,
-                            Err(_) => continue,
-                        },
-                    }
-                };
-                cursor.take_backlog(size);
-                match permit {
-                    Some(permit) => {
-                        // No await between these two: a cancelled reader never leaves
-                        // an event handed out that the window did not get.
-                        if !cursor.hand_out(generation, record.seq) {
-                            return;
+                    let size = record.size();
+                    let event = match cursor.recall(record.seq) {
+                        Some(event) => {
+                            recalled.inc();
+                            event
                         }
-                        permit.send(event);
-                        read_back.inc();
+                        None => match header.event() {
+                            Ok(mut event) => {
+                                event.spool_seq = record.seq;
+                                let event = Arc::new(event);
+                                cursor.remember(&event);
+                                event
+                            }
+                            Err(error) => {
+                                if !drop_read(
+                                    &stack, &cursor, generation, record.seq, size, "corrupt",
+                                ) {
+                                    break 'records false;
+                                }
+                                corrupt(&stack, record.seq, &error);
+                                continue;
+                            }
+                        },
+                    };
+                    // A type the destination leaves out is kept out of its records when they
+                    // are written. One that names it anyway was counted as backlog, by its
+                    // offer or by the recovery after a restart: written before types were
+                    // kept out, or left out by a reload since. It is settled here as dropped.
+                    if let Some(reason) = stack.skips(&event) {
+                        if !drop_read(&stack, &cursor, generation, record.seq, size, reason) {
+                            break 'records false;
+                        }
+                        continue;
                     }
-                    None if cursor.is_current(generation) => shed.push(Arc::unwrap_or_clone(event)),
-                    None => return,
+                    let permit = loop {
+                        if cursor.over_budget() && stack.when_full() != WhenFull::Block {
+                            break None;
+                        }
+                        if cursor.is_removed() {
+                            break 'records false;
+                        }
+                        tokio::select! {
+                            biased;
+                            _ = stack.abandoned() => break 'records false,
+                            reserved = tokio::time::timeout(BUDGET_CHECK, window.reserve()) => match reserved {
+                                Ok(Ok(permit)) => break Some(permit),
+                                Ok(Err(_)) => break 'records false,
+                                Err(_) => continue,
+                            },
+                        }
+                    };
+                    match permit {
+                        Some(permit) => {
+                            // No await between these two: a cancelled reader never leaves
+                            // an event handed out that the window did not get.
+                            if !cursor.hand_out(generation, record.seq) {
+                                break 'records false;
+                            }
+                            permit.send(event);
+                            read_back.inc();
+                        }
+                        None => {
+                            if !cursor.hold(generation, record.seq) {
+                                break 'records false;
+                            }
+                            shed.push(Arc::unwrap_or_clone(event));
+                        }
+                    }
+                    // Only once the record is this reader's: one taken over is the next
+                    // reader's to take out of the backlog.
+                    cursor.take_backlog(size);
                 }
-            }
+                true
+            };
             if !shed.is_empty() {
                 shed_oldest(&stack, shed).await;
+            }
+            if !read_on {
+                return;
             }
             cursor.advance(generation, next);
         }

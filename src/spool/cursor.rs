@@ -258,12 +258,28 @@ impl Cursor {
     /// Moving the read position with each event, not per chunk, is what keeps a reader
     /// replaced mid-chunk from leaving events for its successor to send again.
     pub fn hand_out(&self, generation: u64, seq: u64) -> bool {
+        self.take(generation, seq, true)
+    }
+
+    /// The reader of `generation` sheds `seq` (the backlog passed its budget): the
+    /// event is outstanding, as a handed-out one is, until the shedding settles it, so
+    /// neither a reader that takes over nor a restart skips it unsettled. Not counted
+    /// as handed out: a restart before it is shed reads it again, but it was never sent.
+    /// False, as for [`Cursor::pass_over`], when another reader took over or the
+    /// destination was removed (the removal dead-letters what is unread).
+    pub fn hold(&self, generation: u64, seq: u64) -> bool {
+        self.take(generation, seq, false)
+    }
+
+    fn take(&self, generation: u64, seq: u64, handed: bool) -> bool {
         let mut state = self.lock();
-        if state.generation != generation {
+        if state.generation != generation || (!handed && self.is_removed()) {
             return false;
         }
         state.outstanding.insert(seq);
-        state.handed_through = state.handed_through.max(seq);
+        if handed {
+            state.handed_through = state.handed_through.max(seq);
+        }
         if state.read_pos <= seq {
             state.read_pos = seq + 1;
         }
@@ -387,6 +403,30 @@ mod tests {
             "a removed destination's records are the removal's to settle"
         );
         assert_eq!(cursor.unread_from(), 2);
+    }
+
+    #[test]
+    fn an_event_being_shed_holds_the_position_until_settled_and_is_not_counted_handed_out() {
+        let (_dir, store) = store_with(1..5, 0);
+        let cursor = Cursor::new("d", 0, store, 1, true);
+        let old = cursor.attach();
+        assert!(cursor.hold(old, 1), "shed past the budget");
+        assert!(cursor.hand_out(old, 2));
+        // A reload replaces the reader before record 1 is dead-lettered: the successor
+        // starts past both, and the held one keeps the saved position below it, so a
+        // restart reads it again rather than skip it unsettled.
+        let new = cursor.attach();
+        assert_eq!(cursor.unread_from(), 3);
+        assert_eq!(cursor.position(), (1, 2), "held: owed, never handed out");
+        assert!(!cursor.hold(old, 3), "a replaced reader holds nothing");
+        cursor.settle([1, 2].into_iter());
+        assert_eq!(cursor.position().0, 3, "settled once shed");
+        cursor.mark_removed();
+        assert!(
+            !cursor.hold(new, 3),
+            "a removed destination's unread records are the removal's to settle"
+        );
+        assert_eq!(cursor.unread_from(), 3);
     }
 
     #[test]
