@@ -133,8 +133,9 @@ pub async fn read_backlog(
                 }
             };
             // Events shed past the budget are held by the cursor until they are
-            // dead-lettered or dropped below, whatever ends this chunk's reading.
-            let mut shed: Vec<Event> = Vec::new();
+            // dead-lettered or dropped, whatever ends this chunk's reading, the reader's
+            // cancellation included (see `Shedding`).
+            let mut shed = Shedding::new(&stack);
             let read_on = 'records: {
                 for record in &records {
                     let header = match record.header() {
@@ -185,7 +186,9 @@ pub async fn read_backlog(
                         if cursor.over_budget() && stack.when_full() != WhenFull::Block {
                             break None;
                         }
-                        if cursor.is_removed() {
+                        // Checked each round: a reader waiting for room that a reload
+                        // replaced stops, and sheds what it holds, before its worker goes.
+                        if cursor.is_removed() || !cursor.is_current(generation) {
                             break 'records false;
                         }
                         tokio::select! {
@@ -212,7 +215,7 @@ pub async fn read_backlog(
                             if !cursor.hold(generation, record.seq) {
                                 break 'records false;
                             }
-                            shed.push(Arc::unwrap_or_clone(event));
+                            shed.events.push(Arc::unwrap_or_clone(event));
                         }
                     }
                     // Only once the record is this reader's: one taken over is the next
@@ -221,8 +224,8 @@ pub async fn read_backlog(
                 }
                 true
             };
-            if !shed.is_empty() {
-                shed_oldest(&stack, shed).await;
+            if let Some(shedding) = shed.start() {
+                let _ = shedding.await;
             }
             if !read_on {
                 return;
@@ -346,6 +349,43 @@ pub async fn read_stream(
                 }
             }
         }
+    }
+}
+
+/// Events a reader sheds, held by its cursor until they are settled. They are shed in
+/// a task of their own, which a cancelled reader (its worker aborts it on a reload or
+/// when shutdown gives up) does not cut short; a reader dropped while holding some
+/// starts that task as it goes.
+struct Shedding {
+    stack: Arc<Stack>,
+    events: Vec<Event>,
+}
+
+impl Shedding {
+    fn new(stack: &Arc<Stack>) -> Shedding {
+        Shedding {
+            stack: stack.clone(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Starts shedding what is held, if anything is.
+    fn start(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        if self.events.is_empty() {
+            return None;
+        }
+        let events = std::mem::take(&mut self.events);
+        let stack = self.stack.clone();
+        // Outside a runtime (it is going away) the events stay held: the saved position
+        // keeps them, and the next start reads them again.
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        Some(runtime.spawn(async move { shed_oldest(&stack, events).await }))
+    }
+}
+
+impl Drop for Shedding {
+    fn drop(&mut self) {
+        let _ = self.start();
     }
 }
 

@@ -254,7 +254,8 @@ impl Cursor {
     }
 
     /// The reader of `generation` is about to hand `seq` to the destination; false when
-    /// another reader took over (a rebuilt worker's), which then reads from here on.
+    /// another reader took over (a rebuilt worker's), which then reads from here on, or
+    /// the destination was removed (the removal dead-letters what is unread).
     /// Moving the read position with each event, not per chunk, is what keeps a reader
     /// replaced mid-chunk from leaving events for its successor to send again.
     pub fn hand_out(&self, generation: u64, seq: u64) -> bool {
@@ -273,7 +274,9 @@ impl Cursor {
 
     fn take(&self, generation: u64, seq: u64, handed: bool) -> bool {
         let mut state = self.lock();
-        if state.generation != generation || (!handed && self.is_removed()) {
+        // Removal read under the lock, as in `pass_over`: a record `retire` counted as
+        // unread is the removal's to dead-letter, never also this reader's to send.
+        if state.generation != generation || self.is_removed() {
             return false;
         }
         state.outstanding.insert(seq);
@@ -410,20 +413,23 @@ mod tests {
         let (_dir, store) = store_with(1..5, 0);
         let cursor = Cursor::new("d", 0, store, 1, true);
         let old = cursor.attach();
-        assert!(cursor.hold(old, 1), "shed past the budget");
-        assert!(cursor.hand_out(old, 2));
-        // A reload replaces the reader before record 1 is dead-lettered: the successor
-        // starts past both, and the held one keeps the saved position below it, so a
-        // restart reads it again rather than skip it unsettled.
+        assert!(cursor.hand_out(old, 1));
+        assert!(cursor.hold(old, 2), "shed past the budget");
+        // A reload replaces the reader before record 2 is dead-lettered: the successor
+        // starts past both, and the held one keeps the saved position at or below it,
+        // so a restart reads it again rather than skip it unsettled.
         let new = cursor.attach();
         assert_eq!(cursor.unread_from(), 3);
-        assert_eq!(cursor.position(), (1, 2), "held: owed, never handed out");
+        assert_eq!(cursor.position(), (1, 1), "held: owed, never handed out");
         assert!(!cursor.hold(old, 3), "a replaced reader holds nothing");
-        cursor.settle([1, 2].into_iter());
+        assert!(!cursor.hand_out(old, 3), "nor hands anything out");
+        cursor.settle(std::iter::once(1));
+        assert_eq!(cursor.position(), (2, 1), "the held record still holds it");
+        cursor.settle(std::iter::once(2));
         assert_eq!(cursor.position().0, 3, "settled once shed");
         cursor.mark_removed();
         assert!(
-            !cursor.hold(new, 3),
+            !cursor.hold(new, 3) && !cursor.hand_out(new, 3),
             "a removed destination's unread records are the removal's to settle"
         );
         assert_eq!(cursor.unread_from(), 3);
