@@ -224,13 +224,8 @@ impl Committer {
             self.fail(format!("cannot write to the spool ({error})"), replies);
             return;
         }
-        self.shared.next_seq.store(seq, Ordering::Release);
-        // Durable: the clients hear so before the destinations are handed the events,
-        // which is work their answers need not wait for.
-        for reply in replies {
-            let _ = reply.send(Ok(()));
-        }
         let metrics = &self.shared.metrics.spool;
+        self.shared.next_seq.store(seq, Ordering::Release);
         self.shared.bytes.fetch_add(group_bytes, Ordering::Relaxed);
         self.shared
             .records
@@ -247,6 +242,12 @@ impl Committer {
             for destination in to.iter() {
                 destination.offer_spooled(event.clone(), *size);
             }
+        }
+        // Answered once handed to the destinations, not before: what a client sees
+        // accepted is already counted as received (and its drops as dropped) when it
+        // hears so.
+        for reply in replies {
+            let _ = reply.send(Ok(()));
         }
         let cursors: Vec<_> = self.shared.lock().cursors.values().cloned().collect();
         for cursor in cursors {
