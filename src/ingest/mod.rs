@@ -16,7 +16,7 @@ pub mod tls;
 use self::config::{Cidr, IngestRateLimit, SourceConfig};
 use crate::event::{parse_body, BodyError, BodyLimits, Event, Rejection};
 use crate::route::Decision;
-use crate::spool::{Routed, Spool, SpoolError, Targets};
+use crate::spool::{Routed, Spool, SpoolError};
 use crate::{Relay, Routing};
 use auth::{Identity, Sources};
 use axum::extract::{ConnectInfo, Request, State};
@@ -354,8 +354,6 @@ pub(crate) async fn accept(
     events: Vec<Event>,
 ) -> Result<(), Refusal> {
     let mut decision = Decision::default();
-    // The destinations of the event before, shared while routing chooses the same.
-    let mut last_to: Option<(Vec<usize>, Targets)> = None;
     let mut spooled = Vec::with_capacity(if relay.spool.is_some() {
         events.len()
     } else {
@@ -371,18 +369,11 @@ pub(crate) async fn accept(
             continue;
         }
         if relay.spool.is_some() {
-            let to = match &last_to {
-                Some((indices, to)) if *indices == decision.destinations => to.clone(),
-                _ => {
-                    let to: Targets = decision
-                        .destinations
-                        .iter()
-                        .map(|index| routing.destinations[*index].clone())
-                        .collect();
-                    last_to = Some((decision.destinations.clone(), to.clone()));
-                    to
-                }
-            };
+            let to = decision
+                .destinations
+                .iter()
+                .map(|index| routing.destinations[*index].clone())
+                .collect();
             spooled.push(Routed { event, to });
             continue;
         }

@@ -4,7 +4,8 @@
 //! destinations in commit order. Between commits: cursors are saved and the records
 //! every destination is past are deleted.
 
-use super::store::{ChunkBuilder, Framed, SavedCursor, Store};
+use super::record;
+use super::store::{ChunkBuilder, SavedCursor, Store};
 use super::{Routed, Shared, SpoolError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -16,8 +17,6 @@ use tokio::sync::oneshot;
 pub enum Command {
     Append {
         items: Vec<Routed>,
-        /// `items`' records, encoded by the request's task.
-        framed: Framed,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
 }
@@ -170,13 +169,25 @@ impl Committer {
         let mut group_bytes = 0u64;
         let held = self.shared.bytes.load(Ordering::Relaxed);
         for command in group {
-            let Command::Append {
-                items,
-                framed,
-                reply,
-            } = command;
-            let request_bytes = framed.record_bytes();
+            let Command::Append { items, reply } = command;
+            let mark = chunk.mark();
+            let mut request_bytes = 0u64;
+            let mut sizes = Vec::with_capacity(items.len());
+            for item in &items {
+                let ids: Vec<u16> = item
+                    .to
+                    .iter()
+                    .filter(|d| !d.leaves_out(&item.event))
+                    .filter_map(|d| d.spool_id())
+                    .collect();
+                let seq = chunk.next_seq();
+                // Encoded straight into the chunk the batch takes: no second copy.
+                let size = chunk.push(|out| record::encode(&item.event, &ids, out));
+                request_bytes += size;
+                sizes.push((seq, size));
+            }
             if held + group_bytes + request_bytes > self.shared.max_bytes {
+                chunk.rollback(mark);
                 refused.push((
                     reply,
                     SpoolError::Full {
@@ -187,9 +198,7 @@ impl Committer {
                 continue;
             }
             group_bytes += request_bytes;
-            let first = chunk.next_seq();
-            chunk.append_framed(&framed);
-            accepted.push((items, first, framed, reply));
+            accepted.push((items, sizes, reply));
             if chunk.is_full() {
                 let next = ChunkBuilder::new(chunk.next_seq());
                 batch.insert_chunk(std::mem::replace(&mut chunk, next));
@@ -205,8 +214,8 @@ impl Committer {
         }
         let mut committed = Vec::with_capacity((seq - first_seq) as usize);
         let mut replies = Vec::with_capacity(accepted.len());
-        for (items, first, framed, reply) in accepted {
-            for ((item, event_seq), &size) in items.into_iter().zip(first..).zip(framed.sizes()) {
+        for (items, sizes, reply) in accepted {
+            for (item, (event_seq, size)) in items.into_iter().zip(sizes) {
                 let mut event = item.event;
                 event.spool_seq = event_seq;
                 committed.push((Arc::new(event), size, item.to));
@@ -239,7 +248,7 @@ impl Committer {
             .bytes
             .set(self.shared.bytes.load(Ordering::Relaxed) as i64);
         for (event, size, to) in &committed {
-            for destination in to.iter() {
+            for destination in to {
                 destination.offer_spooled(event.clone(), *size);
             }
         }
@@ -367,6 +376,6 @@ impl Committer {
 fn group_events(group: &[Command]) -> usize {
     group
         .iter()
-        .map(|Command::Append { framed, .. }| framed.records())
+        .map(|Command::Append { items, .. }| items.len())
         .sum()
 }

@@ -317,7 +317,7 @@ impl JetStreamSpool {
             let bucket = xxhash_rust::xxh3::xxh3_64(event.body.session.id.as_bytes()) % BUCKETS;
             let received_at = event.received_at.unix_timestamp_nanos().to_string();
             let payload = bytes::Bytes::copy_from_slice(event.raw_json().as_bytes());
-            for destination in item.to.iter() {
+            for destination in &item.to {
                 // Types the destination would only drop are counted here, never published.
                 if destination.skip_counted(event) {
                     continue;

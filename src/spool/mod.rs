@@ -236,36 +236,11 @@ impl SpoolError {
     }
 }
 
-/// The records of `items`, each naming the destinations that take its type (a
-/// destination that leaves the type out is not owed the event; see
-/// `Destination::leaves_out`).
-fn frame(items: &[Routed]) -> store::Framed {
-    let mut framed = store::Framed::new(items.len());
-    let mut ids: Vec<u16> = Vec::new();
-    for item in items {
-        ids.clear();
-        ids.extend(
-            item.to
-                .iter()
-                .filter(|d| !d.leaves_out(&item.event))
-                .filter_map(|d| d.spool_id()),
-        );
-        framed.push(|out| record::encode(&item.event, &ids, out));
-    }
-    framed
-}
-
-/// An accepted event and the destinations routing chose for it. Events of a request
-/// that go to the same destinations share one list: a list per event was an
-/// allocation and a reference count per destination, taken at ingest and dropped in
-/// the committer, for every event.
+/// An accepted event and the destinations routing chose for it.
 pub struct Routed {
     pub event: Event,
-    pub to: Targets,
+    pub to: Vec<Arc<Destination>>,
 }
-
-/// The destinations routing chose for an event.
-pub type Targets = Arc<[Arc<Destination>]>;
 
 /// The spool a relay runs with: on its own disk, or a JetStream stream shared by a fleet.
 #[derive(Clone)]
@@ -564,7 +539,6 @@ impl DiskSpool {
                 max_bytes: self.shared.max_bytes,
             });
         }
-        let framed = frame(&items);
         let (reply, answer) = oneshot::channel();
         {
             let commands = self.commands.lock().unwrap_or_else(|p| p.into_inner());
@@ -572,11 +546,7 @@ impl DiskSpool {
                 return Err(SpoolError::Closed);
             };
             commands
-                .send(committer::Command::Append {
-                    items,
-                    framed,
-                    reply,
-                })
+                .send(committer::Command::Append { items, reply })
                 .map_err(|_| SpoolError::Closed)?;
         }
         answer.await.map_err(|_| SpoolError::Closed)?

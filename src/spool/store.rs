@@ -74,43 +74,11 @@ pub struct ChunkBuilder {
     bytes: Vec<u8>,
 }
 
-/// A request's records, encoded and framed as a chunk holds them, before they have
-/// positions: built by the request's own task, so the one committer thread only copies
-/// them into its chunk.
-pub struct Framed {
-    bytes: Vec<u8>,
-    /// Each record's size, as the budget counts it.
-    sizes: Vec<u64>,
-}
-
-impl Framed {
-    pub fn new(records: usize) -> Framed {
-        Framed {
-            // An event is about a kilobyte; a small header rides with it.
-            bytes: Vec::with_capacity(records * 1_024),
-            sizes: Vec::with_capacity(records),
-        }
-    }
-
-    /// Frames the record `write` appends.
-    pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        let size = frame(&mut self.bytes, write);
-        self.sizes.push(size);
-    }
-
-    pub fn sizes(&self) -> &[u64] {
-        &self.sizes
-    }
-
-    /// How many records it holds.
-    pub fn records(&self) -> usize {
-        self.sizes.len()
-    }
-
-    /// What the records weigh against the spool's budget.
-    pub fn record_bytes(&self) -> u64 {
-        self.sizes.iter().sum()
-    }
+/// Where a chunk stood before a request's records: to take them back out.
+#[derive(Clone, Copy)]
+pub struct ChunkMark {
+    count: u32,
+    len: usize,
 }
 
 impl ChunkBuilder {
@@ -138,35 +106,35 @@ impl ChunkBuilder {
         self.bytes.len() >= CHUNK_TARGET_BYTES
     }
 
-    /// Appends the record `write` produces; returns its size.
-    pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
-        self.count += 1;
-        frame(&mut self.bytes, write)
+    pub fn mark(&self) -> ChunkMark {
+        ChunkMark {
+            count: self.count,
+            len: self.bytes.len(),
+        }
     }
 
-    /// Appends records framed beforehand (see [`Framed`]); the first gets
-    /// [`ChunkBuilder::next_seq`].
-    pub fn append_framed(&mut self, framed: &Framed) {
-        self.bytes.extend_from_slice(&framed.bytes);
-        self.count += framed.sizes.len() as u32;
+    pub fn rollback(&mut self, mark: ChunkMark) {
+        self.count = mark.count;
+        self.bytes.truncate(mark.len);
+    }
+
+    /// Appends the record `write` produces; returns its size.
+    pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 4]);
+        write(&mut self.bytes);
+        let len = self.bytes.len() - at - 4;
+        // A record is one event's JSON plus a small header: far below 4 GiB.
+        let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+        self.bytes[at..at + 4].copy_from_slice(&len32.to_be_bytes());
+        self.count += 1;
+        len as u64
     }
 
     pub(super) fn finish(mut self) -> (u64, Vec<u8>) {
         self.bytes[1..CHUNK_HEAD].copy_from_slice(&self.count.to_be_bytes());
         (self.first, self.bytes)
     }
-}
-
-/// Appends the record `write` appends to `out`, length first; returns its length.
-fn frame(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
-    let at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    write(out);
-    let len = out.len() - at - 4;
-    // A record is one event's JSON plus a small header: far below 4 GiB.
-    let len32 = u32::try_from(len).unwrap_or(u32::MAX);
-    out[at..at + 4].copy_from_slice(&len32.to_be_bytes());
-    len as u64
 }
 
 /// How many records a chunk says it holds (0 for one too short to say).
