@@ -11,7 +11,8 @@ use super::WhenFull;
 use crate::event::Event;
 use crate::spool::cursor::ReadAhead;
 use crate::spool::jetstream::Pulled;
-use crate::spool::{Cursor, Lease};
+use crate::spool::{Cursor, Lease, Scanned};
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -93,18 +94,15 @@ pub async fn read_backlog(
     let label = crate::telemetry::DestinationLabel {
         destination: stack.name.clone(),
     };
-    let read_back = stack
-        .metrics_root
-        .spool
-        .backlog_read
-        .get_or_create(&label)
-        .clone();
-    let recalled = stack
-        .metrics_root
-        .spool
-        .backlog_recalled
-        .get_or_create(&label)
-        .clone();
+    let spool_metrics = &stack.metrics_root.spool;
+    let reader = Reader {
+        read_back: spool_metrics.backlog_read.get_or_create(&label).clone(),
+        recalled: spool_metrics.backlog_recalled.get_or_create(&label).clone(),
+        stack: stack.clone(),
+        cursor: cursor.clone(),
+        window,
+        generation,
+    };
     loop {
         tokio::select! {
             biased;
@@ -136,94 +134,7 @@ pub async fn read_backlog(
             // dead-lettered or dropped, whatever ends this chunk's reading, the reader's
             // cancellation included (see `Shedding`).
             let mut shed = Shedding::new(&stack);
-            let read_on = 'records: {
-                for record in &records {
-                    let header = match record.header() {
-                        Ok(header) => header,
-                        Err(error) => {
-                            corrupt(&stack, record.seq, &error);
-                            continue;
-                        }
-                    };
-                    if !header.routes_to(cursor.id) {
-                        continue;
-                    }
-                    let size = record.size();
-                    let event = match cursor.recall(record.seq) {
-                        Some(event) => {
-                            recalled.inc();
-                            event
-                        }
-                        None => match header.event() {
-                            Ok(mut event) => {
-                                event.spool_seq = record.seq;
-                                let event = Arc::new(event);
-                                cursor.remember(&event);
-                                event
-                            }
-                            Err(error) => {
-                                if !drop_read(
-                                    &stack, &cursor, generation, record.seq, size, "corrupt",
-                                ) {
-                                    break 'records false;
-                                }
-                                corrupt(&stack, record.seq, &error);
-                                continue;
-                            }
-                        },
-                    };
-                    // A type the destination leaves out is kept out of its records when they
-                    // are written. One that names it anyway was counted as backlog, by its
-                    // offer or by the recovery after a restart: written before types were
-                    // kept out, or left out by a reload since. It is settled here as dropped.
-                    if let Some(reason) = stack.skips(&event) {
-                        if !drop_read(&stack, &cursor, generation, record.seq, size, reason) {
-                            break 'records false;
-                        }
-                        continue;
-                    }
-                    let permit = loop {
-                        if cursor.over_budget() && stack.when_full() != WhenFull::Block {
-                            break None;
-                        }
-                        // Checked each round: a reader waiting for room that a reload
-                        // replaced stops, and sheds what it holds, before its worker goes.
-                        if cursor.is_removed() || !cursor.is_current(generation) {
-                            break 'records false;
-                        }
-                        tokio::select! {
-                            biased;
-                            _ = stack.abandoned() => break 'records false,
-                            reserved = tokio::time::timeout(BUDGET_CHECK, window.reserve()) => match reserved {
-                                Ok(Ok(permit)) => break Some(permit),
-                                Ok(Err(_)) => break 'records false,
-                                Err(_) => continue,
-                            },
-                        }
-                    };
-                    match permit {
-                        Some(permit) => {
-                            // No await between these two: a cancelled reader never leaves
-                            // an event handed out that the window did not get.
-                            if !cursor.hand_out(generation, record.seq) {
-                                break 'records false;
-                            }
-                            permit.send(event);
-                            read_back.inc();
-                        }
-                        None => {
-                            if !cursor.hold(generation, record.seq) {
-                                break 'records false;
-                            }
-                            shed.events.push(Arc::unwrap_or_clone(event));
-                        }
-                    }
-                    // Only once the record is this reader's: one taken over is the next
-                    // reader's to take out of the backlog.
-                    cursor.take_backlog(size);
-                }
-                true
-            };
+            let read_on = reader.read(&records, &mut shed).await;
             if let Some(shedding) = shed.start() {
                 let _ = shedding.await;
             }
@@ -232,6 +143,109 @@ pub async fn read_backlog(
             }
             cursor.advance(generation, next);
         }
+    }
+}
+
+/// One destination's backlog reader, as of one generation.
+struct Reader {
+    stack: Arc<Stack>,
+    cursor: Arc<Cursor>,
+    window: mpsc::Sender<Arc<Event>>,
+    generation: u64,
+    read_back: Counter,
+    recalled: Counter,
+}
+
+impl Reader {
+    /// Hands `records` to the window in order, or to `shed` past the budget. False
+    /// when the reader must stop: replaced, removed, its window closed, or shutdown
+    /// gave up.
+    async fn read(&self, records: &[Scanned], shed: &mut Shedding) -> bool {
+        let (stack, cursor, generation) = (&self.stack, &self.cursor, self.generation);
+        for record in records {
+            let header = match record.header() {
+                Ok(header) => header,
+                Err(error) => {
+                    corrupt(stack, record.seq, &error);
+                    continue;
+                }
+            };
+            if !header.routes_to(cursor.id) {
+                continue;
+            }
+            let size = record.size();
+            let event = match cursor.recall(record.seq) {
+                Some(event) => {
+                    self.recalled.inc();
+                    event
+                }
+                None => match header.event() {
+                    Ok(mut event) => {
+                        event.spool_seq = record.seq;
+                        let event = Arc::new(event);
+                        cursor.remember(&event);
+                        event
+                    }
+                    Err(error) => {
+                        if !drop_read(stack, cursor, generation, record.seq, size, "corrupt") {
+                            return false;
+                        }
+                        corrupt(stack, record.seq, &error);
+                        continue;
+                    }
+                },
+            };
+            // A type the destination leaves out is kept out of its records when they
+            // are written. One that names it anyway was counted as backlog, by its
+            // offer or by the recovery after a restart: written before types were
+            // kept out, or left out by a reload since. It is settled here as dropped.
+            if let Some(reason) = stack.skips(&event) {
+                if !drop_read(stack, cursor, generation, record.seq, size, reason) {
+                    return false;
+                }
+                continue;
+            }
+            let permit = loop {
+                if cursor.over_budget() && stack.when_full() != WhenFull::Block {
+                    break None;
+                }
+                // Checked each round: a reader waiting for room that a reload replaced
+                // stops, and sheds what it holds, before its worker goes.
+                if cursor.is_removed() || !cursor.is_current(generation) {
+                    return false;
+                }
+                tokio::select! {
+                    biased;
+                    _ = stack.abandoned() => return false,
+                    reserved = tokio::time::timeout(BUDGET_CHECK, self.window.reserve()) => match reserved {
+                        Ok(Ok(permit)) => break Some(permit),
+                        Ok(Err(_)) => return false,
+                        Err(_) => continue,
+                    },
+                }
+            };
+            match permit {
+                Some(permit) => {
+                    // No await between these two: a cancelled reader never leaves an
+                    // event handed out that the window did not get.
+                    if !cursor.hand_out(generation, record.seq) {
+                        return false;
+                    }
+                    permit.send(event);
+                    self.read_back.inc();
+                }
+                None => {
+                    if !cursor.hold(generation, record.seq) {
+                        return false;
+                    }
+                    shed.events.push(Arc::unwrap_or_clone(event));
+                }
+            }
+            // Only once the record is this reader's: one taken over is the next
+            // reader's to take out of the backlog.
+            cursor.take_backlog(size);
+        }
+        true
     }
 }
 
