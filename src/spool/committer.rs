@@ -5,7 +5,7 @@
 //! every destination is past are deleted.
 
 use super::record;
-use super::store::{ChunkBuilder, SavedCursor, Store};
+use super::store::{GroupChunks, SavedCursor, Store};
 use super::{Routed, Shared, SpoolError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -163,14 +163,14 @@ impl Committer {
             }
         };
         let first_seq = self.shared.next_seq.load(Ordering::Acquire);
-        let mut chunk = ChunkBuilder::new(first_seq);
+        let mut chunks = GroupChunks::new(first_seq);
         let mut accepted = Vec::with_capacity(group.len());
         let mut refused = Vec::new();
         let mut group_bytes = 0u64;
         let held = self.shared.bytes.load(Ordering::Relaxed);
         for command in group {
             let Command::Append { items, reply } = command;
-            let mark = chunk.mark();
+            let mark = chunks.mark();
             let mut request_bytes = 0u64;
             let mut sizes = Vec::with_capacity(items.len());
             for item in &items {
@@ -180,14 +180,14 @@ impl Committer {
                     .filter(|d| !d.leaves_out(&item.event))
                     .filter_map(|d| d.spool_id())
                     .collect();
-                let seq = chunk.next_seq();
+                let seq = chunks.next_seq();
                 // Encoded straight into the chunk the batch takes: no second copy.
-                let size = chunk.push(|out| record::encode(&item.event, &ids, out));
+                let size = chunks.push(|out| record::encode(&item.event, &ids, out));
                 request_bytes += size;
                 sizes.push((seq, size));
             }
             if held + group_bytes + request_bytes > self.shared.max_bytes {
-                chunk.rollback(mark);
+                chunks.rollback(mark);
                 refused.push((
                     reply,
                     SpoolError::Full {
@@ -199,13 +199,11 @@ impl Committer {
             }
             group_bytes += request_bytes;
             accepted.push((items, sizes, reply));
-            if chunk.is_full() {
-                let next = ChunkBuilder::new(chunk.next_seq());
-                batch.insert_chunk(std::mem::replace(&mut chunk, next));
-            }
         }
-        let seq = chunk.next_seq();
-        batch.insert_chunk(chunk);
+        let seq = chunks.next_seq();
+        for chunk in chunks.into_chunks() {
+            batch.insert_chunk(chunk);
+        }
         for (reply, error) in refused {
             let _ = reply.send(Err(error));
         }

@@ -5,10 +5,9 @@
 //! crash mid-commit falls back to the last complete one at open. Our records carry
 //! their own checksum too, so a bad one is set aside, never a reason to stop.
 //!
-//! A chunk holds the consecutive records of one group commit, up to about
-//! [`CHUNK_TARGET_BYTES`]: the engine's per-key work (tree insert, page writes, the
-//! deletion at reclaim) is then paid per chunk rather than per event, which is most of
-//! what a spool costs.
+//! A chunk holds consecutive records of one group commit, up to [`CHUNK_MAX_BYTES`]:
+//! the engine's per-key work (tree insert, page writes, the deletion at reclaim) is then
+//! paid per chunk rather than per event, which is most of what a spool costs.
 //!
 //! `chunk = format (1) | count (u32) | count × (length (u32) | record)`
 //!
@@ -32,8 +31,13 @@ pub(super) const META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("met
 pub(super) const FILE: &str = "spool.redb";
 const CHUNK_FORMAT: u8 = 1;
 const CHUNK_HEAD: usize = 1 + 4;
-/// A chunk is sealed once it holds this much; a request's records never straddle two.
-pub const CHUNK_TARGET_BYTES: usize = 64 << 10;
+/// The largest chunk: with its key and redb's leaf header (16 bytes) it fills one 64 KiB
+/// page. redb gives a large value a page of its own, rounded up to a power of two, so a
+/// chunk just over this would take (and write, checksum and read back) 128 KiB.
+pub const CHUNK_MAX_BYTES: usize = (64 << 10) - LEAF_OVERHEAD;
+/// redb's leaf holding one pair of a `u64` key and a `&[u8]` value: a 4-byte header, the
+/// value's 4-byte end offset and the key.
+const LEAF_OVERHEAD: usize = 4 + 4 + 8;
 pub(super) const ID_PREFIX: &[u8] = b"id/";
 const CURSOR_PREFIX: &[u8] = b"cursor/";
 
@@ -67,23 +71,17 @@ impl Scanned {
     }
 }
 
-/// The records of a chunk being written: one group commit's, in position order.
+/// The records of a chunk being written, in position order.
 pub struct ChunkBuilder {
     first: u64,
     count: u32,
     bytes: Vec<u8>,
 }
 
-/// Where a chunk stood before a request's records: to take them back out.
-#[derive(Clone, Copy)]
-pub struct ChunkMark {
-    count: u32,
-    len: usize,
-}
-
 impl ChunkBuilder {
     pub fn new(first: u64) -> ChunkBuilder {
-        let mut bytes = Vec::with_capacity(CHUNK_TARGET_BYTES + (16 << 10));
+        // Room for the record that overflows it before it moves on: no reallocation.
+        let mut bytes = Vec::with_capacity(CHUNK_MAX_BYTES + (16 << 10));
         bytes.push(CHUNK_FORMAT);
         bytes.extend_from_slice(&[0; 4]);
         ChunkBuilder {
@@ -102,22 +100,6 @@ impl ChunkBuilder {
         self.count == 0
     }
 
-    pub fn is_full(&self) -> bool {
-        self.bytes.len() >= CHUNK_TARGET_BYTES
-    }
-
-    pub fn mark(&self) -> ChunkMark {
-        ChunkMark {
-            count: self.count,
-            len: self.bytes.len(),
-        }
-    }
-
-    pub fn rollback(&mut self, mark: ChunkMark) {
-        self.count = mark.count;
-        self.bytes.truncate(mark.len);
-    }
-
     /// Appends the record `write` produces; returns its size.
     pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
         let at = self.bytes.len();
@@ -131,9 +113,90 @@ impl ChunkBuilder {
         len as u64
     }
 
+    /// Moves the last record out into a chunk of its own, which follows this one.
+    fn split_last(&mut self, at: usize) -> ChunkBuilder {
+        let mut next = ChunkBuilder::new(self.next_seq() - 1);
+        next.bytes.extend_from_slice(&self.bytes[at..]);
+        next.count = 1;
+        self.bytes.truncate(at);
+        self.count -= 1;
+        next
+    }
+
+    fn rollback(&mut self, count: u32, len: usize) {
+        self.count = count;
+        self.bytes.truncate(len);
+    }
+
     pub(super) fn finish(mut self) -> (u64, Vec<u8>) {
         self.bytes[1..CHUNK_HEAD].copy_from_slice(&self.count.to_be_bytes());
         (self.first, self.bytes)
+    }
+}
+
+/// The records of one group commit, cut into chunks of at most [`CHUNK_MAX_BYTES`] (a
+/// record larger than that gets a chunk of its own). A request's records may straddle
+/// two chunks: what matters to the engine is that each fills its page.
+pub struct GroupChunks {
+    sealed: Vec<ChunkBuilder>,
+    open: ChunkBuilder,
+}
+
+/// Where a group stood before a request's records: to take them back out.
+#[derive(Clone, Copy)]
+pub struct GroupMark {
+    sealed: usize,
+    count: u32,
+    len: usize,
+}
+
+impl GroupChunks {
+    pub fn new(first: u64) -> GroupChunks {
+        GroupChunks {
+            sealed: Vec::new(),
+            open: ChunkBuilder::new(first),
+        }
+    }
+
+    /// The position the next record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.open.next_seq()
+    }
+
+    /// Appends the record `write` produces; returns its size.
+    pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
+        let at = self.open.bytes.len();
+        let size = self.open.push(write);
+        if self.open.bytes.len() > CHUNK_MAX_BYTES && self.open.count > 1 {
+            let next = self.open.split_last(at);
+            self.sealed.push(std::mem::replace(&mut self.open, next));
+        }
+        size
+    }
+
+    pub fn mark(&self) -> GroupMark {
+        GroupMark {
+            sealed: self.sealed.len(),
+            count: self.open.count,
+            len: self.open.bytes.len(),
+        }
+    }
+
+    pub fn rollback(&mut self, mark: GroupMark) {
+        if self.sealed.len() > mark.sealed {
+            // The chunk that was open at the mark has been sealed since: reopen it.
+            let mut later = self.sealed.split_off(mark.sealed);
+            self.open = later.swap_remove(0);
+        }
+        self.open.rollback(mark.count, mark.len);
+    }
+
+    /// The chunks, in position order (none when the group holds no record).
+    pub fn into_chunks(self) -> impl Iterator<Item = ChunkBuilder> {
+        self.sealed
+            .into_iter()
+            .chain(std::iter::once(self.open))
+            .filter(|chunk| !chunk.is_empty())
     }
 }
 
@@ -574,6 +637,7 @@ mod tests {
     use super::*;
 
     use record::fixture_record as record;
+    use redb::ReadableTableMetadata;
 
     fn open(dir: &Path) -> Store {
         Store::open(dir, 4 << 20).expect("open").0
@@ -677,5 +741,110 @@ mod tests {
             "an unknown chunk format is one corrupt record"
         );
         assert!(garbage[0].header().is_err());
+    }
+
+    /// The chunks of a group whose records are `sizes` bytes each, from position 1.
+    fn group_of(sizes: impl IntoIterator<Item = usize>) -> GroupChunks {
+        let mut group = GroupChunks::new(1);
+        for size in sizes {
+            group.push(|out| out.resize(out.len() + size, 7));
+        }
+        group
+    }
+
+    /// Each chunk as (first position, records, bytes).
+    fn shape(group: GroupChunks) -> Vec<(u64, u64, usize)> {
+        group
+            .into_chunks()
+            .map(|chunk| {
+                let (first, bytes) = chunk.finish();
+                (first, chunk_count(&bytes), bytes.len())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_is_cut_into_chunks_that_each_fill_one_page_and_follow_on() {
+        let chunks = shape(group_of(std::iter::repeat_n(1_000, 200)));
+        let mut next = 1;
+        for (i, &(first, count, bytes)) in chunks.iter().enumerate() {
+            assert_eq!(first, next, "chunk {i} starts where the last ended");
+            assert!(bytes <= CHUNK_MAX_BYTES, "chunk {i} holds {bytes} bytes");
+            if i + 1 < chunks.len() {
+                assert!(
+                    bytes + 4 + 1_000 > CHUNK_MAX_BYTES,
+                    "chunk {i} was sealed with room for another record"
+                );
+            }
+            next += count;
+        }
+        assert_eq!(next, 201, "every record, once");
+
+        let huge = shape(group_of([1_000, CHUNK_MAX_BYTES + 10, 1_000]));
+        assert_eq!(
+            huge.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(),
+            vec![(1, 1), (2, 1), (3, 1)],
+            "a record larger than a page gets a chunk of its own"
+        );
+    }
+
+    #[test]
+    fn a_refused_request_is_taken_back_out_even_across_a_chunk_boundary() {
+        let mut group = group_of(std::iter::repeat_n(1_000, 60));
+        let mark = group.mark();
+        for _ in 0..100 {
+            group.push(|out| out.resize(out.len() + 1_000, 9));
+        }
+        group.rollback(mark);
+        assert_eq!(group.next_seq(), 61);
+        group.push(|out| out.resize(out.len() + 1_000, 7));
+        let expected = shape(group_of(std::iter::repeat_n(1_000, 61)));
+        assert_eq!(
+            shape(group),
+            expected,
+            "as if the refused request never came"
+        );
+    }
+
+    #[test]
+    fn a_full_group_leaves_no_page_mostly_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let mut batch = store.batch().expect("batch");
+        let mut seq = 1;
+        // Records of about an event's size: the group fills 30 pages.
+        let group = {
+            let mut group = GroupChunks::new(1);
+            while group.mark().sealed < 30 {
+                let bytes = record(seq);
+                let mut padded = bytes.clone();
+                padded.resize(700, b' ');
+                group.push(|out| out.extend_from_slice(&padded));
+                seq += 1;
+            }
+            group
+        };
+        for chunk in group.into_chunks() {
+            batch.insert_chunk(chunk);
+        }
+        batch.commit_durable().expect("commit");
+        let db = store.db().expect("db");
+        let tx = db.begin_read().expect("read");
+        let stats = tx
+            .open_table(CHUNKS)
+            .expect("table")
+            .stats()
+            .expect("stats");
+        // A chunk just over 64 KiB would take a 128 KiB page, half of it empty.
+        assert!(
+            stats.fragmented_bytes() * 20 < stats.stored_bytes(),
+            "{} bytes of pages unused for {} stored",
+            stats.fragmented_bytes(),
+            stats.stored_bytes()
+        );
+        assert_eq!(
+            store.scan(1, usize::MAX).expect("scan").len() as u64,
+            seq - 1
+        );
     }
 }
