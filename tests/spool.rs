@@ -560,6 +560,97 @@ async fn a_full_backlog_blocks_ingest_when_asked_and_sheds_its_oldest_otherwise(
     relay.shutdown().await;
 }
 
+/// A reader past its budget holds the events it sheds until it has read the rest of the
+/// chunk. If the window then has room, it hands later records out, which moves its
+/// position past the held ones; when the window is full again it waits there, still
+/// holding them. A reload that replaces it then must not lose them: every event ends
+/// delivered or dead-lettered, and nothing stays counted as queued.
+#[tokio::test]
+async fn a_reload_while_shedding_loses_none_of_the_shed_events() {
+    // The vendor answers its first three requests (60 events) when `first` opens, the
+    // rest when `rest` opens.
+    let (first, first_open) = tokio::sync::watch::channel(false);
+    let (rest, rest_open) = tokio::sync::watch::channel(false);
+    let gated = StandIn::start(move |n| {
+        Reply::UntilOpen(
+            if n < 3 {
+                first_open.clone()
+            } else {
+                rest_open.clone()
+            },
+            200,
+        )
+    })
+    .await;
+    let ok = StandIn::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |timeout_ms: u64| {
+        two_webhooks(
+            &dir.path().join("spool"),
+            &dir.path().join("dead"),
+            &ok.url("/"),
+            &gated.url("/"),
+            &format!(
+                "timeout_ms = {timeout_ms}\nqueue = {{ max_events = 100, max_bytes = 200000 }}"
+            ),
+        )
+    };
+    let relay = start_relay(&config(600_000)).await;
+    let read_back = || {
+        metric(
+            &relay.relay.metrics.encode(),
+            "playrelay_destination_backlog_read_total{destination=\"slow\"}",
+        )
+    };
+    let mut sent = Vec::new();
+    for batch in 0..20 {
+        let chunk = events(&format!("h{batch}"), 200);
+        let answer = post_ndjson(relay.local_addr, ndjson(&chunk)).await;
+        assert_eq!(answer.status, 202);
+        sent.extend(chunk);
+    }
+    wait_until(
+        "the slow destination sheds its oldest backlog",
+        Duration::from_secs(10),
+        || Accounts::read(&relay.relay.metrics.encode(), "slow").dead_lettered > 0.0,
+    )
+    .await;
+    // Room for 60 events: the reader hands out records past the ones it sheds.
+    let before = read_back();
+    let _ = first.send(true);
+    wait_until(
+        "the reader refills its window",
+        Duration::from_secs(10),
+        || read_back() >= before + 40.0,
+    )
+    .await;
+    let new = playrelay::config::load_str(&config(600_001), Path::new("test.toml"), &|_| None)
+        .expect("valid");
+    let outcome = relay.reloader().apply(new).await;
+    assert_eq!(outcome.rebuilt, vec!["slow".to_string()], "{outcome:?}");
+    let _ = rest.send(true);
+    settles_balanced(&relay, "slow").await;
+    let delivered = ids_of(&gated.delivered_events());
+    let shed: HashSet<String> = dead_letters(&dir.path().join("dead"), "slow")
+        .iter()
+        .filter(|r| r["reason"] == "backlog_full")
+        .filter_map(|r| r["event"]["event_id"].as_str().map(str::to_string))
+        .collect();
+    let lost: Vec<_> = ids_of(&sent)
+        .into_iter()
+        .filter(|id| !delivered.contains(id) && !shed.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} events neither delivered nor dead-lettered ({} delivered, {} shed), e.g. {:?}",
+        lost.len(),
+        delivered.len(),
+        shed.len(),
+        lost.first()
+    );
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_removed_destination_hands_its_backlog_to_the_dead_letter_file() {
     let hung = StandIn::start(|_| Reply::Hang).await;
