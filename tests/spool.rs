@@ -624,12 +624,20 @@ async fn a_reload_while_shedding_loses_none_of_the_shed_events() {
         || read_back() >= before + 40.0,
     )
     .await;
+    let held = Accounts::read(&relay.relay.metrics.encode(), "slow");
     let new = playrelay::config::load_str(&config(600_001), Path::new("test.toml"), &|_| None)
         .expect("valid");
     let outcome = relay.reloader().apply(new).await;
     assert_eq!(outcome.rebuilt, vec!["slow".to_string()], "{outcome:?}");
     let _ = rest.send(true);
     settles_balanced(&relay, "slow").await;
+    // Nothing is over budget once the reload is done: what was dead-lettered since is
+    // what the replaced reader held. None would mean this test no longer sets up the race.
+    let after = Accounts::read(&relay.relay.metrics.encode(), "slow");
+    assert!(
+        after.dead_lettered > held.dead_lettered,
+        "the replaced reader held no shed events ({held:?}, then {after:?})"
+    );
     let delivered = ids_of(&gated.delivered_events());
     let shed: HashSet<String> = dead_letters(&dir.path().join("dead"), "slow")
         .iter()

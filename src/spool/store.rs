@@ -847,4 +847,60 @@ mod tests {
             seq - 1
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Requests of any sizes, some refused: the chunks hold exactly the accepted
+        /// records, in order, at consecutive positions, each chunk within a page unless
+        /// it is one record too large for one.
+        #[test]
+        fn any_group_reads_back_exactly_its_accepted_records(
+            requests in proptest::collection::vec(
+                (
+                    proptest::collection::vec(
+                        proptest::prop_oneof![
+                            9 => 0usize..2_000,
+                            1 => (CHUNK_MAX_BYTES - 40)..(CHUNK_MAX_BYTES + 40),
+                        ],
+                        0..40,
+                    ),
+                    proptest::bool::ANY,
+                ),
+                0..12,
+            )
+        ) {
+            let mut group = GroupChunks::new(1);
+            let mut expected: Vec<Vec<u8>> = Vec::new();
+            for (n, (sizes, accepted)) in requests.iter().enumerate() {
+                let mark = group.mark();
+                let mut these = Vec::new();
+                for (i, size) in sizes.iter().enumerate() {
+                    let bytes = vec![(n * 31 + i) as u8; *size];
+                    group.push(|out| out.extend_from_slice(&bytes));
+                    these.push(bytes);
+                }
+                if *accepted {
+                    expected.extend(these);
+                } else {
+                    group.rollback(mark);
+                }
+            }
+            proptest::prop_assert_eq!(group.next_seq(), 1 + expected.len() as u64);
+            let mut read = Vec::new();
+            let mut at = 1;
+            for chunk in group.into_chunks() {
+                let (first, bytes) = chunk.finish();
+                let count = chunk_count(&bytes);
+                proptest::prop_assert_eq!(first, at);
+                proptest::prop_assert!(count > 0);
+                proptest::prop_assert!(bytes.len() <= CHUNK_MAX_BYTES || count == 1);
+                let chunk: Arc<[u8]> = Arc::from(bytes);
+                let mut records = Vec::new();
+                split_chunk(first, &chunk, 0, &mut records, usize::MAX);
+                read.extend(records.iter().map(|r| chunk[r.range.clone()].to_vec()));
+                at += count;
+            }
+            proptest::prop_assert_eq!(read, expected);
+        }
+    }
 }
