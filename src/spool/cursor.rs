@@ -351,11 +351,18 @@ mod tests {
         (dir, Arc::new(store))
     }
 
+    /// A cursor at position 1 over records `seqs` (all routed to it), with its first
+    /// reader attached: the spool's directory, the cursor and that reader's generation.
+    fn attached(seqs: std::ops::Range<u64>, behind: bool) -> (tempfile::TempDir, Cursor, u64) {
+        let (dir, store) = store_with(seqs, 0);
+        let cursor = Cursor::new("d", 0, store, 1, behind);
+        let generation = cursor.attach();
+        (dir, cursor, generation)
+    }
+
     #[test]
     fn a_full_window_puts_the_destination_behind_until_its_reader_catches_up() {
-        let (_dir, store) = store_with(1..6, 0);
-        let cursor = Cursor::new("d", 0, store, 1, false);
-        let generation = cursor.attach();
+        let (_dir, cursor, generation) = attached(1..6, false);
         // attach() checks the disk first: nothing below position 1 is unread.
         let (window, mut taken) = mpsc::channel(2);
         assert!(matches!(
@@ -385,9 +392,7 @@ mod tests {
 
     #[test]
     fn a_record_the_reader_settles_itself_is_passed_over_for_its_successor() {
-        let (_dir, store) = store_with(1..4, 0);
-        let cursor = Cursor::new("d", 0, store, 1, true);
-        let old = cursor.attach();
+        let (_dir, cursor, old) = attached(1..4, true);
         assert!(cursor.pass_over(old, 1));
         assert_eq!(cursor.unread_from(), 2, "the next reader starts after it");
         let new = cursor.attach();
@@ -410,9 +415,7 @@ mod tests {
 
     #[test]
     fn an_event_being_shed_holds_the_position_until_settled_and_is_not_counted_handed_out() {
-        let (_dir, store) = store_with(1..5, 0);
-        let cursor = Cursor::new("d", 0, store, 1, true);
-        let old = cursor.attach();
+        let (_dir, cursor, old) = attached(1..5, true);
         assert!(cursor.hand_out(old, 1));
         assert!(cursor.hold(old, 2), "shed past the budget");
         // A reload replaces the reader before record 2 is dead-lettered: the successor
@@ -437,9 +440,7 @@ mod tests {
 
     #[test]
     fn a_replaced_reader_stops() {
-        let (_dir, store) = store_with(1..3, 0);
-        let cursor = Cursor::new("d", 0, store, 1, true);
-        let old = cursor.attach();
+        let (_dir, cursor, old) = attached(1..3, true);
         let new = cursor.attach();
         assert!(matches!(
             cursor.read_ahead(old, 10),
