@@ -388,11 +388,11 @@ impl Shedding {
         if self.events.is_empty() {
             return None;
         }
+        // Outside a runtime (it is going away) the cursor still holds them: the saved
+        // position stays at or below them, and the next start reads them again.
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
         let events = std::mem::take(&mut self.events);
         let stack = self.stack.clone();
-        // Outside a runtime (it is going away) the events stay held: the saved position
-        // keeps them, and the next start reads them again.
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
         Some(runtime.spawn(async move { shed_oldest(&stack, events).await }))
     }
 }
